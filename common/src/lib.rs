@@ -1,0 +1,42 @@
+//! Everything the coordinator and the workers share: the math, the data, the
+//! schedule, model files and the wire contract. Purpose: train Nielsen's MNIST
+//! network (`network.py`) with synchronous data-parallel SGD, exactly.
+//!
+//! # Layout
+//! The major components are:
+//! - [`network`]: sizes, N(0,1) init, feedforward, batched backprop, evaluate,
+//!   update; plain `ndarray`, reads like `network.py`;
+//! - [`gradients`]: summed gradients and their reduction in shard order;
+//! - [`schedule`]: seeded epoch shuffles, mini-batches, logical shards;
+//! - [`trainer`]: the single-process reference trainer and the step pieces
+//!   the coordinator reuses;
+//! - [`dataset`]: IDX parsing, Nielsen's split, fetching MNIST;
+//! - [`model_file`]: safetensors save/load;
+//! - [`wire`]: the only conversion between [`pb`] messages and math types,
+//!   with all validation;
+//! - [`pb`]: types generated from `proto/trainer.proto` (`ddp.v1`).
+//!
+//! # Determinism
+//! For a seed and a shard count `S`, the result is a pure function of the
+//! code and the CPU: shard gradients are computed by the same function
+//! wherever they run and added in shard order. `ndarray`'s GEMM
+//! (matrixmultiply) picks its kernel from the CPU's features at run time
+//! (AVX2+FMA, AVX, SSE2), and FMA rounds differently, so the bitwise
+//! contract holds across machines with the same CPU features.
+
+pub mod dataset;
+pub mod gradients;
+pub mod model_file;
+pub mod network;
+pub mod schedule;
+pub mod trainer;
+pub mod wire;
+
+/// Types generated from `proto/trainer.proto`, package `ddp.v1`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("ddp.v1");
+}
+
+pub use gradients::Gradients;
+pub use network::Network;

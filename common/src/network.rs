@@ -1,0 +1,187 @@
+//! The network of Nielsen's `network.py`, batched: a mini-batch (or shard) is a
+//! matrix whose columns are samples.
+//!
+//! Legend: `L = sizes.len()` layers, `n` samples in a batch.
+//! - `weights[l]` is `(sizes[l+1], sizes[l])`, i.e. `(out, in)`, as `np.random.randn(y, x)`;
+//! - `biases[l]` is `(sizes[l+1],)`;
+//! - inputs `x` are `(sizes[0], n)`, targets `y` are `(sizes[L-1], n)`, one column per sample.
+//!
+//! Departures from `network.py`, all deliberate:
+//! - `f32` instead of `f64` (the wire and the compute are f32);
+//! - `backprop` takes a whole shard as one matrix and returns the *sum* of the
+//!   per-sample gradients (network.py sums them one sample at a time in
+//!   `update_mini_batch`); summing over the columns of `delta` is that same sum;
+//! - biases are vectors, not `(out, 1)` column matrices.
+
+use ndarray::{Array1, Array2, ArrayView2, Axis, Zip};
+use rand::Rng;
+use rand_distr::StandardNormal;
+
+use crate::gradients::Gradients;
+
+/// A fully connected sigmoid network with quadratic cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Network {
+    /// Neurons per layer, input first: `[784, 30, 10]` for MNIST.
+    pub sizes: Vec<usize>,
+    /// `weights[l]`: `(sizes[l+1], sizes[l])`.
+    pub weights: Vec<Array2<f32>>,
+    /// `biases[l]`: `(sizes[l+1],)`.
+    pub biases: Vec<Array1<f32>>,
+}
+
+impl Network {
+    /// A network with weights and biases drawn from N(0, 1), as `network.py` does.
+    ///
+    /// Draw order: for each layer, its biases then its weights (row-major), so a
+    /// seed fixes every parameter.
+    ///
+    /// # Panics
+    /// If `sizes` has fewer than two layers or a zero-sized layer.
+    pub fn new(sizes: &[usize], rng: &mut impl Rng) -> Self {
+        let mut net = Self::zeros(sizes);
+        for (w, b) in net.weights.iter_mut().zip(net.biases.iter_mut()) {
+            b.iter_mut().for_each(|v| *v = rng.sample(StandardNormal));
+            w.iter_mut().for_each(|v| *v = rng.sample(StandardNormal));
+        }
+        net
+    }
+
+    /// A network whose parameters are all zero (a buffer to decode into).
+    ///
+    /// # Panics
+    /// If `sizes` has fewer than two layers or a zero-sized layer.
+    pub fn zeros(sizes: &[usize]) -> Self {
+        assert!(sizes.len() >= 2, "a network needs at least two layers");
+        assert!(sizes.iter().all(|&s| s > 0), "layer sizes must be positive");
+        let pairs = sizes.windows(2);
+        Self {
+            sizes: sizes.to_vec(),
+            weights: pairs.clone().map(|p| Array2::zeros((p[1], p[0]))).collect(),
+            biases: pairs.map(|p| Array1::zeros(p[1])).collect(),
+        }
+    }
+
+    /// Output activations `(sizes[L-1], n)` for inputs `a` `(sizes[0], n)`.
+    pub fn feedforward(&self, a: ArrayView2<f32>) -> Array2<f32> {
+        let mut a = a.to_owned();
+        for (w, b) in self.weights.iter().zip(&self.biases) {
+            a = sigmoid(weighted_input(w, b, &a));
+        }
+        a
+    }
+
+    /// The summed gradient `(Σ_x ∇b C_x, Σ_x ∇w C_x)` over the samples (columns)
+    /// of `x` `(sizes[0], n)` with targets `y` `(sizes[L-1], n)`. Changes nothing.
+    ///
+    /// # Panics
+    /// If the shapes of `x` and `y` do not fit the network (the wire layer
+    /// validates everything that comes from outside first).
+    pub fn backprop(&self, x: ArrayView2<f32>, y: ArrayView2<f32>) -> Gradients {
+        assert_eq!(x.nrows(), self.sizes[0], "input rows");
+        assert_eq!(y.nrows(), *self.sizes.last().unwrap_or(&0), "target rows");
+        assert_eq!(x.ncols(), y.ncols(), "one target column per input column");
+        let layers = self.weights.len();
+        let mut nabla = Gradients::zeros(&self.sizes);
+        // feedforward
+        let mut activations = vec![x.to_owned()];
+        let mut zs = Vec::with_capacity(layers);
+        for (w, b) in self.weights.iter().zip(&self.biases) {
+            let z = weighted_input(w, b, &activations[activations.len() - 1]);
+            activations.push(sigmoid(z.clone()));
+            zs.push(z);
+        }
+        // backward pass
+        let mut delta = cost_derivative(&activations[layers], y) * sigmoid_prime(&zs[layers - 1]);
+        for l in (0..layers).rev() {
+            // As in network.py, `l` counts layers of weights; activations[l] feeds weights[l].
+            nabla.nabla_b[l] = delta.sum_axis(Axis(1));
+            nabla.nabla_w[l] = delta.dot(&activations[l].t());
+            if l > 0 {
+                delta = self.weights[l].t().dot(&delta) * sigmoid_prime(&zs[l - 1]);
+            }
+        }
+        nabla
+    }
+
+    /// `w ← w − (eta / len) · nabla_w` and `b ← b − (eta / len) · nabla_b`, where
+    /// `nabla` is the gradient summed over a mini-batch of `len` samples.
+    ///
+    /// # Panics
+    /// If `len` is zero or `nabla` has other shapes than the network.
+    pub fn apply(&mut self, nabla: &Gradients, eta: f32, len: usize) {
+        assert!(len > 0, "a mini-batch has at least one sample");
+        let rate = eta / len as f32;
+        for (w, nw) in self.weights.iter_mut().zip(&nabla.nabla_w) {
+            Zip::from(w).and(nw).for_each(|w, &nw| *w -= rate * nw);
+        }
+        for (b, nb) in self.biases.iter_mut().zip(&nabla.nabla_b) {
+            Zip::from(b).and(nb).for_each(|b, &nb| *b -= rate * nb);
+        }
+    }
+
+    /// How many samples the network classifies right: the index of the most
+    /// active output neuron equals the label.
+    pub fn evaluate(&self, x: ArrayView2<f32>, labels: &[u8]) -> usize {
+        let outputs = self.feedforward(x);
+        outputs
+            .columns()
+            .into_iter()
+            .zip(labels)
+            .filter(|(out, &label)| argmax(out.iter().copied()) == usize::from(label))
+            .count()
+    }
+
+    /// Total quadratic cost `Σ_x ½‖a(x) − y(x)‖²` over the columns of `x`.
+    pub fn total_cost(&self, x: ArrayView2<f32>, y: ArrayView2<f32>) -> f64 {
+        let diff = self.feedforward(x) - y;
+        0.5 * diff.iter().map(|&d| f64::from(d) * f64::from(d)).sum::<f64>()
+    }
+
+    /// Number of f32 parameters (all weights and biases).
+    pub fn parameter_count(&self) -> usize {
+        parameter_count(&self.sizes)
+    }
+}
+
+/// Number of f32 parameters of a network with these layer sizes.
+pub fn parameter_count(sizes: &[usize]) -> usize {
+    sizes.windows(2).map(|p| p[1] * p[0] + p[1]).sum()
+}
+
+/// `z = w·a + b`, `b` broadcast over the columns: `(out, in)·(in, n) + (out,)`.
+fn weighted_input(w: &Array2<f32>, b: &Array1<f32>, a: &Array2<f32>) -> Array2<f32> {
+    let mut z = w.dot(a);
+    z += &b.view().insert_axis(Axis(1));
+    z
+}
+
+/// Index of the first largest value (0 for an empty input).
+fn argmax(values: impl Iterator<Item = f32>) -> usize {
+    let mut best = (0, f32::NEG_INFINITY);
+    for (i, v) in values.enumerate() {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    best.0
+}
+
+/// ∂C_x/∂a for the quadratic cost: `a − y`.
+fn cost_derivative(output_activations: &Array2<f32>, y: ArrayView2<f32>) -> Array2<f32> {
+    output_activations - &y
+}
+
+/// The sigmoid function, elementwise.
+fn sigmoid(mut z: Array2<f32>) -> Array2<f32> {
+    z.mapv_inplace(|z| 1.0 / (1.0 + (-z).exp()));
+    z
+}
+
+/// Derivative of the sigmoid function, elementwise.
+fn sigmoid_prime(z: &Array2<f32>) -> Array2<f32> {
+    z.mapv(|z| {
+        let s = 1.0 / (1.0 + (-z).exp());
+        s * (1.0 - s)
+    })
+}

@@ -1,0 +1,128 @@
+//! The single-process reference trainer, and the step pieces it shares with
+//! the coordinator: which samples form a step's shards ([`step_shards`]), a
+//! shard's gradient ([`shard_gradients`]) and the reduction plus update
+//! ([`apply_step`]). Because the coordinator calls the very same functions,
+//! a cluster run with `S` shards is bitwise equal to this trainer with `S` shards.
+
+use std::time::{Duration, Instant};
+
+use crate::dataset::{Mnist, Samples};
+use crate::gradients::Gradients;
+use crate::network::Network;
+use crate::schedule::{epoch_order, init_rng, shard_ranges, StepId};
+
+/// What to train and how; validated by whoever builds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingPlan {
+    /// Layer sizes, e.g. `[784, 30, 10]`.
+    pub sizes: Vec<usize>,
+    /// Number of epochs.
+    pub epochs: usize,
+    /// Mini-batch length (`len` in `eta / len`); the last batch of an epoch may be shorter.
+    pub batch_size: usize,
+    /// Learning rate.
+    pub eta: f32,
+    /// Logical shards per mini-batch, `S`.
+    pub shards: usize,
+    /// Seed of the initial weights and of every epoch's shuffle.
+    pub seed: u64,
+}
+
+impl TrainingPlan {
+    /// The initial network of this plan: N(0, 1) from the seed.
+    pub fn initial_network(&self) -> Network {
+        Network::new(&self.sizes, &mut init_rng(self.seed))
+    }
+}
+
+/// What one epoch achieved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochReport {
+    /// Epoch number, from 0.
+    pub epoch: usize,
+    /// Steps run so far in the run.
+    pub steps: u64,
+    /// Test samples classified right.
+    pub test_correct: usize,
+    /// Test samples.
+    pub test_total: usize,
+    /// Validation samples classified right.
+    pub validation_correct: usize,
+    /// Validation samples.
+    pub validation_total: usize,
+    /// Wall time of the epoch's training steps (evaluation excluded).
+    pub train_time: Duration,
+    /// Training samples in the epoch.
+    pub samples: usize,
+}
+
+impl EpochReport {
+    /// Training samples per second of wall time.
+    pub fn samples_per_sec(&self) -> f64 {
+        self.samples as f64 / self.train_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The shards of one mini-batch: the samples at `batch` (indices into
+/// `training`, in shuffled order) split into at most `shards` contiguous ranges.
+pub fn step_shards(training: &Samples, batch: &[usize], shards: usize) -> Vec<Samples> {
+    shard_ranges(batch.len(), shards).into_iter().map(|r| training.gather(&batch[r])).collect()
+}
+
+/// The summed gradient of one shard, as a worker computes it.
+pub fn shard_gradients(network: &Network, shard: &Samples) -> Gradients {
+    network.backprop(shard.inputs().view(), shard.targets().view())
+}
+
+/// Adds the shard gradients in shard order and applies `eta / len` with `len`
+/// the mini-batch length (the sum of the shards' sample counts).
+///
+/// # Panics
+/// If `shard_results` is empty.
+pub fn apply_step(network: &mut Network, shard_results: &[Gradients], eta: f32, len: usize) {
+    let total = Gradients::sum_in_shard_order(shard_results);
+    network.apply(&total, eta, len);
+}
+
+/// Samples classified right, evaluated in chunks to bound memory.
+pub fn correct_count(network: &Network, samples: &Samples) -> usize {
+    const CHUNK: usize = 1000;
+    (0..samples.len())
+        .step_by(CHUNK)
+        .map(|start| {
+            let part = samples.slice(start..(start + CHUNK).min(samples.len()));
+            network.evaluate(part.inputs().view(), &part.labels)
+        })
+        .sum()
+}
+
+/// Evaluates `network` on the test and validation sets.
+pub fn epoch_report(network: &Network, data: &Mnist, epoch: usize, steps: u64, train_time: Duration) -> EpochReport {
+    EpochReport {
+        epoch,
+        steps,
+        test_correct: correct_count(network, &data.test),
+        test_total: data.test.len(),
+        validation_correct: correct_count(network, &data.validation),
+        validation_total: data.validation.len(),
+        train_time,
+        samples: data.training.len(),
+    }
+}
+
+/// Trains `network` in this process, exactly as a cluster with `plan.shards`
+/// logical shards would, calling `on_epoch` after every epoch.
+pub fn train(network: &mut Network, data: &Mnist, plan: &TrainingPlan, mut on_epoch: impl FnMut(&EpochReport)) {
+    let mut step = StepId(0);
+    for epoch in 0..plan.epochs {
+        let start = Instant::now();
+        let order = epoch_order(plan.seed, epoch, data.training.len());
+        for batch in order.chunks(plan.batch_size) {
+            let shards = step_shards(&data.training, batch, plan.shards);
+            let results: Vec<Gradients> = shards.iter().map(|s| shard_gradients(network, s)).collect();
+            apply_step(network, &results, plan.eta, batch.len());
+            step.0 += 1;
+        }
+        on_epoch(&epoch_report(network, data, epoch, step.0, start.elapsed()));
+    }
+}

@@ -1,0 +1,356 @@
+//! The one place where wire messages (`pb::*`) meet the math types
+//! (`Network`, `Gradients`, `Samples`). Everything that comes off the wire is
+//! validated here (lengths, shapes, finiteness, label ranges, protocol
+//! version) before anything else sees it; services and sessions just `?` a
+//! [`WireError`].
+//!
+//! Tensors are "packed parameters" (see `proto/trainer.proto`): for each layer
+//! `w_l` row-major then `b_l`, little-endian f32.
+
+use bytes::{Bytes, BytesMut};
+use ndarray::{Array1, Array2};
+
+use crate::dataset::{Samples, CLASSES, IMAGE_SIZE};
+use crate::gradients::Gradients;
+use crate::network::{parameter_count, Network};
+use crate::pb;
+use crate::schedule::ShardId;
+
+/// The protocol version this build speaks (`package ddp.v1`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest model accepted from the wire, in parameters (64 MiB of f32).
+pub const MAX_PARAMETERS: usize = 16 << 20;
+
+/// What is wrong with a message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WireError {
+    /// The peer speaks another protocol version.
+    #[error("protocol version mismatch: peer speaks v{theirs}, this build speaks v{ours}")]
+    ProtocolVersion {
+        /// Ours.
+        ours: u32,
+        /// Theirs.
+        theirs: u32,
+    },
+    /// A packed tensor has the wrong number of bytes.
+    #[error("{tensor}: {got} bytes, expected {expected} ({} f32 values for sizes {sizes:?})", expected / 4)]
+    Length {
+        /// Which tensor ("weights", "gradients").
+        tensor: &'static str,
+        /// Layer sizes it should fit.
+        sizes: Vec<usize>,
+        /// Bytes expected.
+        expected: usize,
+        /// Bytes received.
+        got: usize,
+    },
+    /// A value is NaN or infinite.
+    #[error("{tensor}: value {index} is {value}, not finite")]
+    NonFinite {
+        /// Which tensor.
+        tensor: &'static str,
+        /// Index within the packed parameters.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+    /// Layer sizes that cannot describe a network.
+    #[error("invalid layer sizes {sizes:?}: need two or more positive sizes and at most {MAX_PARAMETERS} parameters")]
+    Sizes {
+        /// The sizes received.
+        sizes: Vec<u32>,
+    },
+    /// Model sizes differ from the ones this side expects.
+    #[error("model sizes differ: peer has {theirs:?}, this side {ours:?}")]
+    SizesMismatch {
+        /// Ours.
+        ours: Vec<usize>,
+        /// Theirs.
+        theirs: Vec<usize>,
+    },
+    /// A shard with no samples.
+    #[error("shard {shard}: no samples")]
+    EmptyShard {
+        /// The shard.
+        shard: u32,
+    },
+    /// A shard's pixel bytes do not match its label count.
+    #[error("shard {shard}: {got} pixel bytes for {labels} labels, expected {expected}")]
+    ShardPixels {
+        /// The shard.
+        shard: u32,
+        /// Labels in the shard.
+        labels: usize,
+        /// Pixel bytes expected.
+        expected: usize,
+        /// Pixel bytes received.
+        got: usize,
+    },
+    /// A label outside `0..CLASSES`.
+    #[error("shard {shard}: label {label} at index {index} is not a digit 0..=9")]
+    Label {
+        /// The shard.
+        shard: u32,
+        /// Index in the shard.
+        index: usize,
+        /// The label.
+        label: u8,
+    },
+    /// A result's sample count differs from the shard's size.
+    #[error("step {step} shard {shard}: result covers {got} samples, the shard has {expected}")]
+    SampleCount {
+        /// The step.
+        step: u64,
+        /// The shard.
+        shard: u32,
+        /// Samples in the shard.
+        expected: usize,
+        /// Samples claimed.
+        got: u32,
+    },
+    /// A message of the wrong kind for this point of the protocol, or empty.
+    #[error("unexpected message: expected {expected}, got {got}")]
+    Unexpected {
+        /// What the protocol expects here.
+        expected: &'static str,
+        /// What came.
+        got: &'static str,
+    },
+}
+
+impl From<WireError> for tonic::Status {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::ProtocolVersion { .. } | WireError::SizesMismatch { .. } | WireError::Unexpected { .. } => {
+                tonic::Status::failed_precondition(e.to_string())
+            }
+            _ => tonic::Status::invalid_argument(e.to_string()),
+        }
+    }
+}
+
+fn pack(weights: &[Array2<f32>], biases: &[Array1<f32>]) -> Bytes {
+    let count: usize = weights.iter().map(|w| w.len()).sum::<usize>() + biases.iter().map(|b| b.len()).sum::<usize>();
+    let mut out = BytesMut::with_capacity(count * 4);
+    for (w, b) in weights.iter().zip(biases) {
+        for v in w.iter().chain(b.iter()) {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out.freeze()
+}
+
+fn unpack(
+    sizes: &[usize],
+    tensor: &'static str,
+    bytes: &[u8],
+    weights: &mut [Array2<f32>],
+    biases: &mut [Array1<f32>],
+) -> Result<(), WireError> {
+    let expected = parameter_count(sizes) * 4;
+    if bytes.len() != expected {
+        return Err(WireError::Length { tensor, sizes: sizes.to_vec(), expected, got: bytes.len() });
+    }
+    let mut values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).enumerate();
+    for (w, b) in weights.iter_mut().zip(biases.iter_mut()) {
+        for slot in w.iter_mut().chain(b.iter_mut()) {
+            // Length was checked above, so the iterator cannot run dry.
+            let (index, value) = values.next().expect("length checked");
+            if !value.is_finite() {
+                return Err(WireError::NonFinite { tensor, index, value });
+            }
+            *slot = value;
+        }
+    }
+    Ok(())
+}
+
+/// Packs a network's weights and biases for a `Step`.
+pub fn encode_network(network: &Network) -> Bytes {
+    pack(&network.weights, &network.biases)
+}
+
+/// Unpacks `Step.weights` into `network` (whose sizes fix the layout), reusing its buffers.
+///
+/// # Errors
+/// [`WireError::Length`] or [`WireError::NonFinite`]; `network` may then be partly overwritten.
+pub fn decode_network_into(bytes: &[u8], network: &mut Network) -> Result<(), WireError> {
+    let sizes = network.sizes.clone();
+    unpack(&sizes, "weights", bytes, &mut network.weights, &mut network.biases)
+}
+
+/// Packs gradients for a `ShardResult`.
+pub fn encode_gradients(g: &Gradients) -> Bytes {
+    pack(&g.nabla_w, &g.nabla_b)
+}
+
+/// Unpacks `ShardResult.gradients` for a network of `sizes`.
+///
+/// # Errors
+/// [`WireError::Length`] or [`WireError::NonFinite`].
+pub fn decode_gradients(sizes: &[usize], bytes: &[u8]) -> Result<Gradients, WireError> {
+    let mut g = Gradients::zeros(sizes);
+    unpack(sizes, "gradients", bytes, &mut g.nabla_w, &mut g.nabla_b)?;
+    Ok(g)
+}
+
+/// Checks a worker's `Hello`.
+///
+/// # Errors
+/// [`WireError::ProtocolVersion`] if the worker speaks another version.
+pub fn check_hello(hello: &pb::Hello) -> Result<(), WireError> {
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(WireError::ProtocolVersion { ours: PROTOCOL_VERSION, theirs: hello.protocol_version });
+    }
+    Ok(())
+}
+
+/// The model sizes of a `Welcome`, validated.
+///
+/// # Errors
+/// [`WireError::ProtocolVersion`] or [`WireError::Sizes`].
+pub fn decode_welcome(welcome: &pb::Welcome) -> Result<Vec<usize>, WireError> {
+    if welcome.protocol_version != PROTOCOL_VERSION {
+        return Err(WireError::ProtocolVersion { ours: PROTOCOL_VERSION, theirs: welcome.protocol_version });
+    }
+    let sizes: Vec<usize> = welcome.sizes.iter().map(|&s| s as usize).collect();
+    let plausible = sizes.len() >= 2
+        && sizes.iter().all(|&s| s > 0 && s <= MAX_PARAMETERS)
+        && parameter_count(&sizes) <= MAX_PARAMETERS;
+    if !plausible {
+        return Err(WireError::Sizes { sizes: welcome.sizes.clone() });
+    }
+    if sizes[0] != IMAGE_SIZE || sizes[sizes.len() - 1] != CLASSES {
+        return Err(WireError::SizesMismatch { ours: vec![IMAGE_SIZE, 0, CLASSES], theirs: sizes });
+    }
+    Ok(sizes)
+}
+
+/// A shard's samples as a `pb::Shard`.
+pub fn encode_shard(id: ShardId, samples: &Samples) -> pb::Shard {
+    pb::Shard { shard_id: id.0, pixels: Bytes::copy_from_slice(&samples.pixels), labels: Bytes::copy_from_slice(&samples.labels) }
+}
+
+/// A `pb::Shard`'s samples, validated.
+///
+/// # Errors
+/// [`WireError::EmptyShard`], [`WireError::ShardPixels`] or [`WireError::Label`].
+pub fn decode_shard(shard: &pb::Shard) -> Result<(ShardId, Samples), WireError> {
+    let n = shard.labels.len();
+    if n == 0 {
+        return Err(WireError::EmptyShard { shard: shard.shard_id });
+    }
+    let expected = n * IMAGE_SIZE;
+    if shard.pixels.len() != expected {
+        return Err(WireError::ShardPixels { shard: shard.shard_id, labels: n, expected, got: shard.pixels.len() });
+    }
+    if let Some((index, &label)) = shard.labels.iter().enumerate().find(|(_, &l)| usize::from(l) >= CLASSES) {
+        return Err(WireError::Label { shard: shard.shard_id, index, label });
+    }
+    Ok((ShardId(shard.shard_id), Samples { pixels: shard.pixels.to_vec(), labels: shard.labels.to_vec() }))
+}
+
+/// A `ShardResult` for shard `id` of step `step` over `samples` samples.
+pub fn encode_shard_result(step: u64, id: ShardId, samples: usize, g: &Gradients) -> pb::ShardResult {
+    pb::ShardResult { step_id: step, shard_id: id.0, sample_count: samples as u32, gradients: encode_gradients(g) }
+}
+
+/// The gradients of a `ShardResult` for a shard of `expected_samples` samples, validated.
+/// The caller has already matched its step and shard ids to an open shard.
+///
+/// # Errors
+/// [`WireError::SampleCount`], [`WireError::Length`] or [`WireError::NonFinite`].
+pub fn decode_shard_result(
+    result: &pb::ShardResult,
+    sizes: &[usize],
+    expected_samples: usize,
+) -> Result<Gradients, WireError> {
+    if result.sample_count as usize != expected_samples {
+        return Err(WireError::SampleCount {
+            step: result.step_id,
+            shard: result.shard_id,
+            expected: expected_samples,
+            got: result.sample_count,
+        });
+    }
+    decode_gradients(sizes, &result.gradients)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::init_rng;
+
+    fn net() -> Network {
+        Network::new(&[784, 5, 10], &mut init_rng(3))
+    }
+
+    #[test]
+    fn network_round_trip_is_bitwise() {
+        let a = net();
+        let mut b = Network::zeros(&a.sizes);
+        decode_network_into(&encode_network(&a), &mut b).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(encode_network(&a).len(), a.parameter_count() * 4);
+    }
+
+    #[test]
+    fn mnist_sized_payload_is_95440_bytes() {
+        assert_eq!(parameter_count(&[784, 30, 10]) * 4, 95_440);
+    }
+
+    #[test]
+    fn short_gradients_rejected() {
+        let g = Gradients::zeros(&[784, 5, 10]);
+        let bytes = encode_gradients(&g);
+        let err = decode_gradients(&[784, 5, 10], &bytes[..bytes.len() - 4]).unwrap_err();
+        assert!(matches!(err, WireError::Length { expected, got, .. } if got + 4 == expected), "{err:?}");
+    }
+
+    #[test]
+    fn nan_and_infinity_rejected_with_index() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut bytes = encode_gradients(&Gradients::zeros(&[784, 5, 10])).to_vec();
+            bytes[40..44].copy_from_slice(&bad.to_le_bytes());
+            let err = decode_gradients(&[784, 5, 10], &bytes).unwrap_err();
+            assert!(matches!(err, WireError::NonFinite { index: 10, .. }), "{bad}: {err:?}");
+            assert_eq!(tonic::Status::from(err).code(), tonic::Code::InvalidArgument);
+        }
+    }
+
+    #[test]
+    fn shard_validation() {
+        let samples = Samples { pixels: vec![7; 2 * IMAGE_SIZE], labels: vec![1, 9] };
+        let (id, back) = decode_shard(&encode_shard(ShardId(3), &samples)).unwrap();
+        assert_eq!((id, back), (ShardId(3), samples));
+        let mut bad = pb::Shard { shard_id: 1, pixels: vec![0; IMAGE_SIZE].into(), labels: vec![1, 2].into() };
+        assert!(matches!(decode_shard(&bad), Err(WireError::ShardPixels { expected: 1568, got: 784, .. })));
+        bad.pixels = vec![0; 2 * IMAGE_SIZE].into();
+        bad.labels = vec![1, 12].into();
+        assert!(matches!(decode_shard(&bad), Err(WireError::Label { index: 1, label: 12, .. })));
+        bad.labels = Bytes::new();
+        assert!(matches!(decode_shard(&bad), Err(WireError::EmptyShard { shard: 1 })));
+    }
+
+    #[test]
+    fn sample_count_must_match() {
+        let g = Gradients::zeros(&[784, 5, 10]);
+        let r = encode_shard_result(4, ShardId(1), 3, &g);
+        assert!(decode_shard_result(&r, &[784, 5, 10], 3).is_ok());
+        let err = decode_shard_result(&r, &[784, 5, 10], 2).unwrap_err();
+        assert!(err.to_string().contains("step 4 shard 1: result covers 3 samples, the shard has 2"), "{err}");
+    }
+
+    #[test]
+    fn version_and_sizes_checked_at_handshake() {
+        let err = check_hello(&pb::Hello { name: "w".into(), protocol_version: 2 }).unwrap_err();
+        assert_eq!(err.to_string(), "protocol version mismatch: peer speaks v2, this build speaks v1");
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::FailedPrecondition);
+        let welcome = |sizes: Vec<u32>| pb::Welcome { worker_id: 0, sizes, run_id: String::new(), protocol_version: 1 };
+        assert_eq!(decode_welcome(&welcome(vec![784, 30, 10])).unwrap(), vec![784, 30, 10]);
+        assert!(matches!(decode_welcome(&welcome(vec![784])), Err(WireError::Sizes { .. })));
+        assert!(matches!(decode_welcome(&welcome(vec![784, 0, 10])), Err(WireError::Sizes { .. })));
+        assert!(matches!(decode_welcome(&welcome(vec![784, 1 << 30, 10])), Err(WireError::Sizes { .. })));
+    }
+}
