@@ -1,0 +1,266 @@
+//! The worker pool: the seam between the training loop and the workers.
+//!
+//! [`WorkerPool::run_step`] takes a step's shards and returns their gradients
+//! in shard order, however the work was spread and whatever order the results
+//! came in. [`RemotePool`] is the registry of connected workers: it hands out
+//! shards round-robin, validates every result (through `wire`), keeps the
+//! first valid result per shard, ignores late and duplicate ones, and gives
+//! the shards of a worker that left or misbehaved to the live workers within
+//! the same step.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::dataset::Samples;
+use common::pb::{self, coordinator_message};
+use common::schedule::{ShardId, StepId};
+use common::{wire, Gradients, Network};
+use tokio::sync::mpsc;
+use tonic::Status;
+use tracing::{info, warn};
+
+use crate::service::{Outbox, WorkerEvent, WorkerId};
+
+/// Why a step could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No worker was left and none joined in time.
+    #[error("step {step}: no worker left and none joined within {waited:?}")]
+    NoWorkers {
+        /// The step that could not complete.
+        step: StepId,
+        /// How long the pool waited.
+        waited: Duration,
+    },
+    /// The service stopped delivering events (the server is gone).
+    #[error("the gRPC service stopped")]
+    ServiceGone,
+}
+
+/// Computes the shards of steps somewhere.
+#[allow(async_fn_in_trait)] // used with concrete types only
+pub trait WorkerPool {
+    /// Computes the summed gradients of every shard of `step` at `network`'s
+    /// weights; returns them in shard order (`result[i]` is `shards[i]`'s).
+    ///
+    /// # Errors
+    /// [`PoolError`] if the step cannot be completed.
+    async fn run_step(&mut self, step: StepId, network: &Network, shards: &[Samples]) -> Result<Vec<Gradients>, PoolError>;
+}
+
+/// Counters a run reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Results for an earlier step, ignored.
+    pub late: u64,
+    /// Results for a shard already done, ignored.
+    pub duplicate: u64,
+    /// Results that failed validation, never applied.
+    pub rejected: u64,
+    /// Shards given to another worker after theirs left or failed.
+    pub reassigned: u64,
+}
+
+struct Handle {
+    name: String,
+    outbox: Outbox,
+}
+
+/// The registry of connected workers, fed by the gRPC service's events.
+pub struct RemotePool {
+    events: mpsc::Receiver<WorkerEvent>,
+    workers: BTreeMap<WorkerId, Handle>,
+    sizes: Vec<usize>,
+    wait_timeout: Duration,
+    stats: PoolStats,
+}
+
+/// The state of one step in flight.
+struct Step<'a> {
+    id: StepId,
+    weights: bytes::Bytes,
+    shards: &'a [Samples],
+    results: Vec<Option<Gradients>>,
+    owner: Vec<Option<WorkerId>>,
+}
+
+impl Step<'_> {
+    fn done(&self) -> bool {
+        self.results.iter().all(Option::is_some)
+    }
+}
+
+impl RemotePool {
+    /// A pool for a model of `sizes` that waits up to `wait_timeout` when no worker is left.
+    pub fn new(events: mpsc::Receiver<WorkerEvent>, sizes: Vec<usize>, wait_timeout: Duration) -> Self {
+        Self { events, workers: BTreeMap::new(), sizes, wait_timeout, stats: PoolStats::default() }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &PoolStats {
+        &self.stats
+    }
+
+    /// Workers connected now.
+    pub fn live_workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Waits until `count` workers are connected, logging each that joins.
+    ///
+    /// # Errors
+    /// [`PoolError::ServiceGone`] if the service stops.
+    pub async fn wait_for_workers(&mut self, count: usize) -> Result<(), PoolError> {
+        if self.workers.len() < count {
+            info!(have = self.workers.len(), want = count, "waiting for workers");
+        }
+        while self.workers.len() < count {
+            let event = self.events.recv().await.ok_or(PoolError::ServiceGone)?;
+            self.handle_membership(event);
+        }
+        Ok(())
+    }
+
+    /// Tells every worker to shut down and forgets them; their streams end with OK.
+    pub fn shutdown(&mut self, reason: &str) {
+        for (id, handle) in std::mem::take(&mut self.workers) {
+            let msg = pb::CoordinatorMessage {
+                kind: Some(coordinator_message::Kind::Shutdown(pb::Shutdown { reason: reason.to_string() })),
+            };
+            if handle.outbox.try_send(Ok(msg)).is_err() {
+                warn!(worker = %id, name = %handle.name, "could not send shutdown");
+            }
+        }
+    }
+
+    /// Applies a join or leave; returns results to the caller.
+    fn handle_membership(&mut self, event: WorkerEvent) -> Option<(WorkerId, pb::ShardResult)> {
+        match event {
+            WorkerEvent::Joined { id, name, outbox } => {
+                info!(worker = %id, %name, live = self.workers.len() + 1, "worker joined");
+                self.workers.insert(id, Handle { name, outbox });
+                None
+            }
+            WorkerEvent::Left { id, reason } => {
+                if let Some(h) = self.workers.remove(&id) {
+                    warn!(worker = %id, name = %h.name, %reason, live = self.workers.len(), "worker lost");
+                }
+                None
+            }
+            WorkerEvent::Result { id, result } => Some((id, result)),
+        }
+    }
+
+    /// Drops a worker, ending its stream with `status`.
+    fn evict(&mut self, id: WorkerId, status: Status) {
+        if let Some(h) = self.workers.remove(&id) {
+            warn!(worker = %id, name = %h.name, error = %status.message(), "worker evicted");
+            let _ = h.outbox.try_send(Err(status));
+        }
+    }
+
+    /// Sends every unowned, unfinished shard of `step` to a live worker,
+    /// round-robin in worker-id order, one `Step` message per worker.
+    fn assign(&mut self, step: &mut Step<'_>) {
+        loop {
+            let open: Vec<usize> = (0..step.shards.len()).filter(|&i| step.owner[i].is_none() && step.results[i].is_none()).collect();
+            if open.is_empty() || self.workers.is_empty() {
+                return;
+            }
+            let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+            let mut batches: BTreeMap<WorkerId, Vec<usize>> = BTreeMap::new();
+            for (k, &shard) in open.iter().enumerate() {
+                batches.entry(ids[k % ids.len()]).or_default().push(shard);
+            }
+            for (id, shards) in batches {
+                let msg = pb::Step {
+                    step_id: step.id.0,
+                    weights: step.weights.clone(), // one buffer shared by all workers
+                    shards: shards.iter().map(|&i| wire::encode_shard(ShardId(i as u32), &step.shards[i])).collect(),
+                };
+                let msg = pb::CoordinatorMessage { kind: Some(coordinator_message::Kind::Step(msg)) };
+                match self.workers[&id].outbox.try_send(Ok(msg)) {
+                    Ok(()) => shards.iter().for_each(|&i| step.owner[i] = Some(id)),
+                    Err(_) => {
+                        // Closed, or so far behind that its queue is full: treat it as gone.
+                        self.evict(id, Status::resource_exhausted("worker is not reading its stream"));
+                        self.orphan(step, id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets `id`'s claim on unfinished shards so that `assign` hands them out again.
+    fn orphan(&mut self, step: &mut Step<'_>, id: WorkerId) {
+        for i in 0..step.shards.len() {
+            if step.owner[i] == Some(id) && step.results[i].is_none() {
+                step.owner[i] = None;
+                self.stats.reassigned += 1;
+                info!(step = step.id.0, shard = i, worker = %id, "shard reassigned");
+            }
+        }
+    }
+
+    fn accept(&mut self, step: &mut Step<'_>, id: WorkerId, result: pb::ShardResult) {
+        if result.step_id != step.id.0 {
+            self.stats.late += 1;
+            return;
+        }
+        let i = result.shard_id as usize;
+        if i >= step.shards.len() || !self.workers.contains_key(&id) {
+            // A shard id that does not exist, or a worker already evicted.
+            self.stats.rejected += 1;
+            return;
+        }
+        if step.results[i].is_some() {
+            self.stats.duplicate += 1;
+            return;
+        }
+        match wire::decode_shard_result(&result, &self.sizes, step.shards[i].len()) {
+            Ok(g) => step.results[i] = Some(g),
+            Err(e) => {
+                self.stats.rejected += 1;
+                self.evict(id, e.into());
+                self.orphan(step, id);
+            }
+        }
+    }
+}
+
+impl WorkerPool for RemotePool {
+    async fn run_step(&mut self, id: StepId, network: &Network, shards: &[Samples]) -> Result<Vec<Gradients>, PoolError> {
+        let mut step = Step {
+            id,
+            weights: wire::encode_network(network),
+            shards,
+            results: vec![None; shards.len()],
+            owner: vec![None; shards.len()],
+        };
+        self.assign(&mut step);
+        while !step.done() {
+            let event = if self.workers.is_empty() {
+                warn!(step = id.0, wait = ?self.wait_timeout, "no worker left; waiting for one to join");
+                match tokio::time::timeout(self.wait_timeout, self.events.recv()).await {
+                    Ok(event) => event,
+                    Err(_) => return Err(PoolError::NoWorkers { step: id, waited: self.wait_timeout }),
+                }
+            } else {
+                self.events.recv().await
+            };
+            let event = event.ok_or(PoolError::ServiceGone)?;
+            let left = match &event {
+                WorkerEvent::Left { id, .. } => Some(*id),
+                _ => None,
+            };
+            if let Some((worker, result)) = self.handle_membership(event) {
+                self.accept(&mut step, worker, result);
+            }
+            if let Some(worker) = left {
+                self.orphan(&mut step, worker);
+            }
+            self.assign(&mut step);
+        }
+        Ok(step.results.into_iter().map(|g| g.expect("step is done")).collect())
+    }
+}

@@ -1,0 +1,151 @@
+//! The gRPC face of the coordinator: the `ddp.v1.Trainer` service. It does
+//! the handshake and then only forwards: each worker's stream becomes a
+//! registry event (`Joined`), its results become `Result` events, and its end
+//! a `Left` event. It knows messages and streams, not training.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use common::pb::{self, coordinator_message, worker_message};
+use common::wire::{self, WireError, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+/// Id the coordinator gives a worker's stream; unique within a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(pub u32);
+
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Messages to one worker; an `Err` ends its stream with that status.
+pub type Outbox = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
+
+/// What the service tells the worker registry.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// A worker completed the handshake.
+    Joined {
+        /// Its id.
+        id: WorkerId,
+        /// The name it gave.
+        name: String,
+        /// Where to send it work. Dropping every clone ends its stream with OK.
+        outbox: Outbox,
+    },
+    /// A worker sent a result (not yet validated).
+    Result {
+        /// The sender.
+        id: WorkerId,
+        /// The message.
+        result: pb::ShardResult,
+    },
+    /// A worker's stream ended.
+    Left {
+        /// The worker.
+        id: WorkerId,
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// The service state shared by all streams.
+#[derive(Debug, Clone)]
+pub struct TrainerService {
+    events: mpsc::Sender<WorkerEvent>,
+    sizes: Arc<Vec<u32>>,
+    run_id: Arc<str>,
+    next_id: Arc<AtomicU32>,
+}
+
+impl TrainerService {
+    /// A service that reports to `events` and announces a model of `sizes`.
+    pub fn new(events: mpsc::Sender<WorkerEvent>, sizes: &[usize], run_id: &str) -> Self {
+        Self {
+            events,
+            sizes: Arc::new(sizes.iter().map(|&s| s as u32).collect()),
+            run_id: run_id.into(),
+            next_id: Arc::new(AtomicU32::new(0)),
+        }
+    }
+}
+
+fn step_message(kind: coordinator_message::Kind) -> pb::CoordinatorMessage {
+    pb::CoordinatorMessage { kind: Some(kind) }
+}
+
+fn kind_name(msg: &pb::WorkerMessage) -> &'static str {
+    match msg.kind {
+        Some(worker_message::Kind::Hello(_)) => "Hello",
+        Some(worker_message::Kind::Result(_)) => "ShardResult",
+        None => "an empty WorkerMessage",
+    }
+}
+
+#[tonic::async_trait]
+impl pb::trainer_server::Trainer for TrainerService {
+    type TrainStream = ReceiverStream<Result<pb::CoordinatorMessage, Status>>;
+
+    async fn train(&self, request: Request<Streaming<pb::WorkerMessage>>) -> Result<Response<Self::TrainStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(pb::WorkerMessage { kind: Some(worker_message::Kind::Hello(hello)) }) => hello,
+            Some(other) => return Err(WireError::Unexpected { expected: "Hello", got: kind_name(&other) }.into()),
+            None => return Err(Status::cancelled("stream closed before Hello")),
+        };
+        if let Err(e) = wire::check_hello(&hello) {
+            warn!(?peer, name = %hello.name, error = %e, "worker refused");
+            return Err(e.into());
+        }
+        let id = WorkerId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        // Capacity: a step sends one message per worker and waits, so a few suffice;
+        // a worker that lets this fill up is treated as gone (see pool).
+        let (outbox, rx) = mpsc::channel(16);
+        let welcome = pb::Welcome {
+            worker_id: id.0,
+            sizes: self.sizes.to_vec(),
+            run_id: self.run_id.to_string(),
+            protocol_version: PROTOCOL_VERSION,
+        };
+        outbox
+            .try_send(Ok(step_message(coordinator_message::Kind::Welcome(welcome))))
+            .map_err(|_| Status::internal("new outbox cannot be full"))?;
+        let weak = outbox.downgrade();
+        let joined = WorkerEvent::Joined { id, name: hello.name.clone(), outbox };
+        if self.events.send(joined).await.is_err() {
+            return Err(Status::unavailable("the coordinator is not accepting workers (training is over)"));
+        }
+        debug!(worker = %id, ?peer, name = %hello.name, "handshake done");
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                match inbound.message().await {
+                    Ok(Some(pb::WorkerMessage { kind: Some(worker_message::Kind::Result(result)) })) => {
+                        if events.send(WorkerEvent::Result { id, result }).await.is_err() {
+                            return; // the registry is gone: the run is over
+                        }
+                    }
+                    Ok(Some(other)) => {
+                        let e = WireError::Unexpected { expected: "ShardResult", got: kind_name(&other) };
+                        // The outbox is held weakly so that dropping the registry's handle ends the stream.
+                        if let Some(outbox) = weak.upgrade() {
+                            let _ = outbox.try_send(Err(e.clone().into()));
+                        }
+                        break e.to_string();
+                    }
+                    Ok(None) => break "stream closed by the worker".to_string(),
+                    Err(status) => break format!("stream error: {}", status.message()),
+                }
+            };
+            info!(worker = %id, %reason, "worker left");
+            let _ = events.send(WorkerEvent::Left { id, reason }).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,25 @@
+//! The worker's CPU work: summed gradients of each shard of a step. Runs in
+//! `spawn_blocking` so backprop never holds up the async runtime (which keeps
+//! the stream's HTTP/2 keepalives answered during a long shard).
+
+use common::dataset::Samples;
+use common::schedule::ShardId;
+use common::trainer::shard_gradients;
+use common::{Gradients, Network};
+
+/// One computed shard: its id, sample count and summed gradients.
+pub type ShardOutput = (ShardId, usize, Gradients);
+
+/// Computes every shard at `network`'s weights on a blocking thread; hands the
+/// network back so its buffers are reused for the next step.
+///
+/// # Panics
+/// If the blocking task panics (a bug: inputs are validated by `wire`).
+pub async fn shard_gradients_blocking(network: Network, shards: Vec<(ShardId, Samples)>) -> (Network, Vec<ShardOutput>) {
+    tokio::task::spawn_blocking(move || {
+        let outputs = shards.iter().map(|(id, s)| (*id, s.len(), shard_gradients(&network, s))).collect();
+        (network, outputs)
+    })
+    .await
+    .expect("shard computation does not panic on validated input")
+}

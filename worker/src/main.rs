@@ -1,0 +1,43 @@
+//! `worker`: parse flags, set up logging, run [`worker::run`] until the
+//! coordinator says Shutdown or Ctrl-C.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Worker of a data-parallel trainer for Nielsen's MNIST network: dials the
+/// coordinator and returns the summed gradients of the shards it is given.
+#[derive(Debug, Parser)]
+#[command(name = "worker", version, about)]
+struct Args {
+    /// Coordinator address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    connect: String,
+    /// Name for the coordinator's logs [default: worker-<pid>].
+    #[arg(long)]
+    name: Option<String>,
+    /// Seconds to keep retrying an unreachable coordinator before giving up.
+    #[arg(long, default_value_t = 60.0)]
+    retry_for: f64,
+}
+
+// One thread: the runtime only moves bytes; backprop runs on spawn_blocking's thread.
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    anyhow::ensure!(args.retry_for.is_finite() && args.retry_for >= 0.0, "--retry-for {}: must be seconds >= 0", args.retry_for);
+    let config = worker::WorkerConfig {
+        endpoint: args.connect,
+        name: args.name.unwrap_or_else(|| format!("worker-{}", std::process::id())),
+        retry_for: Duration::from_secs_f64(args.retry_for),
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    worker::run(config, shutdown).await?;
+    Ok(())
+}

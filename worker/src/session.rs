@@ -1,0 +1,102 @@
+//! One connection to the coordinator: Hello → Welcome, then Step → compute →
+//! ShardResult, until Shutdown.
+
+use common::pb::{self, coordinator_message, trainer_client::TrainerClient, worker_message};
+use common::wire::{self, WireError, PROTOCOL_VERSION};
+use common::Network;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tracing::{debug, info};
+
+use crate::compute::shard_gradients_blocking;
+
+/// Largest gRPC message accepted or sent (64 MiB), as on the coordinator.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Why a session ended without Shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The coordinator ended the stream with a status.
+    #[error("coordinator said {}: {}", .0.code(), .0.message())]
+    Status(Status),
+    /// The coordinator sent something this worker cannot accept.
+    #[error("bad message from the coordinator: {0}")]
+    Wire(#[from] WireError),
+    /// The stream ended without Shutdown.
+    #[error("the coordinator closed the stream without Shutdown")]
+    Closed,
+}
+
+impl SessionError {
+    /// True if retrying cannot help: the coordinator rejected this worker or
+    /// its messages, or speaks another protocol.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            SessionError::Status(s) => matches!(
+                s.code(),
+                Code::FailedPrecondition | Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
+            ),
+            SessionError::Wire(WireError::ProtocolVersion { .. } | WireError::Sizes { .. } | WireError::SizesMismatch { .. }) => true,
+            SessionError::Wire(_) | SessionError::Closed => false,
+        }
+    }
+}
+
+impl From<Status> for SessionError {
+    fn from(s: Status) -> Self {
+        SessionError::Status(s)
+    }
+}
+
+fn result_message(result: pb::ShardResult) -> pb::WorkerMessage {
+    pb::WorkerMessage { kind: Some(worker_message::Kind::Result(result)) }
+}
+
+/// Runs one session on `channel`; returns the coordinator's shutdown reason.
+///
+/// # Errors
+/// [`SessionError`] if the session ends any other way.
+pub async fn run(channel: Channel, name: &str) -> Result<String, SessionError> {
+    let mut client = TrainerClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel(64);
+    let hello = pb::Hello { name: name.to_string(), protocol_version: PROTOCOL_VERSION };
+    tx.send(pb::WorkerMessage { kind: Some(worker_message::Kind::Hello(hello)) })
+        .await
+        .map_err(|_| SessionError::Closed)?;
+    let mut inbound = client.train(ReceiverStream::new(rx)).await?.into_inner();
+
+    let welcome = match inbound.message().await? {
+        Some(pb::CoordinatorMessage { kind: Some(coordinator_message::Kind::Welcome(w)) }) => w,
+        Some(_) => return Err(WireError::Unexpected { expected: "Welcome", got: "another message" }.into()),
+        None => return Err(SessionError::Closed),
+    };
+    let sizes = wire::decode_welcome(&welcome)?;
+    info!(worker = welcome.worker_id, run = %welcome.run_id, ?sizes, "joined");
+    let mut network = Network::zeros(&sizes);
+
+    while let Some(msg) = inbound.message().await? {
+        match msg.kind {
+            Some(coordinator_message::Kind::Step(step)) => {
+                wire::decode_network_into(&step.weights, &mut network)?;
+                let shards = step.shards.iter().map(wire::decode_shard).collect::<Result<Vec<_>, _>>()?;
+                debug!(step = step.step_id, shards = shards.len(), "step");
+                let (net, outputs) = shard_gradients_blocking(network, shards).await;
+                network = net;
+                for (id, samples, g) in outputs {
+                    let result = wire::encode_shard_result(step.step_id, id, samples, &g);
+                    tx.send(result_message(result)).await.map_err(|_| SessionError::Closed)?;
+                }
+            }
+            Some(coordinator_message::Kind::Shutdown(s)) => return Ok(s.reason),
+            Some(coordinator_message::Kind::Welcome(_)) => {
+                return Err(WireError::Unexpected { expected: "Step or Shutdown", got: "a second Welcome" }.into())
+            }
+            None => return Err(WireError::Unexpected { expected: "Step or Shutdown", got: "an empty message" }.into()),
+        }
+    }
+    Err(SessionError::Closed)
+}
