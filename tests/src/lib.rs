@@ -1,1 +1,136 @@
-//! placeholder
+//! Test harness for the trainer: an in-process cluster (the real coordinator
+//! and workers, real tonic over 127.0.0.1:0, workers as tasks) and helpers to
+//! find the real binaries for process-level tests.
+//!
+//! # Layout
+//! - [`Cluster`]: start a coordinator and N workers, wait for the run's summary;
+//! - [`fixture_data`]: the committed MNIST slice (first 1,200 training and 200
+//!   test images of the real files, gzipped, in the IDX layout);
+//! - [`binary`]: the path of a workspace binary beside the test executable.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use common::dataset::Mnist;
+use coordinator::{Config, CoordinatorError, RunSummary};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use worker::{WorkerConfig, WorkerError};
+
+/// Directory of the committed MNIST slice.
+pub fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("mnist-slice")
+}
+
+/// The committed MNIST slice: 1,000 training, 200 validation, 200 test samples.
+///
+/// # Panics
+/// If the fixture is missing or invalid.
+pub fn fixture_data() -> Arc<Mnist> {
+    Arc::new(Mnist::load(&fixture_dir()).expect("committed fixture loads"))
+}
+
+/// A coordinator and its workers, running as tasks on this runtime.
+pub struct Cluster {
+    /// Where the coordinator listens.
+    pub addr: std::net::SocketAddr,
+    coordinator: JoinHandle<Result<RunSummary, CoordinatorError>>,
+    workers: Vec<JoinHandle<Result<(), WorkerError>>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+/// A worker configuration for `addr` with a short retry budget.
+pub fn worker_config(addr: std::net::SocketAddr, name: &str) -> WorkerConfig {
+    WorkerConfig { endpoint: format!("http://{addr}"), name: name.to_string(), retry_for: Duration::from_secs(10) }
+}
+
+impl Cluster {
+    /// Binds 127.0.0.1:0, starts the coordinator on it and `workers` workers.
+    ///
+    /// # Errors
+    /// If binding fails.
+    pub async fn start(config: Config, data: Arc<Mnist>, workers: usize) -> anyhow::Result<Cluster> {
+        // Bound before anything is spawned, so workers never race the server's start.
+        let listener = TcpListener::bind("127.0.0.1:0").await.context("binding 127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let coordinator = tokio::spawn(coordinator::serve(
+            listener,
+            config,
+            data,
+            async {
+                let _ = stopped.await;
+            },
+            |_| {},
+        ));
+        let mut cluster = Cluster { addr, coordinator, workers: Vec::new(), stop: Some(stop) };
+        for i in 0..workers {
+            cluster.add_worker(&format!("test-{i}"));
+        }
+        Ok(cluster)
+    }
+
+    /// Starts one more worker task.
+    pub fn add_worker(&mut self, name: &str) {
+        self.add_worker_until(name, std::future::pending());
+    }
+
+    /// Starts one more worker task that stops (as on Ctrl-C) when `stop` completes.
+    pub fn add_worker_until(&mut self, name: &str, stop: impl Future<Output = ()> + Send + 'static) {
+        let config = worker_config(self.addr, name);
+        self.workers.push(tokio::spawn(worker::run(config, stop)));
+    }
+
+    /// Interrupts the coordinator, as Ctrl-C would.
+    pub fn interrupt(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits (at most `limit`, a failure bound, not a pause) for the run to
+    /// end and every worker to exit; returns the coordinator's result and each worker's.
+    ///
+    /// # Errors
+    /// If the run does not end within `limit` or a task panics.
+    pub async fn finish(self, limit: Duration) -> anyhow::Result<(Result<RunSummary, CoordinatorError>, Vec<Result<(), WorkerError>>)> {
+        let all = async {
+            let summary = self.coordinator.await.context("coordinator task panicked")?;
+            let mut workers = Vec::new();
+            for w in self.workers {
+                workers.push(w.await.context("worker task panicked")?);
+            }
+            anyhow::Ok((summary, workers))
+        };
+        tokio::time::timeout(limit, all).await.context("cluster did not finish in time")?
+    }
+}
+
+/// The path of workspace binary `name`, next to the test executable's target dir.
+///
+/// # Panics
+/// If it is not built (run the tests with `cargo test --workspace`, which builds it).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.is_file(), "{} is not built; run `cargo test --workspace`", path.display());
+    path
+}
+
+/// Largest absolute difference between two networks' parameters.
+pub fn max_abs_diff(a: &common::Network, b: &common::Network) -> f32 {
+    let w = a.weights.iter().zip(&b.weights).flat_map(|(x, y)| x.iter().zip(y.iter()));
+    let bias = a.biases.iter().zip(&b.biases).flat_map(|(x, y)| x.iter().zip(y.iter()));
+    w.chain(bias).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The raw bytes of a network's parameters, for bitwise comparison.
+pub fn bits(network: &common::Network) -> Vec<u8> {
+    common::wire::encode_network(network).to_vec()
+}

@@ -3,6 +3,8 @@
 
 use common::pb::{self, coordinator_message, trainer_client::TrainerClient, worker_message};
 use common::wire::{self, WireError, PROTOCOL_VERSION};
+use std::time::Duration;
+
 use common::Network;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -91,7 +93,16 @@ pub async fn run(channel: Channel, name: &str) -> Result<String, SessionError> {
                     tx.send(result_message(result)).await.map_err(|_| SessionError::Closed)?;
                 }
             }
-            Some(coordinator_message::Kind::Shutdown(s)) => return Ok(s.reason),
+            Some(coordinator_message::Kind::Shutdown(s)) => {
+                // Close our half, then let the coordinator close its half, so the
+                // stream ends with OK rather than a reset.
+                drop(tx);
+                let drained = tokio::time::timeout(Duration::from_secs(5), async {
+                    while let Ok(Some(_)) = inbound.message().await {}
+                });
+                let _ = drained.await;
+                return Ok(s.reason);
+            }
             Some(coordinator_message::Kind::Welcome(_)) => {
                 return Err(WireError::Unexpected { expected: "Step or Shutdown", got: "a second Welcome" }.into())
             }

