@@ -264,3 +264,169 @@ impl WorkerPool for RemotePool {
         Ok(step.results.into_iter().map(|g| g.expect("step is done")).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The pool with fake workers and no sockets: each fake worker receives
+    //! its Steps on the outbox the service would have given it and answers
+    //! through the event channel, in whatever order and shape a case says.
+    use super::*;
+    use common::pb::coordinator_message::Kind;
+    use common::schedule::init_rng;
+    use common::trainer::{shard_gradients, step_shards};
+    use rand::seq::SliceRandom;
+    use tokio::sync::mpsc::Receiver;
+
+    const SIZES: [usize; 3] = [784, 6, 10];
+
+    fn shards() -> Vec<Samples> {
+        use rand::Rng;
+        let mut rng = init_rng(9);
+        let training = Samples {
+            pixels: (0..10 * 784).map(|_| rng.random()).collect(),
+            labels: (0..10).map(|_| rng.random_range(0..10)).collect(),
+        };
+        step_shards(&training, &(0..10).collect::<Vec<_>>(), 4)
+    }
+
+    type Inbox = Receiver<Result<pb::CoordinatorMessage, Status>>;
+
+    async fn join(events: &mpsc::Sender<WorkerEvent>, n: u32) -> Vec<Inbox> {
+        let mut inboxes = Vec::new();
+        for id in 0..n {
+            let (outbox, inbox) = mpsc::channel(16);
+            events.send(WorkerEvent::Joined { id: WorkerId(id), name: format!("fake-{id}"), outbox }).await.unwrap();
+            inboxes.push(inbox);
+        }
+        inboxes
+    }
+
+    /// Reads one Step from `inbox` and computes its shards as a worker would.
+    fn compute(inbox: &mut Inbox) -> Vec<pb::ShardResult> {
+        let Ok(Ok(pb::CoordinatorMessage { kind: Some(Kind::Step(step)) })) = inbox.try_recv() else {
+            return Vec::new();
+        };
+        let mut net = Network::zeros(&SIZES);
+        wire::decode_network_into(&step.weights, &mut net).unwrap();
+        step.shards
+            .iter()
+            .map(|s| {
+                let (id, samples) = wire::decode_shard(s).unwrap();
+                wire::encode_shard_result(step.step_id, id, samples.len(), &shard_gradients(&net, &samples))
+            })
+            .collect()
+    }
+
+    fn expected(net: &Network) -> Vec<Gradients> {
+        shards().iter().map(|s| shard_gradients(net, s)).collect()
+    }
+
+    #[tokio::test]
+    async fn results_in_any_arrival_order_come_back_in_shard_order() {
+        let net = Network::new(&SIZES, &mut init_rng(1));
+        for seed in 0..8u64 {
+            let (tx, rx) = mpsc::channel(64);
+            let mut pool = RemotePool::new(rx, SIZES.to_vec(), Duration::from_secs(5));
+            let mut inboxes = join(&tx, 1 + (seed % 4) as u32).await;
+            pool.wait_for_workers(inboxes.len()).await.unwrap();
+            let shards = shards();
+            let answer = async {
+                tokio::task::yield_now().await; // let run_step send the Steps
+                let mut results: Vec<(WorkerId, pb::ShardResult)> = Vec::new();
+                for (w, inbox) in inboxes.iter_mut().enumerate() {
+                    results.extend(compute(inbox).into_iter().map(|r| (WorkerId(w as u32), r)));
+                }
+                results.shuffle(&mut init_rng(seed));
+                for (id, result) in results {
+                    tx.send(WorkerEvent::Result { id, result }).await.unwrap();
+                }
+            };
+            let (got, ()) = tokio::join!(pool.run_step(StepId(0), &net, &shards), answer);
+            assert!(got.unwrap() == expected(&net), "case {seed}: results not in shard order");
+        }
+    }
+
+    /// Fault cases: each sends the honest results plus some interference, and
+    /// the step must still return exactly the honest gradients.
+    #[tokio::test]
+    async fn late_duplicate_and_bad_results_are_never_applied() {
+        let net = Network::new(&SIZES, &mut init_rng(1));
+        let cases = ["late", "duplicate", "nan", "short", "wrong count", "worker left"];
+        for (case_index, case) in cases.iter().enumerate() {
+            let (tx, rx) = mpsc::channel(64);
+            let mut pool = RemotePool::new(rx, SIZES.to_vec(), Duration::from_secs(5));
+            let mut inboxes = join(&tx, 2).await;
+            pool.wait_for_workers(2).await.unwrap();
+            let shards = shards();
+            let answer = async {
+                tokio::task::yield_now().await;
+                let honest0 = compute(&mut inboxes[0]);
+                let honest1 = compute(&mut inboxes[1]);
+                let mut bad = honest0[0].clone();
+                match *case {
+                    "late" => bad.step_id = 6,
+                    "duplicate" => {}
+                    "nan" => bad.gradients = vec![0xff; bad.gradients.len()].into(), // 0xffffffff is NaN
+                    "short" => bad.gradients = bad.gradients.slice(4..),
+                    "wrong count" => bad.sample_count += 1,
+                    _ => {}
+                }
+                if *case == "worker left" {
+                    tx.send(WorkerEvent::Left { id: WorkerId(0), reason: "killed".into() }).await.unwrap();
+                } else if *case == "late" || *case == "duplicate" {
+                    // Interference first for "late", after the honest result for "duplicate".
+                    let first = if *case == "late" { bad.clone() } else { honest0[0].clone() };
+                    let second = if *case == "late" { honest0[0].clone() } else { { let mut d = bad.clone(); d.gradients = vec![0; d.gradients.len()].into(); d } };
+                    tx.send(WorkerEvent::Result { id: WorkerId(0), result: first }).await.unwrap();
+                    tx.send(WorkerEvent::Result { id: WorkerId(0), result: second }).await.unwrap();
+                    for r in honest0.iter().skip(1) {
+                        tx.send(WorkerEvent::Result { id: WorkerId(0), result: r.clone() }).await.unwrap();
+                    }
+                } else {
+                    // A bad result evicts worker 0; its shards must go to worker 1.
+                    tx.send(WorkerEvent::Result { id: WorkerId(0), result: bad }).await.unwrap();
+                }
+                for r in honest1 {
+                    tx.send(WorkerEvent::Result { id: WorkerId(1), result: r }).await.unwrap();
+                }
+                if !matches!(*case, "late" | "duplicate") {
+                    // Worker 1 gets worker 0's shards in a second Step; wait for it on its inbox.
+                    let step = inboxes[1].recv().await;
+                    let mut net1 = Network::zeros(&SIZES);
+                    let Some(Ok(pb::CoordinatorMessage { kind: Some(Kind::Step(step)) })) = step else { panic!("case {case}: no reassignment") };
+                    wire::decode_network_into(&step.weights, &mut net1).unwrap();
+                    for s in &step.shards {
+                        let (id, samples) = wire::decode_shard(s).unwrap();
+                        let r = wire::encode_shard_result(step.step_id, id, samples.len(), &shard_gradients(&net1, &samples));
+                        tx.send(WorkerEvent::Result { id: WorkerId(1), result: r }).await.unwrap();
+                    }
+                }
+            };
+            let (got, ()) = tokio::join!(pool.run_step(StepId(0), &net, &shards), answer);
+            assert!(got.unwrap() == expected(&net), "case {case_index} ({case}): wrong gradients");
+            let s = pool.stats();
+            match *case {
+                "late" => assert_eq!(s.late, 1, "case {case}"),
+                "duplicate" => assert_eq!(s.duplicate, 1, "case {case}"),
+                "worker left" => assert_eq!((s.reassigned, pool.live_workers()), (2, 1), "case {case}"),
+                _ => {
+                    assert_eq!((s.rejected, s.reassigned, pool.live_workers()), (1, 2, 1), "case {case}");
+                    // The evicted worker was told why, with INVALID_ARGUMENT.
+                    let status = inboxes[0].try_recv().unwrap().unwrap_err();
+                    assert_eq!(status.code(), tonic::Code::InvalidArgument, "case {case}: {status:?}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_worker_left_times_out_with_the_step() {
+        let (tx, rx) = mpsc::channel(64);
+        let mut pool = RemotePool::new(rx, SIZES.to_vec(), Duration::from_secs(3));
+        let _inboxes = join(&tx, 1).await;
+        tx.send(WorkerEvent::Left { id: WorkerId(0), reason: "killed".into() }).await.unwrap();
+        let net = Network::new(&SIZES, &mut init_rng(1));
+        let err = pool.run_step(StepId(7), &net, &shards()).await.unwrap_err();
+        assert_eq!(err.to_string(), "step 7: no worker left and none joined within 3s");
+    }
+}

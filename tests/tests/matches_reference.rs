@@ -42,8 +42,8 @@ async fn four_shards_are_bitwise_identical_on_1_2_and_4_workers_and_equal_the_re
 
 /// Across shard counts only a tolerance is promised: float addition is not
 /// associative, so S changes the last bits of each step's sum and the runs
-/// drift apart slowly. Tolerance: 1e-3 max absolute weight difference after
-/// 100 steps (the measured drift is printed; weights are O(1)).
+/// drift apart slowly. Tolerance: 1e-4 max absolute weight difference after
+/// 100 steps (measured: ~1.5e-6, printed below; weights are O(1)).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_counts_1_2_4_match_the_single_shard_reference_within_tolerance() {
     let data = fixture_data();
@@ -56,6 +56,6 @@ async fn shard_counts_1_2_4_match_the_single_shard_reference_within_tolerance() 
         if shards == 1 {
             assert!(bits(&net) == bits(&reference), "S=1 must be bitwise equal to the reference (diff {diff:e})");
         }
-        assert!(diff <= 1e-3, "S={shards}: max diff {diff:e} exceeds 1e-3");
+        assert!(diff <= 1e-4, "S={shards}: max diff {diff:e} exceeds 1e-4");
     }
 }
