@@ -80,7 +80,9 @@ pub fn to_bytes(network: &Network) -> Vec<u8> {
         (name.clone(), TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches data"))
     });
     let sizes = network.sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
-    let metadata = HashMap::from([("sizes".to_string(), sizes), ("format".to_string(), "nielsen-ddp/1".to_string())]);
+    // One key only: safetensors writes the metadata map in hash order, and a
+    // single key keeps the file's bytes a function of the weights alone.
+    let metadata = HashMap::from([("sizes".to_string(), sizes)]);
     // Serialising F32 views with valid shapes cannot fail.
     safetensors::serialize(views, Some(metadata)).expect("valid tensors serialise")
 }

@@ -110,17 +110,30 @@ impl Cluster {
     }
 }
 
-/// The path of workspace binary `name`, next to the test executable's target dir.
+/// The path of workspace binary `name` (`coordinator` or `worker`), built
+/// fresh: `cargo test` builds only the binaries of the package under test, so
+/// the first call runs `cargo build --bins` for this profile (a no-op when
+/// they are up to date).
 ///
 /// # Panics
-/// If it is not built (run the tests with `cargo test --workspace`, which builds it).
+/// If the build fails.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(path.is_file(), "{} is not built; run `cargo test --workspace`", path.display());
-    path
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> → target/<profile>
+        let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--bins", "-p", "coordinator", "-p", "worker"]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build --bins failed");
+        dir
+    });
+    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// Largest absolute difference between two networks' parameters.

@@ -133,12 +133,12 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
 }
 
 fn check_header(path: &Path, bytes: &[u8], kind: &'static str, magic: u32, header_len: usize) -> Result<(), IdxError> {
+    // The magic first: a wrong file is better named as such than as "truncated".
+    if bytes.len() >= 4 && be_u32(bytes, 0) != magic {
+        return Err(IdxError::BadMagic { path: path.to_path_buf(), kind, expected: magic, found: be_u32(bytes, 0) });
+    }
     if bytes.len() < header_len {
         return Err(IdxError::TruncatedHeader { path: path.to_path_buf(), len: bytes.len(), need: header_len });
-    }
-    let found = be_u32(bytes, 0);
-    if found != magic {
-        return Err(IdxError::BadMagic { path: path.to_path_buf(), kind, expected: magic, found });
     }
     Ok(())
 }
