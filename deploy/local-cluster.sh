@@ -11,9 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bins --quiet
-workers=4
-for arg in "$@"; do
-  if [ "${prev:-}" = "--workers" ]; then workers=$arg; fi
-  prev=$arg
-done
-exec target/release/coordinator --workers "$workers" --spawn-workers "$@"
+case " $* " in
+  *" --workers "*|*" --workers="*) ;;
+  *) set -- --workers 4 "$@" ;;
+esac
+exec target/release/coordinator --spawn-workers "$@"

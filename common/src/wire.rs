@@ -132,13 +132,24 @@ impl From<WireError> for tonic::Status {
 
 fn pack(weights: &[Array2<f32>], biases: &[Array1<f32>]) -> Bytes {
     let count: usize = weights.iter().map(|w| w.len()).sum::<usize>() + biases.iter().map(|b| b.len()).sum::<usize>();
-    let mut out = BytesMut::with_capacity(count * 4);
+    let mut out = BytesMut::zeroed(count * 4);
+    let mut dst = out.chunks_exact_mut(4);
     for (w, b) in weights.iter().zip(biases) {
-        for v in w.iter().chain(b.iter()) {
-            out.extend_from_slice(&v.to_le_bytes());
+        // Logical (row-major) order; for standard-layout arrays this is a
+        // straight slice walk that the compiler vectorises.
+        // Values first in the zip: it stops on them without taking a slot of `dst`.
+        for (v, d) in w.iter().chain(b.iter()).zip(dst.by_ref()) {
+            d.copy_from_slice(&v.to_le_bytes());
         }
     }
     out.freeze()
+}
+
+/// Copies packed little-endian f32 from `src` into `dst` (same length in values).
+fn read_f32s(src: &[u8], dst: &mut [f32]) {
+    for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+        *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
 }
 
 fn unpack(
@@ -152,15 +163,16 @@ fn unpack(
     if bytes.len() != expected {
         return Err(WireError::Length { tensor, sizes: sizes.to_vec(), expected, got: bytes.len() });
     }
-    let mut values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).enumerate();
+    let mut offset = 0; // in values
     for (w, b) in weights.iter_mut().zip(biases.iter_mut()) {
-        for slot in w.iter_mut().chain(b.iter_mut()) {
-            // Length was checked above, so the iterator cannot run dry.
-            let (index, value) = values.next().expect("length checked");
-            if !value.is_finite() {
-                return Err(WireError::NonFinite { tensor, index, value });
+        for slot in [w.as_slice_mut(), b.as_slice_mut()] {
+            // Arrays made by Network::zeros / Gradients::zeros are in standard layout.
+            let slot = slot.expect("parameter arrays are contiguous");
+            read_f32s(&bytes[offset * 4..(offset + slot.len()) * 4], slot);
+            if let Some(i) = slot.iter().position(|v| !v.is_finite()) {
+                return Err(WireError::NonFinite { tensor, index: offset + i, value: slot[i] });
             }
-            *slot = value;
+            offset += slot.len();
         }
     }
     Ok(())
