@@ -133,13 +133,20 @@ impl From<WireError> for tonic::Status {
 fn pack(weights: &[Array2<f32>], biases: &[Array1<f32>]) -> Bytes {
     let count: usize = weights.iter().map(|w| w.len()).sum::<usize>() + biases.iter().map(|b| b.len()).sum::<usize>();
     let mut out = BytesMut::zeroed(count * 4);
-    let mut dst = out.chunks_exact_mut(4);
+    let mut offset = 0; // in bytes
     for (w, b) in weights.iter().zip(biases) {
-        // Logical (row-major) order; for standard-layout arrays this is a
-        // straight slice walk that the compiler vectorises.
-        // Values first in the zip: it stops on them without taking a slot of `dst`.
-        for (v, d) in w.iter().chain(b.iter()).zip(dst.by_ref()) {
-            d.copy_from_slice(&v.to_le_bytes());
+        // Row-major order. `as_standard_layout` borrows when the array already
+        // is (the usual case) and copies otherwise; a slice walk vectorises,
+        // an ndarray element iterator does not.
+        let w = w.as_standard_layout();
+        let b = b.as_standard_layout();
+        for values in [w.as_slice(), b.as_slice()] {
+            let values = values.expect("standard layout is contiguous");
+            let dst = &mut out[offset..offset + values.len() * 4];
+            for (v, d) in values.iter().zip(dst.chunks_exact_mut(4)) {
+                d.copy_from_slice(&v.to_le_bytes());
+            }
+            offset += values.len() * 4;
         }
     }
     out.freeze()
@@ -148,7 +155,7 @@ fn pack(weights: &[Array2<f32>], biases: &[Array1<f32>]) -> Bytes {
 /// Copies packed little-endian f32 from `src` into `dst` (same length in values).
 fn read_f32s(src: &[u8], dst: &mut [f32]) {
     for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
-        *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        *d = f32::from_le_bytes(c.try_into().expect("chunks of 4"));
     }
 }
 
@@ -169,7 +176,9 @@ fn unpack(
             // Arrays made by Network::zeros / Gradients::zeros are in standard layout.
             let slot = slot.expect("parameter arrays are contiguous");
             read_f32s(&bytes[offset * 4..(offset + slot.len()) * 4], slot);
-            if let Some(i) = slot.iter().position(|v| !v.is_finite()) {
+            // A branch-free pass (vectorised); the index is looked up only on failure.
+            if !slot.iter().fold(true, |ok, v| ok & v.is_finite()) {
+                let i = slot.iter().position(|v| !v.is_finite()).expect("a non-finite value exists");
                 return Err(WireError::NonFinite { tensor, index: offset + i, value: slot[i] });
             }
             offset += slot.len();
