@@ -11,7 +11,7 @@ use common::wire::{self, WireError, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// Id the coordinator gives a worker's stream; unique within a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -143,7 +143,8 @@ impl pb::trainer_server::Trainer for TrainerService {
                     Err(status) => break format!("stream error: {}", status.message()),
                 }
             };
-            info!(worker = %id, %reason, "worker left");
+            // The pool logs losses that matter (mid-run) at warn; this is the stream's view.
+            debug!(worker = %id, %reason, "worker stream ended");
             let _ = events.send(WorkerEvent::Left { id, reason }).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
