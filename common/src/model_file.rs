@@ -57,29 +57,51 @@ pub enum ModelFileError {
 /// [`ModelFileError::Io`] naming the path.
 pub fn save(path: &Path, network: &Network) -> Result<(), ModelFileError> {
     let bytes = to_bytes(network);
-    let io = |source| ModelFileError::Io { path: path.to_path_buf(), source };
+    let io = |source| ModelFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(io)?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// The safetensors bytes of `network`.
 pub fn to_bytes(network: &Network) -> Vec<u8> {
-    let le = |values: Vec<f32>| values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let le = |values: Vec<f32>| {
+        values
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
     let mut buffers = Vec::new();
     for (l, (w, b)) in network.weights.iter().zip(&network.biases).enumerate() {
-        buffers.push((format!("w{l}"), vec![w.nrows(), w.ncols()], le(w.iter().copied().collect())));
+        buffers.push((
+            format!("w{l}"),
+            vec![w.nrows(), w.ncols()],
+            le(w.iter().copied().collect()),
+        ));
         buffers.push((format!("b{l}"), vec![b.len()], le(b.to_vec())));
     }
     let views = buffers.iter().map(|(name, shape, data)| {
         // Shape and byte length agree by construction.
-        (name.clone(), TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches data"))
+        (
+            name.clone(),
+            TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches data"),
+        )
     });
-    let sizes = network.sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
+    let sizes = network
+        .sizes
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     // One key only: safetensors writes the metadata map in hash order, and a
     // single key keeps the file's bytes a function of the weights alone.
     let metadata = HashMap::from([("sizes".to_string(), sizes)]);
@@ -93,7 +115,10 @@ pub fn to_bytes(network: &Network) -> Vec<u8> {
 /// [`ModelFileError`] naming the path and what is wrong: unreadable, not
 /// safetensors (e.g. truncated), bad `sizes`, missing tensor, wrong dtype or shape, or non-finite values.
 pub fn load(path: &Path) -> Result<Network, ModelFileError> {
-    let bytes = std::fs::read(path).map_err(|source| ModelFileError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| ModelFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     from_bytes(path, &bytes)
 }
 
@@ -102,34 +127,73 @@ pub fn load(path: &Path) -> Result<Network, ModelFileError> {
 /// # Errors
 /// As [`load`].
 pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Network, ModelFileError> {
-    let format = |source| ModelFileError::Format { path: path.to_path_buf(), source };
+    let format = |source| ModelFileError::Format {
+        path: path.to_path_buf(),
+        source,
+    };
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(format)?;
     let tensors = SafeTensors::deserialize(bytes).map_err(format)?;
-    let found = metadata.metadata().as_ref().and_then(|m| m.get("sizes").cloned());
-    let sizes: Option<Vec<usize>> = found.as_ref().and_then(|s| s.split(',').map(|p| p.trim().parse().ok()).collect());
+    let found = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("sizes").cloned());
+    let sizes: Option<Vec<usize>> = found
+        .as_ref()
+        .and_then(|s| s.split(',').map(|p| p.trim().parse().ok()).collect());
     let sizes = match sizes {
-        Some(s) if s.len() >= 2 && s.iter().all(|&v| v > 0 && v <= crate::wire::MAX_PARAMETERS) => s,
-        _ => return Err(ModelFileError::Sizes { path: path.to_path_buf(), found }),
+        Some(s) if s.len() >= 2 && s.iter().all(|&v| v > 0 && v <= crate::wire::MAX_PARAMETERS) => {
+            s
+        }
+        _ => {
+            return Err(ModelFileError::Sizes {
+                path: path.to_path_buf(),
+                found,
+            })
+        }
     };
     let mut network = Network::zeros(&sizes);
     for l in 0..sizes.len() - 1 {
         let w = read_tensor(path, &tensors, &format!("w{l}"), &[sizes[l + 1], sizes[l]])?;
-        network.weights[l] = Array2::from_shape_vec((sizes[l + 1], sizes[l]), w).expect("shape checked");
-        network.biases[l] = Array1::from(read_tensor(path, &tensors, &format!("b{l}"), &[sizes[l + 1]])?);
+        network.weights[l] =
+            Array2::from_shape_vec((sizes[l + 1], sizes[l]), w).expect("shape checked");
+        network.biases[l] = Array1::from(read_tensor(
+            path,
+            &tensors,
+            &format!("b{l}"),
+            &[sizes[l + 1]],
+        )?);
     }
     Ok(network)
 }
 
-fn read_tensor(path: &Path, tensors: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelFileError> {
-    let problem = |problem: String| ModelFileError::Tensor { path: path.to_path_buf(), tensor: name.to_string(), problem };
-    let view = tensors.tensor(name).map_err(|_| problem("missing".to_string()))?;
+fn read_tensor(
+    path: &Path,
+    tensors: &SafeTensors,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>, ModelFileError> {
+    let problem = |problem: String| ModelFileError::Tensor {
+        path: path.to_path_buf(),
+        tensor: name.to_string(),
+        problem,
+    };
+    let view = tensors
+        .tensor(name)
+        .map_err(|_| problem("missing".to_string()))?;
     if view.dtype() != Dtype::F32 {
         return Err(problem(format!("dtype {:?}, expected F32", view.dtype())));
     }
     if view.shape() != shape {
-        return Err(problem(format!("shape {:?}, expected {shape:?}", view.shape())));
+        return Err(problem(format!(
+            "shape {:?}, expected {shape:?}",
+            view.shape()
+        )));
     }
-    let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         return Err(problem(format!("value {i} is {}, not finite", values[i])));
     }
@@ -156,7 +220,11 @@ mod tests {
         let bytes = to_bytes(&Network::new(&[784, 3, 10], &mut init_rng(1)));
         let err = from_bytes(Path::new("m.safetensors"), &bytes[..bytes.len() / 2]).unwrap_err();
         assert!(matches!(err, ModelFileError::Format { .. }), "{err:?}");
-        assert!(err.to_string().starts_with("m.safetensors: not a valid safetensors file"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("m.safetensors: not a valid safetensors file"),
+            "{err}"
+        );
         let err = from_bytes(Path::new("m"), b"garbage").unwrap_err();
         assert!(matches!(err, ModelFileError::Format { .. }), "{err:?}");
     }
@@ -168,6 +236,10 @@ mod tests {
         let at = bytes.windows(7).position(|w| w == b"\"4,3,2\"").unwrap();
         bytes[at + 3] = b'5'; // same length, so the header stays well-formed
         let err = from_bytes(Path::new("m"), &bytes).unwrap_err();
-        assert!(err.to_string().contains("tensor w0: shape [3, 4], expected [5, 4]"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("tensor w0: shape [3, 4], expected [5, 4]"),
+            "{err}"
+        );
     }
 }

@@ -135,7 +135,10 @@ impl Network {
     /// Total quadratic cost `Σ_x ½‖a(x) − y(x)‖²` over the columns of `x`.
     pub fn total_cost(&self, x: ArrayView2<f32>, y: ArrayView2<f32>) -> f64 {
         let diff = self.feedforward(x) - y;
-        0.5 * diff.iter().map(|&d| f64::from(d) * f64::from(d)).sum::<f64>()
+        0.5 * diff
+            .iter()
+            .map(|&d| f64::from(d) * f64::from(d))
+            .sum::<f64>()
     }
 
     /// Number of f32 parameters (all weights and biases).

@@ -109,7 +109,11 @@ mod tests {
             seen[i] = true;
         }
         assert!(seen.iter().all(|&s| s));
-        assert_ne!(order, (0..1000).collect::<Vec<_>>(), "the order is shuffled");
+        assert_ne!(
+            order,
+            (0..1000).collect::<Vec<_>>(),
+            "the order is shuffled"
+        );
     }
 
     #[test]

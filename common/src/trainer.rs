@@ -66,7 +66,10 @@ impl EpochReport {
 /// The shards of one mini-batch: the samples at `batch` (indices into
 /// `training`, in shuffled order) split into at most `shards` contiguous ranges.
 pub fn step_shards(training: &Samples, batch: &[usize], shards: usize) -> Vec<Samples> {
-    shard_ranges(batch.len(), shards).into_iter().map(|r| training.gather(&batch[r])).collect()
+    shard_ranges(batch.len(), shards)
+        .into_iter()
+        .map(|r| training.gather(&batch[r]))
+        .collect()
 }
 
 /// The summed gradient of one shard, as a worker computes it.
@@ -97,7 +100,13 @@ pub fn correct_count(network: &Network, samples: &Samples) -> usize {
 }
 
 /// Evaluates `network` on the test and validation sets.
-pub fn epoch_report(network: &Network, data: &Mnist, epoch: usize, steps: u64, train_time: Duration) -> EpochReport {
+pub fn epoch_report(
+    network: &Network,
+    data: &Mnist,
+    epoch: usize,
+    steps: u64,
+    train_time: Duration,
+) -> EpochReport {
     EpochReport {
         epoch,
         steps,
@@ -112,14 +121,20 @@ pub fn epoch_report(network: &Network, data: &Mnist, epoch: usize, steps: u64, t
 
 /// Trains `network` in this process, exactly as a cluster with `plan.shards`
 /// logical shards would, calling `on_epoch` after every epoch.
-pub fn train(network: &mut Network, data: &Mnist, plan: &TrainingPlan, mut on_epoch: impl FnMut(&EpochReport)) {
+pub fn train(
+    network: &mut Network,
+    data: &Mnist,
+    plan: &TrainingPlan,
+    mut on_epoch: impl FnMut(&EpochReport),
+) {
     let mut step = StepId(0);
     for epoch in 0..plan.epochs {
         let start = Instant::now();
         let order = epoch_order(plan.seed, epoch, data.training.len());
         for batch in order.chunks(plan.batch_size) {
             let shards = step_shards(&data.training, batch, plan.shards);
-            let results: Vec<Gradients> = shards.iter().map(|s| shard_gradients(network, s)).collect();
+            let results: Vec<Gradients> =
+                shards.iter().map(|s| shard_gradients(network, s)).collect();
             apply_step(network, &results, plan.eta, batch.len());
             step.0 += 1;
         }

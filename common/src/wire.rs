@@ -122,16 +122,17 @@ pub enum WireError {
 impl From<WireError> for tonic::Status {
     fn from(e: WireError) -> Self {
         match e {
-            WireError::ProtocolVersion { .. } | WireError::SizesMismatch { .. } | WireError::Unexpected { .. } => {
-                tonic::Status::failed_precondition(e.to_string())
-            }
+            WireError::ProtocolVersion { .. }
+            | WireError::SizesMismatch { .. }
+            | WireError::Unexpected { .. } => tonic::Status::failed_precondition(e.to_string()),
             _ => tonic::Status::invalid_argument(e.to_string()),
         }
     }
 }
 
 fn pack(weights: &[Array2<f32>], biases: &[Array1<f32>]) -> Bytes {
-    let count: usize = weights.iter().map(|w| w.len()).sum::<usize>() + biases.iter().map(|b| b.len()).sum::<usize>();
+    let count: usize = weights.iter().map(|w| w.len()).sum::<usize>()
+        + biases.iter().map(|b| b.len()).sum::<usize>();
     let mut out = BytesMut::zeroed(count * 4);
     let mut offset = 0; // in bytes
     for (w, b) in weights.iter().zip(biases) {
@@ -168,7 +169,12 @@ fn unpack(
 ) -> Result<(), WireError> {
     let expected = parameter_count(sizes) * 4;
     if bytes.len() != expected {
-        return Err(WireError::Length { tensor, sizes: sizes.to_vec(), expected, got: bytes.len() });
+        return Err(WireError::Length {
+            tensor,
+            sizes: sizes.to_vec(),
+            expected,
+            got: bytes.len(),
+        });
     }
     let mut offset = 0; // in values
     for (w, b) in weights.iter_mut().zip(biases.iter_mut()) {
@@ -178,8 +184,15 @@ fn unpack(
             read_f32s(&bytes[offset * 4..(offset + slot.len()) * 4], slot);
             // A branch-free pass (vectorised); the index is looked up only on failure.
             if !slot.iter().fold(true, |ok, v| ok & v.is_finite()) {
-                let i = slot.iter().position(|v| !v.is_finite()).expect("a non-finite value exists");
-                return Err(WireError::NonFinite { tensor, index: offset + i, value: slot[i] });
+                let i = slot
+                    .iter()
+                    .position(|v| !v.is_finite())
+                    .expect("a non-finite value exists");
+                return Err(WireError::NonFinite {
+                    tensor,
+                    index: offset + i,
+                    value: slot[i],
+                });
             }
             offset += slot.len();
         }
@@ -198,7 +211,13 @@ pub fn encode_network(network: &Network) -> Bytes {
 /// [`WireError::Length`] or [`WireError::NonFinite`]; `network` may then be partly overwritten.
 pub fn decode_network_into(bytes: &[u8], network: &mut Network) -> Result<(), WireError> {
     let sizes = network.sizes.clone();
-    unpack(&sizes, "weights", bytes, &mut network.weights, &mut network.biases)
+    unpack(
+        &sizes,
+        "weights",
+        bytes,
+        &mut network.weights,
+        &mut network.biases,
+    )
 }
 
 /// Packs gradients for a `ShardResult`.
@@ -222,7 +241,10 @@ pub fn decode_gradients(sizes: &[usize], bytes: &[u8]) -> Result<Gradients, Wire
 /// [`WireError::ProtocolVersion`] if the worker speaks another version.
 pub fn check_hello(hello: &pb::Hello) -> Result<(), WireError> {
     if hello.protocol_version != PROTOCOL_VERSION {
-        return Err(WireError::ProtocolVersion { ours: PROTOCOL_VERSION, theirs: hello.protocol_version });
+        return Err(WireError::ProtocolVersion {
+            ours: PROTOCOL_VERSION,
+            theirs: hello.protocol_version,
+        });
     }
     Ok(())
 }
@@ -233,24 +255,36 @@ pub fn check_hello(hello: &pb::Hello) -> Result<(), WireError> {
 /// [`WireError::ProtocolVersion`] or [`WireError::Sizes`].
 pub fn decode_welcome(welcome: &pb::Welcome) -> Result<Vec<usize>, WireError> {
     if welcome.protocol_version != PROTOCOL_VERSION {
-        return Err(WireError::ProtocolVersion { ours: PROTOCOL_VERSION, theirs: welcome.protocol_version });
+        return Err(WireError::ProtocolVersion {
+            ours: PROTOCOL_VERSION,
+            theirs: welcome.protocol_version,
+        });
     }
     let sizes: Vec<usize> = welcome.sizes.iter().map(|&s| s as usize).collect();
     let plausible = sizes.len() >= 2
         && sizes.iter().all(|&s| s > 0 && s <= MAX_PARAMETERS)
         && parameter_count(&sizes) <= MAX_PARAMETERS;
     if !plausible {
-        return Err(WireError::Sizes { sizes: welcome.sizes.clone() });
+        return Err(WireError::Sizes {
+            sizes: welcome.sizes.clone(),
+        });
     }
     if sizes[0] != IMAGE_SIZE || sizes[sizes.len() - 1] != CLASSES {
-        return Err(WireError::SizesMismatch { ours: vec![IMAGE_SIZE, 0, CLASSES], theirs: sizes });
+        return Err(WireError::SizesMismatch {
+            ours: vec![IMAGE_SIZE, 0, CLASSES],
+            theirs: sizes,
+        });
     }
     Ok(sizes)
 }
 
 /// A shard's samples as a `pb::Shard`.
 pub fn encode_shard(id: ShardId, samples: &Samples) -> pb::Shard {
-    pb::Shard { shard_id: id.0, pixels: Bytes::copy_from_slice(&samples.pixels), labels: Bytes::copy_from_slice(&samples.labels) }
+    pb::Shard {
+        shard_id: id.0,
+        pixels: Bytes::copy_from_slice(&samples.pixels),
+        labels: Bytes::copy_from_slice(&samples.labels),
+    }
 }
 
 /// A `pb::Shard`'s samples, validated.
@@ -260,21 +294,53 @@ pub fn encode_shard(id: ShardId, samples: &Samples) -> pb::Shard {
 pub fn decode_shard(shard: &pb::Shard) -> Result<(ShardId, Samples), WireError> {
     let n = shard.labels.len();
     if n == 0 {
-        return Err(WireError::EmptyShard { shard: shard.shard_id });
+        return Err(WireError::EmptyShard {
+            shard: shard.shard_id,
+        });
     }
     let expected = n * IMAGE_SIZE;
     if shard.pixels.len() != expected {
-        return Err(WireError::ShardPixels { shard: shard.shard_id, labels: n, expected, got: shard.pixels.len() });
+        return Err(WireError::ShardPixels {
+            shard: shard.shard_id,
+            labels: n,
+            expected,
+            got: shard.pixels.len(),
+        });
     }
-    if let Some((index, &label)) = shard.labels.iter().enumerate().find(|(_, &l)| usize::from(l) >= CLASSES) {
-        return Err(WireError::Label { shard: shard.shard_id, index, label });
+    if let Some((index, &label)) = shard
+        .labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| usize::from(l) >= CLASSES)
+    {
+        return Err(WireError::Label {
+            shard: shard.shard_id,
+            index,
+            label,
+        });
     }
-    Ok((ShardId(shard.shard_id), Samples { pixels: shard.pixels.to_vec(), labels: shard.labels.to_vec() }))
+    Ok((
+        ShardId(shard.shard_id),
+        Samples {
+            pixels: shard.pixels.to_vec(),
+            labels: shard.labels.to_vec(),
+        },
+    ))
 }
 
 /// A `ShardResult` for shard `id` of step `step` over `samples` samples.
-pub fn encode_shard_result(step: u64, id: ShardId, samples: usize, g: &Gradients) -> pb::ShardResult {
-    pb::ShardResult { step_id: step, shard_id: id.0, sample_count: samples as u32, gradients: encode_gradients(g) }
+pub fn encode_shard_result(
+    step: u64,
+    id: ShardId,
+    samples: usize,
+    g: &Gradients,
+) -> pb::ShardResult {
+    pb::ShardResult {
+        step_id: step,
+        shard_id: id.0,
+        sample_count: samples as u32,
+        gradients: encode_gradients(g),
+    }
 }
 
 /// The gradients of a `ShardResult` for a shard of `expected_samples` samples, validated.
@@ -326,7 +392,10 @@ mod tests {
         let g = Gradients::zeros(&[784, 5, 10]);
         let bytes = encode_gradients(&g);
         let err = decode_gradients(&[784, 5, 10], &bytes[..bytes.len() - 4]).unwrap_err();
-        assert!(matches!(err, WireError::Length { expected, got, .. } if got + 4 == expected), "{err:?}");
+        assert!(
+            matches!(err, WireError::Length { expected, got, .. } if got + 4 == expected),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -335,23 +404,53 @@ mod tests {
             let mut bytes = encode_gradients(&Gradients::zeros(&[784, 5, 10])).to_vec();
             bytes[40..44].copy_from_slice(&bad.to_le_bytes());
             let err = decode_gradients(&[784, 5, 10], &bytes).unwrap_err();
-            assert!(matches!(err, WireError::NonFinite { index: 10, .. }), "{bad}: {err:?}");
-            assert_eq!(tonic::Status::from(err).code(), tonic::Code::InvalidArgument);
+            assert!(
+                matches!(err, WireError::NonFinite { index: 10, .. }),
+                "{bad}: {err:?}"
+            );
+            assert_eq!(
+                tonic::Status::from(err).code(),
+                tonic::Code::InvalidArgument
+            );
         }
     }
 
     #[test]
     fn shard_validation() {
-        let samples = Samples { pixels: vec![7; 2 * IMAGE_SIZE], labels: vec![1, 9] };
+        let samples = Samples {
+            pixels: vec![7; 2 * IMAGE_SIZE],
+            labels: vec![1, 9],
+        };
         let (id, back) = decode_shard(&encode_shard(ShardId(3), &samples)).unwrap();
         assert_eq!((id, back), (ShardId(3), samples));
-        let mut bad = pb::Shard { shard_id: 1, pixels: vec![0; IMAGE_SIZE].into(), labels: vec![1, 2].into() };
-        assert!(matches!(decode_shard(&bad), Err(WireError::ShardPixels { expected: 1568, got: 784, .. })));
+        let mut bad = pb::Shard {
+            shard_id: 1,
+            pixels: vec![0; IMAGE_SIZE].into(),
+            labels: vec![1, 2].into(),
+        };
+        assert!(matches!(
+            decode_shard(&bad),
+            Err(WireError::ShardPixels {
+                expected: 1568,
+                got: 784,
+                ..
+            })
+        ));
         bad.pixels = vec![0; 2 * IMAGE_SIZE].into();
         bad.labels = vec![1, 12].into();
-        assert!(matches!(decode_shard(&bad), Err(WireError::Label { index: 1, label: 12, .. })));
+        assert!(matches!(
+            decode_shard(&bad),
+            Err(WireError::Label {
+                index: 1,
+                label: 12,
+                ..
+            })
+        ));
         bad.labels = Bytes::new();
-        assert!(matches!(decode_shard(&bad), Err(WireError::EmptyShard { shard: 1 })));
+        assert!(matches!(
+            decode_shard(&bad),
+            Err(WireError::EmptyShard { shard: 1 })
+        ));
     }
 
     #[test]
@@ -360,18 +459,49 @@ mod tests {
         let r = encode_shard_result(4, ShardId(1), 3, &g);
         assert!(decode_shard_result(&r, &[784, 5, 10], 3).is_ok());
         let err = decode_shard_result(&r, &[784, 5, 10], 2).unwrap_err();
-        assert!(err.to_string().contains("step 4 shard 1: result covers 3 samples, the shard has 2"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("step 4 shard 1: result covers 3 samples, the shard has 2"),
+            "{err}"
+        );
     }
 
     #[test]
     fn version_and_sizes_checked_at_handshake() {
-        let err = check_hello(&pb::Hello { name: "w".into(), protocol_version: 2 }).unwrap_err();
-        assert_eq!(err.to_string(), "protocol version mismatch: peer speaks v2, this build speaks v1");
-        assert_eq!(tonic::Status::from(err).code(), tonic::Code::FailedPrecondition);
-        let welcome = |sizes: Vec<u32>| pb::Welcome { worker_id: 0, sizes, run_id: String::new(), protocol_version: 1 };
-        assert_eq!(decode_welcome(&welcome(vec![784, 30, 10])).unwrap(), vec![784, 30, 10]);
-        assert!(matches!(decode_welcome(&welcome(vec![784])), Err(WireError::Sizes { .. })));
-        assert!(matches!(decode_welcome(&welcome(vec![784, 0, 10])), Err(WireError::Sizes { .. })));
-        assert!(matches!(decode_welcome(&welcome(vec![784, 1 << 30, 10])), Err(WireError::Sizes { .. })));
+        let err = check_hello(&pb::Hello {
+            name: "w".into(),
+            protocol_version: 2,
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "protocol version mismatch: peer speaks v2, this build speaks v1"
+        );
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::FailedPrecondition
+        );
+        let welcome = |sizes: Vec<u32>| pb::Welcome {
+            worker_id: 0,
+            sizes,
+            run_id: String::new(),
+            protocol_version: 1,
+        };
+        assert_eq!(
+            decode_welcome(&welcome(vec![784, 30, 10])).unwrap(),
+            vec![784, 30, 10]
+        );
+        assert!(matches!(
+            decode_welcome(&welcome(vec![784])),
+            Err(WireError::Sizes { .. })
+        ));
+        assert!(matches!(
+            decode_welcome(&welcome(vec![784, 0, 10])),
+            Err(WireError::Sizes { .. })
+        ));
+        assert!(matches!(
+            decode_welcome(&welcome(vec![784, 1 << 30, 10])),
+            Err(WireError::Sizes { .. })
+        ));
     }
 }

@@ -13,12 +13,20 @@ use serde_json::Value;
 const FIXTURE_REL_TOL: f64 = 1e-5;
 
 fn fixture() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/backprop_fixture.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/backprop_fixture.json"
+    ))
+    .unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 fn vec_f64(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 fn matrix_f64(v: &Value) -> Vec<Vec<f64>> {
@@ -26,12 +34,23 @@ fn matrix_f64(v: &Value) -> Vec<Vec<f64>> {
 }
 
 fn network_from(f: &Value) -> Network {
-    let sizes: Vec<usize> = f["sizes"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap() as usize).collect();
+    let sizes: Vec<usize> = f["sizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap() as usize)
+        .collect();
     let mut net = Network::zeros(&sizes);
     for l in 0..sizes.len() - 1 {
         let rows = matrix_f64(&f["weights"][l]);
-        net.weights[l] = Array2::from_shape_fn((sizes[l + 1], sizes[l]), |(i, j)| rows[i][j] as f32);
-        net.biases[l] = Array1::from(vec_f64(&f["biases"][l]).iter().map(|&v| v as f32).collect::<Vec<_>>());
+        net.weights[l] =
+            Array2::from_shape_fn((sizes[l + 1], sizes[l]), |(i, j)| rows[i][j] as f32);
+        net.biases[l] = Array1::from(
+            vec_f64(&f["biases"][l])
+                .iter()
+                .map(|&v| v as f32)
+                .collect::<Vec<_>>(),
+        );
     }
     net
 }
@@ -45,12 +64,19 @@ fn columns(samples: &[Value], key: &str) -> Array2<f32> {
     Array2::from_shape_fn((cols[0].len(), cols.len()), |(i, j)| cols[j][i] as f32)
 }
 
-fn assert_close(what: &str, got: impl IntoIterator<Item = f32>, want: impl IntoIterator<Item = f64>) {
+fn assert_close(
+    what: &str,
+    got: impl IntoIterator<Item = f32>,
+    want: impl IntoIterator<Item = f64>,
+) {
     let mut worst = 0.0f64;
     for (i, (g, w)) in got.into_iter().zip(want).enumerate() {
         let rel = (f64::from(g) - w).abs() / w.abs().max(1e-3);
         worst = worst.max(rel);
-        assert!(rel <= FIXTURE_REL_TOL, "{what}[{i}]: got {g}, want {w}, rel diff {rel:e}");
+        assert!(
+            rel <= FIXTURE_REL_TOL,
+            "{what}[{i}]: got {g}, want {w}, rel diff {rel:e}"
+        );
     }
     eprintln!("{what}: max rel diff {worst:e}");
 }
@@ -60,14 +86,31 @@ fn single_sample_matches_network_py() {
     let f = fixture();
     let net = network_from(&f);
     let s = &f["single"];
-    let g = net.backprop(column(&vec_f64(&s["x"])).view(), column(&vec_f64(&s["y"])).view());
+    let g = net.backprop(
+        column(&vec_f64(&s["x"])).view(),
+        column(&vec_f64(&s["y"])).view(),
+    );
     for l in 0..2 {
-        assert_close(&format!("nabla_b{l}"), g.nabla_b[l].iter().copied(), vec_f64(&s["nabla_b"][l]));
-        assert_close(&format!("nabla_w{l}"), g.nabla_w[l].iter().copied(), matrix_f64(&s["nabla_w"][l]).concat());
+        assert_close(
+            &format!("nabla_b{l}"),
+            g.nabla_b[l].iter().copied(),
+            vec_f64(&s["nabla_b"][l]),
+        );
+        assert_close(
+            &format!("nabla_w{l}"),
+            g.nabla_w[l].iter().copied(),
+            matrix_f64(&s["nabla_w"][l]).concat(),
+        );
     }
-    let cost = net.total_cost(column(&vec_f64(&s["x"])).view(), column(&vec_f64(&s["y"])).view());
+    let cost = net.total_cost(
+        column(&vec_f64(&s["x"])).view(),
+        column(&vec_f64(&s["y"])).view(),
+    );
     let want = s["cost_quadratic"].as_f64().unwrap();
-    assert!((cost - want).abs() <= 1e-6 * want.abs().max(1.0), "cost {cost} vs {want}");
+    assert!(
+        (cost - want).abs() <= 1e-6 * want.abs().max(1.0),
+        "cost {cost} vs {want}"
+    );
 }
 
 #[test]
@@ -79,13 +122,33 @@ fn batched_minibatch_sum_and_update_match_network_py() {
     // One matrix for the whole mini-batch: its column sum is network.py's per-sample sum.
     let g = net.backprop(columns(samples, "x").view(), columns(samples, "y").view());
     for l in 0..2 {
-        assert_close(&format!("sum_nabla_b{l}"), g.nabla_b[l].iter().copied(), vec_f64(&m["sum_nabla_b"][l]));
-        assert_close(&format!("sum_nabla_w{l}"), g.nabla_w[l].iter().copied(), matrix_f64(&m["sum_nabla_w"][l]).concat());
+        assert_close(
+            &format!("sum_nabla_b{l}"),
+            g.nabla_b[l].iter().copied(),
+            vec_f64(&m["sum_nabla_b"][l]),
+        );
+        assert_close(
+            &format!("sum_nabla_w{l}"),
+            g.nabla_w[l].iter().copied(),
+            matrix_f64(&m["sum_nabla_w"][l]).concat(),
+        );
     }
-    net.apply(&g, m["eta"].as_f64().unwrap() as f32, m["m"].as_u64().unwrap() as usize);
+    net.apply(
+        &g,
+        m["eta"].as_f64().unwrap() as f32,
+        m["m"].as_u64().unwrap() as usize,
+    );
     for l in 0..2 {
-        assert_close(&format!("weights_after{l}"), net.weights[l].iter().copied(), matrix_f64(&m["weights_after"][l]).concat());
-        assert_close(&format!("biases_after{l}"), net.biases[l].iter().copied(), vec_f64(&m["biases_after"][l]));
+        assert_close(
+            &format!("weights_after{l}"),
+            net.weights[l].iter().copied(),
+            matrix_f64(&m["weights_after"][l]).concat(),
+        );
+        assert_close(
+            &format!("biases_after{l}"),
+            net.biases[l].iter().copied(),
+            vec_f64(&m["biases_after"][l]),
+        );
     }
 }
 
@@ -96,9 +159,19 @@ fn cost_f64(weights: &[Vec<Vec<f64>>], biases: &[Vec<f64>], x: &[Vec<f64>], y: &
     for (xs, ys) in x.iter().zip(y) {
         let mut a = xs.clone();
         for (w, b) in weights.iter().zip(biases) {
-            a = w.iter().zip(b).map(|(row, bi)| sigmoid(row.iter().zip(&a).map(|(wij, aj)| wij * aj).sum::<f64>() + bi)).collect();
+            a = w
+                .iter()
+                .zip(b)
+                .map(|(row, bi)| {
+                    sigmoid(row.iter().zip(&a).map(|(wij, aj)| wij * aj).sum::<f64>() + bi)
+                })
+                .collect();
         }
-        total += 0.5 * a.iter().zip(ys).map(|(ai, yi)| (ai - yi).powi(2)).sum::<f64>();
+        total += 0.5
+            * a.iter()
+                .zip(ys)
+                .map(|(ai, yi)| (ai - yi).powi(2))
+                .sum::<f64>();
     }
     total
 }
@@ -113,15 +186,31 @@ fn backprop_matches_finite_differences() {
     let net = Network::new(&sizes, &mut init_rng(11));
     let mut rng = init_rng(12);
     let n = 4;
-    let x: Vec<Vec<f64>> = (0..n).map(|_| (0..6).map(|_| f64::from(rng.random::<f32>())).collect()).collect();
-    let y: Vec<Vec<f64>> = (0..n).map(|j| (0..3).map(|i| f64::from(u8::from(i == j % 3))).collect()).collect();
+    let x: Vec<Vec<f64>> = (0..n)
+        .map(|_| (0..6).map(|_| f64::from(rng.random::<f32>())).collect())
+        .collect();
+    let y: Vec<Vec<f64>> = (0..n)
+        .map(|j| (0..3).map(|i| f64::from(u8::from(i == j % 3))).collect())
+        .collect();
     let xm = Array2::from_shape_fn((6, n), |(i, j)| x[j][i] as f32);
     let ym = Array2::from_shape_fn((3, n), |(i, j)| y[j][i] as f32);
     let g = net.backprop(xm.view(), ym.view());
 
-    let mut weights: Vec<Vec<Vec<f64>>> =
-        net.weights.iter().map(|w| w.rows().into_iter().map(|r| r.iter().map(|&v| f64::from(v)).collect()).collect()).collect();
-    let mut biases: Vec<Vec<f64>> = net.biases.iter().map(|b| b.iter().map(|&v| f64::from(v)).collect()).collect();
+    let mut weights: Vec<Vec<Vec<f64>>> = net
+        .weights
+        .iter()
+        .map(|w| {
+            w.rows()
+                .into_iter()
+                .map(|r| r.iter().map(|&v| f64::from(v)).collect())
+                .collect()
+        })
+        .collect();
+    let mut biases: Vec<Vec<f64>> = net
+        .biases
+        .iter()
+        .map(|b| b.iter().map(|&v| f64::from(v)).collect())
+        .collect();
     let h = 1e-6;
     let mut checked = 0;
     for l in 0..sizes.len() - 1 {
@@ -136,7 +225,10 @@ fn backprop_matches_finite_differences() {
                 let numeric = (up - down) / (2.0 * h);
                 let analytic = f64::from(g.nabla_w[l][[i, j]]);
                 let rel = (numeric - analytic).abs() / numeric.abs().max(1e-2);
-                assert!(rel < 2e-3, "w{l}[{i},{j}]: backprop {analytic}, finite difference {numeric}");
+                assert!(
+                    rel < 2e-3,
+                    "w{l}[{i},{j}]: backprop {analytic}, finite difference {numeric}"
+                );
                 checked += 1;
             }
             let orig = biases[l][i];
@@ -147,7 +239,10 @@ fn backprop_matches_finite_differences() {
             biases[l][i] = orig;
             let numeric = (up - down) / (2.0 * h);
             let analytic = f64::from(g.nabla_b[l][i]);
-            assert!((numeric - analytic).abs() / numeric.abs().max(1e-2) < 2e-3, "b{l}[{i}]: backprop {analytic}, finite difference {numeric}");
+            assert!(
+                (numeric - analytic).abs() / numeric.abs().max(1e-2) < 2e-3,
+                "b{l}[{i}]: backprop {analytic}, finite difference {numeric}"
+            );
             checked += 1;
         }
     }
@@ -160,10 +255,16 @@ fn backprop_matches_finite_differences() {
 #[test]
 fn hand_computed_2_3_1() {
     let net = Network::zeros(&[2, 3, 1]);
-    let g = net.backprop(Array2::from_elem((2, 1), 0.7).view(), Array2::from_elem((1, 1), 1.0).view());
+    let g = net.backprop(
+        Array2::from_elem((2, 1), 0.7).view(),
+        Array2::from_elem((1, 1), 1.0).view(),
+    );
     assert_eq!(g.nabla_b[1][0], -0.125);
     assert!(g.nabla_w[1].iter().all(|&v| v == -0.0625));
-    assert!(g.nabla_b[0].iter().chain(g.nabla_w[0].iter()).all(|&v| v == 0.0));
+    assert!(g.nabla_b[0]
+        .iter()
+        .chain(g.nabla_w[0].iter())
+        .all(|&v| v == 0.0));
 }
 
 #[test]
@@ -174,7 +275,10 @@ fn batched_sum_equals_per_sample_sum() {
     let batched = net.backprop(x.view(), y.view());
     let mut summed = common::Gradients::zeros(&net.sizes);
     for j in 0..3 {
-        summed.add(&net.backprop(x.slice(ndarray::s![.., j..j + 1]), y.slice(ndarray::s![.., j..j + 1])));
+        summed.add(&net.backprop(
+            x.slice(ndarray::s![.., j..j + 1]),
+            y.slice(ndarray::s![.., j..j + 1]),
+        ));
     }
     for (a, b) in batched.nabla_w.iter().zip(&summed.nabla_w) {
         let diff = (a - b).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));

@@ -64,6 +64,10 @@ pub struct Args {
     /// Seconds to wait for a replacement when no worker is left mid-run.
     #[arg(long, default_value_t = 60.0)]
     pub wait_timeout: f64,
+    /// Seconds a worker may take for a shard before it is treated as dead and
+    /// its shards are recomputed by the others (catches silent workers).
+    #[arg(long, default_value_t = 30.0)]
+    pub shard_timeout: f64,
 }
 
 /// A flag value that cannot work, and why.
@@ -98,6 +102,8 @@ pub struct Config {
     pub workers: usize,
     /// How long to wait for a worker when none is left mid-run.
     pub wait_timeout: Duration,
+    /// How long a worker may take for a shard before its shards go to others.
+    pub shard_timeout: Duration,
 }
 
 /// Parses `"784,30,10"` into layer sizes fit for MNIST.
@@ -105,10 +111,17 @@ pub struct Config {
 /// # Errors
 /// [`ConfigError::Sizes`] saying what is wrong.
 pub fn parse_sizes(given: &str) -> Result<Vec<usize>, ConfigError> {
-    let err = |why: String| ConfigError::Sizes { given: given.to_string(), why };
+    let err = |why: String| ConfigError::Sizes {
+        given: given.to_string(),
+        why,
+    };
     let sizes = given
         .split(',')
-        .map(|s| s.trim().parse::<usize>().map_err(|e| err(format!("{s:?} is not a layer size ({e})"))))
+        .map(|s| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|e| err(format!("{s:?} is not a layer size ({e})")))
+        })
         .collect::<Result<Vec<usize>, _>>()?;
     if sizes.len() < 2 {
         return Err(err("need at least an input and an output layer".into()));
@@ -117,10 +130,15 @@ pub fn parse_sizes(given: &str) -> Result<Vec<usize>, ConfigError> {
         return Err(err("layer sizes must be positive".into()));
     }
     if sizes[0] != IMAGE_SIZE || sizes[sizes.len() - 1] != CLASSES {
-        return Err(err(format!("MNIST needs {IMAGE_SIZE} inputs and {CLASSES} outputs, e.g. 784,30,10")));
+        return Err(err(format!(
+            "MNIST needs {IMAGE_SIZE} inputs and {CLASSES} outputs, e.g. 784,30,10"
+        )));
     }
     if common::network::parameter_count(&sizes) > common::wire::MAX_PARAMETERS {
-        return Err(err(format!("more than {} parameters", common::wire::MAX_PARAMETERS)));
+        return Err(err(format!(
+            "more than {} parameters",
+            common::wire::MAX_PARAMETERS
+        )));
     }
     Ok(sizes)
 }
@@ -131,7 +149,11 @@ impl Args {
     /// # Errors
     /// The first [`ConfigError`] found.
     pub fn validate(&self) -> Result<Config, ConfigError> {
-        let range = |flag, value: &dyn ToString, why| ConfigError::Range { flag, value: value.to_string(), why };
+        let range = |flag, value: &dyn ToString, why| ConfigError::Range {
+            flag,
+            value: value.to_string(),
+            why,
+        };
         let sizes = parse_sizes(&self.sizes)?;
         if !(self.eta.is_finite() && self.eta > 0.0) {
             return Err(range("eta", &self.eta, "must be finite and > 0"));
@@ -150,12 +172,31 @@ impl Args {
             return Err(range("shards", &shards, "must be 1..=4096"));
         }
         if !(self.wait_timeout.is_finite() && self.wait_timeout >= 0.0) {
-            return Err(range("wait-timeout", &self.wait_timeout, "must be a number of seconds >= 0"));
+            return Err(range(
+                "wait-timeout",
+                &self.wait_timeout,
+                "must be a number of seconds >= 0",
+            ));
+        }
+        if !(self.shard_timeout.is_finite() && self.shard_timeout > 0.0) {
+            return Err(range(
+                "shard-timeout",
+                &self.shard_timeout,
+                "must be a number of seconds > 0",
+            ));
         }
         Ok(Config {
-            plan: TrainingPlan { sizes, epochs: self.epochs, batch_size: self.batch_size, eta: self.eta, shards, seed: self.seed },
+            plan: TrainingPlan {
+                sizes,
+                epochs: self.epochs,
+                batch_size: self.batch_size,
+                eta: self.eta,
+                shards,
+                seed: self.seed,
+            },
             workers: self.workers,
             wait_timeout: Duration::from_secs_f64(self.wait_timeout),
+            shard_timeout: Duration::from_secs_f64(self.shard_timeout),
         })
     }
 }
@@ -173,15 +214,30 @@ mod tests {
     fn defaults_are_nielsens_run() {
         let c = args(&["--workers", "4"]).validate().unwrap();
         assert_eq!(c.plan.sizes, vec![784, 30, 10]);
-        assert_eq!((c.plan.epochs, c.plan.batch_size, c.plan.eta, c.plan.shards, c.workers), (30, 10, 3.0, 4, 4));
+        assert_eq!(
+            (
+                c.plan.epochs,
+                c.plan.batch_size,
+                c.plan.eta,
+                c.plan.shards,
+                c.workers
+            ),
+            (30, 10, 3.0, 4, 4)
+        );
     }
 
     #[test]
     fn bad_flags_are_named() {
         let cases: &[(&[&str], &str)] = &[
-            (&["--sizes", "100,30,10"], "--sizes \"100,30,10\": MNIST needs 784 inputs and 10 outputs"),
+            (
+                &["--sizes", "100,30,10"],
+                "--sizes \"100,30,10\": MNIST needs 784 inputs and 10 outputs",
+            ),
             (&["--sizes", "784,x,10"], "\"x\" is not a layer size"),
-            (&["--sizes", "784"], "need at least an input and an output layer"),
+            (
+                &["--sizes", "784"],
+                "need at least an input and an output layer",
+            ),
             (&["--sizes", "784,0,10"], "must be positive"),
             (&["--eta", "NaN"], "--eta NaN: must be finite and > 0"),
             (&["--eta", "-1"], "--eta -1: must be finite and > 0"),

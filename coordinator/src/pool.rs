@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use common::dataset::Samples;
 use common::pb::{self, coordinator_message};
 use common::schedule::{ShardId, StepId};
@@ -45,7 +47,12 @@ pub trait WorkerPool {
     ///
     /// # Errors
     /// [`PoolError`] if the step cannot be completed.
-    async fn run_step(&mut self, step: StepId, network: &Network, shards: &[Samples]) -> Result<Vec<Gradients>, PoolError>;
+    async fn run_step(
+        &mut self,
+        step: StepId,
+        network: &Network,
+        shards: &[Samples],
+    ) -> Result<Vec<Gradients>, PoolError>;
 }
 
 /// Counters a run reports.
@@ -71,8 +78,18 @@ pub struct RemotePool {
     events: mpsc::Receiver<WorkerEvent>,
     workers: BTreeMap<WorkerId, Handle>,
     sizes: Vec<usize>,
-    wait_timeout: Duration,
+    timeouts: Timeouts,
     stats: PoolStats,
+}
+
+/// How long the pool waits, and for what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// When no worker is left mid-step: how long to wait for one to join.
+    pub wait_for_worker: Duration,
+    /// How long a worker may take for a shard before it is dropped and its
+    /// shards are given to others.
+    pub shard: Duration,
 }
 
 /// The state of one step in flight.
@@ -82,18 +99,33 @@ struct Step<'a> {
     shards: &'a [Samples],
     results: Vec<Option<Gradients>>,
     owner: Vec<Option<WorkerId>>,
+    assigned_at: Vec<Instant>,
 }
 
 impl Step<'_> {
     fn done(&self) -> bool {
         self.results.iter().all(Option::is_some)
     }
+
+    /// When the longest-waiting assigned, unfinished shard was handed out.
+    fn oldest_pending(&self) -> Option<Instant> {
+        (0..self.shards.len())
+            .filter(|&i| self.owner[i].is_some() && self.results[i].is_none())
+            .map(|i| self.assigned_at[i])
+            .min()
+    }
 }
 
 impl RemotePool {
-    /// A pool for a model of `sizes` that waits up to `wait_timeout` when no worker is left.
-    pub fn new(events: mpsc::Receiver<WorkerEvent>, sizes: Vec<usize>, wait_timeout: Duration) -> Self {
-        Self { events, workers: BTreeMap::new(), sizes, wait_timeout, stats: PoolStats::default() }
+    /// A pool for a model of `sizes`.
+    pub fn new(events: mpsc::Receiver<WorkerEvent>, sizes: Vec<usize>, timeouts: Timeouts) -> Self {
+        Self {
+            events,
+            workers: BTreeMap::new(),
+            sizes,
+            timeouts,
+            stats: PoolStats::default(),
+        }
     }
 
     /// Counters so far.
@@ -112,7 +144,11 @@ impl RemotePool {
     /// [`PoolError::ServiceGone`] if the service stops.
     pub async fn wait_for_workers(&mut self, count: usize) -> Result<(), PoolError> {
         if self.workers.len() < count {
-            info!(have = self.workers.len(), want = count, "waiting for workers");
+            info!(
+                have = self.workers.len(),
+                want = count,
+                "waiting for workers"
+            );
         }
         while self.workers.len() < count {
             let event = self.events.recv().await.ok_or(PoolError::ServiceGone)?;
@@ -125,7 +161,9 @@ impl RemotePool {
     pub fn shutdown(&mut self, reason: &str) {
         for (id, handle) in std::mem::take(&mut self.workers) {
             let msg = pb::CoordinatorMessage {
-                kind: Some(coordinator_message::Kind::Shutdown(pb::Shutdown { reason: reason.to_string() })),
+                kind: Some(coordinator_message::Kind::Shutdown(pb::Shutdown {
+                    reason: reason.to_string(),
+                })),
             };
             if handle.outbox.try_send(Ok(msg)).is_err() {
                 warn!(worker = %id, name = %handle.name, "could not send shutdown");
@@ -163,7 +201,9 @@ impl RemotePool {
     /// round-robin in worker-id order, one `Step` message per worker.
     fn assign(&mut self, step: &mut Step<'_>) {
         loop {
-            let open: Vec<usize> = (0..step.shards.len()).filter(|&i| step.owner[i].is_none() && step.results[i].is_none()).collect();
+            let open: Vec<usize> = (0..step.shards.len())
+                .filter(|&i| step.owner[i].is_none() && step.results[i].is_none())
+                .collect();
             if open.is_empty() || self.workers.is_empty() {
                 return;
             }
@@ -176,14 +216,28 @@ impl RemotePool {
                 let msg = pb::Step {
                     step_id: step.id.0,
                     weights: step.weights.clone(), // one buffer shared by all workers
-                    shards: shards.iter().map(|&i| wire::encode_shard(ShardId(i as u32), &step.shards[i])).collect(),
+                    shards: shards
+                        .iter()
+                        .map(|&i| wire::encode_shard(ShardId(i as u32), &step.shards[i]))
+                        .collect(),
                 };
-                let msg = pb::CoordinatorMessage { kind: Some(coordinator_message::Kind::Step(msg)) };
+                let msg = pb::CoordinatorMessage {
+                    kind: Some(coordinator_message::Kind::Step(msg)),
+                };
                 match self.workers[&id].outbox.try_send(Ok(msg)) {
-                    Ok(()) => shards.iter().for_each(|&i| step.owner[i] = Some(id)),
+                    Ok(()) => {
+                        let now = Instant::now();
+                        for &i in &shards {
+                            step.owner[i] = Some(id);
+                            step.assigned_at[i] = now;
+                        }
+                    }
                     Err(_) => {
                         // Closed, or so far behind that its queue is full: treat it as gone.
-                        self.evict(id, Status::resource_exhausted("worker is not reading its stream"));
+                        self.evict(
+                            id,
+                            Status::resource_exhausted("worker is not reading its stream"),
+                        );
                         self.orphan(step, id);
                     }
                 }
@@ -199,6 +253,27 @@ impl RemotePool {
                 self.stats.reassigned += 1;
                 info!(step = step.id.0, shard = i, worker = %id, "shard reassigned");
             }
+        }
+    }
+
+    /// Drops every worker holding a shard past its deadline; their shards go to others.
+    fn expire(&mut self, step: &mut Step<'_>) {
+        let now = Instant::now();
+        let late: Vec<(usize, WorkerId)> = (0..step.shards.len())
+            .filter(|&i| {
+                step.results[i].is_none() && now >= step.assigned_at[i] + self.timeouts.shard
+            })
+            .filter_map(|i| step.owner[i].map(|w| (i, w)))
+            .collect();
+        for (shard, id) in late {
+            if self.workers.contains_key(&id) {
+                let msg = format!(
+                    "no result for step {} shard {shard} within {:?}",
+                    step.id, self.timeouts.shard
+                );
+                self.evict(id, Status::deadline_exceeded(msg));
+            }
+            self.orphan(step, id);
         }
     }
 
@@ -229,24 +304,50 @@ impl RemotePool {
 }
 
 impl WorkerPool for RemotePool {
-    async fn run_step(&mut self, id: StepId, network: &Network, shards: &[Samples]) -> Result<Vec<Gradients>, PoolError> {
+    async fn run_step(
+        &mut self,
+        id: StepId,
+        network: &Network,
+        shards: &[Samples],
+    ) -> Result<Vec<Gradients>, PoolError> {
         let mut step = Step {
             id,
             weights: wire::encode_network(network),
             shards,
             results: vec![None; shards.len()],
             owner: vec![None; shards.len()],
+            assigned_at: vec![Instant::now(); shards.len()],
         };
         self.assign(&mut step);
         while !step.done() {
             let event = if self.workers.is_empty() {
-                warn!(step = id.0, wait = ?self.wait_timeout, "no worker left; waiting for one to join");
-                match tokio::time::timeout(self.wait_timeout, self.events.recv()).await {
+                let wait = self.timeouts.wait_for_worker;
+                warn!(
+                    step = id.0,
+                    ?wait,
+                    "no worker left; waiting for one to join"
+                );
+                match tokio::time::timeout(wait, self.events.recv()).await {
                     Ok(event) => event,
-                    Err(_) => return Err(PoolError::NoWorkers { step: id, waited: self.wait_timeout }),
+                    Err(_) => {
+                        return Err(PoolError::NoWorkers {
+                            step: id,
+                            waited: wait,
+                        })
+                    }
                 }
             } else {
-                self.events.recv().await
+                let deadline = step
+                    .oldest_pending()
+                    .map_or_else(Instant::now, |t| t + self.timeouts.shard);
+                match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                    Ok(event) => event,
+                    Err(_) => {
+                        self.expire(&mut step);
+                        self.assign(&mut step);
+                        continue;
+                    }
+                }
             };
             let event = event.ok_or(PoolError::ServiceGone)?;
             let left = match &event {
@@ -261,7 +362,11 @@ impl WorkerPool for RemotePool {
             }
             self.assign(&mut step);
         }
-        Ok(step.results.into_iter().map(|g| g.expect("step is done")).collect())
+        Ok(step
+            .results
+            .into_iter()
+            .map(|g| g.expect("step is done"))
+            .collect())
     }
 }
 
@@ -279,6 +384,13 @@ mod tests {
 
     const SIZES: [usize; 3] = [784, 6, 10];
 
+    fn timeouts(secs: u64) -> Timeouts {
+        Timeouts {
+            wait_for_worker: Duration::from_secs(secs),
+            shard: Duration::from_secs(60),
+        }
+    }
+
     fn shards() -> Vec<Samples> {
         use rand::Rng;
         let mut rng = init_rng(9);
@@ -295,7 +407,14 @@ mod tests {
         let mut inboxes = Vec::new();
         for id in 0..n {
             let (outbox, inbox) = mpsc::channel(16);
-            events.send(WorkerEvent::Joined { id: WorkerId(id), name: format!("fake-{id}"), outbox }).await.unwrap();
+            events
+                .send(WorkerEvent::Joined {
+                    id: WorkerId(id),
+                    name: format!("fake-{id}"),
+                    outbox,
+                })
+                .await
+                .unwrap();
             inboxes.push(inbox);
         }
         inboxes
@@ -303,7 +422,10 @@ mod tests {
 
     /// Reads one Step from `inbox` and computes its shards as a worker would.
     fn compute(inbox: &mut Inbox) -> Vec<pb::ShardResult> {
-        let Ok(Ok(pb::CoordinatorMessage { kind: Some(Kind::Step(step)) })) = inbox.try_recv() else {
+        let Ok(Ok(pb::CoordinatorMessage {
+            kind: Some(Kind::Step(step)),
+        })) = inbox.try_recv()
+        else {
             return Vec::new();
         };
         let mut net = Network::zeros(&SIZES);
@@ -312,7 +434,12 @@ mod tests {
             .iter()
             .map(|s| {
                 let (id, samples) = wire::decode_shard(s).unwrap();
-                wire::encode_shard_result(step.step_id, id, samples.len(), &shard_gradients(&net, &samples))
+                wire::encode_shard_result(
+                    step.step_id,
+                    id,
+                    samples.len(),
+                    &shard_gradients(&net, &samples),
+                )
             })
             .collect()
     }
@@ -326,7 +453,7 @@ mod tests {
         let net = Network::new(&SIZES, &mut init_rng(1));
         for seed in 0..8u64 {
             let (tx, rx) = mpsc::channel(64);
-            let mut pool = RemotePool::new(rx, SIZES.to_vec(), Duration::from_secs(5));
+            let mut pool = RemotePool::new(rx, SIZES.to_vec(), timeouts(5));
             let mut inboxes = join(&tx, 1 + (seed % 4) as u32).await;
             pool.wait_for_workers(inboxes.len()).await.unwrap();
             let shards = shards();
@@ -342,7 +469,10 @@ mod tests {
                 }
             };
             let (got, ()) = tokio::join!(pool.run_step(StepId(0), &net, &shards), answer);
-            assert!(got.unwrap() == expected(&net), "case {seed}: results not in shard order");
+            assert!(
+                got.unwrap() == expected(&net),
+                "case {seed}: results not in shard order"
+            );
         }
     }
 
@@ -351,10 +481,17 @@ mod tests {
     #[tokio::test]
     async fn late_duplicate_and_bad_results_are_never_applied() {
         let net = Network::new(&SIZES, &mut init_rng(1));
-        let cases = ["late", "duplicate", "nan", "short", "wrong count", "worker left"];
+        let cases = [
+            "late",
+            "duplicate",
+            "nan",
+            "short",
+            "wrong count",
+            "worker left",
+        ];
         for (case_index, case) in cases.iter().enumerate() {
             let (tx, rx) = mpsc::channel(64);
-            let mut pool = RemotePool::new(rx, SIZES.to_vec(), Duration::from_secs(5));
+            let mut pool = RemotePool::new(rx, SIZES.to_vec(), timeouts(5));
             let mut inboxes = join(&tx, 2).await;
             pool.wait_for_workers(2).await.unwrap();
             let shards = shards();
@@ -372,61 +509,200 @@ mod tests {
                     _ => {}
                 }
                 if *case == "worker left" {
-                    tx.send(WorkerEvent::Left { id: WorkerId(0), reason: "killed".into() }).await.unwrap();
+                    tx.send(WorkerEvent::Left {
+                        id: WorkerId(0),
+                        reason: "killed".into(),
+                    })
+                    .await
+                    .unwrap();
                 } else if *case == "late" || *case == "duplicate" {
                     // Interference first for "late", after the honest result for "duplicate".
-                    let first = if *case == "late" { bad.clone() } else { honest0[0].clone() };
-                    let second = if *case == "late" { honest0[0].clone() } else { { let mut d = bad.clone(); d.gradients = vec![0; d.gradients.len()].into(); d } };
-                    tx.send(WorkerEvent::Result { id: WorkerId(0), result: first }).await.unwrap();
-                    tx.send(WorkerEvent::Result { id: WorkerId(0), result: second }).await.unwrap();
+                    let first = if *case == "late" {
+                        bad.clone()
+                    } else {
+                        honest0[0].clone()
+                    };
+                    let second = if *case == "late" {
+                        honest0[0].clone()
+                    } else {
+                        {
+                            let mut d = bad.clone();
+                            d.gradients = vec![0; d.gradients.len()].into();
+                            d
+                        }
+                    };
+                    tx.send(WorkerEvent::Result {
+                        id: WorkerId(0),
+                        result: first,
+                    })
+                    .await
+                    .unwrap();
+                    tx.send(WorkerEvent::Result {
+                        id: WorkerId(0),
+                        result: second,
+                    })
+                    .await
+                    .unwrap();
                     for r in honest0.iter().skip(1) {
-                        tx.send(WorkerEvent::Result { id: WorkerId(0), result: r.clone() }).await.unwrap();
+                        tx.send(WorkerEvent::Result {
+                            id: WorkerId(0),
+                            result: r.clone(),
+                        })
+                        .await
+                        .unwrap();
                     }
                 } else {
                     // A bad result evicts worker 0; its shards must go to worker 1.
-                    tx.send(WorkerEvent::Result { id: WorkerId(0), result: bad }).await.unwrap();
+                    tx.send(WorkerEvent::Result {
+                        id: WorkerId(0),
+                        result: bad,
+                    })
+                    .await
+                    .unwrap();
                 }
                 for r in honest1 {
-                    tx.send(WorkerEvent::Result { id: WorkerId(1), result: r }).await.unwrap();
+                    tx.send(WorkerEvent::Result {
+                        id: WorkerId(1),
+                        result: r,
+                    })
+                    .await
+                    .unwrap();
                 }
                 if !matches!(*case, "late" | "duplicate") {
                     // Worker 1 gets worker 0's shards in a second Step; wait for it on its inbox.
                     let step = inboxes[1].recv().await;
                     let mut net1 = Network::zeros(&SIZES);
-                    let Some(Ok(pb::CoordinatorMessage { kind: Some(Kind::Step(step)) })) = step else { panic!("case {case}: no reassignment") };
+                    let Some(Ok(pb::CoordinatorMessage {
+                        kind: Some(Kind::Step(step)),
+                    })) = step
+                    else {
+                        panic!("case {case}: no reassignment")
+                    };
                     wire::decode_network_into(&step.weights, &mut net1).unwrap();
                     for s in &step.shards {
                         let (id, samples) = wire::decode_shard(s).unwrap();
-                        let r = wire::encode_shard_result(step.step_id, id, samples.len(), &shard_gradients(&net1, &samples));
-                        tx.send(WorkerEvent::Result { id: WorkerId(1), result: r }).await.unwrap();
+                        let r = wire::encode_shard_result(
+                            step.step_id,
+                            id,
+                            samples.len(),
+                            &shard_gradients(&net1, &samples),
+                        );
+                        tx.send(WorkerEvent::Result {
+                            id: WorkerId(1),
+                            result: r,
+                        })
+                        .await
+                        .unwrap();
                     }
                 }
             };
             let (got, ()) = tokio::join!(pool.run_step(StepId(0), &net, &shards), answer);
-            assert!(got.unwrap() == expected(&net), "case {case_index} ({case}): wrong gradients");
+            assert!(
+                got.unwrap() == expected(&net),
+                "case {case_index} ({case}): wrong gradients"
+            );
             let s = pool.stats();
             match *case {
                 "late" => assert_eq!(s.late, 1, "case {case}"),
                 "duplicate" => assert_eq!(s.duplicate, 1, "case {case}"),
-                "worker left" => assert_eq!((s.reassigned, pool.live_workers()), (2, 1), "case {case}"),
+                "worker left" => {
+                    assert_eq!((s.reassigned, pool.live_workers()), (2, 1), "case {case}")
+                }
                 _ => {
-                    assert_eq!((s.rejected, s.reassigned, pool.live_workers()), (1, 2, 1), "case {case}");
+                    assert_eq!(
+                        (s.rejected, s.reassigned, pool.live_workers()),
+                        (1, 2, 1),
+                        "case {case}"
+                    );
                     // The evicted worker was told why, with INVALID_ARGUMENT.
                     let status = inboxes[0].try_recv().unwrap().unwrap_err();
-                    assert_eq!(status.code(), tonic::Code::InvalidArgument, "case {case}: {status:?}");
+                    assert_eq!(
+                        status.code(),
+                        tonic::Code::InvalidArgument,
+                        "case {case}: {status:?}"
+                    );
                 }
             }
         }
     }
 
+    /// A worker that never answers loses its shards when their deadline passes.
+    /// Paused time: the deadline is reached by advancing the clock, not by waiting.
+    #[tokio::test(start_paused = true)]
+    async fn silent_worker_is_dropped_at_the_shard_deadline() {
+        let (tx, rx) = mpsc::channel(64);
+        let mut pool = RemotePool::new(
+            rx,
+            SIZES.to_vec(),
+            Timeouts {
+                wait_for_worker: Duration::from_secs(5),
+                shard: Duration::from_secs(2),
+            },
+        );
+        let mut inboxes = join(&tx, 2).await;
+        pool.wait_for_workers(2).await.unwrap();
+        let net = Network::new(&SIZES, &mut init_rng(1));
+        let shards = shards();
+        let answer = async {
+            tokio::task::yield_now().await;
+            let _silent = compute(&mut inboxes[0]); // worker 0 takes its shards and goes quiet
+            for r in compute(&mut inboxes[1]) {
+                tx.send(WorkerEvent::Result {
+                    id: WorkerId(1),
+                    result: r,
+                })
+                .await
+                .unwrap();
+            }
+            // After the deadline, worker 1 is given worker 0's shards.
+            let Some(Ok(pb::CoordinatorMessage {
+                kind: Some(Kind::Step(step)),
+            })) = inboxes[1].recv().await
+            else {
+                panic!("no reassignment")
+            };
+            let mut net1 = Network::zeros(&SIZES);
+            wire::decode_network_into(&step.weights, &mut net1).unwrap();
+            for s in &step.shards {
+                let (id, samples) = wire::decode_shard(s).unwrap();
+                let r = wire::encode_shard_result(
+                    step.step_id,
+                    id,
+                    samples.len(),
+                    &shard_gradients(&net1, &samples),
+                );
+                tx.send(WorkerEvent::Result {
+                    id: WorkerId(1),
+                    result: r,
+                })
+                .await
+                .unwrap();
+            }
+            // The silent worker was told why.
+            let status = inboxes[0].recv().await.unwrap().unwrap_err();
+            assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        };
+        let (got, ()) = tokio::join!(pool.run_step(StepId(0), &net, &shards), answer);
+        assert!(got.unwrap() == expected(&net));
+        assert_eq!((pool.stats().reassigned, pool.live_workers()), (2, 1));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn no_worker_left_times_out_with_the_step() {
         let (tx, rx) = mpsc::channel(64);
-        let mut pool = RemotePool::new(rx, SIZES.to_vec(), Duration::from_secs(3));
+        let mut pool = RemotePool::new(rx, SIZES.to_vec(), timeouts(3));
         let _inboxes = join(&tx, 1).await;
-        tx.send(WorkerEvent::Left { id: WorkerId(0), reason: "killed".into() }).await.unwrap();
+        tx.send(WorkerEvent::Left {
+            id: WorkerId(0),
+            reason: "killed".into(),
+        })
+        .await
+        .unwrap();
         let net = Network::new(&SIZES, &mut init_rng(1));
         let err = pool.run_step(StepId(7), &net, &shards()).await.unwrap_err();
-        assert_eq!(err.to_string(), "step 7: no worker left and none joined within 3s");
+        assert_eq!(
+            err.to_string(),
+            "step 7: no worker left and none joined within 3s"
+        );
     }
 }

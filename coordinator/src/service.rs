@@ -91,12 +91,23 @@ fn kind_name(msg: &pb::WorkerMessage) -> &'static str {
 impl pb::trainer_server::Trainer for TrainerService {
     type TrainStream = ReceiverStream<Result<pb::CoordinatorMessage, Status>>;
 
-    async fn train(&self, request: Request<Streaming<pb::WorkerMessage>>) -> Result<Response<Self::TrainStream>, Status> {
+    async fn train(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::TrainStream>, Status> {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
-            Some(pb::WorkerMessage { kind: Some(worker_message::Kind::Hello(hello)) }) => hello,
-            Some(other) => return Err(WireError::Unexpected { expected: "Hello", got: kind_name(&other) }.into()),
+            Some(pb::WorkerMessage {
+                kind: Some(worker_message::Kind::Hello(hello)),
+            }) => hello,
+            Some(other) => {
+                return Err(WireError::Unexpected {
+                    expected: "Hello",
+                    got: kind_name(&other),
+                }
+                .into())
+            }
             None => return Err(Status::cancelled("stream closed before Hello")),
         };
         if let Err(e) = wire::check_hello(&hello) {
@@ -114,25 +125,42 @@ impl pb::trainer_server::Trainer for TrainerService {
             protocol_version: PROTOCOL_VERSION,
         };
         outbox
-            .try_send(Ok(step_message(coordinator_message::Kind::Welcome(welcome))))
+            .try_send(Ok(step_message(coordinator_message::Kind::Welcome(
+                welcome,
+            ))))
             .map_err(|_| Status::internal("new outbox cannot be full"))?;
         let weak = outbox.downgrade();
-        let joined = WorkerEvent::Joined { id, name: hello.name.clone(), outbox };
+        let joined = WorkerEvent::Joined {
+            id,
+            name: hello.name.clone(),
+            outbox,
+        };
         if self.events.send(joined).await.is_err() {
-            return Err(Status::unavailable("the coordinator is not accepting workers (training is over)"));
+            return Err(Status::unavailable(
+                "the coordinator is not accepting workers (training is over)",
+            ));
         }
         debug!(worker = %id, ?peer, name = %hello.name, "handshake done");
         let events = self.events.clone();
         tokio::spawn(async move {
             let reason = loop {
                 match inbound.message().await {
-                    Ok(Some(pb::WorkerMessage { kind: Some(worker_message::Kind::Result(result)) })) => {
-                        if events.send(WorkerEvent::Result { id, result }).await.is_err() {
+                    Ok(Some(pb::WorkerMessage {
+                        kind: Some(worker_message::Kind::Result(result)),
+                    })) => {
+                        if events
+                            .send(WorkerEvent::Result { id, result })
+                            .await
+                            .is_err()
+                        {
                             return; // the registry is gone: the run is over
                         }
                     }
                     Ok(Some(other)) => {
-                        let e = WireError::Unexpected { expected: "ShardResult", got: kind_name(&other) };
+                        let e = WireError::Unexpected {
+                            expected: "ShardResult",
+                            got: kind_name(&other),
+                        };
                         // The outbox is held weakly so that dropping the registry's handle ends the stream.
                         if let Some(outbox) = weak.upgrade() {
                             let _ = outbox.try_send(Err(e.clone().into()));

@@ -39,9 +39,11 @@ pub async fn run(
         let train_time = start.elapsed();
         // Evaluation is ~20k feedforwards: CPU work, kept off the async threads.
         let (net, data_ref) = (network.clone(), Arc::clone(data));
-        let report = tokio::task::spawn_blocking(move || epoch_report(&net, &data_ref, epoch, step.0, train_time))
-            .await
-            .expect("evaluation does not panic on validated data");
+        let report = tokio::task::spawn_blocking(move || {
+            epoch_report(&net, &data_ref, epoch, step.0, train_time)
+        })
+        .await
+        .expect("evaluation does not panic on validated data");
         on_epoch(&report);
         reports.push(report);
     }
@@ -60,7 +62,12 @@ mod tests {
     struct InPlace;
 
     impl WorkerPool for InPlace {
-        async fn run_step(&mut self, _: StepId, network: &Network, shards: &[Samples]) -> Result<Vec<Gradients>, PoolError> {
+        async fn run_step(
+            &mut self,
+            _: StepId,
+            network: &Network,
+            shards: &[Samples],
+        ) -> Result<Vec<Gradients>, PoolError> {
             Ok(shards.iter().map(|s| shard_gradients(network, s)).collect())
         }
     }
@@ -72,19 +79,35 @@ mod tests {
             pixels: (0..n * 784).map(|_| rng.random()).collect(),
             labels: (0..n).map(|_| rng.random_range(0..10)).collect(),
         };
-        Mnist { training: samples(n, &mut rng), validation: samples(10, &mut rng), test: samples(20, &mut rng) }
+        Mnist {
+            training: samples(n, &mut rng),
+            validation: samples(10, &mut rng),
+            test: samples(20, &mut rng),
+        }
     }
 
     #[tokio::test]
     async fn loop_equals_reference_trainer_bitwise() {
         let data = Arc::new(synthetic(95));
-        let plan = TrainingPlan { sizes: vec![784, 8, 10], epochs: 2, batch_size: 10, eta: 3.0, shards: 4, seed: 5 };
+        let plan = TrainingPlan {
+            sizes: vec![784, 8, 10],
+            epochs: 2,
+            batch_size: 10,
+            eta: 3.0,
+            shards: 4,
+            seed: 5,
+        };
         let mut reference = plan.initial_network();
         train(&mut reference, &data, &plan, |_| {});
         let mut net = plan.initial_network();
-        let reports = run(&mut InPlace, &mut net, &data, &plan, |_| {}).await.unwrap();
+        let reports = run(&mut InPlace, &mut net, &data, &plan, |_| {})
+            .await
+            .unwrap();
         assert_eq!(net, reference);
         assert_eq!(reports.len(), 2);
-        assert_eq!(reports[1].steps, 20, "95 samples in batches of 10 is 10 steps per epoch");
+        assert_eq!(
+            reports[1].steps, 20,
+            "95 samples in batches of 10 is 10 steps per epoch"
+        );
     }
 }

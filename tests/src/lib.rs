@@ -23,7 +23,9 @@ use worker::{WorkerConfig, WorkerError};
 
 /// Directory of the committed MNIST slice.
 pub fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("mnist-slice")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join("mnist-slice")
 }
 
 /// The committed MNIST slice: 1,000 training, 200 validation, 200 test samples.
@@ -39,13 +41,19 @@ pub struct Cluster {
     /// Where the coordinator listens.
     pub addr: std::net::SocketAddr,
     coordinator: JoinHandle<Result<RunSummary, CoordinatorError>>,
-    workers: Vec<JoinHandle<Result<(), WorkerError>>>,
+    /// `None` once awaited through `worker_exit`.
+    workers: Vec<Option<JoinHandle<Result<(), WorkerError>>>>,
     stop: Option<oneshot::Sender<()>>,
 }
 
 /// A worker configuration for `addr` with a short retry budget.
 pub fn worker_config(addr: std::net::SocketAddr, name: &str) -> WorkerConfig {
-    WorkerConfig { endpoint: format!("http://{addr}"), name: name.to_string(), retry_for: Duration::from_secs(10) }
+    WorkerConfig {
+        endpoint: format!("http://{addr}"),
+        name: name.to_string(),
+        retry_for: Duration::from_secs(10),
+        fault: None,
+    }
 }
 
 impl Cluster {
@@ -53,9 +61,15 @@ impl Cluster {
     ///
     /// # Errors
     /// If binding fails.
-    pub async fn start(config: Config, data: Arc<Mnist>, workers: usize) -> anyhow::Result<Cluster> {
+    pub async fn start(
+        config: Config,
+        data: Arc<Mnist>,
+        workers: usize,
+    ) -> anyhow::Result<Cluster> {
         // Bound before anything is spawned, so workers never race the server's start.
-        let listener = TcpListener::bind("127.0.0.1:0").await.context("binding 127.0.0.1:0")?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding 127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let coordinator = tokio::spawn(coordinator::serve(
@@ -67,7 +81,12 @@ impl Cluster {
             },
             |_| {},
         ));
-        let mut cluster = Cluster { addr, coordinator, workers: Vec::new(), stop: Some(stop) };
+        let mut cluster = Cluster {
+            addr,
+            coordinator,
+            workers: Vec::new(),
+            stop: Some(stop),
+        };
         for i in 0..workers {
             cluster.add_worker(&format!("test-{i}"));
         }
@@ -80,9 +99,45 @@ impl Cluster {
     }
 
     /// Starts one more worker task that stops (as on Ctrl-C) when `stop` completes.
-    pub fn add_worker_until(&mut self, name: &str, stop: impl Future<Output = ()> + Send + 'static) {
+    pub fn add_worker_until(
+        &mut self,
+        name: &str,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) {
         let config = worker_config(self.addr, name);
-        self.workers.push(tokio::spawn(worker::run(config, stop)));
+        self.workers
+            .push(Some(tokio::spawn(worker::run(config, stop))));
+    }
+
+    /// Starts one more worker task that injects `fault`; returns its index.
+    pub fn add_faulty_worker(&mut self, name: &str, fault: worker::Fault) -> usize {
+        let config = WorkerConfig {
+            fault: Some(fault),
+            ..worker_config(self.addr, name)
+        };
+        self.workers.push(Some(tokio::spawn(worker::run(
+            config,
+            std::future::pending(),
+        ))));
+        self.workers.len() - 1
+    }
+
+    /// Waits for worker `index` to exit (within `limit`, a failure bound) and returns how it ended.
+    ///
+    /// # Errors
+    /// If it does not exit in time or panics.
+    pub async fn worker_exit(
+        &mut self,
+        index: usize,
+        limit: Duration,
+    ) -> anyhow::Result<Result<(), WorkerError>> {
+        let handle = self.workers[index]
+            .take()
+            .context("worker already awaited")?;
+        tokio::time::timeout(limit, handle)
+            .await
+            .context("worker did not exit in time")?
+            .context("worker task panicked")
     }
 
     /// Interrupts the coordinator, as Ctrl-C would.
@@ -93,20 +148,33 @@ impl Cluster {
     }
 
     /// Waits (at most `limit`, a failure bound, not a pause) for the run to
-    /// end and every worker to exit; returns the coordinator's result and each worker's.
+    /// end and every worker to exit; returns the coordinator's result and each
+    /// worker's (in start order, leaving out those awaited with `worker_exit`).
     ///
     /// # Errors
     /// If the run does not end within `limit` or a task panics.
-    pub async fn finish(self, limit: Duration) -> anyhow::Result<(Result<RunSummary, CoordinatorError>, Vec<Result<(), WorkerError>>)> {
+    pub async fn finish(
+        self,
+        limit: Duration,
+    ) -> anyhow::Result<(
+        Result<RunSummary, CoordinatorError>,
+        Vec<Result<(), WorkerError>>,
+    )> {
         let all = async {
-            let summary = self.coordinator.await.context("coordinator task panicked")?;
+            let summary = self
+                .coordinator
+                .await
+                .context("coordinator task panicked")?;
             let mut workers = Vec::new();
-            for w in self.workers {
+            // Workers already awaited through `worker_exit` are left out.
+            for w in self.workers.into_iter().flatten() {
                 workers.push(w.await.context("worker task panicked")?);
             }
             anyhow::Ok((summary, workers))
         };
-        tokio::time::timeout(limit, all).await.context("cluster did not finish in time")?
+        tokio::time::timeout(limit, all)
+            .await
+            .context("cluster did not finish in time")?
     }
 }
 
@@ -122,7 +190,11 @@ pub fn binary(name: &str) -> PathBuf {
     let dir = BUILT.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");
         // target/<profile>/deps/<test> → target/<profile>
-        let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+        let dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target dir")
+            .to_path_buf();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = std::process::Command::new(cargo);
         build.args(["build", "--bins", "-p", "coordinator", "-p", "worker"]);
@@ -138,9 +210,19 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// Largest absolute difference between two networks' parameters.
 pub fn max_abs_diff(a: &common::Network, b: &common::Network) -> f32 {
-    let w = a.weights.iter().zip(&b.weights).flat_map(|(x, y)| x.iter().zip(y.iter()));
-    let bias = a.biases.iter().zip(&b.biases).flat_map(|(x, y)| x.iter().zip(y.iter()));
-    w.chain(bias).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    let w = a
+        .weights
+        .iter()
+        .zip(&b.weights)
+        .flat_map(|(x, y)| x.iter().zip(y.iter()));
+    let bias = a
+        .biases
+        .iter()
+        .zip(&b.biases)
+        .flat_map(|(x, y)| x.iter().zip(y.iter()));
+    w.chain(bias)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// The raw bytes of a network's parameters, for bitwise comparison.

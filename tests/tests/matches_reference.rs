@@ -10,22 +10,39 @@ use coordinator::Config;
 use integration_tests::{bits, fixture_data, max_abs_diff, Cluster};
 
 fn plan(shards: usize) -> TrainingPlan {
-    TrainingPlan { sizes: vec![784, 30, 10], epochs: 1, batch_size: 10, eta: 3.0, shards, seed: 3 }
+    TrainingPlan {
+        sizes: vec![784, 30, 10],
+        epochs: 1,
+        batch_size: 10,
+        eta: 3.0,
+        shards,
+        seed: 3,
+    }
 }
 
 fn config(shards: usize, workers: usize) -> Config {
-    Config { plan: plan(shards), workers, wait_timeout: Duration::from_secs(30) }
+    Config {
+        plan: plan(shards),
+        workers,
+        wait_timeout: Duration::from_secs(30),
+        shard_timeout: Duration::from_secs(30),
+    }
 }
 
 async fn cluster_run(shards: usize, workers: usize) -> common::Network {
-    let cluster = Cluster::start(config(shards, workers), fixture_data(), workers).await.unwrap();
+    let cluster = Cluster::start(config(shards, workers), fixture_data(), workers)
+        .await
+        .unwrap();
     let (summary, worker_results) = cluster.finish(Duration::from_secs(120)).await.unwrap();
     for (i, w) in worker_results.iter().enumerate() {
         assert!(w.is_ok(), "worker {i} of {workers}: {w:?}");
     }
     let summary = summary.unwrap();
     assert_eq!(summary.reports.len(), 1);
-    assert_eq!(summary.reports[0].steps, 100, "1,000 samples in batches of 10");
+    assert_eq!(
+        summary.reports[0].steps, 100,
+        "1,000 samples in batches of 10"
+    );
     summary.network
 }
 
@@ -36,7 +53,11 @@ async fn four_shards_are_bitwise_identical_on_1_2_and_4_workers_and_equal_the_re
     train(&mut reference, &data, &plan(4), |_| {});
     for workers in [1, 2, 4] {
         let net = cluster_run(4, workers).await;
-        assert!(bits(&net) == bits(&reference), "S=4 on {workers} workers differs from the reference (max diff {:e})", max_abs_diff(&net, &reference));
+        assert!(
+            bits(&net) == bits(&reference),
+            "S=4 on {workers} workers differs from the reference (max diff {:e})",
+            max_abs_diff(&net, &reference)
+        );
     }
 }
 
@@ -54,7 +75,10 @@ async fn shard_counts_1_2_4_match_the_single_shard_reference_within_tolerance() 
         let diff = max_abs_diff(&net, &reference);
         eprintln!("S={shards}: max |w - w_ref| = {diff:e}");
         if shards == 1 {
-            assert!(bits(&net) == bits(&reference), "S=1 must be bitwise equal to the reference (diff {diff:e})");
+            assert!(
+                bits(&net) == bits(&reference),
+                "S=1 must be bitwise equal to the reference (diff {diff:e})"
+            );
         }
         assert!(diff <= 1e-4, "S={shards}: max diff {diff:e} exceeds 1e-4");
     }

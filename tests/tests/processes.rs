@@ -54,7 +54,10 @@ fn wait_exit(child: &mut Guard, limit: Duration, what: &str) -> std::process::Ex
         if let Some(status) = child.0.try_wait().expect("try_wait") {
             return status;
         }
-        assert!(std::time::Instant::now() < deadline, "{what} did not exit within {limit:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not exit within {limit:?}"
+        );
         // Polling a child's exit status: std offers no blocking wait with a timeout.
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -74,13 +77,22 @@ fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
     let out = dir.join("model.safetensors");
     let mut coord = coordinator(&["--workers", "4"], &out);
     let rx = lines(&mut coord);
-    let first = rx.recv_timeout(Duration::from_secs(30)).expect("coordinator prints its address");
-    let addr = first.strip_prefix("Listening on ").unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("coordinator prints its address");
+    let addr = first
+        .strip_prefix("Listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
     let mut workers: Vec<Guard> = (0..4)
         .map(|i| {
             Guard(
                 Command::new(binary("worker"))
-                    .args(["--connect", &format!("http://{addr}"), "--name", &format!("proc-{i}")])
+                    .args([
+                        "--connect",
+                        &format!("http://{addr}"),
+                        "--name",
+                        &format!("proc-{i}"),
+                    ])
                     .stderr(Stdio::piped())
                     .spawn()
                     .expect("start worker"),
@@ -89,16 +101,37 @@ fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
         .collect();
     let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
     let output: Vec<String> = rx.try_iter().collect();
-    assert!(status.success(), "coordinator exited {status}; stdout {output:?}; stderr {}", stderr_of(&mut coord));
-    let epoch = output.iter().find(|l| l.starts_with("Epoch 2: ")).expect("a line for the third epoch");
-    let correct: usize = epoch["Epoch 2: ".len()..].split(' ').next().unwrap().parse().unwrap();
+    assert!(
+        status.success(),
+        "coordinator exited {status}; stdout {output:?}; stderr {}",
+        stderr_of(&mut coord)
+    );
+    let epoch = output
+        .iter()
+        .find(|l| l.starts_with("Epoch 2: "))
+        .expect("a line for the third epoch");
+    let correct: usize = epoch["Epoch 2: ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(epoch.contains(" / 200"), "{epoch}");
     // Chance is 20 / 200; three epochs of the 1,000-sample slice reach 100-130.
     assert!(correct > 80, "training should beat chance by far: {epoch}");
-    assert!(output.iter().any(|l| l.starts_with("Done: best test accuracy")), "{output:?}");
+    assert!(
+        output
+            .iter()
+            .any(|l| l.starts_with("Done: best test accuracy")),
+        "{output:?}"
+    );
     for (i, w) in workers.iter_mut().enumerate() {
         let status = wait_exit(w, Duration::from_secs(30), "worker");
-        assert!(status.success(), "worker {i} exited {status}: {}", stderr_of(w));
+        assert!(
+            status.success(),
+            "worker {i} exited {status}: {}",
+            stderr_of(w)
+        );
     }
     let model = common::model_file::load(&out).expect("saved model loads");
     assert_eq!(model.sizes, vec![784, 30, 10]);
@@ -107,8 +140,15 @@ fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
     let replay = dir.join("replay.safetensors");
     let mut local = coordinator(&["--local", "--shards", "4"], &replay);
     let status = wait_exit(&mut local, Duration::from_secs(120), "coordinator --local");
-    assert!(status.success(), "--local exited {status}: {}", stderr_of(&mut local));
-    assert!(std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(), "cluster and --local model files differ");
+    assert!(
+        status.success(),
+        "--local exited {status}: {}",
+        stderr_of(&mut local)
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(),
+        "cluster and --local model files differ"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -121,9 +161,18 @@ fn one_command_cluster_with_spawned_workers() {
     let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
     let output: Vec<String> = rx.try_iter().collect();
     let stderr = stderr_of(&mut coord);
-    assert!(status.success(), "exit {status}; stdout {output:?}; stderr {stderr}");
-    assert!(output.iter().any(|l| l.starts_with("Epoch 0: ")), "{output:?}");
-    assert!(stderr.contains("local workers exited clean=2"), "both spawned workers exit 0: {stderr}");
+    assert!(
+        status.success(),
+        "exit {status}; stdout {output:?}; stderr {stderr}"
+    );
+    assert!(
+        output.iter().any(|l| l.starts_with("Epoch 0: ")),
+        "{output:?}"
+    );
+    assert!(
+        stderr.contains("local workers exited clean=2"),
+        "both spawned workers exit 0: {stderr}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -131,14 +180,29 @@ fn one_command_cluster_with_spawned_workers() {
 fn bad_flags_and_bad_data_give_clear_errors_and_exit_nonzero() {
     let dir = tempdir("bad-input");
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--sizes".into(), "100,30,10".into()], "MNIST needs 784 inputs and 10 outputs"),
-        (vec!["--eta".into(), "0".into()], "--eta 0: must be finite and > 0"),
-        (vec!["--batch-size".into(), "0".into()], "--batch-size 0: must be at least 1"),
+        (
+            vec!["--sizes".into(), "100,30,10".into()],
+            "MNIST needs 784 inputs and 10 outputs",
+        ),
+        (
+            vec!["--eta".into(), "0".into()],
+            "--eta 0: must be finite and > 0",
+        ),
+        (
+            vec!["--batch-size".into(), "0".into()],
+            "--batch-size 0: must be at least 1",
+        ),
     ];
     for (i, (flags, want)) in cases.iter().enumerate() {
-        let out = Command::new(binary("coordinator")).args(flags).output().unwrap();
+        let out = Command::new(binary("coordinator"))
+            .args(flags)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && stderr.contains(want), "case {i}: {stderr}");
+        assert!(
+            !out.status.success() && stderr.contains(want),
+            "case {i}: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "case {i}: {stderr}");
     }
     // A data directory whose training images file has a bad magic number.
@@ -148,18 +212,41 @@ fn bad_flags_and_bad_data_give_clear_errors_and_exit_nonzero() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), data.join(entry.file_name())).unwrap();
     }
-    std::fs::write(data.join("train-images.idx3-ubyte.gz"), [0, 0, 8, 1, 0, 0, 0, 0]).unwrap();
-    let out = Command::new(binary("coordinator")).arg("--data-dir").arg(&data).output().unwrap();
+    std::fs::write(
+        data.join("train-images.idx3-ubyte.gz"),
+        [0, 0, 8, 1, 0, 0, 0, 0],
+    )
+    .unwrap();
+    let out = Command::new(binary("coordinator"))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("train-images.idx3-ubyte.gz: bad magic number 2049"), "{stderr}");
+    assert!(
+        stderr.contains("train-images.idx3-ubyte.gz: bad magic number 2049"),
+        "{stderr}"
+    );
     // A worker with nothing to connect to gives up after its retry budget, saying where it tried.
-    let out = Command::new(binary("worker")).args(["--connect", "http://127.0.0.1:9", "--retry-for", "0.3"]).output().unwrap();
+    let out = Command::new(binary("worker"))
+        .args(["--connect", "http://127.0.0.1:9", "--retry-for", "0.3"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("coordinator at http://127.0.0.1:9 unreachable"), "{stderr}");
-    let out = Command::new(binary("worker")).args(["--connect", "not a url"]).output().unwrap();
+    assert!(
+        !out.status.success() && stderr.contains("coordinator at http://127.0.0.1:9 unreachable"),
+        "{stderr}"
+    );
+    let out = Command::new(binary("worker"))
+        .args(["--connect", "not a url"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("invalid coordinator address"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("invalid coordinator address"),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -15,9 +15,15 @@ pub type ShardOutput = (ShardId, usize, Gradients);
 ///
 /// # Panics
 /// If the blocking task panics (a bug: inputs are validated by `wire`).
-pub async fn shard_gradients_blocking(network: Network, shards: Vec<(ShardId, Samples)>) -> (Network, Vec<ShardOutput>) {
+pub async fn shard_gradients_blocking(
+    network: Network,
+    shards: Vec<(ShardId, Samples)>,
+) -> (Network, Vec<ShardOutput>) {
     tokio::task::spawn_blocking(move || {
-        let outputs = shards.iter().map(|(id, s)| (*id, s.len(), shard_gradients(&network, s))).collect();
+        let outputs = shards
+            .iter()
+            .map(|(id, s)| (*id, s.len(), shard_gradients(&network, s)))
+            .collect();
         (network, outputs)
     })
     .await

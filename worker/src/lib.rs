@@ -30,6 +30,20 @@ pub struct WorkerConfig {
     /// How long to keep retrying to reach the coordinator, from the first
     /// failed attempt (at start, or after a lost session), before giving up.
     pub retry_for: Duration,
+    /// A fault to inject, so users and tests can watch the recovery.
+    pub fault: Option<Fault>,
+}
+
+/// A fault a worker can inject on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// On receiving this step, drop the connection without answering and stop
+    /// (the coordinator sees a worker die mid-step).
+    ExitAtStep(u64),
+    /// On receiving this step, keep the connection but never answer again
+    /// (a silent worker; the coordinator's shard deadline catches it); exit
+    /// once the coordinator drops the connection.
+    StallAtStep(u64),
 }
 
 /// Why a worker stopped without being told to.
@@ -56,6 +70,9 @@ pub enum WorkerError {
     /// The coordinator refused this worker (version, shape, or a bad message).
     #[error("refused by the coordinator: {0}")]
     Refused(SessionError),
+    /// An injected fault fired.
+    #[error("exited at step {0} as asked (fault injection)")]
+    InjectedExit(u64),
 }
 
 /// First and largest pause between connection attempts: doubling from 50 ms
@@ -70,9 +87,14 @@ async fn connect(endpoint: &Endpoint, config: &WorkerConfig) -> Result<Channel, 
         match endpoint.connect().await {
             Ok(channel) => return Ok(channel),
             Err(e) => {
-                let last_error = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+                let last_error =
+                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
                 if started.elapsed() >= config.retry_for {
-                    return Err(WorkerError::Unreachable { endpoint: config.endpoint.clone(), waited: started.elapsed(), last_error });
+                    return Err(WorkerError::Unreachable {
+                        endpoint: config.endpoint.clone(),
+                        waited: started.elapsed(),
+                        last_error,
+                    });
                 }
                 if !announced {
                     info!(endpoint = %config.endpoint, error = %last_error, "coordinator not reachable yet; retrying");
@@ -93,9 +115,15 @@ async fn connect(endpoint: &Endpoint, config: &WorkerConfig) -> Result<Channel, 
 /// # Errors
 /// [`WorkerError`] if the address is invalid, the coordinator stays
 /// unreachable for `retry_for`, or it refuses this worker.
-pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
     let endpoint = Endpoint::from_shared(config.endpoint.clone())
-        .map_err(|e| WorkerError::BadEndpoint { endpoint: config.endpoint.clone(), reason: e.to_string() })?
+        .map_err(|e| WorkerError::BadEndpoint {
+            endpoint: config.endpoint.clone(),
+            reason: e.to_string(),
+        })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         // One 95 KB step in one HTTP/2 frame instead of six.
@@ -105,10 +133,13 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Re
     let sessions = async {
         loop {
             let channel = connect(&endpoint, &config).await?;
-            match session::run(channel, &config.name).await {
+            match session::run(channel, &config.name, config.fault).await {
                 Ok(reason) => {
                     info!(%reason, "coordinator said shutdown");
                     return Ok(());
+                }
+                Err(SessionError::InjectedExit(step)) => {
+                    return Err(WorkerError::InjectedExit(step))
                 }
                 Err(e) if e.is_refusal() => return Err(WorkerError::Refused(e)),
                 Err(e) => warn!(error = %e, "session lost; reconnecting"),

@@ -19,12 +19,23 @@ struct Args {
     /// Seconds to keep retrying an unreachable coordinator before giving up.
     #[arg(long, default_value_t = 60.0)]
     retry_for: f64,
+    /// Fault injection: on receiving step N, drop the connection mid-step and exit with status 3.
+    #[arg(long, value_name = "N", conflicts_with = "stall_at_step")]
+    exit_at_step: Option<u64>,
+    /// Fault injection: on receiving step N, stop answering but keep the connection open;
+    /// exit with status 3 once the coordinator drops this worker (see its --shard-timeout).
+    #[arg(long, value_name = "N")]
+    stall_at_step: Option<u64>,
 }
 
 // One thread: the runtime only moves bytes; backprop runs on spawn_blocking's thread.
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if matches!(e.downcast_ref(), Some(worker::WorkerError::InjectedExit(_))) => {
+            eprintln!("worker: {e:#}");
+            std::process::ExitCode::from(3)
+        }
         Err(e) => {
             eprintln!("worker: error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -35,16 +46,28 @@ fn main() -> std::process::ExitCode {
 #[tokio::main(flavor = "current_thread")]
 async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    anyhow::ensure!(args.retry_for.is_finite() && args.retry_for >= 0.0, "--retry-for {}: must be seconds >= 0", args.retry_for);
+    anyhow::ensure!(
+        args.retry_for.is_finite() && args.retry_for >= 0.0,
+        "--retry-for {}: must be seconds >= 0",
+        args.retry_for
+    );
     let config = worker::WorkerConfig {
         endpoint: args.connect,
-        name: args.name.unwrap_or_else(|| format!("worker-{}", std::process::id())),
+        name: args
+            .name
+            .unwrap_or_else(|| format!("worker-{}", std::process::id())),
         retry_for: Duration::from_secs_f64(args.retry_for),
+        fault: args
+            .exit_at_step
+            .map(worker::Fault::ExitAtStep)
+            .or(args.stall_at_step.map(worker::Fault::StallAtStep)),
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

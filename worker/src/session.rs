@@ -10,9 +10,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::compute::shard_gradients_blocking;
+use crate::Fault;
 
 /// Largest gRPC message accepted or sent (64 MiB), as on the coordinator.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -29,6 +30,9 @@ pub enum SessionError {
     /// The stream ended without Shutdown.
     #[error("the coordinator closed the stream without Shutdown")]
     Closed,
+    /// An injected fault ended the session at this step.
+    #[error("injected exit at step {0}")]
+    InjectedExit(u64),
 }
 
 impl SessionError {
@@ -38,10 +42,17 @@ impl SessionError {
         match self {
             SessionError::Status(s) => matches!(
                 s.code(),
-                Code::FailedPrecondition | Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
+                Code::FailedPrecondition
+                    | Code::InvalidArgument
+                    | Code::Unauthenticated
+                    | Code::PermissionDenied
             ),
-            SessionError::Wire(WireError::ProtocolVersion { .. } | WireError::Sizes { .. } | WireError::SizesMismatch { .. }) => true,
-            SessionError::Wire(_) | SessionError::Closed => false,
+            SessionError::Wire(
+                WireError::ProtocolVersion { .. }
+                | WireError::Sizes { .. }
+                | WireError::SizesMismatch { .. },
+            ) => true,
+            SessionError::Wire(_) | SessionError::Closed | SessionError::InjectedExit(_) => false,
         }
     }
 }
@@ -53,27 +64,46 @@ impl From<Status> for SessionError {
 }
 
 fn result_message(result: pb::ShardResult) -> pb::WorkerMessage {
-    pb::WorkerMessage { kind: Some(worker_message::Kind::Result(result)) }
+    pb::WorkerMessage {
+        kind: Some(worker_message::Kind::Result(result)),
+    }
 }
 
 /// Runs one session on `channel`; returns the coordinator's shutdown reason.
 ///
 /// # Errors
 /// [`SessionError`] if the session ends any other way.
-pub async fn run(channel: Channel, name: &str) -> Result<String, SessionError> {
+pub async fn run(
+    channel: Channel,
+    name: &str,
+    fault: Option<Fault>,
+) -> Result<String, SessionError> {
     let mut client = TrainerClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel(64);
-    let hello = pb::Hello { name: name.to_string(), protocol_version: PROTOCOL_VERSION };
-    tx.send(pb::WorkerMessage { kind: Some(worker_message::Kind::Hello(hello)) })
-        .await
-        .map_err(|_| SessionError::Closed)?;
+    let hello = pb::Hello {
+        name: name.to_string(),
+        protocol_version: PROTOCOL_VERSION,
+    };
+    tx.send(pb::WorkerMessage {
+        kind: Some(worker_message::Kind::Hello(hello)),
+    })
+    .await
+    .map_err(|_| SessionError::Closed)?;
     let mut inbound = client.train(ReceiverStream::new(rx)).await?.into_inner();
 
     let welcome = match inbound.message().await? {
-        Some(pb::CoordinatorMessage { kind: Some(coordinator_message::Kind::Welcome(w)) }) => w,
-        Some(_) => return Err(WireError::Unexpected { expected: "Welcome", got: "another message" }.into()),
+        Some(pb::CoordinatorMessage {
+            kind: Some(coordinator_message::Kind::Welcome(w)),
+        }) => w,
+        Some(_) => {
+            return Err(WireError::Unexpected {
+                expected: "Welcome",
+                got: "another message",
+            }
+            .into())
+        }
         None => return Err(SessionError::Closed),
     };
     let sizes = wire::decode_welcome(&welcome)?;
@@ -83,14 +113,42 @@ pub async fn run(channel: Channel, name: &str) -> Result<String, SessionError> {
     while let Some(msg) = inbound.message().await? {
         match msg.kind {
             Some(coordinator_message::Kind::Step(step)) => {
+                match fault {
+                    Some(Fault::ExitAtStep(n)) if step.step_id == n => {
+                        warn!(step = n, "injected fault: exiting mid-step");
+                        return Err(SessionError::InjectedExit(n));
+                    }
+                    Some(Fault::StallAtStep(n)) if step.step_id == n => {
+                        warn!(
+                            step = n,
+                            "injected fault: going silent until the coordinator drops this worker"
+                        );
+                        let ended = loop {
+                            match inbound.message().await {
+                                Ok(Some(_)) => continue, // heard, never answered
+                                Ok(None) => break "closed".to_string(),
+                                Err(status) => break status.message().to_string(),
+                            }
+                        };
+                        info!(%ended, "dropped by the coordinator while silent");
+                        return Err(SessionError::InjectedExit(n));
+                    }
+                    _ => {}
+                }
                 wire::decode_network_into(&step.weights, &mut network)?;
-                let shards = step.shards.iter().map(wire::decode_shard).collect::<Result<Vec<_>, _>>()?;
+                let shards = step
+                    .shards
+                    .iter()
+                    .map(wire::decode_shard)
+                    .collect::<Result<Vec<_>, _>>()?;
                 debug!(step = step.step_id, shards = shards.len(), "step");
                 let (net, outputs) = shard_gradients_blocking(network, shards).await;
                 network = net;
                 for (id, samples, g) in outputs {
                     let result = wire::encode_shard_result(step.step_id, id, samples, &g);
-                    tx.send(result_message(result)).await.map_err(|_| SessionError::Closed)?;
+                    tx.send(result_message(result))
+                        .await
+                        .map_err(|_| SessionError::Closed)?;
                 }
             }
             Some(coordinator_message::Kind::Shutdown(s)) => {
@@ -104,9 +162,19 @@ pub async fn run(channel: Channel, name: &str) -> Result<String, SessionError> {
                 return Ok(s.reason);
             }
             Some(coordinator_message::Kind::Welcome(_)) => {
-                return Err(WireError::Unexpected { expected: "Step or Shutdown", got: "a second Welcome" }.into())
+                return Err(WireError::Unexpected {
+                    expected: "Step or Shutdown",
+                    got: "a second Welcome",
+                }
+                .into())
             }
-            None => return Err(WireError::Unexpected { expected: "Step or Shutdown", got: "an empty message" }.into()),
+            None => {
+                return Err(WireError::Unexpected {
+                    expected: "Step or Shutdown",
+                    got: "an empty message",
+                }
+                .into())
+            }
         }
     }
     Err(SessionError::Closed)

@@ -117,7 +117,10 @@ pub struct IdxImages {
 
 /// Reads a file, un-gzipping it if it starts with the gzip magic bytes.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, IdxError> {
-    let io = |source| IdxError::Io { path: path.to_path_buf(), source };
+    let io = |source| IdxError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let raw = std::fs::read(path).map_err(io)?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::with_capacity(raw.len() * 4);
@@ -132,13 +135,28 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
-fn check_header(path: &Path, bytes: &[u8], kind: &'static str, magic: u32, header_len: usize) -> Result<(), IdxError> {
+fn check_header(
+    path: &Path,
+    bytes: &[u8],
+    kind: &'static str,
+    magic: u32,
+    header_len: usize,
+) -> Result<(), IdxError> {
     // The magic first: a wrong file is better named as such than as "truncated".
     if bytes.len() >= 4 && be_u32(bytes, 0) != magic {
-        return Err(IdxError::BadMagic { path: path.to_path_buf(), kind, expected: magic, found: be_u32(bytes, 0) });
+        return Err(IdxError::BadMagic {
+            path: path.to_path_buf(),
+            kind,
+            expected: magic,
+            found: be_u32(bytes, 0),
+        });
     }
     if bytes.len() < header_len {
-        return Err(IdxError::TruncatedHeader { path: path.to_path_buf(), len: bytes.len(), need: header_len });
+        return Err(IdxError::TruncatedHeader {
+            path: path.to_path_buf(),
+            len: bytes.len(),
+            need: header_len,
+        });
     }
     Ok(())
 }
@@ -146,7 +164,13 @@ fn check_header(path: &Path, bytes: &[u8], kind: &'static str, magic: u32, heade
 fn check_length(path: &Path, data: &[u8], count: usize, item_len: usize) -> Result<(), IdxError> {
     let expected = count.saturating_mul(item_len);
     if data.len() != expected {
-        return Err(IdxError::WrongLength { path: path.to_path_buf(), count, item_len, expected, found: data.len() });
+        return Err(IdxError::WrongLength {
+            path: path.to_path_buf(),
+            count,
+            item_len,
+            expected,
+            found: data.len(),
+        });
     }
     Ok(())
 }
@@ -156,16 +180,32 @@ fn check_length(path: &Path, data: &[u8], count: usize, item_len: usize) -> Resu
 /// # Errors
 /// [`IdxError`] naming `path` for a short header, a bad magic number, other
 /// image dimensions, or data of the wrong length.
-pub fn parse_images(path: &Path, bytes: &[u8], rows: usize, cols: usize) -> Result<IdxImages, IdxError> {
+pub fn parse_images(
+    path: &Path,
+    bytes: &[u8],
+    rows: usize,
+    cols: usize,
+) -> Result<IdxImages, IdxError> {
     check_header(path, bytes, "images", IMAGES_MAGIC, 16)?;
     let count = be_u32(bytes, 4) as usize;
     let (r, c) = (be_u32(bytes, 8) as usize, be_u32(bytes, 12) as usize);
     if (r, c) != (rows, cols) {
-        return Err(IdxError::WrongImageSize { path: path.to_path_buf(), rows: r, cols: c, expected_rows: rows, expected_cols: cols });
+        return Err(IdxError::WrongImageSize {
+            path: path.to_path_buf(),
+            rows: r,
+            cols: c,
+            expected_rows: rows,
+            expected_cols: cols,
+        });
     }
     let data = &bytes[16..];
     check_length(path, data, count, rows * cols)?;
-    Ok(IdxImages { count, rows, cols, pixels: data.to_vec() })
+    Ok(IdxImages {
+        count,
+        rows,
+        cols,
+        pixels: data.to_vec(),
+    })
 }
 
 /// Parses an IDX labels file whose labels must be below `classes`.
@@ -180,7 +220,12 @@ pub fn parse_labels(path: &Path, bytes: &[u8], classes: usize) -> Result<Vec<u8>
     check_length(path, data, count, 1)?;
     let max = u8::try_from(classes.saturating_sub(1)).unwrap_or(u8::MAX);
     if let Some((index, &label)) = data.iter().enumerate().find(|(_, &l)| l > max) {
-        return Err(IdxError::LabelOutOfRange { path: path.to_path_buf(), index, label, max });
+        return Err(IdxError::LabelOutOfRange {
+            path: path.to_path_buf(),
+            index,
+            label,
+            max,
+        });
     }
     Ok(data.to_vec())
 }
@@ -188,7 +233,12 @@ pub fn parse_labels(path: &Path, bytes: &[u8], classes: usize) -> Result<Vec<u8>
 /// Builds the bytes of an IDX images file (for tests and fixtures).
 pub fn encode_images(images: &IdxImages) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + images.pixels.len());
-    for v in [IMAGES_MAGIC, images.count as u32, images.rows as u32, images.cols as u32] {
+    for v in [
+        IMAGES_MAGIC,
+        images.count as u32,
+        images.rows as u32,
+        images.cols as u32,
+    ] {
         out.extend(v.to_be_bytes());
     }
     out.extend(&images.pixels);
@@ -209,7 +259,12 @@ mod tests {
     use super::*;
 
     fn images(count: usize) -> IdxImages {
-        IdxImages { count, rows: 2, cols: 2, pixels: (0..count * 4).map(|i| i as u8).collect() }
+        IdxImages {
+            count,
+            rows: 2,
+            cols: 2,
+            pixels: (0..count * 4).map(|i| i as u8).collect(),
+        }
     }
 
     #[test]
@@ -217,7 +272,10 @@ mod tests {
         let p = Path::new("x");
         let img = images(3);
         assert_eq!(parse_images(p, &encode_images(&img), 2, 2).unwrap(), img);
-        assert_eq!(parse_labels(p, &encode_labels(&[0, 9, 3]), 10).unwrap(), vec![0, 9, 3]);
+        assert_eq!(
+            parse_labels(p, &encode_labels(&[0, 9, 3]), 10).unwrap(),
+            vec![0, 9, 3]
+        );
     }
 
     #[test]
@@ -225,18 +283,51 @@ mod tests {
         let mut bytes = encode_images(&images(1));
         bytes[3] = 0x01; // 2049: a labels file given as images
         let err = parse_images(Path::new("data/imgs"), &bytes, 2, 2).unwrap_err();
-        assert!(matches!(err, IdxError::BadMagic { found: 2049, expected: 2051, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                IdxError::BadMagic {
+                    found: 2049,
+                    expected: 2051,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         let msg = err.to_string();
-        assert!(msg.contains("data/imgs") && msg.contains("2049") && msg.contains("2051"), "{msg}");
+        assert!(
+            msg.contains("data/imgs") && msg.contains("2049") && msg.contains("2051"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn truncated_header_and_truncated_data() {
         let bytes = encode_images(&images(3));
         let err = parse_images(Path::new("f"), &bytes[..10], 2, 2).unwrap_err();
-        assert!(matches!(err, IdxError::TruncatedHeader { len: 10, need: 16, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                IdxError::TruncatedHeader {
+                    len: 10,
+                    need: 16,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         let err = parse_images(Path::new("f"), &bytes[..bytes.len() - 1], 2, 2).unwrap_err();
-        assert!(matches!(err, IdxError::WrongLength { expected: 12, found: 11, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                IdxError::WrongLength {
+                    expected: 12,
+                    found: 11,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -244,20 +335,51 @@ mod tests {
         let mut bytes = encode_labels(&[1, 2, 3]);
         bytes[7] = 5; // header claims 5 labels, file has 3
         let err = parse_labels(Path::new("l"), &bytes, 10).unwrap_err();
-        assert!(matches!(err, IdxError::WrongLength { count: 5, found: 3, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                IdxError::WrongLength {
+                    count: 5,
+                    found: 3,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn label_above_nine() {
         let err = parse_labels(Path::new("l"), &encode_labels(&[1, 10, 3]), 10).unwrap_err();
-        assert!(matches!(err, IdxError::LabelOutOfRange { index: 1, label: 10, max: 9, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                IdxError::LabelOutOfRange {
+                    index: 1,
+                    label: 10,
+                    max: 9,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("label 10 at index 1"), "{err}");
     }
 
     #[test]
     fn wrong_image_size() {
         let err = parse_images(Path::new("f"), &encode_images(&images(1)), 28, 28).unwrap_err();
-        assert!(matches!(err, IdxError::WrongImageSize { rows: 2, cols: 2, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                IdxError::WrongImageSize {
+                    rows: 2,
+                    cols: 2,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]

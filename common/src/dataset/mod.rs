@@ -48,7 +48,10 @@ impl Samples {
         for &i in indices {
             pixels.extend_from_slice(&self.pixels[i * IMAGE_SIZE..(i + 1) * IMAGE_SIZE]);
         }
-        Samples { pixels, labels: indices.iter().map(|&i| self.labels[i]).collect() }
+        Samples {
+            pixels,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+        }
     }
 
     /// The samples in `range`.
@@ -131,22 +134,47 @@ pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
 /// (`train-images.idx3-ubyte`, a common variant spelling).
 pub fn find_file(dir: &Path, name: &'static str) -> Result<PathBuf, DataError> {
     let dotted = name.replacen("-idx", ".idx", 1);
-    let candidates = [name.to_string(), format!("{name}.gz"), dotted.clone(), format!("{dotted}.gz")];
-    candidates.iter().map(|c| dir.join(c)).find(|p| p.is_file()).ok_or_else(|| DataError::Missing {
-        dir: dir.to_path_buf(),
-        name,
-        tried: candidates.join(", "),
-    })
+    let candidates = [
+        name.to_string(),
+        format!("{name}.gz"),
+        dotted.clone(),
+        format!("{dotted}.gz"),
+    ];
+    candidates
+        .iter()
+        .map(|c| dir.join(c))
+        .find(|p| p.is_file())
+        .ok_or_else(|| DataError::Missing {
+            dir: dir.to_path_buf(),
+            name,
+            tried: candidates.join(", "),
+        })
 }
 
-fn load_pair(dir: &Path, images: &'static str, labels: &'static str) -> Result<(PathBuf, Samples), DataError> {
+fn load_pair(
+    dir: &Path,
+    images: &'static str,
+    labels: &'static str,
+) -> Result<(PathBuf, Samples), DataError> {
     let (ip, lp) = (find_file(dir, images)?, find_file(dir, labels)?);
     let img = idx::parse_images(&ip, &idx::read_maybe_gz(&ip)?, 28, 28)?;
     let lab = idx::parse_labels(&lp, &idx::read_maybe_gz(&lp)?, CLASSES)?;
     if img.count != lab.len() {
-        return Err(IdxError::CountMismatch { images: ip, image_count: img.count, labels: lp, label_count: lab.len() }.into());
+        return Err(IdxError::CountMismatch {
+            images: ip,
+            image_count: img.count,
+            labels: lp,
+            label_count: lab.len(),
+        }
+        .into());
     }
-    Ok((ip, Samples { pixels: img.pixels, labels: lab }))
+    Ok((
+        ip,
+        Samples {
+            pixels: img.pixels,
+            labels: lab,
+        },
+    ))
 }
 
 impl Mnist {
@@ -160,10 +188,17 @@ impl Mnist {
         let (_, test) = load_pair(dir, TEST_IMAGES, TEST_LABELS)?;
         let validation_len = all.len() / 6;
         if validation_len == 0 {
-            return Err(DataError::TooFew { path: train_path, count: all.len() });
+            return Err(DataError::TooFew {
+                path: train_path,
+                count: all.len(),
+            });
         }
         let split = all.len() - validation_len;
-        Ok(Mnist { training: all.slice(0..split), validation: all.slice(split..all.len()), test })
+        Ok(Mnist {
+            training: all.slice(0..split),
+            validation: all.slice(split..all.len()),
+            test,
+        })
     }
 }
 
@@ -173,7 +208,10 @@ mod tests {
 
     #[test]
     fn inputs_are_columns_scaled_by_255() {
-        let mut s = Samples { pixels: vec![0; 2 * IMAGE_SIZE], labels: vec![3, 7] };
+        let mut s = Samples {
+            pixels: vec![0; 2 * IMAGE_SIZE],
+            labels: vec![3, 7],
+        };
         s.pixels[IMAGE_SIZE + 5] = 255;
         s.pixels[1] = 51;
         let x = s.inputs();
@@ -186,7 +224,10 @@ mod tests {
 
     #[test]
     fn gather_takes_samples_in_the_given_order() {
-        let s = Samples { pixels: (0..3).flat_map(|i| vec![i as u8; IMAGE_SIZE]).collect(), labels: vec![0, 1, 2] };
+        let s = Samples {
+            pixels: (0..3).flat_map(|i| vec![i as u8; IMAGE_SIZE]).collect(),
+            labels: vec![0, 1, 2],
+        };
         let g = s.gather(&[2, 0]);
         assert_eq!(g.labels, vec![2, 0]);
         assert_eq!((g.pixels[0], g.pixels[IMAGE_SIZE]), (2, 0));

@@ -1,0 +1,121 @@
+//! Worker faults on a real in-process cluster: a worker that dies mid-step or
+//! goes silent costs only time. Every case must finish with weights bitwise
+//! identical to the undisturbed single-process reference.
+
+use std::time::Duration;
+
+use common::trainer::{train, TrainingPlan};
+use coordinator::pool::PoolError;
+use coordinator::{Config, CoordinatorError};
+use integration_tests::{bits, fixture_data, Cluster};
+use worker::{Fault, WorkerError};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn plan() -> TrainingPlan {
+    TrainingPlan {
+        sizes: vec![784, 30, 10],
+        epochs: 2,
+        batch_size: 10,
+        eta: 3.0,
+        shards: 4,
+        seed: 5,
+    }
+}
+
+fn config(workers: usize, shard_timeout: Duration, wait_timeout: Duration) -> Config {
+    Config {
+        plan: plan(),
+        workers,
+        wait_timeout,
+        shard_timeout,
+    }
+}
+
+fn reference() -> Vec<u8> {
+    let mut net = plan().initial_network();
+    train(&mut net, &fixture_data(), &plan(), |_| {});
+    bits(&net)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_dying_or_going_silent_mid_run_gives_the_same_weights() {
+    let want = reference();
+    let cases = [
+        ("exits at the first step", Fault::ExitAtStep(0)),
+        ("exits mid-epoch", Fault::ExitAtStep(42)),
+        ("exits at the last step of an epoch", Fault::ExitAtStep(99)),
+        ("goes silent mid-epoch", Fault::StallAtStep(61)),
+    ];
+    for (i, (name, fault)) in cases.into_iter().enumerate() {
+        let config = config(4, Duration::from_millis(500), Duration::from_secs(10));
+        let mut cluster = Cluster::start(config, fixture_data(), 3).await.unwrap();
+        let faulty = cluster.add_faulty_worker("faulty", fault);
+        let (Fault::ExitAtStep(n) | Fault::StallAtStep(n)) = fault;
+        let exit = cluster.worker_exit(faulty, LIMIT).await.unwrap();
+        assert!(
+            matches!(exit, Err(WorkerError::InjectedExit(s)) if s == n),
+            "case {i} ({name}): {exit:?}"
+        );
+        let (summary, workers) = cluster.finish(LIMIT).await.unwrap();
+        let summary = summary.unwrap_or_else(|e| panic!("case {i} ({name}): {e}"));
+        assert!(
+            bits(&summary.network) == want,
+            "case {i} ({name}): weights differ from the undisturbed run"
+        );
+        assert!(
+            summary.stats.reassigned >= 1,
+            "case {i} ({name}): nothing was reassigned: {:?}",
+            summary.stats
+        );
+        let healthy = workers.iter().filter(|w| w.is_ok()).count();
+        assert!(
+            healthy >= 3,
+            "case {i} ({name}): the healthy workers finish cleanly: {workers:?}"
+        );
+    }
+}
+
+/// Below the asked number of workers, then recovery: the only worker dies,
+/// the coordinator waits, a new worker joins and the run completes exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_worker_dies_and_a_replacement_finishes_the_run_exactly() {
+    let want = reference();
+    let mut cluster = Cluster::start(
+        config(1, Duration::from_secs(30), Duration::from_secs(30)),
+        fixture_data(),
+        0,
+    )
+    .await
+    .unwrap();
+    let first = cluster.add_faulty_worker("doomed", Fault::ExitAtStep(70));
+    assert!(matches!(
+        cluster.worker_exit(first, LIMIT).await.unwrap(),
+        Err(WorkerError::InjectedExit(70))
+    ));
+    cluster.add_worker("replacement");
+    let (summary, _) = cluster.finish(LIMIT).await.unwrap();
+    let summary = summary.unwrap();
+    assert!(
+        bits(&summary.network) == want,
+        "weights differ from the undisturbed run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_worker_within_wait_timeout_fails_with_the_step() {
+    let mut cluster = Cluster::start(
+        config(1, Duration::from_secs(30), Duration::from_millis(300)),
+        fixture_data(),
+        0,
+    )
+    .await
+    .unwrap();
+    let only = cluster.add_faulty_worker("doomed", Fault::ExitAtStep(12));
+    cluster.worker_exit(only, LIMIT).await.unwrap().unwrap_err();
+    let (summary, _) = cluster.finish(LIMIT).await.unwrap();
+    match summary {
+        Err(CoordinatorError::Pool(PoolError::NoWorkers { step, .. })) => assert_eq!(step.0, 12),
+        other => panic!("expected NoWorkers at step 12, got {other:?}"),
+    }
+}
