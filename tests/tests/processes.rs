@@ -20,7 +20,7 @@ impl Drop for Guard {
 
 fn coordinator(args: &[&str], out: &std::path::Path) -> Guard {
     let child = Command::new(binary("coordinator"))
-        .args(["--listen", "127.0.0.1:0", "--epochs", "3", "--seed", "3"])
+        .args(["--listen", "127.0.0.1:0", "--seed", "3"])
         .arg("--data-dir")
         .arg(fixture_dir())
         .arg("--out")
@@ -75,7 +75,7 @@ fn stderr_of(child: &mut Guard) -> String {
 fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
     let dir = tempdir("four-workers");
     let out = dir.join("model.safetensors");
-    let mut coord = coordinator(&["--workers", "4"], &out);
+    let mut coord = coordinator(&["--workers", "4", "--epochs", "3"], &out);
     let rx = lines(&mut coord);
     let first = rx
         .recv_timeout(Duration::from_secs(30))
@@ -138,7 +138,7 @@ fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
 
     // `--local` replays the same run in one process: the model file is bitwise the same.
     let replay = dir.join("replay.safetensors");
-    let mut local = coordinator(&["--local", "--shards", "4"], &replay);
+    let mut local = coordinator(&["--local", "--shards", "4", "--epochs", "3"], &replay);
     let status = wait_exit(&mut local, Duration::from_secs(120), "coordinator --local");
     assert!(
         status.success(),
@@ -152,11 +152,92 @@ fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+fn worker_process(addr: &str, name: &str, extra: &[&str]) -> Guard {
+    Guard(
+        Command::new(binary("worker"))
+            .args(["--connect", &format!("http://{addr}"), "--name", name])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start worker"),
+    )
+}
+
+/// Kill one of 4 worker processes with SIGKILL mid-run and let another exit
+/// mid-step at a fixed step: the run finishes with the model file of the
+/// undisturbed run, byte for byte.
+#[test]
+fn sigkilled_and_exiting_worker_processes_cost_only_time() {
+    let dir = tempdir("kill");
+    let out = dir.join("model.safetensors");
+    let mut coord = coordinator(
+        &["--workers", "4", "--epochs", "4", "--shard-timeout", "5"],
+        &out,
+    );
+    let rx = lines(&mut coord);
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("coordinator prints its address");
+    let addr = first
+        .strip_prefix("Listening on ")
+        .expect("address line")
+        .to_string();
+    let mut victim = worker_process(&addr, "victim", &[]);
+    let mut quitter = worker_process(&addr, "quitter", &["--exit-at-step", "250"]);
+    let mut healthy = [
+        worker_process(&addr, "healthy-0", &[]),
+        worker_process(&addr, "healthy-1", &[]),
+    ];
+    // Kill as soon as the first epoch is reported: training is then under way.
+    let epoch0 = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("an epoch line");
+    assert!(epoch0.starts_with("Epoch 0: "), "{epoch0}");
+    victim.0.kill().expect("SIGKILL the victim");
+    let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
+    let output: Vec<String> = rx.try_iter().collect();
+    assert!(
+        status.success(),
+        "coordinator exited {status}; stdout {output:?}; stderr {}",
+        stderr_of(&mut coord)
+    );
+    assert!(
+        output.iter().any(|l| l.starts_with("Faults absorbed: ")),
+        "the summary reports the recovery: {output:?}"
+    );
+    let quit = wait_exit(&mut quitter, Duration::from_secs(30), "quitter");
+    assert_eq!(
+        quit.code(),
+        Some(3),
+        "--exit-at-step exits with status 3: {}",
+        stderr_of(&mut quitter)
+    );
+    for (i, w) in healthy.iter_mut().enumerate() {
+        let status = wait_exit(w, Duration::from_secs(30), "healthy worker");
+        assert!(
+            status.success(),
+            "healthy worker {i} exited {status}: {}",
+            stderr_of(w)
+        );
+    }
+    let replay = dir.join("replay.safetensors");
+    let mut local = coordinator(&["--local", "--shards", "4", "--epochs", "4"], &replay);
+    assert!(wait_exit(&mut local, Duration::from_secs(120), "coordinator --local").success());
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(),
+        "disturbed run differs from the undisturbed one"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn one_command_cluster_with_spawned_workers() {
     let dir = tempdir("spawned");
     let out = dir.join("model.safetensors");
-    let mut coord = coordinator(&["--workers", "2", "--spawn-workers"], &out);
+    let mut coord = coordinator(
+        &["--workers", "2", "--spawn-workers", "--epochs", "1"],
+        &out,
+    );
     let rx = lines(&mut coord);
     let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
     let output: Vec<String> = rx.try_iter().collect();
