@@ -56,7 +56,19 @@ pub enum ModelFileError {
 /// # Errors
 /// [`ModelFileError::Io`] naming the path.
 pub fn save(path: &Path, network: &Network) -> Result<(), ModelFileError> {
-    let bytes = to_bytes(network);
+    save_with(path, network, &[])
+}
+
+/// Like [`save`], with `extra` metadata entries beside `"sizes"` (used by checkpoints).
+///
+/// # Errors
+/// [`ModelFileError::Io`] naming the path.
+pub fn save_with(
+    path: &Path,
+    network: &Network,
+    extra: &[(&str, String)],
+) -> Result<(), ModelFileError> {
+    let bytes = to_bytes_with(network, extra);
     let io = |source| ModelFileError::Io {
         path: path.to_path_buf(),
         source,
@@ -74,6 +86,11 @@ pub fn save(path: &Path, network: &Network) -> Result<(), ModelFileError> {
 
 /// The safetensors bytes of `network`.
 pub fn to_bytes(network: &Network) -> Vec<u8> {
+    to_bytes_with(network, &[])
+}
+
+/// The safetensors bytes of `network` with `extra` metadata entries.
+pub fn to_bytes_with(network: &Network, extra: &[(&str, String)]) -> Vec<u8> {
     let le = |values: Vec<f32>| {
         values
             .iter()
@@ -102,9 +119,10 @@ pub fn to_bytes(network: &Network) -> Vec<u8> {
         .map(|s| s.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    // One key only: safetensors writes the metadata map in hash order, and a
-    // single key keeps the file's bytes a function of the weights alone.
-    let metadata = HashMap::from([("sizes".to_string(), sizes)]);
+    // Model files carry one key only: safetensors writes the metadata map in
+    // hash order, and a single key keeps the bytes a function of the weights.
+    let mut metadata = HashMap::from([("sizes".to_string(), sizes)]);
+    metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     // Serialising F32 views with valid shapes cannot fail.
     safetensors::serialize(views, Some(metadata)).expect("valid tensors serialise")
 }
@@ -115,11 +133,28 @@ pub fn to_bytes(network: &Network) -> Vec<u8> {
 /// [`ModelFileError`] naming the path and what is wrong: unreadable, not
 /// safetensors (e.g. truncated), bad `sizes`, missing tensor, wrong dtype or shape, or non-finite values.
 pub fn load(path: &Path) -> Result<Network, ModelFileError> {
+    Ok(load_with_metadata(path)?.0)
+}
+
+/// Reads a network and its whole metadata map from `path`.
+///
+/// # Errors
+/// As [`load`].
+pub fn load_with_metadata(
+    path: &Path,
+) -> Result<(Network, HashMap<String, String>), ModelFileError> {
     let bytes = std::fs::read(path).map_err(|source| ModelFileError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    from_bytes(path, &bytes)
+    let network = from_bytes(path, &bytes)?;
+    // from_bytes has parsed the header already, so this cannot fail.
+    let (_, metadata) =
+        SafeTensors::read_metadata(&bytes).map_err(|source| ModelFileError::Format {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok((network, metadata.metadata().clone().unwrap_or_default()))
 }
 
 /// Parses safetensors bytes; `path` only names the source in errors.

@@ -7,6 +7,9 @@ use std::time::Duration;
 use common::dataset::{CLASSES, IMAGE_SIZE};
 use common::trainer::TrainingPlan;
 
+use crate::checkpoint::Checkpoint;
+use crate::training::Checkpointing;
+
 /// Flags of `coordinator`. Expected outcome of the defaults with `--workers 4`:
 /// 30 epochs of `[784,30,10]`, batch 10, eta 3.0, about 95% test accuracy.
 #[derive(Debug, Clone, clap::Parser)]
@@ -64,6 +67,17 @@ pub struct Args {
     /// Seconds to wait for a replacement when no worker is left mid-run.
     #[arg(long, default_value_t = 60.0)]
     pub wait_timeout: f64,
+    /// Checkpoint file, written atomically after every epoch, every
+    /// --checkpoint-every steps, and when the run stops early (Ctrl-C, SIGTERM, no workers).
+    #[arg(long, value_name = "PATH", conflicts_with = "local")]
+    pub checkpoint: Option<PathBuf>,
+    /// Also checkpoint every N steps.
+    #[arg(long, value_name = "N", requires = "checkpoint")]
+    pub checkpoint_every: Option<u64>,
+    /// Continue the run saved in this checkpoint (same flags; --epochs may grow).
+    /// The final weights are bitwise those of an uninterrupted run.
+    #[arg(long, value_name = "PATH", conflicts_with = "local")]
+    pub resume: Option<PathBuf>,
     /// Seconds a worker may take for a shard before it is treated as dead and
     /// its shards are recomputed by the others (catches silent workers).
     #[arg(long, default_value_t = 30.0)]
@@ -104,6 +118,10 @@ pub struct Config {
     pub wait_timeout: Duration,
     /// How long a worker may take for a shard before its shards go to others.
     pub shard_timeout: Duration,
+    /// Where and how often to checkpoint, if at all.
+    pub checkpoint: Option<Checkpointing>,
+    /// The checkpoint to continue from (loaded and checked by the caller).
+    pub resume: Option<Checkpoint>,
 }
 
 /// Parses `"784,30,10"` into layer sizes fit for MNIST.
@@ -178,6 +196,9 @@ impl Args {
                 "must be a number of seconds >= 0",
             ));
         }
+        if self.checkpoint_every == Some(0) {
+            return Err(range("checkpoint-every", &0, "must be at least 1"));
+        }
         if !(self.shard_timeout.is_finite() && self.shard_timeout > 0.0) {
             return Err(range(
                 "shard-timeout",
@@ -197,6 +218,11 @@ impl Args {
             workers: self.workers,
             wait_timeout: Duration::from_secs_f64(self.wait_timeout),
             shard_timeout: Duration::from_secs_f64(self.shard_timeout),
+            checkpoint: self.checkpoint.clone().map(|path| Checkpointing {
+                path,
+                every: self.checkpoint_every,
+            }),
+            resume: None,
         })
     }
 }

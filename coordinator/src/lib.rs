@@ -9,12 +9,14 @@
 //!   each worker's stream as registry events; no training logic;
 //! - [`pool`]: the [`pool::WorkerPool`] seam and [`pool::RemotePool`], the registry
 //!   that spreads shards over workers and gathers results in shard order;
-//! - [`training`]: the loop: epoch → batch → shards → pool → add in shard order → update → evaluate;
+//! - [`training`]: the loop: epoch → batch → shards → pool → add in shard order → update → evaluate → checkpoint;
+//! - [`checkpoint`]: checkpoint files and the position a run resumes from;
 //! - [`launch`]: local worker processes for the one-command cluster.
 //!
 //! [`serve`] wires them together on a bound listener, with the standard
 //! `grpc.health.v1` service beside the trainer.
 
+pub mod checkpoint;
 pub mod config;
 pub mod launch;
 pub mod pool;
@@ -66,6 +68,9 @@ pub enum CoordinatorError {
     /// A step could not be completed.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// A checkpoint could not be written.
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
     /// The shutdown signal fired before training finished.
     #[error("interrupted before training finished")]
     Interrupted,
@@ -120,7 +125,18 @@ pub async fn serve(
         shard: config.shard_timeout,
     };
     let mut pool = RemotePool::new(events_rx, plan.sizes.clone(), timeouts);
-    let mut network = plan.initial_network();
+    let (mut network, mut position) = match config.resume.clone() {
+        Some(c) => {
+            info!(
+                epoch = c.position.epoch,
+                batch = c.position.batch,
+                step = c.position.step,
+                "resuming from checkpoint"
+            );
+            (c.network, c.position)
+        }
+        None => (plan.initial_network(), checkpoint::Position::default()),
+    };
     health
         .set_service_status(TRAINER_SERVICE, ServingStatus::Serving)
         .await;
@@ -133,11 +149,20 @@ pub async fn serve(
             pool.wait_for_workers(config.workers).await?;
             start = Instant::now();
             info!(epochs = plan.epochs, batch = plan.batch_size, eta = plan.eta, "training");
-            training::run(&mut pool, &mut network, &data, plan, on_epoch).await
-        } => outcome.map_err(CoordinatorError::from),
+            training::run(&mut pool, &mut network, &data, plan, &mut position, config.checkpoint.as_ref(), on_epoch).await
+        } => outcome,
         () = shutdown => Err(CoordinatorError::Interrupted),
     };
     let elapsed = start.elapsed();
+    if let (Err(e), Some(c)) = (&outcome, &config.checkpoint) {
+        // Whatever stopped the run (Ctrl-C, SIGTERM, no workers), keep its progress.
+        match training::save_checkpoint(c, &network, position, plan).await {
+            Ok(()) => {
+                warn!(error = %e, step = position.step, path = %c.path.display(), "run stopped; checkpoint saved, continue with --resume")
+            }
+            Err(save) => warn!(error = %save, "could not save a checkpoint"),
+        }
+    }
 
     health
         .set_service_status(TRAINER_SERVICE, ServingStatus::NotServing)

@@ -35,7 +35,12 @@ async fn run() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let config = args.validate()?;
+    let mut config = args.validate()?;
+    if let Some(path) = &args.resume {
+        let c = coordinator::checkpoint::load(path)?;
+        c.check_matches(path, &config.plan)?;
+        config.resume = Some(c);
+    }
 
     let data_dir = args
         .data_dir
@@ -79,7 +84,13 @@ async fn run() -> anyhow::Result<()> {
     };
 
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+        // Ctrl-C or SIGTERM (as from Kubernetes or a process manager): stop, checkpoint, exit.
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
     };
     let summary = coordinator::serve(listener, config, data, shutdown, print_epoch).await;
     if let Some(local) = local {

@@ -29,6 +29,8 @@ fn config(workers: usize, shard_timeout: Duration, wait_timeout: Duration) -> Co
         workers,
         wait_timeout,
         shard_timeout,
+        checkpoint: None,
+        resume: None,
     }
 }
 

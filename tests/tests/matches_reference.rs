@@ -26,6 +26,8 @@ fn config(shards: usize, workers: usize) -> Config {
         workers,
         wait_timeout: Duration::from_secs(30),
         shard_timeout: Duration::from_secs(30),
+        checkpoint: None,
+        resume: None,
     }
 }
 

@@ -230,6 +230,106 @@ fn sigkilled_and_exiting_worker_processes_cost_only_time() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Kill -9 the coordinator mid-epoch, restart it with --resume on the same
+/// port: the workers reconnect and the final model is byte-identical to an
+/// uninterrupted run's.
+#[test]
+fn coordinator_killed_mid_epoch_resumes_exactly() {
+    let dir = tempdir("resume");
+    let out = dir.join("model.safetensors");
+    let ck = dir.join("checkpoint.safetensors");
+    let ck_flags = [
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--checkpoint-every",
+        "7",
+    ];
+    let mut first = coordinator(
+        &[&["--workers", "2", "--epochs", "4"][..], &ck_flags].concat(),
+        &out,
+    );
+    let rx = lines(&mut first);
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("coordinator prints its address");
+    let addr = line
+        .strip_prefix("Listening on ")
+        .expect("address line")
+        .to_string();
+    let mut workers = [
+        worker_process(&addr, "w0", &[]),
+        worker_process(&addr, "w1", &[]),
+    ];
+    let epoch1 = rx
+        .recv_timeout(Duration::from_secs(60))
+        .and_then(|_| rx.recv_timeout(Duration::from_secs(60)));
+    assert!(epoch1.expect("two epoch lines").starts_with("Epoch 1: "));
+    first.0.kill().expect("SIGKILL the coordinator"); // mid-epoch 2, between checkpoints or not
+    first.0.wait().unwrap();
+    let saved = common::model_file::load(&ck).expect("a checkpoint was written before the kill");
+    assert_eq!(saved.sizes, vec![784, 30, 10]);
+
+    let listen = ["--listen", &addr, "--resume", ck.to_str().unwrap()];
+    let mut second = Guard(
+        Command::new(binary("coordinator"))
+            .args(["--seed", "3", "--workers", "2", "--epochs", "4"])
+            .args(listen)
+            .args(ck_flags)
+            .arg("--data-dir")
+            .arg(fixture_dir())
+            .arg("--out")
+            .arg(&out)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let status = wait_exit(&mut second, Duration::from_secs(120), "resumed coordinator");
+    assert!(
+        status.success(),
+        "resumed coordinator exited {status}: {}",
+        stderr_of(&mut second)
+    );
+    for (i, w) in workers.iter_mut().enumerate() {
+        let status = wait_exit(w, Duration::from_secs(60), "worker");
+        assert!(
+            status.success(),
+            "worker {i} (reconnected after the crash) exited {status}: {}",
+            stderr_of(w)
+        );
+    }
+    let replay = dir.join("replay.safetensors");
+    let mut local = coordinator(&["--local", "--shards", "2", "--epochs", "4"], &replay);
+    assert!(wait_exit(&mut local, Duration::from_secs(120), "coordinator --local").success());
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(),
+        "resumed run differs from the uninterrupted one"
+    );
+
+    // Resuming with other flags is refused, naming the difference.
+    let refused = Command::new(binary("coordinator"))
+        .args([
+            "--seed",
+            "3",
+            "--epochs",
+            "4",
+            "--eta",
+            "0.5",
+            "--resume",
+            ck.to_str().unwrap(),
+        ])
+        .arg("--data-dir")
+        .arg(fixture_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("made with --eta 3, but the flags say 0.5"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn one_command_cluster_with_spawned_workers() {
     let dir = tempdir("spawned");
