@@ -14,6 +14,7 @@
 //! - [`model_file`]: safetensors save/load;
 //! - [`wire`]: the only conversion between [`pb`] messages and math types,
 //!   with all validation;
+//! - [`auth`]: the shared token workers present;
 //! - [`pb`]: types generated from `proto/trainer.proto` (`ddp.v1`).
 //!
 //! # Determinism
@@ -24,6 +25,7 @@
 //! (AVX2+FMA, AVX, SSE2), and FMA rounds differently, so the bitwise
 //! contract holds across machines with the same CPU features.
 
+pub mod auth;
 pub mod dataset;
 pub mod gradients;
 pub mod model_file;

@@ -7,6 +7,8 @@ use std::time::Duration;
 use common::dataset::{CLASSES, IMAGE_SIZE};
 use common::trainer::TrainingPlan;
 
+use common::auth::Token;
+
 use crate::checkpoint::Checkpoint;
 use crate::training::Checkpointing;
 
@@ -78,6 +80,14 @@ pub struct Args {
     /// The final weights are bitwise those of an uninterrupted run.
     #[arg(long, value_name = "PATH", conflicts_with = "local")]
     pub resume: Option<PathBuf>,
+    /// Shared secret workers must present (never logged). Required to listen
+    /// on a non-loopback address unless --insecure-no-token.
+    #[arg(long, env = "DDP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Allow listening beyond loopback without a token (anyone who can reach
+    /// the port can then join the run).
+    #[arg(long)]
+    pub insecure_no_token: bool,
     /// Seconds a worker may take for a shard before it is treated as dead and
     /// its shards are recomputed by the others (catches silent workers).
     #[arg(long, default_value_t = 30.0)]
@@ -95,6 +105,9 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+    /// A bad or missing token.
+    #[error("--token: {0}")]
+    Token(String),
     /// A numeric flag out of range.
     #[error("--{flag} {value}: {why}")]
     Range {
@@ -122,6 +135,8 @@ pub struct Config {
     pub checkpoint: Option<Checkpointing>,
     /// The checkpoint to continue from (loaded and checked by the caller).
     pub resume: Option<Checkpoint>,
+    /// The token workers must present, if any.
+    pub token: Option<Token>,
 }
 
 /// Parses `"784,30,10"` into layer sizes fit for MNIST.
@@ -196,6 +211,22 @@ impl Args {
                 "must be a number of seconds >= 0",
             ));
         }
+        let token = self
+            .token
+            .as_deref()
+            .map(Token::new)
+            .transpose()
+            .map_err(|e| ConfigError::Token(e.to_string()))?;
+        if token.is_none()
+            && !self.listen.ip().is_loopback()
+            && !self.insecure_no_token
+            && !self.local
+        {
+            return Err(ConfigError::Token(format!(
+                "listening on {} (beyond loopback) needs a token (--token or DDP_TOKEN), or --insecure-no-token to accept anyone",
+                self.listen
+            )));
+        }
         if self.checkpoint_every == Some(0) {
             return Err(range("checkpoint-every", &0, "must be at least 1"));
         }
@@ -223,6 +254,7 @@ impl Args {
                 every: self.checkpoint_every,
             }),
             resume: None,
+            token,
         })
     }
 }
@@ -271,6 +303,11 @@ mod tests {
             (&["--workers", "0"], "--workers 0"),
             (&["--shards", "0"], "--shards 0"),
             (&["--epochs", "0"], "--epochs 0"),
+            (
+                &["--listen", "0.0.0.0:50051"],
+                "beyond loopback) needs a token",
+            ),
+            (&["--token", ""], "--token: the token is empty"),
         ];
         for (i, (flags, want)) in cases.iter().enumerate() {
             let err = args(flags).validate().unwrap_err().to_string();

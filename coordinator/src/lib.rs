@@ -33,6 +33,7 @@ use common::trainer::EpochReport;
 use common::Network;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -102,6 +103,8 @@ pub async fn serve(
     let trainer = TrainerServer::new(TrainerService::new(events_tx, &plan.sizes, &run_id))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // The health service stays open to probes; the trainer checks the token.
+    let trainer = InterceptedService::new(trainer, service::authenticate(config.token.clone()));
     // tonic sets TCP_NODELAY only on listeners it binds itself; without it on
     // our own listener, Nagle turns a 0.3 ms round trip into tens of ms.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

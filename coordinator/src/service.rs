@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use common::auth::{Token, METADATA_KEY};
 use common::pb::{self, coordinator_message, worker_message};
 use common::wire::{self, WireError, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
@@ -71,6 +72,36 @@ impl TrainerService {
             sizes: Arc::new(sizes.iter().map(|&s| s as u32).collect()),
             run_id: run_id.into(),
             next_id: Arc::new(AtomicU32::new(0)),
+        }
+    }
+}
+
+/// The interceptor that admits only requests carrying `token` (all, if `None`).
+/// Failures are logged with the peer's address, never with what it sent.
+pub fn authenticate(
+    token: Option<Token>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        let Some(token) = &token else {
+            return Ok(request);
+        };
+        let presented = request
+            .metadata()
+            .get(METADATA_KEY)
+            .and_then(|v| v.to_str().ok());
+        match presented {
+            Some(value) if token.verify(value) => Ok(request),
+            other => {
+                let why = if other.is_some() {
+                    "wrong token"
+                } else {
+                    "no token"
+                };
+                warn!(peer = ?request.remote_addr(), why, "worker refused");
+                Err(Status::unauthenticated(format!(
+                    "{why}: present the run's token (--token or DDP_TOKEN)"
+                )))
+            }
         }
     }
 }

@@ -53,6 +53,7 @@ pub fn worker_config(addr: std::net::SocketAddr, name: &str) -> WorkerConfig {
         name: name.to_string(),
         retry_for: Duration::from_secs(10),
         fault: None,
+        token: None,
     }
 }
 
@@ -107,6 +108,15 @@ impl Cluster {
         let config = worker_config(self.addr, name);
         self.workers
             .push(Some(tokio::spawn(worker::run(config, stop))));
+    }
+
+    /// Starts one more worker task with this configuration; returns its index.
+    pub fn add_worker_config(&mut self, config: WorkerConfig) -> usize {
+        self.workers.push(Some(tokio::spawn(worker::run(
+            config,
+            std::future::pending(),
+        ))));
+        self.workers.len() - 1
     }
 
     /// Starts one more worker task that injects `fault`; returns its index.

@@ -31,6 +31,7 @@ fn config(workers: usize, shard_timeout: Duration, wait_timeout: Duration) -> Co
         shard_timeout,
         checkpoint: None,
         resume: None,
+        token: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn config(shards: usize, workers: usize) -> Config {
         shard_timeout: Duration::from_secs(30),
         checkpoint: None,
         resume: None,
+        token: None,
     }
 }
 

@@ -32,6 +32,8 @@ pub struct WorkerConfig {
     pub retry_for: Duration,
     /// A fault to inject, so users and tests can watch the recovery.
     pub fault: Option<Fault>,
+    /// The run's shared secret, if the coordinator asks for one.
+    pub token: Option<common::auth::Token>,
 }
 
 /// A fault a worker can inject on purpose.
@@ -133,7 +135,7 @@ pub async fn run(
     let sessions = async {
         loop {
             let channel = connect(&endpoint, &config).await?;
-            match session::run(channel, &config.name, config.fault).await {
+            match session::run(channel, &config).await {
                 Ok(reason) => {
                     info!(%reason, "coordinator said shutdown");
                     return Ok(());

@@ -19,6 +19,9 @@ struct Args {
     /// Seconds to keep retrying an unreachable coordinator before giving up.
     #[arg(long, default_value_t = 60.0)]
     retry_for: f64,
+    /// The run's shared secret (never logged).
+    #[arg(long, env = "DDP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Fault injection: on receiving step N, drop the connection mid-step and exit with status 3.
     #[arg(long, value_name = "N", conflicts_with = "stall_at_step")]
     exit_at_step: Option<u64>,
@@ -64,6 +67,12 @@ async fn run() -> anyhow::Result<()> {
             .name
             .unwrap_or_else(|| format!("worker-{}", std::process::id())),
         retry_for: Duration::from_secs_f64(args.retry_for),
+        token: args
+            .token
+            .as_deref()
+            .map(common::auth::Token::new)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--token: {e}"))?,
         fault: args
             .exit_at_step
             .map(worker::Fault::ExitAtStep)

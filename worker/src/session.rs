@@ -13,7 +13,9 @@ use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
 use crate::compute::shard_gradients_blocking;
-use crate::Fault;
+use crate::{Fault, WorkerConfig};
+use common::auth::METADATA_KEY;
+use tonic::metadata::{Ascii, MetadataValue};
 
 /// Largest gRPC message accepted or sent (64 MiB), as on the coordinator.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -73,12 +75,21 @@ fn result_message(result: pb::ShardResult) -> pb::WorkerMessage {
 ///
 /// # Errors
 /// [`SessionError`] if the session ends any other way.
-pub async fn run(
-    channel: Channel,
-    name: &str,
-    fault: Option<Fault>,
-) -> Result<String, SessionError> {
-    let mut client = TrainerClient::new(channel)
+pub async fn run(channel: Channel, config: &WorkerConfig) -> Result<String, SessionError> {
+    let (name, fault) = (config.name.as_str(), config.fault);
+    let auth = config
+        .token
+        .as_ref()
+        .map(|t| t.header_value().parse::<MetadataValue<Ascii>>());
+    // Token::new admits printable ASCII only, which is always a valid header value.
+    let auth = auth.transpose().expect("token is a valid header value");
+    let with_token = move |mut request: tonic::Request<()>| {
+        if let Some(value) = &auth {
+            request.metadata_mut().insert(METADATA_KEY, value.clone());
+        }
+        Ok(request)
+    };
+    let mut client = TrainerClient::with_interceptor(channel, with_token)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel(64);
