@@ -88,6 +88,12 @@ pub struct Args {
     /// the port can then join the run).
     #[arg(long)]
     pub insecure_no_token: bool,
+    /// Serve over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Seconds a worker may take for a shard before it is treated as dead and
     /// its shards are recomputed by the others (catches silent workers).
     #[arg(long, default_value_t = 30.0)]
@@ -137,6 +143,23 @@ pub struct Config {
     pub resume: Option<Checkpoint>,
     /// The token workers must present, if any.
     pub token: Option<Token>,
+    /// Certificate chain and key to serve TLS with (loaded by the caller).
+    pub tls: Option<TlsPem>,
+}
+
+/// A TLS identity as PEM bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsPem {
+    /// Certificate chain, PEM.
+    pub cert: Vec<u8>,
+    /// Private key, PEM.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsPem(<key redacted>)")
+    }
 }
 
 /// Parses `"784,30,10"` into layer sizes fit for MNIST.
@@ -255,6 +278,7 @@ impl Args {
             }),
             resume: None,
             token,
+            tls: None,
         })
     }
 }

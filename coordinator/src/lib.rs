@@ -72,6 +72,9 @@ pub enum CoordinatorError {
     /// A checkpoint could not be written.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
+    /// The TLS certificate or key is unusable.
+    #[error("TLS: {0}")]
+    Tls(#[source] tonic::transport::Error),
     /// The shutdown signal fired before training finished.
     #[error("interrupted before training finished")]
     Interrupted,
@@ -109,8 +112,15 @@ pub async fn serve(
     // our own listener, Nagle turns a 0.3 ms round trip into tens of ms.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        let identity = tonic::transport::Identity::from_pem(&tls.cert, &tls.key);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(CoordinatorError::Tls)?;
+    }
     let server = tokio::spawn(
-        Server::builder()
+        builder
             // One 95 KB step in one HTTP/2 frame instead of six.
             .max_frame_size(1 << 20)
             // Detects a dead peer even when its TCP connection stays half-open.

@@ -36,6 +36,15 @@ async fn run() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let mut config = args.validate()?;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let read = |p: &std::path::PathBuf| {
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+        };
+        config.tls = Some(coordinator::config::TlsPem {
+            cert: read(cert)?,
+            key: read(key)?,
+        });
+    }
     if let Some(path) = &args.resume {
         let c = coordinator::checkpoint::load(path)?;
         c.check_matches(path, &config.plan)?;

@@ -54,6 +54,8 @@ pub fn worker_config(addr: std::net::SocketAddr, name: &str) -> WorkerConfig {
         retry_for: Duration::from_secs(10),
         fault: None,
         token: None,
+        tls_ca: None,
+        tls_domain: None,
     }
 }
 

@@ -30,6 +30,7 @@ fn config(token: &str) -> Config {
         checkpoint: None,
         resume: None,
         token: Some(Token::new(token).unwrap()),
+        tls: None,
     }
 }
 

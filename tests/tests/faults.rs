@@ -32,6 +32,7 @@ fn config(workers: usize, shard_timeout: Duration, wait_timeout: Duration) -> Co
         checkpoint: None,
         resume: None,
         token: None,
+        tls: None,
     }
 }
 

@@ -29,6 +29,7 @@ fn config(shards: usize, workers: usize) -> Config {
         checkpoint: None,
         resume: None,
         token: None,
+        tls: None,
     }
 }
 

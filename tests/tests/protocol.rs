@@ -33,6 +33,7 @@ fn config() -> Config {
         checkpoint: None,
         resume: None,
         token: None,
+        tls: None,
     }
 }
 

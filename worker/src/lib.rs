@@ -15,7 +15,7 @@ pub mod session;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tracing::{debug, info, warn};
 
 pub use session::SessionError;
@@ -34,6 +34,10 @@ pub struct WorkerConfig {
     pub fault: Option<Fault>,
     /// The run's shared secret, if the coordinator asks for one.
     pub token: Option<common::auth::Token>,
+    /// Connect over TLS, trusting this CA certificate (PEM); the endpoint must be `https://`.
+    pub tls_ca: Option<Vec<u8>>,
+    /// The name to verify the coordinator's certificate against (default: the endpoint's host).
+    pub tls_domain: Option<String>,
 }
 
 /// A fault a worker can inject on purpose.
@@ -81,32 +85,48 @@ pub enum WorkerError {
 /// to 2 s keeps a restarting coordinator's wait short without spinning.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
-async fn connect(endpoint: &Endpoint, config: &WorkerConfig) -> Result<Channel, WorkerError> {
-    let started = Instant::now();
-    let mut pause = BACKOFF.0;
-    let mut announced = false;
-    loop {
-        match endpoint.connect().await {
-            Ok(channel) => return Ok(channel),
-            Err(e) => {
-                let last_error =
-                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-                if started.elapsed() >= config.retry_for {
-                    return Err(WorkerError::Unreachable {
-                        endpoint: config.endpoint.clone(),
-                        waited: started.elapsed(),
-                        last_error,
-                    });
-                }
-                if !announced {
-                    info!(endpoint = %config.endpoint, error = %last_error, "coordinator not reachable yet; retrying");
-                    announced = true;
-                }
-                debug!(?pause, "retrying");
-                tokio::time::sleep(pause).await; // backoff between attempts, bounded by retry_for
-                pause = (pause * 2).min(BACKOFF.1);
-            }
+/// The retry budget: attempts to reach and join the coordinator back off
+/// from 50 ms to 2 s and give up after `retry_for` without a successful join.
+struct Retries<'a> {
+    config: &'a WorkerConfig,
+    failing_since: Instant,
+    pause: Duration,
+    announced: bool,
+}
+
+impl<'a> Retries<'a> {
+    fn new(config: &'a WorkerConfig) -> Self {
+        Retries {
+            config,
+            failing_since: Instant::now(),
+            pause: BACKOFF.0,
+            announced: false,
         }
+    }
+
+    /// A session got as far as Welcome: the next failure starts a new budget.
+    fn reset(&mut self) {
+        *self = Retries::new(self.config);
+    }
+
+    /// After a failed attempt: waits out the backoff, or gives up when the budget is spent.
+    async fn after_failure(&mut self, last_error: String) -> Result<(), WorkerError> {
+        let waited = self.failing_since.elapsed();
+        if waited >= self.config.retry_for {
+            return Err(WorkerError::Unreachable {
+                endpoint: self.config.endpoint.clone(),
+                waited,
+                last_error,
+            });
+        }
+        if !self.announced {
+            info!(endpoint = %self.config.endpoint, error = %last_error, "coordinator not reachable yet; retrying");
+            self.announced = true;
+        }
+        debug!(pause = ?self.pause, error = %last_error, "retrying");
+        tokio::time::sleep(self.pause).await; // backoff between attempts, bounded by retry_for
+        self.pause = (self.pause * 2).min(BACKOFF.1);
+        Ok(())
     }
 }
 
@@ -121,11 +141,23 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
-    let endpoint = Endpoint::from_shared(config.endpoint.clone())
-        .map_err(|e| WorkerError::BadEndpoint {
-            endpoint: config.endpoint.clone(),
-            reason: e.to_string(),
-        })?
+    let bad = |reason: String| WorkerError::BadEndpoint {
+        endpoint: config.endpoint.clone(),
+        reason,
+    };
+    let mut endpoint =
+        Endpoint::from_shared(config.endpoint.clone()).map_err(|e| bad(e.to_string()))?;
+    if let Some(ca) = &config.tls_ca {
+        if endpoint.uri().scheme_str() != Some("https") {
+            return Err(bad("--tls-ca needs an https:// address".into()));
+        }
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some(domain) = &config.tls_domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| bad(e.to_string()))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         // One 95 KB step in one HTTP/2 frame instead of six.
@@ -133,19 +165,34 @@ pub async fn run(
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20));
     let sessions = async {
+        let mut retries = Retries::new(&config);
         loop {
-            let channel = connect(&endpoint, &config).await?;
-            match session::run(channel, &config).await {
-                Ok(reason) => {
-                    info!(%reason, "coordinator said shutdown");
-                    return Ok(());
+            let failure = match endpoint.connect().await {
+                Err(e) => {
+                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string())
                 }
-                Err(SessionError::InjectedExit(step)) => {
-                    return Err(WorkerError::InjectedExit(step))
+                Ok(channel) => {
+                    let mut joined = false;
+                    match session::run(channel, &config, &mut joined).await {
+                        Ok(reason) => {
+                            info!(%reason, "coordinator said shutdown");
+                            return Ok(());
+                        }
+                        Err(SessionError::InjectedExit(step)) => {
+                            return Err(WorkerError::InjectedExit(step))
+                        }
+                        Err(e) if e.is_refusal() => return Err(WorkerError::Refused(e)),
+                        Err(e) => {
+                            if joined {
+                                warn!(error = %e, "session lost; reconnecting");
+                                retries.reset();
+                            }
+                            e.to_string()
+                        }
+                    }
                 }
-                Err(e) if e.is_refusal() => return Err(WorkerError::Refused(e)),
-                Err(e) => warn!(error = %e, "session lost; reconnecting"),
-            }
+            };
+            retries.after_failure(failure).await?;
         }
     };
     tokio::select! {

@@ -19,6 +19,12 @@ struct Args {
     /// Seconds to keep retrying an unreachable coordinator before giving up.
     #[arg(long, default_value_t = 60.0)]
     retry_for: f64,
+    /// Connect over TLS trusting this CA certificate (PEM); use an https:// address.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Name to verify the coordinator's certificate against [default: the address's host].
+    #[arg(long, requires = "tls_ca")]
+    tls_domain: Option<String>,
     /// The run's shared secret (never logged).
     #[arg(long, env = "DDP_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -67,6 +73,13 @@ async fn run() -> anyhow::Result<()> {
             .name
             .unwrap_or_else(|| format!("worker-{}", std::process::id())),
         retry_for: Duration::from_secs_f64(args.retry_for),
+        tls_ca: match &args.tls_ca {
+            Some(p) => Some(
+                std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?,
+            ),
+            None => None,
+        },
+        tls_domain: args.tls_domain.clone(),
         token: args
             .token
             .as_deref()

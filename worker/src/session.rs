@@ -75,7 +75,13 @@ fn result_message(result: pb::ShardResult) -> pb::WorkerMessage {
 ///
 /// # Errors
 /// [`SessionError`] if the session ends any other way.
-pub async fn run(channel: Channel, config: &WorkerConfig) -> Result<String, SessionError> {
+/// Sets `joined` once the coordinator's Welcome arrived (so the caller can
+/// tell a lost session from a failed attempt).
+pub async fn run(
+    channel: Channel,
+    config: &WorkerConfig,
+    joined: &mut bool,
+) -> Result<String, SessionError> {
     let (name, fault) = (config.name.as_str(), config.fault);
     let auth = config
         .token
@@ -119,6 +125,7 @@ pub async fn run(channel: Channel, config: &WorkerConfig) -> Result<String, Sess
     };
     let sizes = wire::decode_welcome(&welcome)?;
     info!(worker = welcome.worker_id, run = %welcome.run_id, ?sizes, "joined");
+    *joined = true;
     let mut network = Network::zeros(&sizes);
 
     while let Some(msg) = inbound.message().await? {
