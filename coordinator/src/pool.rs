@@ -318,6 +318,7 @@ impl WorkerPool for RemotePool {
             owner: vec![None; shards.len()],
             assigned_at: vec![Instant::now(); shards.len()],
         };
+        let (started, reassigned_before) = (Instant::now(), self.stats.reassigned);
         self.assign(&mut step);
         while !step.done() {
             let event = if self.workers.is_empty() {
@@ -361,6 +362,9 @@ impl WorkerPool for RemotePool {
                 self.orphan(&mut step, worker);
             }
             self.assign(&mut step);
+        }
+        if self.stats.reassigned > reassigned_before {
+            info!(step = id.0, took = ?started.elapsed(), "step completed despite lost shards");
         }
         Ok(step
             .results
