@@ -424,14 +424,8 @@ mod tests {
         inboxes
     }
 
-    /// Reads one Step from `inbox` and computes its shards as a worker would.
-    fn compute(inbox: &mut Inbox) -> Vec<pb::ShardResult> {
-        let Ok(Ok(pb::CoordinatorMessage {
-            kind: Some(Kind::Step(step)),
-        })) = inbox.try_recv()
-        else {
-            return Vec::new();
-        };
+    /// Computes a Step's shards as a worker would.
+    fn results_for(step: pb::Step) -> Vec<pb::ShardResult> {
         let mut net = Network::zeros(&SIZES);
         wire::decode_network_into(&step.weights, &mut net).unwrap();
         step.shards
@@ -446,6 +440,26 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// The results of the Step waiting in `inbox`, if any.
+    fn compute(inbox: &mut Inbox) -> Vec<pb::ShardResult> {
+        match inbox.try_recv() {
+            Ok(Ok(pb::CoordinatorMessage {
+                kind: Some(Kind::Step(step)),
+            })) => results_for(step),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Waits for the next message in `inbox`, which must be a Step, and computes it.
+    async fn compute_next(inbox: &mut Inbox) -> Vec<pb::ShardResult> {
+        match inbox.recv().await {
+            Some(Ok(pb::CoordinatorMessage {
+                kind: Some(Kind::Step(step)),
+            })) => results_for(step),
+            other => panic!("expected a Step (a reassignment), got {other:?}"),
+        }
     }
 
     fn expected(net: &Network) -> Vec<Gradients> {
@@ -574,23 +588,7 @@ mod tests {
                 }
                 if !matches!(*case, "late" | "duplicate") {
                     // Worker 1 gets worker 0's shards in a second Step; wait for it on its inbox.
-                    let step = inboxes[1].recv().await;
-                    let mut net1 = Network::zeros(&SIZES);
-                    let Some(Ok(pb::CoordinatorMessage {
-                        kind: Some(Kind::Step(step)),
-                    })) = step
-                    else {
-                        panic!("case {case}: no reassignment")
-                    };
-                    wire::decode_network_into(&step.weights, &mut net1).unwrap();
-                    for s in &step.shards {
-                        let (id, samples) = wire::decode_shard(s).unwrap();
-                        let r = wire::encode_shard_result(
-                            step.step_id,
-                            id,
-                            samples.len(),
-                            &shard_gradients(&net1, &samples),
-                        );
+                    for r in compute_next(&mut inboxes[1]).await {
                         tx.send(WorkerEvent::Result {
                             id: WorkerId(1),
                             result: r,
@@ -659,22 +657,7 @@ mod tests {
                 .unwrap();
             }
             // After the deadline, worker 1 is given worker 0's shards.
-            let Some(Ok(pb::CoordinatorMessage {
-                kind: Some(Kind::Step(step)),
-            })) = inboxes[1].recv().await
-            else {
-                panic!("no reassignment")
-            };
-            let mut net1 = Network::zeros(&SIZES);
-            wire::decode_network_into(&step.weights, &mut net1).unwrap();
-            for s in &step.shards {
-                let (id, samples) = wire::decode_shard(s).unwrap();
-                let r = wire::encode_shard_result(
-                    step.step_id,
-                    id,
-                    samples.len(),
-                    &shard_gradients(&net1, &samples),
-                );
+            for r in compute_next(&mut inboxes[1]).await {
                 tx.send(WorkerEvent::Result {
                     id: WorkerId(1),
                     result: r,

@@ -46,6 +46,21 @@ pub struct Cluster {
     stop: Option<oneshot::Sender<()>>,
 }
 
+/// A run configuration for tests: `plan` on `workers` workers, 30 s timeouts,
+/// no checkpoint, token or TLS (override fields with struct update syntax).
+pub fn test_config(plan: common::trainer::TrainingPlan, workers: usize) -> Config {
+    Config {
+        plan,
+        workers,
+        wait_timeout: Duration::from_secs(30),
+        shard_timeout: Duration::from_secs(30),
+        checkpoint: None,
+        resume: None,
+        token: None,
+        tls: None,
+    }
+}
+
 /// A worker configuration for `addr` with a short retry budget.
 pub fn worker_config(addr: std::net::SocketAddr, name: &str) -> WorkerConfig {
     WorkerConfig {

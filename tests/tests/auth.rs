@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::auth::Token;
 use common::trainer::TrainingPlan;
 use coordinator::Config;
-use integration_tests::{fixture_data, worker_config, Cluster};
+use integration_tests::{fixture_data, test_config, worker_config, Cluster};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 use worker::{SessionError, WorkerConfig, WorkerError};
@@ -15,22 +15,17 @@ use worker::{SessionError, WorkerConfig, WorkerError};
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn config(token: &str) -> Config {
+    let plan = TrainingPlan {
+        sizes: vec![784, 30, 10],
+        epochs: 1,
+        batch_size: 10,
+        eta: 3.0,
+        shards: 2,
+        seed: 1,
+    };
     Config {
-        plan: TrainingPlan {
-            sizes: vec![784, 30, 10],
-            epochs: 1,
-            batch_size: 10,
-            eta: 3.0,
-            shards: 2,
-            seed: 1,
-        },
-        workers: 1,
-        wait_timeout: Duration::from_secs(30),
-        shard_timeout: Duration::from_secs(30),
-        checkpoint: None,
-        resume: None,
         token: Some(Token::new(token).unwrap()),
-        tls: None,
+        ..test_config(plan, 1)
     }
 }
 

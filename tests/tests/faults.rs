@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::trainer::{train, TrainingPlan};
 use coordinator::pool::PoolError;
 use coordinator::{Config, CoordinatorError};
-use integration_tests::{bits, fixture_data, Cluster};
+use integration_tests::{bits, fixture_data, test_config, Cluster};
 use worker::{Fault, WorkerError};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -25,14 +25,9 @@ fn plan() -> TrainingPlan {
 
 fn config(workers: usize, shard_timeout: Duration, wait_timeout: Duration) -> Config {
     Config {
-        plan: plan(),
-        workers,
         wait_timeout,
         shard_timeout,
-        checkpoint: None,
-        resume: None,
-        token: None,
-        tls: None,
+        ..test_config(plan(), workers)
     }
 }
 

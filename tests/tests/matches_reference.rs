@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::trainer::{train, TrainingPlan};
 use coordinator::Config;
-use integration_tests::{bits, fixture_data, max_abs_diff, Cluster};
+use integration_tests::{bits, fixture_data, max_abs_diff, test_config, Cluster};
 
 fn plan(shards: usize) -> TrainingPlan {
     TrainingPlan {
@@ -21,16 +21,7 @@ fn plan(shards: usize) -> TrainingPlan {
 }
 
 fn config(shards: usize, workers: usize) -> Config {
-    Config {
-        plan: plan(shards),
-        workers,
-        wait_timeout: Duration::from_secs(30),
-        shard_timeout: Duration::from_secs(30),
-        checkpoint: None,
-        resume: None,
-        token: None,
-        tls: None,
-    }
+    test_config(plan(shards), workers)
 }
 
 async fn cluster_run(shards: usize, workers: usize) -> common::Network {

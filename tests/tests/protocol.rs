@@ -6,7 +6,7 @@ use std::time::Duration;
 use common::pb::{self, coordinator_message, trainer_client::TrainerClient, worker_message};
 use common::trainer::{train, TrainingPlan};
 use coordinator::Config;
-use integration_tests::{bits, fixture_data, Cluster};
+use integration_tests::{bits, fixture_data, test_config, Cluster};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -26,14 +26,8 @@ fn plan() -> TrainingPlan {
 
 fn config() -> Config {
     Config {
-        plan: plan(),
-        workers: 1,
         wait_timeout: Duration::from_secs(60),
-        shard_timeout: Duration::from_secs(30),
-        checkpoint: None,
-        resume: None,
-        token: None,
-        tls: None,
+        ..test_config(plan(), 1)
     }
 }
 
