@@ -6,7 +6,10 @@
 //! - [`Cluster`]: start a coordinator and N workers, wait for the run's summary;
 //! - [`fixture_data`]: the committed MNIST slice (first 1,200 training and 200
 //!   test images of the real files, gzipped, in the IDX layout);
-//! - [`binary`]: the path of a workspace binary beside the test executable.
+//! - [`binary`]: the path of a workspace binary beside the test executable;
+//! - [`process`]: child-process guards and waits for the process-level tests.
+
+pub mod process;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -8,9 +8,10 @@
 //! exit path, panics included (a `Drop` guard).
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use integration_tests::process::{wait_exit, Guard};
 use integration_tests::{binary, fixture_dir};
 
 /// Runs `ip`/`tc` and says whether it succeeded.
@@ -90,29 +91,6 @@ fn in_ns(ns: &str, program: &std::path::Path) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns]).arg(program);
     cmd
-}
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_exit(child: &mut Guard, limit: Duration, what: &str) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not exit within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20)); // polling an exit status; std has no timed wait
-    }
 }
 
 #[test]

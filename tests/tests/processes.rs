@@ -1,26 +1,23 @@
 //! The real `coordinator` and `worker` binaries as separate processes on
 //! loopback, training on the committed MNIST slice.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use integration_tests::process::{lines, stderr_of, wait_exit, Guard};
 use integration_tests::{binary, fixture_dir};
 
-/// Kills the process if a test fails before waiting on it.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// The real coordinator on the MNIST slice with seed 3, on 127.0.0.1:0
+/// unless `args` has its own `--listen`.
 fn coordinator(args: &[&str], out: &std::path::Path) -> Guard {
+    let listen: &[&str] = if args.contains(&"--listen") {
+        &[]
+    } else {
+        &["--listen", "127.0.0.1:0"]
+    };
     let child = Command::new(binary("coordinator"))
-        .args(["--listen", "127.0.0.1:0", "--seed", "3"])
+        .args(listen)
+        .args(["--seed", "3"])
         .arg("--data-dir")
         .arg(fixture_dir())
         .arg("--out")
@@ -31,44 +28,6 @@ fn coordinator(args: &[&str], out: &std::path::Path) -> Guard {
         .spawn()
         .expect("start coordinator");
     Guard(child)
-}
-
-/// Reads the coordinator's stdout on a thread; lines arrive on the channel.
-fn lines(child: &mut Guard) -> mpsc::Receiver<String> {
-    let stdout = child.0.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits for a child to exit; the limit marks a hung process as a failure.
-fn wait_exit(child: &mut Guard, limit: Duration, what: &str) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(status) = child.0.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what} did not exit within {limit:?}"
-        );
-        // Polling a child's exit status: std offers no blocking wait with a timeout.
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn stderr_of(child: &mut Guard) -> String {
-    let mut s = String::new();
-    if let Some(mut e) = child.0.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut s);
-    }
-    s
 }
 
 #[test]
@@ -270,19 +229,9 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
     assert_eq!(saved.sizes, vec![784, 30, 10]);
 
     let listen = ["--listen", &addr, "--resume", ck.to_str().unwrap()];
-    let mut second = Guard(
-        Command::new(binary("coordinator"))
-            .args(["--seed", "3", "--workers", "2", "--epochs", "4"])
-            .args(listen)
-            .args(ck_flags)
-            .arg("--data-dir")
-            .arg(fixture_dir())
-            .arg("--out")
-            .arg(&out)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let mut second = coordinator(
+        &[&["--workers", "2", "--epochs", "4"][..], &listen, &ck_flags].concat(),
+        &out,
     );
     let status = wait_exit(&mut second, Duration::from_secs(120), "resumed coordinator");
     assert!(
