@@ -1,0 +1,86 @@
+//! The pieces of one training step, one at a time:
+//! - backprop of one shard of n = 1, 3, 10, 100 samples on `[784,30,10]` and `[784,100,10]`;
+//! - the reduction of 4 shard results in shard order plus the update;
+//! - encoding and decoding one step's messages (weights out, gradients back).
+//!
+//! `cargo bench -p common --bench step`. Batch-10 epochs are 5,000 steps, so
+//! 1 µs per step is 5 ms per epoch.
+
+use std::hint::black_box;
+
+use common::dataset::{Samples, IMAGE_SIZE};
+use common::schedule::{init_rng, ShardId};
+use common::trainer::{apply_step, shard_gradients};
+use common::{wire, Network};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use rand::Rng;
+
+fn samples(n: usize) -> Samples {
+    let mut rng = init_rng(42);
+    Samples {
+        pixels: (0..n * IMAGE_SIZE).map(|_| rng.random()).collect(),
+        labels: (0..n).map(|_| rng.random_range(0..10)).collect(),
+    }
+}
+
+fn backprop(c: &mut Criterion) {
+    let mut group = c.benchmark_group("shard_backprop");
+    for hidden in [30, 100] {
+        let net = Network::new(&[784, hidden, 10], &mut init_rng(1));
+        for n in [1, 3, 10, 100] {
+            let shard = samples(n);
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_with_input(
+                BenchmarkId::new(format!("784-{hidden}-10"), n),
+                &shard,
+                |b, shard| b.iter(|| shard_gradients(black_box(&net), black_box(shard))),
+            );
+        }
+    }
+    group.finish();
+}
+
+fn reduce_and_update(c: &mut Criterion) {
+    let net = Network::new(&[784, 30, 10], &mut init_rng(1));
+    let shards: Vec<_> = [3, 3, 2, 2]
+        .iter()
+        .map(|&n| shard_gradients(&net, &samples(n)))
+        .collect();
+    c.bench_function("reduce_4_shards_and_update/784-30-10", |b| {
+        b.iter_batched_ref(
+            || net.clone(),
+            |net| apply_step(net, black_box(&shards), 3.0, 10),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+fn messages(c: &mut Criterion) {
+    let net = Network::new(&[784, 30, 10], &mut init_rng(1));
+    let shard = samples(3);
+    let g = shard_gradients(&net, &shard);
+    let weights = wire::encode_network(&net);
+    let result = wire::encode_shard_result(0, ShardId(0), 3, &g);
+    let mut group = c.benchmark_group("messages/784-30-10");
+    group.throughput(Throughput::Bytes(weights.len() as u64));
+    group.bench_function("encode_weights", |b| {
+        b.iter(|| wire::encode_network(black_box(&net)))
+    });
+    group.bench_function("decode_weights", |b| {
+        let mut into = Network::zeros(&net.sizes);
+        b.iter(|| wire::decode_network_into(black_box(&weights), &mut into).unwrap())
+    });
+    group.bench_function("encode_shard", |b| {
+        b.iter(|| wire::encode_shard(ShardId(0), black_box(&shard)))
+    });
+    group.bench_function("encode_gradients", |b| {
+        b.iter(|| wire::encode_shard_result(0, ShardId(0), 3, black_box(&g)))
+    });
+    group.bench_function("decode_gradients", |b| {
+        b.iter(|| wire::decode_shard_result(black_box(&result), &net.sizes, 3).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, backprop, reduce_and_update, messages);
+criterion_main!(benches);
