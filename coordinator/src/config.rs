@@ -98,6 +98,11 @@ pub struct Args {
     /// its shards are recomputed by the others (catches silent workers).
     #[arg(long, default_value_t = 30.0)]
     pub shard_timeout: f64,
+    /// Seconds between HTTP/2 keepalive pings to each worker; a worker that
+    /// does not answer within twice this is dropped (catches dead peers whose
+    /// connection stays half-open).
+    #[arg(long, default_value_t = 10.0)]
+    pub keepalive: f64,
 }
 
 /// A flag value that cannot work, and why.
@@ -137,6 +142,8 @@ pub struct Config {
     pub wait_timeout: Duration,
     /// How long a worker may take for a shard before its shards go to others.
     pub shard_timeout: Duration,
+    /// HTTP/2 keepalive interval; the ping timeout is twice this.
+    pub keepalive: Duration,
     /// Where and how often to checkpoint, if at all.
     pub checkpoint: Option<Checkpointing>,
     /// The checkpoint to continue from (loaded and checked by the caller).
@@ -253,6 +260,13 @@ impl Args {
         if self.checkpoint_every == Some(0) {
             return Err(range("checkpoint-every", &0, "must be at least 1"));
         }
+        if !(self.keepalive.is_finite() && self.keepalive > 0.0) {
+            return Err(range(
+                "keepalive",
+                &self.keepalive,
+                "must be a number of seconds > 0",
+            ));
+        }
         if !(self.shard_timeout.is_finite() && self.shard_timeout > 0.0) {
             return Err(range(
                 "shard-timeout",
@@ -272,6 +286,7 @@ impl Args {
             workers: self.workers,
             wait_timeout: Duration::from_secs_f64(self.wait_timeout),
             shard_timeout: Duration::from_secs_f64(self.shard_timeout),
+            keepalive: Duration::from_secs_f64(self.keepalive),
             checkpoint: self.checkpoint.clone().map(|path| Checkpointing {
                 path,
                 every: self.checkpoint_every,

@@ -124,8 +124,8 @@ pub async fn serve(
             // One 95 KB step in one HTTP/2 frame instead of six.
             .max_frame_size(1 << 20)
             // Detects a dead peer even when its TCP connection stays half-open.
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .http2_keepalive_interval(Some(config.keepalive))
+            .http2_keepalive_timeout(Some(config.keepalive * 2))
             .add_service(health_service)
             .add_service(trainer)
             .serve_with_incoming_shutdown(incoming, async {

@@ -199,7 +199,13 @@ impl pb::trainer_server::Trainer for TrainerService {
                         break e.to_string();
                     }
                     Ok(None) => break "stream closed by the worker".to_string(),
-                    Err(status) => break format!("stream error: {}", status.message()),
+                    Err(status) => {
+                        // E.g. a message over the size limit: tell the worker why its stream ends.
+                        if let Some(outbox) = weak.upgrade() {
+                            let _ = outbox.try_send(Err(status.clone()));
+                        }
+                        break format!("stream error: {}", status.message());
+                    }
                 }
             };
             // The pool logs losses that matter (mid-run) at warn; this is the stream's view.

@@ -49,7 +49,7 @@ pub struct Cluster {
     stop: Option<oneshot::Sender<()>>,
 }
 
-/// A run configuration for tests: `plan` on `workers` workers, 30 s timeouts,
+/// A run configuration for tests: `plan` on `workers` workers, 30 s timeouts, 10 s keepalive,
 /// no checkpoint, token or TLS (override fields with struct update syntax).
 pub fn test_config(plan: common::trainer::TrainingPlan, workers: usize) -> Config {
     Config {
@@ -57,6 +57,7 @@ pub fn test_config(plan: common::trainer::TrainingPlan, workers: usize) -> Confi
         workers,
         wait_timeout: Duration::from_secs(30),
         shard_timeout: Duration::from_secs(30),
+        keepalive: Duration::from_secs(10),
         checkpoint: None,
         resume: None,
         token: None,
@@ -74,6 +75,7 @@ pub fn worker_config(addr: std::net::SocketAddr, name: &str) -> WorkerConfig {
         token: None,
         tls_ca: None,
         tls_domain: None,
+        keepalive: Duration::from_secs(10),
     }
 }
 

@@ -122,9 +122,9 @@ fn worker_process(addr: &str, name: &str, extra: &[&str]) -> Guard {
     )
 }
 
-/// Kill one of 4 worker processes with SIGKILL mid-run and let another exit
-/// mid-step at a fixed step: the run finishes with the model file of the
-/// undisturbed run, byte for byte.
+/// SIGKILL a worker process after the first epoch, start a replacement, SIGKILL
+/// that one after the second epoch, and let another exit mid-step at a fixed
+/// step: the run finishes with the model file of the undisturbed run, byte for byte.
 #[test]
 fn sigkilled_and_exiting_worker_processes_cost_only_time() {
     let dir = tempdir("kill");
@@ -153,6 +153,12 @@ fn sigkilled_and_exiting_worker_processes_cost_only_time() {
         .expect("an epoch line");
     assert!(epoch0.starts_with("Epoch 0: "), "{epoch0}");
     victim.0.kill().expect("SIGKILL the victim");
+    let mut second_victim = worker_process(&addr, "victim-2", &[]);
+    let epoch1 = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a second epoch line");
+    assert!(epoch1.starts_with("Epoch 1: "), "{epoch1}");
+    second_victim.0.kill().expect("SIGKILL the second victim");
     let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
     let output: Vec<String> = rx.try_iter().collect();
     assert!(

@@ -176,3 +176,40 @@ async fn bad_results_are_rejected_with_the_reason_and_never_applied() {
         );
     }
 }
+
+/// A message over the 64 MiB limit is refused by the decoder, not buffered
+/// and not applied; the run still finishes exactly with an honest worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_is_rejected() {
+    let mut reference = plan().initial_network();
+    train(&mut reference, &fixture_data(), &plan(), |_| {});
+    let mut cluster = Cluster::start(config(), fixture_data(), 0).await.unwrap();
+    let (tx, response) = open(cluster.addr, hello(1)).await;
+    let mut inbound = response.unwrap();
+    let _welcome = inbound.message().await.unwrap().unwrap();
+    let _step = inbound.message().await.unwrap().unwrap();
+    let huge = pb::ShardResult {
+        step_id: 0,
+        shard_id: 0,
+        sample_count: 5,
+        gradients: vec![0; (64 << 20) + 1].into(),
+    };
+    tx.send(pb::WorkerMessage {
+        kind: Some(worker_message::Kind::Result(huge)),
+    })
+    .await
+    .unwrap();
+    let status = loop {
+        match inbound.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+    drop((inbound, tx));
+    cluster.add_worker("honest");
+    let (summary, _) = cluster.finish(LIMIT).await.unwrap();
+    assert!(bits(&summary.unwrap().network) == bits(&reference));
+}

@@ -38,6 +38,9 @@ pub struct WorkerConfig {
     pub tls_ca: Option<Vec<u8>>,
     /// The name to verify the coordinator's certificate against (default: the endpoint's host).
     pub tls_domain: Option<String>,
+    /// HTTP/2 keepalive interval; a coordinator that does not answer a ping
+    /// within twice this counts as gone (the session is retried).
+    pub keepalive: Duration,
 }
 
 /// A fault a worker can inject on purpose.
@@ -162,8 +165,8 @@ pub async fn run(
         .tcp_nodelay(true)
         // One 95 KB step in one HTTP/2 frame instead of six.
         .max_frame_size(1 << 20)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .http2_keep_alive_interval(config.keepalive)
+        .keep_alive_timeout(config.keepalive * 2);
     let sessions = async {
         let mut retries = Retries::new(&config);
         loop {

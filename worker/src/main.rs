@@ -25,6 +25,9 @@ struct Args {
     /// Name to verify the coordinator's certificate against [default: the address's host].
     #[arg(long, requires = "tls_ca")]
     tls_domain: Option<String>,
+    /// Seconds between HTTP/2 keepalive pings to the coordinator (dead after twice this).
+    #[arg(long, default_value_t = 10.0)]
+    keepalive: f64,
     /// The run's shared secret (never logged).
     #[arg(long, env = "DDP_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -67,6 +70,11 @@ async fn run() -> anyhow::Result<()> {
         "--retry-for {}: must be seconds >= 0",
         args.retry_for
     );
+    anyhow::ensure!(
+        args.keepalive.is_finite() && args.keepalive > 0.0,
+        "--keepalive {}: must be seconds > 0",
+        args.keepalive
+    );
     let config = worker::WorkerConfig {
         endpoint: args.connect,
         name: args
@@ -80,6 +88,7 @@ async fn run() -> anyhow::Result<()> {
             None => None,
         },
         tls_domain: args.tls_domain.clone(),
+        keepalive: Duration::from_secs_f64(args.keepalive),
         token: args
             .token
             .as_deref()
