@@ -391,3 +391,89 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// SIGTERM (what Kubernetes and process managers send) stops the coordinator
+/// cleanly: a checkpoint is written, the workers are told to shut down, and a
+/// resume from it ends with the uninterrupted run's model.
+#[test]
+fn sigterm_checkpoints_and_the_run_resumes_exactly() {
+    let dir = tempdir("sigterm");
+    let (out, ck) = (dir.join("model.safetensors"), dir.join("ck.safetensors"));
+    let ck_flag = ["--checkpoint", ck.to_str().unwrap()];
+    let mut first = coordinator(
+        &[
+            &["--workers", "1", "--spawn-workers", "--epochs", "50"][..],
+            &ck_flag,
+        ]
+        .concat(),
+        &out,
+    );
+    let rx = lines(&mut first);
+    let _address = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("address line");
+    let epoch0 = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("an epoch line");
+    assert!(epoch0.starts_with("Epoch 0: "), "{epoch0}");
+    let pid = first.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = wait_exit(
+        &mut first,
+        Duration::from_secs(60),
+        "coordinator after SIGTERM",
+    );
+    let stderr = stderr_of(&mut first);
+    assert!(
+        !status.success(),
+        "an unfinished run exits non-zero: {stderr}"
+    );
+    assert!(
+        stderr.contains("checkpoint saved") && stderr.contains("local workers exited clean=1"),
+        "{stderr}"
+    );
+    let saved = coordinator::checkpoint::load(&ck).expect("checkpoint written on SIGTERM");
+    assert!(
+        saved.position.step >= 100 && saved.position.epoch < 6,
+        "{:?}",
+        saved.position
+    );
+
+    let mut resumed = coordinator(
+        &[
+            &[
+                "--workers",
+                "1",
+                "--spawn-workers",
+                "--epochs",
+                "6",
+                "--resume",
+            ][..],
+            &ck_flag[1..],
+        ]
+        .concat(),
+        &out,
+    );
+    assert!(
+        wait_exit(
+            &mut resumed,
+            Duration::from_secs(120),
+            "resumed coordinator"
+        )
+        .success(),
+        "{}",
+        stderr_of(&mut resumed)
+    );
+    let replay = dir.join("replay.safetensors");
+    let mut local = coordinator(&["--local", "--shards", "1", "--epochs", "6"], &replay);
+    assert!(wait_exit(&mut local, Duration::from_secs(120), "coordinator --local").success());
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(),
+        "resumed run differs from the uninterrupted one"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
