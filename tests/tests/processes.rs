@@ -30,18 +30,51 @@ fn coordinator(args: &[&str], out: &std::path::Path) -> Guard {
     Guard(child)
 }
 
-#[test]
-fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
-    let dir = tempdir("four-workers");
-    let out = dir.join("model.safetensors");
-    let mut coord = coordinator(&["--workers", "4", "--epochs", "3"], &out);
-    let rx = lines(&mut coord);
+/// The address from the coordinator's first stdout line, `Listening on ADDR`.
+fn address(rx: &std::sync::mpsc::Receiver<String>) -> String {
     let first = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("coordinator prints its address");
     let addr = first
         .strip_prefix("Listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    addr.to_string()
+}
+
+/// Replays the run in one process (`--local`) and checks the cluster's model
+/// file `out` is byte-identical to the replay's.
+fn assert_same_as_local(
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    shards: usize,
+    epochs: usize,
+    what: &str,
+) {
+    let replay = dir.join("replay.safetensors");
+    let (shards, epochs) = (shards.to_string(), epochs.to_string());
+    let mut local = coordinator(
+        &["--local", "--shards", &shards, "--epochs", &epochs],
+        &replay,
+    );
+    let status = wait_exit(&mut local, Duration::from_secs(120), "coordinator --local");
+    assert!(
+        status.success(),
+        "--local exited {status}: {}",
+        stderr_of(&mut local)
+    );
+    assert!(
+        std::fs::read(out).unwrap() == std::fs::read(&replay).unwrap(),
+        "{what}"
+    );
+}
+
+#[test]
+fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
+    let dir = tempdir("four-workers");
+    let out = dir.join("model.safetensors");
+    let mut coord = coordinator(&["--workers", "4", "--epochs", "3"], &out);
+    let rx = lines(&mut coord);
+    let addr = address(&rx);
     let mut workers: Vec<Guard> = (0..4)
         .map(|i| {
             Guard(
@@ -95,19 +128,7 @@ fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
     let model = common::model_file::load(&out).expect("saved model loads");
     assert_eq!(model.sizes, vec![784, 30, 10]);
 
-    // `--local` replays the same run in one process: the model file is bitwise the same.
-    let replay = dir.join("replay.safetensors");
-    let mut local = coordinator(&["--local", "--shards", "4", "--epochs", "3"], &replay);
-    let status = wait_exit(&mut local, Duration::from_secs(120), "coordinator --local");
-    assert!(
-        status.success(),
-        "--local exited {status}: {}",
-        stderr_of(&mut local)
-    );
-    assert!(
-        std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(),
-        "cluster and --local model files differ"
-    );
+    assert_same_as_local(&dir, &out, 4, 3, "cluster and --local model files differ");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -134,13 +155,7 @@ fn sigkilled_and_exiting_worker_processes_cost_only_time() {
         &out,
     );
     let rx = lines(&mut coord);
-    let first = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("coordinator prints its address");
-    let addr = first
-        .strip_prefix("Listening on ")
-        .expect("address line")
-        .to_string();
+    let addr = address(&rx);
     let mut victim = worker_process(&addr, "victim", &[]);
     let mut quitter = worker_process(&addr, "quitter", &["--exit-at-step", "250"]);
     let mut healthy = [
@@ -185,12 +200,12 @@ fn sigkilled_and_exiting_worker_processes_cost_only_time() {
             stderr_of(w)
         );
     }
-    let replay = dir.join("replay.safetensors");
-    let mut local = coordinator(&["--local", "--shards", "4", "--epochs", "4"], &replay);
-    assert!(wait_exit(&mut local, Duration::from_secs(120), "coordinator --local").success());
-    assert!(
-        std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(),
-        "disturbed run differs from the undisturbed one"
+    assert_same_as_local(
+        &dir,
+        &out,
+        4,
+        4,
+        "disturbed run differs from the undisturbed one",
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -214,13 +229,7 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
         &out,
     );
     let rx = lines(&mut first);
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("coordinator prints its address");
-    let addr = line
-        .strip_prefix("Listening on ")
-        .expect("address line")
-        .to_string();
+    let addr = address(&rx);
     let mut workers = [
         worker_process(&addr, "w0", &[]),
         worker_process(&addr, "w1", &[]),
@@ -253,12 +262,12 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
             stderr_of(w)
         );
     }
-    let replay = dir.join("replay.safetensors");
-    let mut local = coordinator(&["--local", "--shards", "2", "--epochs", "4"], &replay);
-    assert!(wait_exit(&mut local, Duration::from_secs(120), "coordinator --local").success());
-    assert!(
-        std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(),
-        "resumed run differs from the uninterrupted one"
+    assert_same_as_local(
+        &dir,
+        &out,
+        2,
+        4,
+        "resumed run differs from the uninterrupted one",
     );
 
     // Resuming with other flags is refused, naming the difference.
@@ -468,12 +477,12 @@ fn sigterm_checkpoints_and_the_run_resumes_exactly() {
         "{}",
         stderr_of(&mut resumed)
     );
-    let replay = dir.join("replay.safetensors");
-    let mut local = coordinator(&["--local", "--shards", "1", "--epochs", "6"], &replay);
-    assert!(wait_exit(&mut local, Duration::from_secs(120), "coordinator --local").success());
-    assert!(
-        std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(),
-        "resumed run differs from the uninterrupted one"
+    assert_same_as_local(
+        &dir,
+        &out,
+        1,
+        6,
+        "resumed run differs from the uninterrupted one",
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
