@@ -11,7 +11,9 @@
 //! - [`trainer`]: the single-process reference trainer and the step pieces
 //!   the coordinator reuses;
 //! - [`dataset`]: IDX parsing, Nielsen's split, fetching MNIST;
+//! - [`metrics`]: step timings and their per-epoch percentiles;
 //! - [`model_file`]: safetensors save/load;
+//! - [`logging`]: `RUST_LOG` filtering, text or JSON lines;
 //! - [`wire`]: the only conversion between [`pb`] messages and math types,
 //!   with all validation;
 //! - [`auth`]: the shared token workers present;
@@ -28,6 +30,8 @@
 pub mod auth;
 pub mod dataset;
 pub mod gradients;
+pub mod logging;
+pub mod metrics;
 pub mod model_file;
 pub mod network;
 pub mod schedule;
@@ -38,6 +42,9 @@ pub mod wire;
 #[allow(missing_docs, clippy::all)]
 pub mod pb {
     tonic::include_proto!("ddp.v1");
+
+    /// The encoded `FileDescriptorSet` of `ddp.v1`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ddp_descriptor");
 }
 
 pub use gradients::Gradients;

@@ -123,13 +123,20 @@ impl Network {
     /// How many samples the network classifies right: the index of the most
     /// active output neuron equals the label.
     pub fn evaluate(&self, x: ArrayView2<f32>, labels: &[u8]) -> usize {
-        let outputs = self.feedforward(x);
-        outputs
-            .columns()
+        self.predict(x)
             .into_iter()
             .zip(labels)
-            .filter(|(out, &label)| argmax(out.iter().copied()) == usize::from(label))
+            .filter(|&(digit, &label)| digit == usize::from(label))
             .count()
+    }
+
+    /// The class of each column of `x`: the index of the most active output neuron.
+    pub fn predict(&self, x: ArrayView2<f32>) -> Vec<usize> {
+        self.feedforward(x)
+            .columns()
+            .into_iter()
+            .map(|out| argmax(out.iter().copied()))
+            .collect()
     }
 
     /// Total quadratic cost `Σ_x ½‖a(x) − y(x)‖²` over the columns of `x`.

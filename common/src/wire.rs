@@ -340,6 +340,8 @@ pub fn encode_shard_result(
         shard_id: id.0,
         sample_count: samples as u32,
         gradients: encode_gradients(g),
+        compute_nanos: 0,
+        codec_nanos: 0,
     }
 }
 

@@ -12,18 +12,10 @@ use common::auth::Token;
 use crate::checkpoint::Checkpoint;
 use crate::training::Checkpointing;
 
-/// Flags of `coordinator`. Expected outcome of the defaults with `--workers 4`:
-/// 30 epochs of `[784,30,10]`, batch 10, eta 3.0, about 95% test accuracy.
+/// Flags of `coordinator train` (also accepted with no subcommand).
+/// Expected outcome of the defaults with `--workers 4`: 30 epochs of
+/// `[784,30,10]`, batch 10, eta 3.0, about 95% test accuracy.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "coordinator",
-    version,
-    about = "Coordinator of a data-parallel trainer for Nielsen's MNIST network",
-    long_about = "Owns the model, the data and the schedule; shards every mini-batch across the workers \
-                  that connect to it over gRPC, adds their summed gradients in shard order and applies \
-                  the SGD update.\n\nDefaults (30 epochs, [784,30,10], batch 10, eta 3.0) reach about 95% \
-                  test accuracy.\n\nExample: coordinator --workers 4 --spawn-workers"
-)]
 pub struct Args {
     /// Address to serve gRPC on.
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -80,6 +72,21 @@ pub struct Args {
     /// The final weights are bitwise those of an uninterrupted run.
     #[arg(long, value_name = "PATH", conflicts_with = "local")]
     pub resume: Option<PathBuf>,
+    /// Start from the weights of this saved model (its sizes must match
+    /// --sizes) instead of the seed's N(0,1) init; the seed still drives the shuffles.
+    #[arg(long, value_name = "MODEL", conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
+    /// Write one CSV row per epoch: accuracy, cost, time, throughput, step
+    /// latency and its breakdown, workers, recomputed shards.
+    #[arg(long, value_name = "CSV")]
+    pub metrics: Option<PathBuf>,
+    /// Draw test and validation accuracy per epoch as a PNG (rewritten after every epoch).
+    #[arg(long, value_name = "PNG")]
+    pub plot: Option<PathBuf>,
+    /// Progress display: auto (a bar when stderr is a terminal), bar, or none.
+    /// Per-epoch lines go to stdout either way.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bar", "none"])]
+    pub progress: String,
     /// Shared secret workers must present (never logged). Required to listen
     /// on a non-loopback address unless --insecure-no-token.
     #[arg(long, env = "DDP_TOKEN", hide_env_values = true)]
@@ -148,6 +155,8 @@ pub struct Config {
     pub checkpoint: Option<Checkpointing>,
     /// The checkpoint to continue from (loaded and checked by the caller).
     pub resume: Option<Checkpoint>,
+    /// The network to start from instead of the seed's (loaded by the caller).
+    pub init: Option<common::Network>,
     /// The token workers must present, if any.
     pub token: Option<Token>,
     /// Certificate chain and key to serve TLS with (loaded by the caller).
@@ -292,6 +301,7 @@ impl Args {
                 every: self.checkpoint_every,
             }),
             resume: None,
+            init: None,
             token,
             tls: None,
         })

@@ -11,17 +11,24 @@
 //!   that spreads shards over workers and gathers results in shard order;
 //! - [`training`]: the loop: epoch → batch → shards → pool → add in shard order → update → evaluate → checkpoint;
 //! - [`checkpoint`]: checkpoint files and the position a run resumes from;
-//! - [`launch`]: local worker processes for the one-command cluster.
+//! - [`launch`]: local worker processes for the one-command cluster;
+//! - [`ui`], [`report`]: progress bar, epoch lines, metrics CSV, accuracy plot;
+//! - [`commands`], [`digits`]: `evaluate`, `predict` (with MNIST-style
+//!   preprocessing of a user's image) and the `health` probe.
 //!
 //! [`serve`] wires them together on a bound listener, with the standard
 //! `grpc.health.v1` service beside the trainer.
 
 pub mod checkpoint;
+pub mod commands;
 pub mod config;
+pub mod digits;
 pub mod launch;
 pub mod pool;
+pub mod report;
 pub mod service;
 pub mod training;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use common::dataset::Mnist;
 use common::pb::trainer_server::TrainerServer;
-use common::trainer::EpochReport;
+use common::trainer::{EpochReport, Progress};
 use common::Network;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -78,27 +85,34 @@ pub enum CoordinatorError {
     /// The shutdown signal fired before training finished.
     #[error("interrupted before training finished")]
     Interrupted,
+    /// The training data could not be loaded.
+    #[error("loading the data: {0:#}")]
+    Data(anyhow::Error),
 }
 
 /// Serves the trainer on `listener` until the run in `config` finishes or
 /// `shutdown` completes, then tells the workers to exit and stops the server.
+///
+/// The server answers health checks and reflection from the start; the
+/// trainer service reports NOT_SERVING until `data` has loaded, SERVING
+/// while it accepts workers and trains, and NOT_SERVING again at the end.
+/// The overall service (`""`) is SERVING for as long as the server runs: a
+/// liveness check, where `ddp.v1.Trainer` is a readiness check.
 ///
 /// # Errors
 /// [`CoordinatorError`] if the run cannot finish.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
-    data: Arc<Mnist>,
+    data: impl Future<Output = anyhow::Result<Arc<Mnist>>>,
     shutdown: impl Future<Output = ()>,
-    on_epoch: impl FnMut(&EpochReport),
+    progress: impl Progress,
 ) -> Result<RunSummary, CoordinatorError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(TRAINER_SERVICE, ServingStatus::NotServing)
         .await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
 
     let plan = &config.plan;
     let run_id = format!("seed{}-pid{}", plan.seed, std::process::id());
@@ -127,11 +141,27 @@ pub async fn serve(
             .http2_keepalive_interval(Some(config.keepalive))
             .http2_keepalive_timeout(Some(config.keepalive * 2))
             .add_service(health_service)
+            .add_service(reflection_v1())
+            .add_service(reflection_v1alpha())
             .add_service(trainer)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             }),
     );
+
+    tokio::pin!(shutdown);
+    let data = tokio::select! {
+        data = data => data.map_err(CoordinatorError::Data),
+        () = &mut shutdown => Err(CoordinatorError::Interrupted),
+    };
+    let data = match data {
+        Ok(data) => data,
+        Err(e) => {
+            let _ = stop_tx.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+            return Err(e);
+        }
+    };
 
     let timeouts = pool::Timeouts {
         wait_for_worker: config.wait_timeout,
@@ -148,12 +178,17 @@ pub async fn serve(
             );
             (c.network, c.position)
         }
-        None => (plan.initial_network(), checkpoint::Position::default()),
+        None => (
+            config
+                .init
+                .clone()
+                .unwrap_or_else(|| plan.initial_network()),
+            checkpoint::Position::default(),
+        ),
     };
     health
         .set_service_status(TRAINER_SERVICE, ServingStatus::Serving)
         .await;
-    health.set_service_status("", ServingStatus::Serving).await;
     info!(run = %run_id, workers = config.workers, shards = plan.shards, sizes = ?plan.sizes, "accepting workers");
 
     let mut start = Instant::now();
@@ -162,9 +197,9 @@ pub async fn serve(
             pool.wait_for_workers(config.workers).await?;
             start = Instant::now();
             info!(epochs = plan.epochs, batch = plan.batch_size, eta = plan.eta, "training");
-            training::run(&mut pool, &mut network, &data, plan, &mut position, config.checkpoint.as_ref(), on_epoch).await
+            training::run(&mut pool, &mut network, &data, plan, &mut position, config.checkpoint.as_ref(), progress).await
         } => outcome,
-        () = shutdown => Err(CoordinatorError::Interrupted),
+        () = &mut shutdown => Err(CoordinatorError::Interrupted),
     };
     let elapsed = start.elapsed();
     if let (Err(e), Some(c)) = (&outcome, &config.checkpoint) {
@@ -203,4 +238,29 @@ pub async fn serve(
         stats,
         elapsed,
     })
+}
+
+/// Server reflection, `grpc.reflection.v1`: lets `grpcurl list` and
+/// `grpcurl describe` work with no `.proto` at hand.
+fn reflection_v1() -> tonic_reflection::server::v1::ServerReflectionServer<
+    impl tonic_reflection::server::v1::ServerReflection,
+> {
+    reflection_builder()
+        .build_v1()
+        .expect("the embedded descriptor sets are valid")
+}
+
+/// Server reflection, `grpc.reflection.v1alpha`, for older clients.
+fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionServer<
+    impl tonic_reflection::server::v1alpha::ServerReflection,
+> {
+    reflection_builder()
+        .build_v1alpha()
+        .expect("the embedded descriptor sets are valid")
+}
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(common::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }

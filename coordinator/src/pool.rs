@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use common::dataset::Samples;
+use common::metrics::StepTiming;
 use common::pb::{self, coordinator_message};
 use common::schedule::{ShardId, StepId};
 use common::{wire, Gradients, Network};
@@ -53,6 +54,22 @@ pub trait WorkerPool {
         network: &Network,
         shards: &[Samples],
     ) -> Result<Vec<Gradients>, PoolError>;
+
+    /// The compute and codec parts of the last step (its total and reduce
+    /// parts are the caller's to measure).
+    fn last_step_timing(&self) -> StepTiming {
+        StepTiming::default()
+    }
+
+    /// Workers connected now.
+    fn live_workers(&self) -> usize {
+        0
+    }
+
+    /// Shards recomputed so far because a result was lost or rejected.
+    fn recomputed(&self) -> u64 {
+        0
+    }
 }
 
 /// Counters a run reports.
@@ -80,6 +97,7 @@ pub struct RemotePool {
     sizes: Vec<usize>,
     timeouts: Timeouts,
     stats: PoolStats,
+    last_timing: StepTiming,
 }
 
 /// How long the pool waits, and for what.
@@ -100,6 +118,10 @@ struct Step<'a> {
     results: Vec<Option<Gradients>>,
     owner: Vec<Option<WorkerId>>,
     assigned_at: Vec<Instant>,
+    /// Time the coordinator spent encoding and decoding this step's messages.
+    codec: Duration,
+    /// Per worker, its reported (compute, codec) time on accepted results.
+    work: BTreeMap<WorkerId, (Duration, Duration)>,
 }
 
 impl Step<'_> {
@@ -125,17 +147,13 @@ impl RemotePool {
             sizes,
             timeouts,
             stats: PoolStats::default(),
+            last_timing: StepTiming::default(),
         }
     }
 
     /// Counters so far.
     pub fn stats(&self) -> &PoolStats {
         &self.stats
-    }
-
-    /// Workers connected now.
-    pub fn live_workers(&self) -> usize {
-        self.workers.len()
     }
 
     /// Waits until `count` workers are connected, logging each that joins.
@@ -213,6 +231,7 @@ impl RemotePool {
                 batches.entry(ids[k % ids.len()]).or_default().push(shard);
             }
             for (id, shards) in batches {
+                let encode_start = Instant::now();
                 let msg = pb::Step {
                     step_id: step.id.0,
                     weights: step.weights.clone(), // one buffer shared by all workers
@@ -224,6 +243,7 @@ impl RemotePool {
                 let msg = pb::CoordinatorMessage {
                     kind: Some(coordinator_message::Kind::Step(msg)),
                 };
+                step.codec += encode_start.elapsed();
                 match self.workers[&id].outbox.try_send(Ok(msg)) {
                     Ok(()) => {
                         let now = Instant::now();
@@ -292,8 +312,16 @@ impl RemotePool {
             self.stats.duplicate += 1;
             return;
         }
-        match wire::decode_shard_result(&result, &self.sizes, step.shards[i].len()) {
-            Ok(g) => step.results[i] = Some(g),
+        let decode_start = Instant::now();
+        let decoded = wire::decode_shard_result(&result, &self.sizes, step.shards[i].len());
+        step.codec += decode_start.elapsed();
+        match decoded {
+            Ok(g) => {
+                step.results[i] = Some(g);
+                let work = step.work.entry(id).or_default();
+                work.0 += Duration::from_nanos(result.compute_nanos);
+                work.1 += Duration::from_nanos(result.codec_nanos);
+            }
             Err(e) => {
                 self.stats.rejected += 1;
                 self.evict(id, e.into());
@@ -310,6 +338,7 @@ impl WorkerPool for RemotePool {
         network: &Network,
         shards: &[Samples],
     ) -> Result<Vec<Gradients>, PoolError> {
+        let encode_start = Instant::now();
         let mut step = Step {
             id,
             weights: wire::encode_network(network),
@@ -317,7 +346,10 @@ impl WorkerPool for RemotePool {
             results: vec![None; shards.len()],
             owner: vec![None; shards.len()],
             assigned_at: vec![Instant::now(); shards.len()],
+            codec: Duration::ZERO,
+            work: BTreeMap::new(),
         };
+        step.codec = encode_start.elapsed();
         let (started, reassigned_before) = (Instant::now(), self.stats.reassigned);
         self.assign(&mut step);
         while !step.done() {
@@ -366,11 +398,36 @@ impl WorkerPool for RemotePool {
         if self.stats.reassigned > reassigned_before {
             info!(step = id.0, took = ?started.elapsed(), "step completed despite lost shards");
         }
+        // The critical path: the worker that was busiest with this step.
+        let (compute, worker_codec) = step
+            .work
+            .values()
+            .copied()
+            .max_by_key(|&(compute, codec)| compute + codec)
+            .unwrap_or_default();
+        self.last_timing = StepTiming {
+            total: Duration::ZERO,
+            compute,
+            codec: step.codec + worker_codec,
+            reduce: Duration::ZERO,
+        };
         Ok(step
             .results
             .into_iter()
             .map(|g| g.expect("step is done"))
             .collect())
+    }
+
+    fn last_step_timing(&self) -> StepTiming {
+        self.last_timing
+    }
+
+    fn live_workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    fn recomputed(&self) -> u64 {
+        self.stats.reassigned
     }
 }
 

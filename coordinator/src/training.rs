@@ -8,8 +8,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::dataset::Mnist;
+use common::metrics::StepSummary;
 use common::schedule::{epoch_order, StepId};
-use common::trainer::{apply_step, epoch_report, step_shards, EpochReport, TrainingPlan};
+use common::trainer::{
+    apply_step, epoch_report, step_shards, EpochReport, Progress, StepProgress, TrainingPlan,
+};
 use common::Network;
 
 use crate::checkpoint::{self, Position};
@@ -44,7 +47,8 @@ pub async fn save_checkpoint(
 }
 
 /// Trains `network` by `plan` on `data` from `position` (advanced as steps
-/// are applied), calling `on_epoch` after each epoch and checkpointing as asked.
+/// are applied), telling `progress` after each step and epoch and
+/// checkpointing as asked.
 ///
 /// # Errors
 /// [`CoordinatorError`] if a step cannot be completed or a checkpoint cannot
@@ -56,23 +60,41 @@ pub async fn run(
     plan: &TrainingPlan,
     position: &mut Position,
     checkpointing: Option<&Checkpointing>,
-    mut on_epoch: impl FnMut(&EpochReport),
+    mut progress: impl Progress,
 ) -> Result<Vec<EpochReport>, CoordinatorError> {
     let mut reports = Vec::with_capacity(plan.epochs);
     while position.epoch < plan.epochs {
         let epoch = position.epoch;
         let start = Instant::now();
+        let recomputed_before = pool.recomputed();
         let order = epoch_order(plan.seed, epoch, data.training.len());
+        let total = order.len().div_ceil(plan.batch_size);
+        let mut timings = Vec::with_capacity(total - position.batch);
         for batch in order.chunks(plan.batch_size).skip(position.batch) {
+            let step_start = Instant::now();
             let shards = step_shards(&data.training, batch, plan.shards);
+            let gathered = step_start.elapsed();
             let results = pool
                 .run_step(StepId(position.step), network, &shards)
                 .await?;
+            let reduce_start = Instant::now();
             // Network and position change together, with no await in between:
             // a cancelled run always leaves a consistent pair to checkpoint.
             apply_step(network, &results, plan.eta, batch.len());
             position.batch += 1;
             position.step += 1;
+            let mut timing = pool.last_step_timing();
+            timing.codec += gathered;
+            timing.reduce = reduce_start.elapsed();
+            timing.total = step_start.elapsed();
+            timings.push(timing);
+            progress.step(&StepProgress {
+                epoch,
+                done: position.batch,
+                total,
+                timing,
+                workers: pool.live_workers(),
+            });
             let due = |c: &&Checkpointing| c.every.is_some_and(|n| position.step % n == 0);
             if let Some(c) = checkpointing.filter(due) {
                 save_checkpoint(c, network, *position, plan).await?;
@@ -87,14 +109,17 @@ pub async fn run(
         if let Some(c) = checkpointing {
             save_checkpoint(c, network, *position, plan).await?;
         }
-        // Evaluation is ~20k feedforwards: CPU work, kept off the async threads.
+        // Evaluation is ~70k feedforwards: CPU work, kept off the async threads.
         let (net, data_ref, steps) = (network.clone(), Arc::clone(data), position.step);
-        let report = tokio::task::spawn_blocking(move || {
-            epoch_report(&net, &data_ref, epoch, steps, train_time)
+        let summary = StepSummary::of(&timings);
+        let mut report = tokio::task::spawn_blocking(move || {
+            epoch_report(&net, &data_ref, epoch, steps, train_time, summary)
         })
         .await
         .expect("evaluation does not panic on validated data");
-        on_epoch(&report);
+        report.workers = pool.live_workers();
+        report.recomputed = pool.recomputed() - recomputed_before;
+        progress.epoch(&report);
         reports.push(report);
     }
     Ok(reports)
@@ -149,7 +174,7 @@ mod tests {
             seed: 5,
         };
         let mut reference = plan.initial_network();
-        train(&mut reference, &data, &plan, |_| {});
+        train(&mut reference, &data, &plan, common::trainer::Quiet);
         let mut net = plan.initial_network();
         let reports = run(
             &mut InPlace,
@@ -158,7 +183,7 @@ mod tests {
             &plan,
             &mut Position::default(),
             None,
-            |_| {},
+            common::trainer::Quiet,
         )
         .await
         .unwrap();
@@ -198,7 +223,7 @@ mod tests {
             seed: 5,
         };
         let mut reference = plan.initial_network();
-        train(&mut reference, &data, &plan, |_| {});
+        train(&mut reference, &data, &plan, common::trainer::Quiet);
         let dir = std::env::temp_dir().join(format!("resume-{}", std::process::id()));
         for stop_after in [1u64, 9, 10, 13, 19] {
             let c = Checkpointing {
@@ -213,7 +238,7 @@ mod tests {
                 &plan,
                 &mut pos,
                 Some(&c),
-                |_| {},
+                common::trainer::Quiet,
             )
             .await;
             assert!(crashed.is_err(), "case {stop_after}");
@@ -227,7 +252,7 @@ mod tests {
                 &plan,
                 &mut pos,
                 Some(&c),
-                |_| {},
+                common::trainer::Quiet,
             )
             .await
             .unwrap();

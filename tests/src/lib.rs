@@ -60,6 +60,7 @@ pub fn test_config(plan: common::trainer::TrainingPlan, workers: usize) -> Confi
         keepalive: Duration::from_secs(10),
         checkpoint: None,
         resume: None,
+        init: None,
         token: None,
         tls: None,
     }
@@ -76,6 +77,7 @@ pub fn worker_config(addr: std::net::SocketAddr, name: &str) -> WorkerConfig {
         tls_ca: None,
         tls_domain: None,
         keepalive: Duration::from_secs(10),
+        health: None,
     }
 }
 
@@ -98,11 +100,11 @@ impl Cluster {
         let coordinator = tokio::spawn(coordinator::serve(
             listener,
             config,
-            data,
+            async { Ok(data) },
             async {
                 let _ = stopped.await;
             },
-            |_| {},
+            common::trainer::Quiet,
         ));
         let mut cluster = Cluster {
             addr,

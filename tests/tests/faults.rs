@@ -33,7 +33,7 @@ fn config(workers: usize, shard_timeout: Duration, wait_timeout: Duration) -> Co
 
 fn reference() -> Vec<u8> {
     let mut net = plan().initial_network();
-    train(&mut net, &fixture_data(), &plan(), |_| {});
+    train(&mut net, &fixture_data(), &plan(), common::trainer::Quiet);
     bits(&net)
 }
 

@@ -45,7 +45,7 @@ async fn cluster_run(shards: usize, workers: usize) -> common::Network {
 async fn four_shards_are_bitwise_identical_on_1_2_and_4_workers_and_equal_the_reference() {
     let data = fixture_data();
     let mut reference = plan(4).initial_network();
-    train(&mut reference, &data, &plan(4), |_| {});
+    train(&mut reference, &data, &plan(4), common::trainer::Quiet);
     for workers in [1, 2, 4] {
         let net = cluster_run(4, workers).await;
         assert!(
@@ -64,7 +64,7 @@ async fn four_shards_are_bitwise_identical_on_1_2_and_4_workers_and_equal_the_re
 async fn shard_counts_1_2_4_match_the_single_shard_reference_within_tolerance() {
     let data = fixture_data();
     let mut reference = plan(1).initial_network();
-    train(&mut reference, &data, &plan(1), |_| {});
+    train(&mut reference, &data, &plan(1), common::trainer::Quiet);
     for shards in [1, 2, 4] {
         let net = cluster_run(shards, 2).await;
         let diff = max_abs_diff(&net, &reference);

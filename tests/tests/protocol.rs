@@ -76,6 +76,7 @@ async fn handshake_violations_get_failed_precondition_with_both_versions() {
         shard_id: 0,
         sample_count: 1,
         gradients: Default::default(),
+        ..Default::default()
     };
     let (_tx, response) = open(
         cluster.addr,
@@ -100,7 +101,12 @@ async fn handshake_violations_get_failed_precondition_with_both_versions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_results_are_rejected_with_the_reason_and_never_applied() {
     let mut reference = plan().initial_network();
-    train(&mut reference, &fixture_data(), &plan(), |_| {});
+    train(
+        &mut reference,
+        &fixture_data(),
+        &plan(),
+        common::trainer::Quiet,
+    );
     let cases: [(&str, fn(&mut pb::ShardResult), &str); 4] = [
         (
             "NaN gradient",
@@ -143,6 +149,7 @@ async fn bad_results_are_rejected_with_the_reason_and_never_applied() {
             shard_id: 0,
             sample_count: 5,
             gradients: vec![0; 95_440].into(),
+            ..Default::default()
         };
         corrupt(&mut result);
         tx.send(pb::WorkerMessage {
@@ -182,7 +189,12 @@ async fn bad_results_are_rejected_with_the_reason_and_never_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_message_is_rejected() {
     let mut reference = plan().initial_network();
-    train(&mut reference, &fixture_data(), &plan(), |_| {});
+    train(
+        &mut reference,
+        &fixture_data(),
+        &plan(),
+        common::trainer::Quiet,
+    );
     let mut cluster = Cluster::start(config(), fixture_data(), 0).await.unwrap();
     let (tx, response) = open(cluster.addr, hello(1)).await;
     let mut inbound = response.unwrap();
@@ -193,6 +205,7 @@ async fn oversized_message_is_rejected() {
         shard_id: 0,
         sample_count: 5,
         gradients: vec![0; (64 << 20) + 1].into(),
+        ..Default::default()
     };
     tx.send(pb::WorkerMessage {
         kind: Some(worker_message::Kind::Result(huge)),

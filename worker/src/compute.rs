@@ -2,13 +2,15 @@
 //! `spawn_blocking` so backprop never holds up the async runtime (which keeps
 //! the stream's HTTP/2 keepalives answered during a long shard).
 
+use std::time::{Duration, Instant};
+
 use common::dataset::Samples;
 use common::schedule::ShardId;
 use common::trainer::shard_gradients;
 use common::{Gradients, Network};
 
-/// One computed shard: its id, sample count and summed gradients.
-pub type ShardOutput = (ShardId, usize, Gradients);
+/// One computed shard: its id, sample count, summed gradients and the time backprop took.
+pub type ShardOutput = (ShardId, usize, Gradients, Duration);
 
 /// Computes every shard at `network`'s weights on a blocking thread; hands the
 /// network back so its buffers are reused for the next step.
@@ -22,7 +24,11 @@ pub async fn shard_gradients_blocking(
     tokio::task::spawn_blocking(move || {
         let outputs = shards
             .iter()
-            .map(|(id, s)| (*id, s.len(), shard_gradients(&network, s)))
+            .map(|(id, s)| {
+                let start = Instant::now();
+                let g = shard_gradients(&network, s);
+                (*id, s.len(), g, start.elapsed())
+            })
             .collect();
         (network, outputs)
     })

@@ -41,6 +41,23 @@ pub struct WorkerConfig {
     /// HTTP/2 keepalive interval; a coordinator that does not answer a ping
     /// within twice this counts as gone (the session is retried).
     pub keepalive: Duration,
+    /// Set SERVING while joined to a coordinator and NOT_SERVING otherwise
+    /// (the worker's `--health-port`).
+    pub health: Option<tonic_health::server::HealthReporter>,
+}
+
+impl WorkerConfig {
+    /// Tells the health service whether this worker is joined to a coordinator.
+    pub(crate) async fn set_joined(&self, joined: bool) {
+        if let Some(h) = &self.health {
+            let status = if joined {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            h.set_service_status("", status).await;
+        }
+    }
 }
 
 /// A fault a worker can inject on purpose.
@@ -176,7 +193,9 @@ pub async fn run(
                 }
                 Ok(channel) => {
                     let mut joined = false;
-                    match session::run(channel, &config, &mut joined).await {
+                    let outcome = session::run(channel, &config, &mut joined).await;
+                    config.set_joined(false).await;
+                    match outcome {
                         Ok(reason) => {
                             info!(%reason, "coordinator said shutdown");
                             return Ok(());
@@ -205,4 +224,33 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// Serves `grpc.health.v1` on `addr` in the background (NOT_SERVING until
+/// [`run`] joins a coordinator); returns the reporter for
+/// [`WorkerConfig::health`] and the bound address.
+///
+/// # Errors
+/// If the address cannot be bound.
+pub async fn serve_health(
+    addr: std::net::SocketAddr,
+) -> Result<(tonic_health::server::HealthReporter, std::net::SocketAddr), std::io::Error> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    info!(%addr, "health service listening");
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tokio::spawn(async move {
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming)
+            .await
+        {
+            warn!(error = %e, "health service stopped");
+        }
+    });
+    Ok((reporter, addr))
 }

@@ -31,6 +31,13 @@ struct Args {
     /// The run's shared secret (never logged).
     #[arg(long, env = "DDP_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve grpc.health.v1 on this port (all interfaces): SERVING while
+    /// joined to a coordinator, NOT_SERVING while connecting or retrying.
+    #[arg(long, value_name = "PORT")]
+    health_port: Option<u16>,
+    /// Log format on stderr: text, or json (one object per line, for log collectors).
+    #[arg(long, default_value = "text")]
+    log_format: common::logging::LogFormat,
     /// Fault injection: on receiving step N, drop the connection mid-step and exit with status 3.
     #[arg(long, value_name = "N", conflicts_with = "stall_at_step")]
     exit_at_step: Option<u64>,
@@ -57,14 +64,8 @@ fn main() -> std::process::ExitCode {
 
 #[tokio::main(flavor = "current_thread")]
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = Args::parse();
+    common::logging::init(args.log_format, std::io::stderr);
     anyhow::ensure!(
         args.retry_for.is_finite() && args.retry_for >= 0.0,
         "--retry-for {}: must be seconds >= 0",
@@ -99,6 +100,16 @@ async fn run() -> anyhow::Result<()> {
             .exit_at_step
             .map(worker::Fault::ExitAtStep)
             .or(args.stall_at_step.map(worker::Fault::StallAtStep)),
+        health: match args.health_port {
+            Some(port) => {
+                let all = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));
+                let (reporter, _) = worker::serve_health(all)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--health-port {port}: {e}"))?;
+                Some(reporter)
+            }
+            None => None,
+        },
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

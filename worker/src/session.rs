@@ -3,7 +3,7 @@
 
 use common::pb::{self, coordinator_message, trainer_client::TrainerClient, worker_message};
 use common::wire::{self, WireError, PROTOCOL_VERSION};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::Network;
 use tokio::sync::mpsc;
@@ -63,6 +63,10 @@ impl From<Status> for SessionError {
     fn from(s: Status) -> Self {
         SessionError::Status(s)
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn result_message(result: pb::ShardResult) -> pb::WorkerMessage {
@@ -126,6 +130,7 @@ pub async fn run(
     let sizes = wire::decode_welcome(&welcome)?;
     info!(worker = welcome.worker_id, run = %welcome.run_id, ?sizes, "joined");
     *joined = true;
+    config.set_joined(true).await;
     let mut network = Network::zeros(&sizes);
 
     while let Some(msg) = inbound.message().await? {
@@ -153,17 +158,23 @@ pub async fn run(
                     }
                     _ => {}
                 }
+                let decode_start = Instant::now();
                 wire::decode_network_into(&step.weights, &mut network)?;
                 let shards = step
                     .shards
                     .iter()
                     .map(wire::decode_shard)
                     .collect::<Result<Vec<_>, _>>()?;
+                // Each result carries its share of the Step's decoding.
+                let decode_share = decode_start.elapsed() / shards.len().max(1) as u32;
                 debug!(step = step.step_id, shards = shards.len(), "step");
                 let (net, outputs) = shard_gradients_blocking(network, shards).await;
                 network = net;
-                for (id, samples, g) in outputs {
-                    let result = wire::encode_shard_result(step.step_id, id, samples, &g);
+                for (id, samples, g, compute) in outputs {
+                    let encode_start = Instant::now();
+                    let mut result = wire::encode_shard_result(step.step_id, id, samples, &g);
+                    result.compute_nanos = nanos(compute);
+                    result.codec_nanos = nanos(decode_share + encode_start.elapsed());
                     tx.send(result_message(result))
                         .await
                         .map_err(|_| SessionError::Closed)?;

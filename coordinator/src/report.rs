@@ -1,0 +1,181 @@
+//! Files a run leaves behind besides the model: the per-epoch metrics CSV
+//! and the accuracy plot.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use common::trainer::EpochReport;
+use plotters::prelude::*;
+
+/// The CSV columns, in order.
+pub const CSV_HEADER: &str = "epoch,test_accuracy,validation_accuracy,training_cost,seconds,samples_per_sec,step_p50_ms,step_p99_ms,compute_p50_ms,codec_p50_ms,transport_p50_ms,reduce_p50_ms,workers,recomputed";
+
+/// A metrics file being written, one row per epoch, flushed after each.
+pub struct MetricsCsv {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl MetricsCsv {
+    /// Creates (or truncates) `path` and writes the header.
+    ///
+    /// # Errors
+    /// If the file cannot be created.
+    pub fn create(path: PathBuf) -> anyhow::Result<Self> {
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut csv = MetricsCsv {
+            path,
+            out: BufWriter::new(file),
+        };
+        writeln!(csv.out, "{CSV_HEADER}")?;
+        csv.out.flush()?;
+        Ok(csv)
+    }
+
+    /// Appends the row of `r`.
+    ///
+    /// # Errors
+    /// If writing fails.
+    pub fn append(&mut self, r: &EpochReport) -> anyhow::Result<()> {
+        writeln!(self.out, "{}", csv_row(r))
+            .and_then(|()| self.out.flush())
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+}
+
+/// One CSV row (see [`CSV_HEADER`]); times in milliseconds, accuracy in percent.
+pub fn csv_row(r: &EpochReport) -> String {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let s = &r.step_times;
+    format!(
+        "{},{:.2},{:.2},{:.6},{:.3},{:.0},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{}",
+        r.epoch,
+        r.test_accuracy(),
+        r.validation_accuracy(),
+        r.training_cost,
+        r.train_time.as_secs_f64(),
+        r.samples_per_sec(),
+        ms(s.p50),
+        ms(s.p99),
+        ms(s.compute_p50),
+        ms(s.codec_p50),
+        ms(s.transport_p50),
+        ms(s.reduce_p50),
+        r.workers,
+        r.recomputed
+    )
+}
+
+const WIDTH: u32 = 900;
+const HEIGHT: u32 = 560;
+
+/// Registers the embedded DejaVu Sans as plotters' "sans-serif", once: the
+/// plot needs no system fonts.
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+            .is_err()
+        {
+            tracing::warn!("the embedded font did not load; the plot will have no text");
+        }
+    });
+}
+
+/// Draws test and validation accuracy per epoch into a PNG at `path`
+/// (written to a temporary file, then renamed over `path`).
+///
+/// # Errors
+/// If there is nothing to draw, drawing fails or the file cannot be written.
+pub fn plot_accuracy(path: &Path, reports: &[EpochReport]) -> anyhow::Result<()> {
+    anyhow::ensure!(!reports.is_empty(), "no epoch to plot");
+    register_font();
+    let mut pixels = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_error)?;
+        let lowest = reports
+            .iter()
+            .flat_map(|r| [r.test_accuracy(), r.validation_accuracy()])
+            .fold(100.0_f64, f64::min);
+        // A floor at a round number below the lowest point, so the curve fills the plot.
+        let floor = ((lowest - 1.0) / 5.0).floor().max(0.0) * 5.0;
+        let first = reports[0].epoch as i32;
+        let last = (reports[reports.len() - 1].epoch as i32).max(first + 1);
+        let mut chart = ChartBuilder::on(&root)
+            .caption("Accuracy per epoch", ("sans-serif", 26))
+            .margin(16)
+            .x_label_area_size(46)
+            .y_label_area_size(60)
+            .build_cartesian_2d(first..last, floor..100.0)
+            .map_err(draw_error)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc("accuracy (%)")
+            .x_labels(((last - first + 1) as usize).min(16))
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .label_style(("sans-serif", 16))
+            .axis_desc_style(("sans-serif", 18))
+            .draw()
+            .map_err(draw_error)?;
+        let r = &reports[0];
+        let series: [(String, RGBColor, fn(&EpochReport) -> f64); 2] = [
+            (
+                format!("test ({} images)", r.test_total),
+                RGBColor(31, 119, 180),
+                EpochReport::test_accuracy,
+            ),
+            (
+                format!("validation ({} images)", r.validation_total),
+                RGBColor(255, 127, 14),
+                EpochReport::validation_accuracy,
+            ),
+        ];
+        for (label, color, value) in series {
+            let points: Vec<(i32, f64)> =
+                reports.iter().map(|r| (r.epoch as i32, value(r))).collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(draw_error)?
+                .label(label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+                });
+            chart
+                .draw_series(
+                    points
+                        .into_iter()
+                        .map(|p| Circle::new(p, 3, color.filled())),
+                )
+                .map_err(draw_error)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 16))
+            .draw()
+            .map_err(draw_error)?;
+        root.present().map_err(draw_error)?;
+    }
+    let tmp = path.with_extension("png.tmp");
+    image::save_buffer_with_format(
+        &tmp,
+        &pixels,
+        WIDTH,
+        HEIGHT,
+        image::ColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn draw_error(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("drawing the plot: {e}")
+}

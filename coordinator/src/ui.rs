@@ -1,0 +1,169 @@
+//! What a user sees while a run trains: a progress bar per epoch on a
+//! terminal (samples/s, step latency, live workers), one parseable line per
+//! epoch on stdout, and the `--metrics` CSV and `--plot` PNG kept up to date.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use common::trainer::{EpochReport, Progress, StepProgress};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::report::{self, MetricsCsv};
+
+/// Whether to draw a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarMode {
+    /// When stderr is a terminal.
+    Auto,
+    /// Always (indicatif still hides it when stderr is not a terminal).
+    Always,
+    /// Never.
+    Never,
+}
+
+impl BarMode {
+    /// From the `--progress` flag value.
+    pub fn from_flag(flag: &str) -> Self {
+        match flag {
+            "bar" => BarMode::Always,
+            "none" => BarMode::Never,
+            _ => BarMode::Auto,
+        }
+    }
+}
+
+/// A progress bar that log lines can write around (see [`BarWriter`]).
+pub fn progress_bar(mode: BarMode) -> ProgressBar {
+    let show = match mode {
+        BarMode::Auto | BarMode::Always => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        BarMode::Never => false,
+    };
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} (eta {eta})")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// A `tracing` writer that hides the progress bar while a log line is
+/// written, so logs and the bar do not tear each other.
+#[derive(Clone)]
+pub struct BarWriter(pub ProgressBar);
+
+impl Write for BarWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.suspend(|| std::io::stderr().write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BarWriter {
+    type Writer = BarWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// The run's display and metric files; a [`Progress`] for the training loop.
+pub struct Ui {
+    bar: ProgressBar,
+    batch_size: usize,
+    epoch_start: Instant,
+    metrics: Option<MetricsCsv>,
+    plot: Option<PathBuf>,
+    reports: Vec<EpochReport>,
+}
+
+impl Ui {
+    /// A display for a run of `epochs` at `batch_size`, writing `metrics` and `plot` if given.
+    ///
+    /// # Errors
+    /// If the metrics file cannot be created.
+    pub fn new(
+        bar: ProgressBar,
+        batch_size: usize,
+        metrics: Option<PathBuf>,
+        plot: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        Ok(Ui {
+            bar,
+            batch_size,
+            epoch_start: Instant::now(),
+            metrics: metrics.map(MetricsCsv::create).transpose()?,
+            plot,
+            reports: Vec::new(),
+        })
+    }
+}
+
+impl Progress for Ui {
+    fn step(&mut self, p: &StepProgress) {
+        if self.bar.is_hidden() {
+            return;
+        }
+        if p.done == 1 {
+            self.epoch_start = Instant::now();
+            self.bar.reset();
+            self.bar.set_length(p.total as u64);
+            self.bar.set_prefix(format!("Epoch {}", p.epoch));
+        }
+        self.bar.set_position(p.done as u64);
+        // A message per step would cost more than a step at batch 10.
+        if p.done % 50 == 1 || p.done == p.total {
+            let secs = self.epoch_start.elapsed().as_secs_f64().max(1e-9);
+            let workers = if p.workers > 0 {
+                format!("  {} workers", p.workers)
+            } else {
+                String::new()
+            };
+            self.bar.set_message(format!(
+                "{:.0} samples/s  step {:.2} ms{workers}",
+                (p.done * self.batch_size) as f64 / secs,
+                p.timing.total.as_secs_f64() * 1e3,
+            ));
+        }
+    }
+
+    fn epoch(&mut self, r: &EpochReport) {
+        self.bar.finish_and_clear();
+        println!("{}", epoch_line(r));
+        self.reports.push(r.clone());
+        if let Some(m) = &mut self.metrics {
+            if let Err(e) = m.append(r) {
+                tracing::warn!(error = %e, "could not write the metrics file");
+            }
+        }
+        if let Some(path) = &self.plot {
+            if let Err(e) = report::plot_accuracy(path, &self.reports) {
+                tracing::warn!(error = %e, path = %path.display(), "could not draw the plot");
+            }
+        }
+    }
+}
+
+/// The per-epoch line, stable for scripts:
+/// `Epoch j: correct / total  (validation v / vt)  X s  Y samples/s  cost C  step p50 ms`.
+pub fn epoch_line(r: &EpochReport) -> String {
+    format!(
+        "Epoch {}: {} / {}  (validation {} / {})  {:.2} s  {:.0} samples/s  cost {:.4}  step p50 {:.3} ms",
+        r.epoch,
+        r.test_correct,
+        r.test_total,
+        r.validation_correct,
+        r.validation_total,
+        r.train_time.as_secs_f64(),
+        r.samples_per_sec(),
+        r.training_cost,
+        r.step_times.p50.as_secs_f64() * 1e3,
+    )
+}

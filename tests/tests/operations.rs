@@ -1,0 +1,214 @@
+//! Standard gRPC operations on a real in-process cluster: health follows
+//! the run (coordinator and worker), and server reflection lists the
+//! services with no .proto at hand (v1 and v1alpha).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::trainer::TrainingPlan;
+use coordinator::commands::health;
+use integration_tests::{fixture_data, test_config, worker_config};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+use worker::WorkerConfig;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// The statuses a Watch on `service` reports, in order, until the stream ends
+/// or `last` is seen after a SERVING.
+async fn watch_until_served_and(
+    channel: Channel,
+    service: &str,
+    last: ServingStatus,
+) -> Vec<ServingStatus> {
+    let mut stream = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Ok(Some(msg)) = stream.message().await {
+        let status = msg.status();
+        if seen.last() != Some(&status) {
+            seen.push(status);
+        }
+        if status == last && seen.contains(&ServingStatus::Serving) {
+            break;
+        }
+    }
+    seen
+}
+
+macro_rules! list_services {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::{
+            server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            ServerReflectionRequest,
+        };
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = responses.message().await.unwrap().expect("one response");
+        match response.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+                names.sort();
+                names
+            }
+            other => panic!("expected a service list, got {other:?}"),
+        }
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_run_and_reflection_lists_the_services() {
+    let plan = TrainingPlan {
+        sizes: vec![784, 30, 10],
+        epochs: 2,
+        batch_size: 1, // 2,000 steps: long enough to watch the statuses change
+        eta: 3.0,
+        shards: 1,
+        seed: 1,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (release_data, data_ready) = oneshot::channel::<()>();
+    let loading = async move {
+        data_ready.await?;
+        Ok(fixture_data())
+    };
+    let coordinator = tokio::spawn(coordinator::serve(
+        listener,
+        test_config(plan, 1),
+        loading,
+        std::future::pending(),
+        common::trainer::Quiet,
+    ));
+    let url = format!("http://{addr}");
+    let timeout = Duration::from_secs(10);
+
+    // While the data loads: alive (""), not ready for workers.
+    assert_eq!(
+        health(&url, "", timeout, None).await.unwrap(),
+        (true, "SERVING".to_string())
+    );
+    assert_eq!(
+        health(&url, coordinator::TRAINER_SERVICE, timeout, None)
+            .await
+            .unwrap(),
+        (false, "NOT_SERVING".to_string())
+    );
+    let err = health(&url, "no.such.Service", timeout, None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("NotFound"), "{err}");
+
+    // Reflection, both versions, with no token and no .proto.
+    let want = [
+        "ddp.v1.Trainer",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ];
+    let v1 = list_services!(v1, channel(addr).await);
+    let v1alpha = list_services!(v1alpha, channel(addr).await);
+    for name in want {
+        assert!(v1.iter().any(|n| n == name), "v1 lists {v1:?}");
+        assert!(
+            v1alpha.iter().any(|n| n == name),
+            "v1alpha lists {v1alpha:?}"
+        );
+    }
+
+    // A worker with a health service: NOT_SERVING until it joins.
+    let (reporter, health_addr) = worker::serve_health("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let worker_url = format!("http://{health_addr}");
+    assert_eq!(
+        health(&worker_url, "", timeout, None).await.unwrap().1,
+        "NOT_SERVING"
+    );
+    let coordinator_watch = tokio::spawn(watch_until_served_and(
+        channel(addr).await,
+        coordinator::TRAINER_SERVICE,
+        ServingStatus::NotServing,
+    ));
+    let worker_watch = tokio::spawn(watch_until_served_and(
+        channel(health_addr).await,
+        "",
+        ServingStatus::NotServing,
+    ));
+    let config = WorkerConfig {
+        health: Some(reporter),
+        ..worker_config(addr, "probed")
+    };
+    let worker = tokio::spawn(worker::run(config, std::future::pending()));
+    release_data.send(()).unwrap();
+
+    let summary = tokio::time::timeout(LIMIT, coordinator)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.reports.len(), 2);
+    tokio::time::timeout(LIMIT, worker)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    use ServingStatus::{NotServing, Serving};
+    let seen = tokio::time::timeout(LIMIT, coordinator_watch)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, [NotServing, Serving, NotServing], "coordinator");
+    let seen = tokio::time::timeout(LIMIT, worker_watch)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, [NotServing, Serving, NotServing], "worker");
+}
+
+#[tokio::test]
+async fn data_that_fails_to_load_stops_the_server_with_the_reason() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plan = TrainingPlan {
+        sizes: vec![784, 30, 10],
+        epochs: 1,
+        batch_size: 10,
+        eta: 3.0,
+        shards: 1,
+        seed: 1,
+    };
+    let failing = async { Err::<Arc<common::dataset::Mnist>, _>(anyhow::anyhow!("disk on fire")) };
+    let result = coordinator::serve(
+        listener,
+        test_config(plan, 1),
+        failing,
+        std::future::pending(),
+        common::trainer::Quiet,
+    )
+    .await;
+    let err = result.unwrap_err().to_string();
+    assert_eq!(err, "loading the data: disk on fire");
+}
