@@ -173,7 +173,7 @@ pub async fn health(
             service: service.to_string(),
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{addr}: {}: {}", s.code(), s.message()))?;
+        .map_err(|s| anyhow::anyhow!("{addr}: {:?}: {}", s.code(), s.message()))?;
     let status =
         ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown);
     Ok((

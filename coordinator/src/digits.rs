@@ -13,8 +13,10 @@ use image::{GrayImage, Luma};
 pub const SIDE: u32 = 28;
 /// Side of the box the digit is scaled into.
 const BOX: u32 = 20;
-/// Ink below this (after removing the background) is not part of the digit.
-const INK: f32 = 0.15;
+/// Ink below this (after removing the background) is not part of the digit:
+/// low enough to keep a digit's faint anti-aliased edge in its bounding box,
+/// as MNIST's boxes do, high enough to ignore JPEG noise on the paper.
+const INK: f32 = 0.05;
 
 /// Loads a PNG or JPEG (any size, colour or grey, with or without alpha)
 /// and returns its 784 pixels in MNIST's layout, row-major, 0..=255.
@@ -84,7 +86,13 @@ pub fn to_mnist(grey: &GrayImage) -> anyhow::Result<Vec<u8>> {
         ((bw as f32 * scale).round() as u32).clamp(1, BOX),
         ((bh as f32 * scale).round() as u32).clamp(1, BOX),
     );
-    let fitted = image::imageops::resize(&crop, sw, sh, FilterType::Triangle);
+    // Shrinking averages each output pixel's area (as anti-aliasing would);
+    // a digit smaller than the box is enlarged with linear interpolation.
+    let fitted = if sw <= bw && sh <= bh {
+        image::imageops::thumbnail(&crop, sw, sh)
+    } else {
+        image::imageops::resize(&crop, sw, sh, FilterType::Triangle)
+    };
 
     // Centre of mass to the centre of the 28×28 field.
     let (mut mass, mut cx, mut cy) = (0.0f32, 0.0f32, 0.0f32);
@@ -99,7 +107,9 @@ pub fn to_mnist(grey: &GrayImage) -> anyhow::Result<Vec<u8>> {
     } else {
         (sw as f32 / 2.0, sh as f32 / 2.0)
     };
-    let centre = SIDE as f32 / 2.0;
+    // MNIST's centres of mass sit at pixel index 14 (mean 14.50 ± 0.28 in
+    // these pixel-centre coordinates, measured on the test set).
+    let centre = SIDE as f32 / 2.0 + 0.5;
     let left = ((centre - cx).round() as i64).clamp(0, i64::from(SIDE - sw));
     let top = ((centre - cy).round() as i64).clamp(0, i64::from(SIDE - sh));
     let mut out = vec![0u8; (SIDE * SIDE) as usize];
@@ -185,7 +195,7 @@ mod tests {
         }
         let (cx, cy) = (cx / mass, cy / mass);
         assert!(
-            (cx - 14.0).abs() < 1.0 && (cy - 14.0).abs() < 1.0,
+            (cx - 14.5).abs() < 0.75 && (cy - 14.5).abs() < 0.75,
             "{cx} {cy}"
         );
         let span = |v: &[usize]| v.iter().max().unwrap() - v.iter().min().unwrap() + 1;

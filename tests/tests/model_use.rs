@@ -37,14 +37,14 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Trains 4 epochs in one process on the MNIST slice; returns stdout.
-fn train_local(dir: &Path, extra: &[&str]) -> String {
+/// Trains `epochs` in one process on the MNIST slice; returns stdout.
+fn train_local(dir: &Path, epochs: &str, extra: &[&str]) -> String {
     let out = dir.join("model.safetensors");
     let mut args = vec![
         "train",
         "--local",
         "--epochs",
-        "4",
+        epochs,
         "--seed",
         "3",
         "--progress",
@@ -76,7 +76,7 @@ fn epoch_results(stdout: &str) -> Vec<(usize, usize)> {
 fn local_run_writes_metrics_and_a_plot() {
     let dir = tempdir("metrics");
     let (csv, png) = (dir.join("metrics.csv"), dir.join("accuracy.png"));
-    let stdout = train_local(&dir, &["--metrics", s(&csv), "--plot", s(&png)]);
+    let stdout = train_local(&dir, "4", &["--metrics", s(&csv), "--plot", s(&png)]);
     let epochs = epoch_results(&stdout);
     assert_eq!(epochs.len(), 4, "{stdout}");
 
@@ -140,7 +140,8 @@ fn photo(samples: &Samples, i: usize) -> image::GrayImage {
 #[test]
 fn evaluate_and_predict_use_the_saved_model() {
     let dir = tempdir("use");
-    let stdout = train_local(&dir, &[]);
+    // 30 epochs on the slice: ~80%, confident enough that photos agree.
+    let stdout = train_local(&dir, "30", &[]);
     let (last_correct, _) = *epoch_results(&stdout).last().unwrap();
     let model = dir.join("model.safetensors");
 
@@ -235,7 +236,7 @@ fn evaluate_and_predict_use_the_saved_model() {
 #[test]
 fn init_starts_from_a_saved_model() {
     let dir = tempdir("init");
-    train_local(&dir, &[]);
+    train_local(&dir, "4", &[]);
     let model = dir.join("model.safetensors");
     // With a learning rate far below f32's resolution, training leaves the
     // weights as they were: the output is the --init model, byte for byte.
@@ -283,7 +284,7 @@ fn json_logs_are_one_object_per_line() {
             "--connect",
             "http://127.0.0.1:1",
             "--retry-for",
-            "0",
+            "0.3",
             "--log-format",
             "json",
         ])
@@ -344,7 +345,7 @@ fn saved_model_gives_the_same_predictions_in_python() {
         }
     }
     let dir = tempdir("python");
-    train_local(&dir, &[]);
+    train_local(&dir, "4", &[]);
     let model = dir.join("model.safetensors");
     let test = &fixture_data().test;
     let pixels = dir.join("pixels.u8");
