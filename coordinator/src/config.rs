@@ -72,6 +72,10 @@ pub struct Args {
     /// The final weights are bitwise those of an uninterrupted run.
     #[arg(long, value_name = "PATH", conflicts_with = "local")]
     pub resume: Option<PathBuf>,
+    /// Resume from --checkpoint when that file exists, start fresh when it
+    /// does not: for restarts under a supervisor (Kubernetes, compose).
+    #[arg(long, requires = "checkpoint", conflicts_with_all = ["resume", "init"])]
+    pub auto_resume: bool,
     /// Start from the weights of this saved model (its sizes must match
     /// --sizes) instead of the seed's N(0,1) init; the seed still drives the shuffles.
     #[arg(long, value_name = "MODEL", conflicts_with = "resume")]

@@ -160,9 +160,24 @@ async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()> {
             key: read(key)?,
         });
     }
-    if let Some(path) = &args.resume {
+    let auto = args
+        .checkpoint
+        .as_ref()
+        .filter(|p| args.auto_resume && p.exists());
+    if let Some(path) = args.resume.as_ref().or(auto) {
         let c = coordinator::checkpoint::load(path)?;
         c.check_matches(path, &config.plan)?;
+        if c.position.epoch >= config.plan.epochs {
+            // A supervisor restarted a finished run: keep the result, train nothing.
+            model_file::save(&args.out, &c.network)?;
+            println!(
+                "Done: {} already holds all {} epochs; model saved to {}",
+                path.display(),
+                config.plan.epochs,
+                args.out.display()
+            );
+            return Ok(());
+        }
         config.resume = Some(c);
     }
     if let Some(path) = &args.init {
