@@ -6,7 +6,7 @@
 # and 4 worker processes, at each batch size given.
 #
 #   tests/bench/epochs.sh [EPOCHS] [BATCH...]    # defaults: 3 epochs, batches 10 100
-#   ETA_PER_SAMPLE=0.3 tests/bench/epochs.sh 3 100 1000 5000   # eta = 0.3 x batch
+#   ETA_SCALING=sqrt tests/bench/epochs.sh 3 100 1000 5000   # eta = 3.0 x sqrt(batch / 10)
 #
 # Prints a table and writes the same rows as CSV to target/bench/epochs.csv.
 # Every row comes from the trainer's own --metrics file. Wall times are noisy
@@ -35,8 +35,13 @@ print(" ".join(f"{statistics.median(float(r[c]) for r in rows):.4g}" for c in co
 EOF
 }
 
-eta_for() { # eta 3.0 at batch 10 (Nielsen's); ETA_PER_SAMPLE scales it with the batch
-  if [ -n "${ETA_PER_SAMPLE:-}" ]; then python3 -c "print($ETA_PER_SAMPLE * $1)"; else echo 3.0; fi
+eta_for() { # eta 3.0 at batch 10 (Nielsen's); ETA_SCALING=sqrt|linear scales it with the batch
+  case "${ETA_SCALING:-none}" in
+    none) echo 3.0 ;;
+    sqrt) python3 -c "print(round(3.0 * ($1 / 10) ** 0.5, 2))" ;;
+    linear) python3 -c "print(3.0 * $1 / 10)" ;;
+    *) echo "ETA_SCALING must be none, sqrt or linear" >&2; exit 2 ;;
+  esac
 }
 
 header="setup,batch,eta,epoch_s,samples_per_s,step_p50_ms,step_p99_ms,compute_ms,codec_ms,transport_ms,reduce_ms,test_acc,coord_rss_mb,worker_rss_mb"
