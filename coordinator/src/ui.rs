@@ -33,23 +33,29 @@ impl BarMode {
     }
 }
 
-/// A progress bar that log lines can write around (see [`BarWriter`]).
+/// A progress bar that log lines can write around (see [`BarWriter`]);
+/// hidden until the first step (and for good unless `mode` and stderr allow it).
 pub fn progress_bar(mode: BarMode) -> ProgressBar {
+    let bar = ProgressBar::hidden();
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} {wide_bar} {pos}/{len} {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
     let show = match mode {
         BarMode::Auto | BarMode::Always => std::io::IsTerminal::is_terminal(&std::io::stderr()),
         BarMode::Never => false,
     };
-    if !show {
-        return ProgressBar::hidden();
+    if show {
+        // Remembered here, drawn from the first step on (see `Ui::step`).
+        bar.set_length(0);
+        bar.set_message(SHOW);
     }
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} (eta {eta})")
-            .expect("the template is valid")
-            .progress_chars("=> "),
-    );
     bar
 }
+
+/// The message a bar that should be drawn starts with.
+const SHOW: &str = "\u{0}show";
 
 /// A `tracing` writer that hides the progress bar while a log line is
 /// written, so logs and the bar do not tear each other.
@@ -108,29 +114,35 @@ impl Ui {
 
 impl Progress for Ui {
     fn step(&mut self, p: &StepProgress) {
-        if self.bar.is_hidden() {
+        let first_draw = self.bar.is_hidden() && self.bar.message() == SHOW;
+        if self.bar.is_hidden() && !first_draw {
             return;
         }
-        if p.done == 1 {
+        if p.done == 1 || first_draw {
             self.epoch_start = Instant::now();
             self.bar.reset();
             self.bar.set_length(p.total as u64);
             self.bar.set_prefix(format!("Epoch {}", p.epoch));
+            self.bar.set_message("");
         }
         self.bar.set_position(p.done as u64);
         // A message per step would cost more than a step at batch 10.
         if p.done % 50 == 1 || p.done == p.total {
             let secs = self.epoch_start.elapsed().as_secs_f64().max(1e-9);
             let workers = if p.workers > 0 {
-                format!("  {} workers", p.workers)
+                format!(" {} workers", p.workers)
             } else {
                 String::new()
             };
             self.bar.set_message(format!(
-                "{:.0} samples/s  step {:.2} ms{workers}",
+                "{:.0}/s {:.2} ms/step{workers}",
                 (p.done * self.batch_size) as f64 / secs,
                 p.timing.total.as_secs_f64() * 1e3,
             ));
+        }
+        if first_draw {
+            self.bar
+                .set_draw_target(ProgressDrawTarget::stderr_with_hz(10));
         }
     }
 
