@@ -298,10 +298,18 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
 fn one_command_cluster_with_spawned_workers() {
     let dir = tempdir("spawned");
     let out = dir.join("model.safetensors");
-    let mut coord = coordinator(
-        &["--workers", "2", "--spawn-workers", "--epochs", "1"],
-        &out,
-    );
+    let ck = dir.join("checkpoint.safetensors");
+    let flags = [
+        "--workers",
+        "2",
+        "--spawn-workers",
+        "--epochs",
+        "1",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--auto-resume",
+    ];
+    let mut coord = coordinator(&flags, &out);
     let rx = lines(&mut coord);
     let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
     let output: Vec<String> = rx.try_iter().collect();
@@ -318,6 +326,26 @@ fn one_command_cluster_with_spawned_workers() {
         stderr.contains("local workers exited clean=2"),
         "both spawned workers exit 0: {stderr}"
     );
+
+    // Restarted by a supervisor with the same flags: --auto-resume finds the
+    // finished checkpoint, trains nothing and saves the same model again.
+    let again = dir.join("again.safetensors");
+    let mut coord = coordinator(&flags, &again);
+    let rx = lines(&mut coord);
+    let status = wait_exit(
+        &mut coord,
+        Duration::from_secs(120),
+        "restarted coordinator",
+    );
+    let output: Vec<String> = rx.try_iter().collect();
+    assert!(status.success(), "{output:?} {}", stderr_of(&mut coord));
+    assert!(
+        output
+            .iter()
+            .any(|l| l.contains("already holds all 1 epochs")),
+        "{output:?}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
     std::fs::remove_dir_all(dir).unwrap();
 }
 
