@@ -6,6 +6,7 @@
 //! The major components are:
 //! - [`network`]: sizes, N(0,1) init, feedforward, batched backprop, evaluate,
 //!   update; plain `ndarray`, reads like `network.py`;
+//! - [`kernels`]: the first layer's two big products, register-blocked;
 //! - [`gradients`]: summed gradients and their reduction in shard order;
 //! - [`schedule`]: seeded epoch shuffles, mini-batches, logical shards;
 //! - [`trainer`]: the single-process reference trainer and the step pieces
@@ -30,6 +31,7 @@
 pub mod auth;
 pub mod dataset;
 pub mod gradients;
+pub mod kernels;
 pub mod logging;
 pub mod metrics;
 pub mod model_file;

@@ -18,6 +18,7 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 
 use crate::gradients::Gradients;
+use crate::kernels;
 
 /// A fully connected sigmoid network with quadratic cost.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +67,7 @@ impl Network {
     pub fn feedforward(&self, a: ArrayView2<f32>) -> Array2<f32> {
         let mut a = a.to_owned();
         for (w, b) in self.weights.iter().zip(&self.biases) {
-            a = sigmoid(weighted_input(w, b, &a));
+            a = sigmoid(weighted_input(w, b, a.view()));
         }
         a
     }
@@ -82,26 +83,29 @@ impl Network {
         assert_eq!(y.nrows(), *self.sizes.last().unwrap_or(&0), "target rows");
         assert_eq!(x.ncols(), y.ncols(), "one target column per input column");
         let layers = self.weights.len();
-        let mut nabla = Gradients::zeros(&self.sizes);
-        // feedforward
-        let mut activations = vec![x.to_owned()];
-        let mut zs = Vec::with_capacity(layers);
-        for (w, b) in self.weights.iter().zip(&self.biases) {
-            let z = weighted_input(w, b, &activations[activations.len() - 1]);
-            activations.push(sigmoid(z.clone()));
-            zs.push(z);
+        // feedforward; activation(l) feeds weights[l] (activation(0) is x, not copied)
+        let mut activations: Vec<Array2<f32>> = Vec::with_capacity(layers);
+        for (l, (w, b)) in self.weights.iter().zip(&self.biases).enumerate() {
+            let z = weighted_input(w, b, activation(&x, &activations, l));
+            activations.push(sigmoid(z));
         }
-        // backward pass
-        let mut delta = cost_derivative(&activations[layers], y) * sigmoid_prime(&zs[layers - 1]);
+        // backward pass, from the last layer down
+        let (mut nabla_w, mut nabla_b) = (Vec::with_capacity(layers), Vec::with_capacity(layers));
+        let mut delta =
+            cost_derivative(&activations[layers - 1], y) * sigmoid_prime(&activations[layers - 1]);
         for l in (0..layers).rev() {
-            // As in network.py, `l` counts layers of weights; activations[l] feeds weights[l].
-            nabla.nabla_b[l] = delta.sum_axis(Axis(1));
-            nabla.nabla_w[l] = delta.dot(&activations[l].t());
+            nabla_b.push(delta.sum_axis(Axis(1)));
+            nabla_w.push(kernels::delta_dot_xt(
+                &delta,
+                &activation(&x, &activations, l),
+            ));
             if l > 0 {
-                delta = self.weights[l].t().dot(&delta) * sigmoid_prime(&zs[l - 1]);
+                delta = self.weights[l].t().dot(&delta) * sigmoid_prime(&activations[l - 1]);
             }
         }
-        nabla
+        nabla_w.reverse();
+        nabla_b.reverse();
+        Gradients { nabla_w, nabla_b }
     }
 
     /// `w ← w − (eta / len) · nabla_w` and `b ← b − (eta / len) · nabla_b`, where
@@ -160,10 +164,24 @@ pub fn parameter_count(sizes: &[usize]) -> usize {
 }
 
 /// `z = w·a + b`, `b` broadcast over the columns: `(out, in)·(in, n) + (out,)`.
-fn weighted_input(w: &Array2<f32>, b: &Array1<f32>, a: &Array2<f32>) -> Array2<f32> {
-    let mut z = w.dot(a);
+fn weighted_input(w: &Array2<f32>, b: &Array1<f32>, a: ArrayView2<f32>) -> Array2<f32> {
+    let mut z = kernels::w_dot_x(w, &a);
     z += &b.view().insert_axis(Axis(1));
     z
+}
+
+/// The input of layer `l` of weights: `x` for the first, else the activation
+/// of the layer before (`activations[l - 1]`).
+fn activation<'a>(
+    x: &'a ArrayView2<'_, f32>,
+    activations: &'a [Array2<f32>],
+    l: usize,
+) -> ArrayView2<'a, f32> {
+    if l == 0 {
+        x.view()
+    } else {
+        activations[l - 1].view()
+    }
 }
 
 /// Index of the first largest value (0 for an empty input).
@@ -188,10 +206,9 @@ fn sigmoid(mut z: Array2<f32>) -> Array2<f32> {
     z
 }
 
-/// Derivative of the sigmoid function, elementwise.
-fn sigmoid_prime(z: &Array2<f32>) -> Array2<f32> {
-    z.mapv(|z| {
-        let s = 1.0 / (1.0 + (-z).exp());
-        s * (1.0 - s)
-    })
+/// Derivative of the sigmoid function, elementwise, from `s = σ(z)`:
+/// `σ'(z) = σ(z)(1 − σ(z))`. Taking `σ(z)` from the activations gives the
+/// same bits as recomputing it from `z`, without the exponentials.
+fn sigmoid_prime(s: &Array2<f32>) -> Array2<f32> {
+    s.mapv(|s| s * (1.0 - s))
 }

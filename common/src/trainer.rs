@@ -140,8 +140,12 @@ pub fn shard_gradients(network: &Network, shard: &Samples) -> Gradients {
 /// # Panics
 /// If `shard_results` is empty.
 pub fn apply_step(network: &mut Network, shard_results: &[Gradients], eta: f32, len: usize) {
-    let total = Gradients::sum_in_shard_order(shard_results);
-    network.apply(&total, eta, len);
+    if let [only] = shard_results {
+        // The sum of one shard is that shard: no copy needed.
+        network.apply(only, eta, len);
+    } else {
+        network.apply(&Gradients::sum_in_shard_order(shard_results), eta, len);
+    }
 }
 
 /// Samples classified right, evaluated in chunks to bound memory.

@@ -1,0 +1,41 @@
+//! Times the first layer's two products at `[784, 30]` for shards of 1, 3,
+//! 10 and 100 samples: `ndarray`'s `dot` against [`common::kernels`].
+//!
+//! `cargo run --release -p common --example kernels`
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use common::kernels::{delta_dot_xt, w_dot_x};
+use ndarray::{Array2, ShapeBuilder};
+
+fn micros(mut f: impl FnMut() -> f32) -> f64 {
+    let runs = 20_000;
+    let mut sink = 0.0;
+    for _ in 0..runs / 10 {
+        sink += f();
+    }
+    let start = Instant::now();
+    for _ in 0..runs {
+        sink += f();
+    }
+    black_box(sink);
+    start.elapsed().as_secs_f64() * 1e6 / f64::from(runs)
+}
+
+fn main() {
+    let w = Array2::from_shape_fn((30, 784), |(i, j)| ((i * 7 + j) % 13) as f32 * 0.01);
+    println!("n    w·x ndarray  w·x kernel   δ·xᵀ ndarray  δ·xᵀ kernel   (µs)");
+    for n in [1, 3, 10, 100] {
+        let x = Array2::from_shape_fn((784, n).f(), |(i, s)| ((i + 3 * s) % 11) as f32 * 0.1);
+        let d = Array2::from_shape_fn((30, n), |(j, s)| (j + s) as f32 * 0.01);
+        let (x, w, d) = (black_box(&x), black_box(&w), black_box(&d));
+        println!(
+            "{n:<4} {:>11.2} {:>11.2} {:>14.2} {:>12.2}",
+            micros(|| w.dot(x)[[0, 0]]),
+            micros(|| w_dot_x(w, &x.view())[[0, 0]]),
+            micros(|| d.dot(&x.t())[[0, 0]]),
+            micros(|| delta_dot_xt(d, &x.view())[[0, 0]]),
+        );
+    }
+}
