@@ -25,8 +25,9 @@
 //! code and the CPU: shard gradients are computed by the same function
 //! wherever they run and added in shard order. `ndarray`'s GEMM
 //! (matrixmultiply) picks its kernel from the CPU's features at run time
-//! (AVX2+FMA, AVX, SSE2), and FMA rounds differently, so the bitwise
-//! contract holds across machines with the same CPU features.
+//! (AVX2+FMA, AVX, SSE2), as [`kernels`] does (AVX2+FMA or `ndarray`), and
+//! FMA rounds differently, so the bitwise contract holds across machines
+//! with the same CPU features.
 
 pub mod auth;
 pub mod dataset;
