@@ -25,13 +25,15 @@ async fn channel(addr: std::net::SocketAddr) -> Channel {
         .unwrap()
 }
 
-/// The statuses a Watch on `service` reports, in order, until the stream ends
-/// or `last` is seen after a SERVING.
-async fn watch_until_served_and(
+/// Opens a Watch on `service` and waits for its first status, so that the
+/// caller knows the watch is in place before anything changes.
+async fn watch(
     channel: Channel,
     service: &str,
-    last: ServingStatus,
-) -> Vec<ServingStatus> {
+) -> (
+    tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+    ServingStatus,
+) {
     let mut stream = HealthClient::new(channel)
         .watch(HealthCheckRequest {
             service: service.into(),
@@ -39,7 +41,18 @@ async fn watch_until_served_and(
         .await
         .unwrap()
         .into_inner();
-    let mut seen = Vec::new();
+    let first = stream.message().await.unwrap().expect("a first status");
+    (stream, first.status())
+}
+
+/// The statuses of an open Watch, in order and without repeats, from
+/// `first` until the stream ends or `last` is seen after a SERVING.
+async fn statuses(
+    mut stream: tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+    first: ServingStatus,
+    last: ServingStatus,
+) -> Vec<ServingStatus> {
+    let mut seen = vec![first];
     while let Ok(Some(msg)) = stream.message().await {
         let status = msg.status();
         if seen.last() != Some(&status) {
@@ -145,16 +158,10 @@ async fn health_follows_the_run_and_reflection_lists_the_services() {
         health(&worker_url, "", timeout, None).await.unwrap().1,
         "NOT_SERVING"
     );
-    let coordinator_watch = tokio::spawn(watch_until_served_and(
-        channel(addr).await,
-        coordinator::TRAINER_SERVICE,
-        ServingStatus::NotServing,
-    ));
-    let worker_watch = tokio::spawn(watch_until_served_and(
-        channel(health_addr).await,
-        "",
-        ServingStatus::NotServing,
-    ));
+    let (stream, first) = watch(channel(addr).await, coordinator::TRAINER_SERVICE).await;
+    let coordinator_watch = tokio::spawn(statuses(stream, first, ServingStatus::NotServing));
+    let (stream, first) = watch(channel(health_addr).await, "").await;
+    let worker_watch = tokio::spawn(statuses(stream, first, ServingStatus::NotServing));
     let config = WorkerConfig {
         health: Some(reporter),
         ..worker_config(addr, "probed")
