@@ -89,8 +89,8 @@ pub struct Args {
     pub plot: Option<PathBuf>,
     /// Progress display: auto (a bar when stderr is a terminal), bar, or none.
     /// Per-epoch lines go to stdout either way.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "bar", "none"])]
-    pub progress: String,
+    #[arg(long, value_enum, default_value_t = crate::ui::BarMode::Auto)]
+    pub progress: crate::ui::BarMode,
     /// Shared secret workers must present (never logged). Required to listen
     /// on a non-loopback address unless --insecure-no-token.
     #[arg(long, env = "DDP_TOKEN", hide_env_values = true)]

@@ -44,12 +44,13 @@ pub fn to_mnist(grey: &GrayImage) -> anyhow::Result<Vec<u8>> {
     let (w, h) = grey.dimensions();
     anyhow::ensure!(w > 0 && h > 0, "the image is empty");
     // The border tells paper from ink: a light border means dark ink.
-    let border: Vec<f32> = (0..w)
+    let border: Vec<u8> = (0..w)
         .flat_map(|x| [(x, 0), (x, h - 1)])
         .chain((0..h).flat_map(|y| [(0, y), (w - 1, y)]))
-        .map(|(x, y)| f32::from(grey.get_pixel(x, y).0[0]) / 255.0)
+        .map(|(x, y)| grey.get_pixel(x, y).0[0])
         .collect();
-    let light_paper = border.iter().sum::<f32>() / border.len() as f32 > 0.5;
+    let light_paper =
+        border.iter().map(|&v| f32::from(v)).sum::<f32>() / border.len() as f32 > 127.5;
     let ink_of = |v: u8| {
         let v = f32::from(v) / 255.0;
         if light_paper {
@@ -58,7 +59,7 @@ pub fn to_mnist(grey: &GrayImage) -> anyhow::Result<Vec<u8>> {
             v
         }
     };
-    let mut paper: Vec<f32> = border.iter().map(|&v| ink_of((v * 255.0) as u8)).collect();
+    let mut paper: Vec<f32> = border.iter().map(|&v| ink_of(v)).collect();
     paper.sort_by(f32::total_cmp);
     let background = paper[paper.len() / 2];
     let ink: Vec<f32> = grey

@@ -14,7 +14,7 @@ use common::Network;
 use coordinator::commands;
 use coordinator::launch::{sibling_worker_binary, LocalWorkers};
 use coordinator::pool::PoolStats;
-use coordinator::ui::{progress_bar, BarMode, BarWriter, Ui};
+use coordinator::ui::{progress_bar, BarWriter, Ui};
 use coordinator::Args;
 use tokio::net::TcpListener;
 
@@ -99,7 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let command = cli.command.unwrap_or(Command::Train(cli.train));
     match command {
         Command::Train(args) => {
-            let bar = progress_bar(BarMode::from_flag(&args.progress));
+            let bar = progress_bar();
             common::logging::init(cli.log_format, BarWriter(bar.clone()));
             train(args, bar).await?;
             Ok(ok)
@@ -193,6 +193,7 @@ async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()> {
     }
     let ui = Ui::new(
         bar,
+        args.progress.shows(),
         config.plan.batch_size,
         args.metrics.clone(),
         args.plot.clone(),

@@ -11,51 +11,38 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::report::{self, MetricsCsv};
 
-/// Whether to draw a progress bar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether to draw a progress bar (`--progress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BarMode {
-    /// When stderr is a terminal.
+    /// A bar when stderr is a terminal.
     Auto,
-    /// Always (indicatif still hides it when stderr is not a terminal).
-    Always,
-    /// Never.
-    Never,
+    /// A bar (indicatif still draws nothing when stderr is not a terminal).
+    Bar,
+    /// No bar.
+    None,
 }
 
 impl BarMode {
-    /// From the `--progress` flag value.
-    pub fn from_flag(flag: &str) -> Self {
-        match flag {
-            "bar" => BarMode::Always,
-            "none" => BarMode::Never,
-            _ => BarMode::Auto,
+    /// Whether a bar is drawn in this process.
+    pub fn shows(self) -> bool {
+        match self {
+            BarMode::Auto | BarMode::Bar => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            BarMode::None => false,
         }
     }
 }
 
-/// A progress bar that log lines can write around (see [`BarWriter`]);
-/// hidden until the first step (and for good unless `mode` and stderr allow it).
-pub fn progress_bar(mode: BarMode) -> ProgressBar {
+/// A progress bar that log lines can write around (see [`BarWriter`]).
+/// It starts hidden; [`Ui`] draws it from the first step on if asked to.
+pub fn progress_bar() -> ProgressBar {
     let bar = ProgressBar::hidden();
     bar.set_style(
         ProgressStyle::with_template("{prefix} {wide_bar} {pos}/{len} {msg}")
             .expect("the template is valid")
             .progress_chars("=> "),
     );
-    let show = match mode {
-        BarMode::Auto | BarMode::Always => std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        BarMode::Never => false,
-    };
-    if show {
-        // Remembered here, drawn from the first step on (see `Ui::step`).
-        bar.set_length(0);
-        bar.set_message(SHOW);
-    }
     bar
 }
-
-/// The message a bar that should be drawn starts with.
-const SHOW: &str = "\u{0}show";
 
 /// A `tracing` writer that hides the progress bar while a log line is
 /// written, so logs and the bar do not tear each other.
@@ -83,6 +70,8 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BarWriter {
 /// The run's display and metric files; a [`Progress`] for the training loop.
 pub struct Ui {
     bar: ProgressBar,
+    /// Draw `bar` (it is hidden until the first step).
+    show: bool,
     batch_size: usize,
     epoch_start: Instant,
     metrics: Option<MetricsCsv>,
@@ -91,18 +80,21 @@ pub struct Ui {
 }
 
 impl Ui {
-    /// A display for a run of `epochs` at `batch_size`, writing `metrics` and `plot` if given.
+    /// A display for a run at `batch_size` that draws `bar` if `show`,
+    /// writing `metrics` and `plot` if given.
     ///
     /// # Errors
     /// If the metrics file cannot be created.
     pub fn new(
         bar: ProgressBar,
+        show: bool,
         batch_size: usize,
         metrics: Option<PathBuf>,
         plot: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
         Ok(Ui {
             bar,
+            show,
             batch_size,
             epoch_start: Instant::now(),
             metrics: metrics.map(MetricsCsv::create).transpose()?,
@@ -114,10 +106,10 @@ impl Ui {
 
 impl Progress for Ui {
     fn step(&mut self, p: &StepProgress) {
-        let first_draw = self.bar.is_hidden() && self.bar.message() == SHOW;
-        if self.bar.is_hidden() && !first_draw {
+        if !self.show {
             return;
         }
+        let first_draw = self.bar.is_hidden();
         if p.done == 1 || first_draw {
             self.epoch_start = Instant::now();
             self.bar.reset();
