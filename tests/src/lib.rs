@@ -214,8 +214,10 @@ impl Cluster {
 
 /// The path of workspace binary `name` (`coordinator` or `worker`), built
 /// fresh: `cargo test` builds only the binaries of the package under test, so
-/// the first call runs `cargo build --bins` for this profile (a no-op when
-/// they are up to date).
+/// the first call runs `cargo build --workspace --bins --tests` for this
+/// profile. `--tests` makes cargo resolve features exactly as `cargo test
+/// --workspace` does (dev-dependencies included), so the dependencies the
+/// test run already compiled are reused and only the two binaries are built.
 ///
 /// # Panics
 /// If the build fails.
@@ -231,7 +233,7 @@ pub fn binary(name: &str) -> PathBuf {
             .to_path_buf();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = std::process::Command::new(cargo);
-        build.args(["build", "--bins", "-p", "coordinator", "-p", "worker"]);
+        build.args(["build", "--workspace", "--bins", "--tests"]);
         if dir.file_name().is_some_and(|p| p == "release") {
             build.arg("--release");
         }

@@ -1,0 +1,19 @@
+//! Every integration test in one binary, one module per concern: tonic,
+//! rustls and the rest are linked once instead of once per file.
+//!
+//! - `matches_reference`: the determinism contract (cluster = reference, bit for bit)
+//! - `faults`: workers that die or go silent cost only time
+//! - `protocol`: malformed and hostile messages from a raw gRPC client
+//! - `auth`, `tls`: who may join
+//! - `operations`: health and reflection
+//! - `processes`, `model_use`, `netns`: the real binaries as processes
+
+mod auth;
+mod faults;
+mod matches_reference;
+mod model_use;
+mod netns;
+mod operations;
+mod processes;
+mod protocol;
+mod tls;
