@@ -105,6 +105,10 @@ pub struct Args {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// With --tls-cert and --spawn-workers: the name in the certificate that
+    /// the spawned workers check (they trust --tls-cert itself).
+    #[arg(long, value_name = "NAME", default_value = "localhost", requires = "tls_cert")]
+    pub tls_domain: String,
     /// Seconds a worker may take for a shard before it is treated as dead and
     /// its shards are recomputed by the others (catches silent workers).
     #[arg(long, default_value_t = 30.0)]
@@ -210,7 +214,7 @@ pub fn parse_sizes(given: &str) -> Result<Vec<usize>, ConfigError> {
             "MNIST needs {IMAGE_SIZE} inputs and {CLASSES} outputs, e.g. 784,30,10"
         )));
     }
-    if common::network::parameter_count(&sizes) > common::wire::MAX_PARAMETERS {
+    if common::network::checked_parameter_count(&sizes, common::wire::MAX_PARAMETERS).is_none() {
         return Err(err(format!(
             "more than {} parameters",
             common::wire::MAX_PARAMETERS

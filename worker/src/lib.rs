@@ -188,9 +188,7 @@ pub async fn run(
         let mut retries = Retries::new(&config);
         loop {
             let failure = match endpoint.connect().await {
-                Err(e) => {
-                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string())
-                }
+                Err(e) => common::logging::error_chain(&e),
                 Ok(channel) => {
                     let mut joined = false;
                     let outcome = session::run(channel, &config, &mut joined).await;

@@ -4,12 +4,14 @@
 //! - `matches_reference`: the determinism contract (cluster = reference, bit for bit)
 //! - `faults`: workers that die or go silent cost only time
 //! - `protocol`: malformed and hostile messages from a raw gRPC client
+//! - `hostile`: generated scripts of hostile peers against a real cluster
 //! - `auth`, `tls`: who may join
 //! - `operations`: health and reflection
 //! - `processes`, `model_use`, `netns`: the real binaries as processes
 
 mod auth;
 mod faults;
+mod hostile;
 mod matches_reference;
 mod model_use;
 mod netns;
