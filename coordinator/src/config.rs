@@ -17,9 +17,9 @@ use crate::training::Checkpointing;
 /// `[784,30,10]`, batch 10, eta 3.0, about 95% test accuracy.
 #[derive(Debug, Clone, clap::Parser)]
 pub struct Args {
-    /// Address to serve gRPC on.
+    /// Address to serve gRPC on: IP:PORT or HOST:PORT (`localhost:50051`).
     #[arg(long, default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
+    pub listen: String,
     /// Workers to wait for before training starts.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -134,6 +134,14 @@ pub enum ConfigError {
     /// A bad or missing token.
     #[error("--token: {0}")]
     Token(String),
+    /// `--listen` is not an address.
+    #[error("--listen {value:?}: {why}")]
+    Listen {
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        why: String,
+    },
     /// A numeric flag out of range.
     #[error("--{flag} {value}: {why}")]
     Range {
@@ -223,7 +231,29 @@ pub fn parse_sizes(given: &str) -> Result<Vec<usize>, ConfigError> {
     Ok(sizes)
 }
 
+/// The longest timeout a flag takes (a year): longer ones are surely typos,
+/// and would overflow a clock's deadline arithmetic.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
 impl Args {
+    /// The address `--listen` names, resolved (a host name resolves to its
+    /// first address).
+    ///
+    /// # Errors
+    /// [`ConfigError::Listen`] if it is not HOST:PORT or does not resolve.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        use std::net::ToSocketAddrs;
+        let unresolved = |why: String| ConfigError::Listen {
+            value: self.listen.clone(),
+            why,
+        };
+        self.listen
+            .to_socket_addrs()
+            .map_err(|e| unresolved(format!("expected IP:PORT or HOST:PORT ({e})")))?
+            .next()
+            .ok_or_else(|| unresolved("the host name has no address".into()))
+    }
+
     /// Checks every flag and builds the run configuration.
     ///
     /// # Errors
@@ -241,8 +271,8 @@ impl Args {
         if self.batch_size == 0 {
             return Err(range("batch-size", &self.batch_size, "must be at least 1"));
         }
-        if self.epochs == 0 {
-            return Err(range("epochs", &self.epochs, "must be at least 1"));
+        if self.epochs == 0 || self.epochs > 1_000_000 {
+            return Err(range("epochs", &self.epochs, "must be 1..=1000000"));
         }
         if self.workers == 0 || self.workers > 1024 {
             return Err(range("workers", &self.workers, "must be 1..=1024"));
@@ -251,11 +281,11 @@ impl Args {
         if shards == 0 || shards > 4096 {
             return Err(range("shards", &shards, "must be 1..=4096"));
         }
-        if !(self.wait_timeout.is_finite() && self.wait_timeout >= 0.0) {
+        if !(0.0..=MAX_SECONDS).contains(&self.wait_timeout) {
             return Err(range(
                 "wait-timeout",
                 &self.wait_timeout,
-                "must be a number of seconds >= 0",
+                "must be a number of seconds from 0 to a year",
             ));
         }
         let token = self
@@ -264,31 +294,31 @@ impl Args {
             .map(Token::new)
             .transpose()
             .map_err(|e| ConfigError::Token(e.to_string()))?;
+        let listen = self.listen_addr()?;
         if token.is_none()
-            && !self.listen.ip().is_loopback()
+            && !listen.ip().is_loopback()
             && !self.insecure_no_token
             && !self.local
         {
             return Err(ConfigError::Token(format!(
-                "listening on {} (beyond loopback) needs a token (--token or DDP_TOKEN), or --insecure-no-token to accept anyone",
-                self.listen
+                "listening on {listen} (beyond loopback) needs a token (--token or DDP_TOKEN), or --insecure-no-token to accept anyone",
             )));
         }
         if self.checkpoint_every == Some(0) {
             return Err(range("checkpoint-every", &0, "must be at least 1"));
         }
-        if !(self.keepalive.is_finite() && self.keepalive > 0.0) {
+        if !(self.keepalive > 0.0 && self.keepalive <= MAX_SECONDS) {
             return Err(range(
                 "keepalive",
                 &self.keepalive,
-                "must be a number of seconds > 0",
+                "must be a number of seconds > 0, at most a year",
             ));
         }
-        if !(self.shard_timeout.is_finite() && self.shard_timeout > 0.0) {
+        if !(self.shard_timeout > 0.0 && self.shard_timeout <= MAX_SECONDS) {
             return Err(range(
                 "shard-timeout",
                 &self.shard_timeout,
-                "must be a number of seconds > 0",
+                "must be a number of seconds > 0, at most a year",
             ));
         }
         Ok(Config {

@@ -31,6 +31,9 @@ pub mod service;
 pub mod training;
 pub mod ui;
 
+#[cfg(test)]
+mod input_fuzz;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

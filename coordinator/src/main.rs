@@ -87,7 +87,7 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("coordinator: error: {e:#}");
+            eprintln!("coordinator: error: {}", common::logging::error_chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
@@ -222,9 +222,10 @@ async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()> {
         return finish(&args, network, &reports, start.elapsed(), None);
     }
 
-    let listener = TcpListener::bind(args.listen)
+    let listen = args.listen_addr()?;
+    let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     // First line of stdout, so scripts and tests can find a port chosen with :0.
     println!("Listening on {addr}");

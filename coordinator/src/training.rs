@@ -62,7 +62,7 @@ pub async fn run(
     checkpointing: Option<&Checkpointing>,
     mut progress: impl Progress,
 ) -> Result<Vec<EpochReport>, CoordinatorError> {
-    let mut reports = Vec::with_capacity(plan.epochs);
+    let mut reports = Vec::new();
     while position.epoch < plan.epochs {
         let epoch = position.epoch;
         let start = Instant::now();

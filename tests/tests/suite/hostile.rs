@@ -197,3 +197,135 @@ proptest! {
         prop_assert!(bits(&summary.network) == reference(), "the model changed");
     }
 }
+
+/// A measurement, not a check (run it with `cargo test --release -p
+/// integration-tests --test suite -- --ignored --nocapture flood`): the
+/// coordinator binary's peak RSS while `FLOODERS` peers holding the token
+/// join as workers, answer their shards honestly, and meanwhile send
+/// full-size results for the step before (valid, "late", never dropped) as
+/// fast as their streams take them; and its shutdown time with 100 idle
+/// connections open. Each against the same run undisturbed.
+#[test]
+#[ignore = "a measurement; prints figures"]
+fn flood_memory_and_shutdown() {
+    use integration_tests::process::{lines, wait_exit, Guard};
+    use std::process::{Command, Stdio};
+    const FLOODERS: usize = 64;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let peak_kb = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    for (flooders, idle) in [(0, 0), (FLOODERS, 0), (0, 100)] {
+        let dir = std::env::temp_dir().join(format!("ddp-flood-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut coord = Guard(
+            Command::new(integration_tests::binary("coordinator"))
+                .args(["--listen", "127.0.0.1:0", "--workers", "2", "--spawn-workers"])
+                .args(["--epochs", "3", "--token", "flood-token", "--progress", "none"])
+                .arg("--data-dir")
+                .arg(integration_tests::fixture_dir())
+                .arg("--out")
+                .arg(dir.join("m.safetensors"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let rx = lines(&mut coord);
+        let addr: std::net::SocketAddr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap()
+            .trim_start_matches("Listening on ")
+            .parse()
+            .unwrap();
+        let _peers: Vec<_> = (0..flooders)
+            .map(|_| runtime.spawn(flooder(addr)))
+            .collect();
+        let _idle: Vec<std::net::TcpStream> =
+            (0..idle).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        let mut last = String::new();
+        while !last.starts_with("Epoch 2:") {
+            last = rx.recv_timeout(Duration::from_secs(300)).unwrap();
+        }
+        let (peak, stopped) = (peak_kb(coord.0.id()), std::time::Instant::now());
+        wait_exit(&mut coord, Duration::from_secs(60), "coordinator");
+        println!(
+            "flooders {flooders:3}, idle connections {idle:3}: peak RSS {:.1} MB, last epoch to exit {:.2} s",
+            peak as f64 / 1024.0,
+            stopped.elapsed().as_secs_f64()
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// A peer with the token that answers honestly and floods valid late results.
+async fn flooder(addr: std::net::SocketAddr) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await;
+    let Ok(channel) = channel else { return };
+    let token: tonic::metadata::MetadataValue<_> = "Bearer flood-token".parse().unwrap();
+    let mut client = TrainerClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert(common::auth::METADATA_KEY, token.clone());
+        Ok(r)
+    })
+    .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel(4);
+    let hello = pb::WorkerMessage {
+        kind: Some(worker_message::Kind::Hello(pb::Hello {
+            name: "flooder".into(),
+            protocol_version: wire::PROTOCOL_VERSION,
+        })),
+    };
+    tx.send(hello).await.unwrap();
+    let Ok(response) = client.train(ReceiverStream::new(rx)).await else {
+        return;
+    };
+    let mut inbound = response.into_inner();
+    let sizes = vec![784, 30, 10];
+    let mut net = Network::zeros(&sizes);
+    let late = std::sync::Arc::new(tokio::sync::Mutex::new(None::<pb::ShardResult>));
+    let flood = {
+        let (tx, late) = (tx.clone(), late.clone());
+        tokio::spawn(async move {
+            loop {
+                let next = late.lock().await.clone();
+                match next {
+                    Some(r) => {
+                        if tx.send(result(r)).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => tokio::task::yield_now().await,
+                }
+            }
+        })
+    };
+    while let Ok(Some(msg)) = inbound.message().await {
+        let Some(coordinator_message::Kind::Step(step)) = msg.kind else {
+            continue;
+        };
+        wire::decode_network_into(&step.weights, &mut net).unwrap();
+        for s in &step.shards {
+            let (id, samples) = wire::decode_shard(s).unwrap();
+            let r = wire::encode_shard_result(step.step_id, id, samples.len(), &shard_gradients(&net, &samples));
+            let mut stale = r.clone();
+            stale.step_id = step.step_id.saturating_sub(1);
+            *late.lock().await = Some(stale);
+            if tx.send(result(r)).await.is_err() {
+                break;
+            }
+        }
+    }
+    flood.abort();
+}
