@@ -10,7 +10,7 @@ use std::hint::black_box;
 
 use common::dataset::{Samples, IMAGE_SIZE};
 use common::schedule::{init_rng, ShardId};
-use common::trainer::{apply_step, shard_gradients};
+use common::trainer::{apply_step, shard_gradients, TrainingPlan};
 use common::{wire, Network};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::Rng;
@@ -49,7 +49,10 @@ fn reduce_and_update(c: &mut Criterion) {
     c.bench_function("reduce_4_shards_and_update/784-30-10", |b| {
         b.iter_batched_ref(
             || net.clone(),
-            |net| apply_step(net, black_box(&shards), 3.0, 10),
+            |net| {
+                let update = TrainingPlan::default().update(3.0, 50_000);
+                apply_step(net, black_box(&shards), update, 10, None)
+            },
             criterion::BatchSize::SmallInput,
         )
     });

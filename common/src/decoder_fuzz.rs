@@ -183,7 +183,7 @@ proptest! {
     /// model within the limit, and never by overflowing the count.
     #[test]
     fn welcome_sizes(sizes in vec(prop_oneof![0u32..40, any::<u32>()], 0..6), version in 0u32..3) {
-        let w = pb::Welcome { worker_id: 0, sizes: sizes.clone(), run_id: String::new(), protocol_version: version };
+        let w = pb::Welcome { worker_id: 0, sizes: sizes.clone(), run_id: String::new(), protocol_version: version, ..Default::default() };
         if let Ok(s) = wire::decode_welcome(&w) {
             prop_assert_eq!(version, wire::PROTOCOL_VERSION);
             prop_assert!(parameter_count(&s) <= wire::MAX_PARAMETERS);

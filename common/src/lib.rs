@@ -4,13 +4,17 @@
 //!
 //! # Layout
 //! The major components are:
-//! - [`network`]: sizes, N(0,1) init, feedforward, batched backprop, evaluate,
-//!   update; plain `ndarray`, reads like `network.py`;
+//! - [`network`]: sizes, N(0,1) and N(0,1)/√n_in init, feedforward, batched
+//!   backprop, evaluate, update; plain `ndarray`, reads like `network.py`;
+//! - [`cost`]: chapter 3's quadratic and cross-entropy costs (`network2.py`);
+//! - [`optimizer`]: the update: L2 weight decay and momentum's velocity;
+//! - [`stopping`]: early stopping and the η schedule, judged on validation accuracy;
 //! - [`kernels`]: the first layer's two big products, register-blocked;
 //! - [`gradients`]: summed gradients and their reduction in shard order;
 //! - [`schedule`]: seeded epoch shuffles, mini-batches, logical shards;
 //! - [`trainer`]: the single-process reference trainer and the step pieces
 //!   the coordinator reuses;
+//! - [`network2_json`]: a model as the JSON `network2.py`'s `load` reads;
 //! - [`dataset`]: IDX parsing, Nielsen's split, fetching MNIST;
 //! - [`metrics`]: step timings and their per-epoch percentiles;
 //! - [`model_file`]: safetensors save/load;
@@ -30,6 +34,7 @@
 //! with the same CPU features.
 
 pub mod auth;
+pub mod cost;
 pub mod dataset;
 pub mod gradients;
 pub mod kernels;
@@ -37,7 +42,10 @@ pub mod logging;
 pub mod metrics;
 pub mod model_file;
 pub mod network;
+pub mod network2_json;
+pub mod optimizer;
 pub mod schedule;
+pub mod stopping;
 pub mod trainer;
 pub mod wire;
 

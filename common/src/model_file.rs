@@ -134,6 +134,104 @@ pub fn to_bytes_with(network: &Network, extra: &[(&str, String)]) -> Vec<u8> {
     safetensors::serialize(views, Some(metadata)).expect("valid tensors serialise")
 }
 
+/// The safetensors bytes of `network`, plus further network-shaped values
+/// stored under a name prefix (`parts`: e.g. `("velocity.", v)` gives
+/// tensors `velocity.w0, velocity.b0, …`), with `extra` metadata entries.
+/// Checkpoints keep a run's optimiser state and best model this way; the
+/// file still loads as `network` with [`load`].
+pub fn to_bytes_with_parts(
+    network: &Network,
+    parts: &[(&str, &Network)],
+    extra: &[(&str, String)],
+) -> Vec<u8> {
+    let le = |values: &mut dyn Iterator<Item = f32>| {
+        values.flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()
+    };
+    let mut buffers = Vec::new();
+    for (prefix, net) in std::iter::once(&("", network)).chain(parts) {
+        for (l, (w, b)) in net.weights.iter().zip(&net.biases).enumerate() {
+            buffers.push((
+                format!("{prefix}w{l}"),
+                vec![w.nrows(), w.ncols()],
+                le(&mut w.iter().copied()),
+            ));
+            buffers.push((
+                format!("{prefix}b{l}"),
+                vec![b.len()],
+                le(&mut b.iter().copied()),
+            ));
+        }
+    }
+    let views = buffers.iter().map(|(name, shape, data)| {
+        (
+            name.clone(),
+            TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches data"),
+        )
+    });
+    let sizes: Vec<String> = network.sizes.iter().map(|s| s.to_string()).collect();
+    let mut metadata = HashMap::from([("sizes".to_string(), sizes.join(","))]);
+    metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    safetensors::serialize(views, Some(metadata)).expect("valid tensors serialise")
+}
+
+/// Writes [`to_bytes_with_parts`] atomically, as [`save_with`] does.
+///
+/// # Errors
+/// [`ModelFileError::Io`] naming the path.
+pub fn save_with_parts(
+    path: &Path,
+    network: &Network,
+    parts: &[(&str, &Network)],
+    extra: &[(&str, String)],
+) -> Result<(), ModelFileError> {
+    let bytes = to_bytes_with_parts(network, parts, extra);
+    let io = |source| ModelFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Reads the part stored under `prefix` (see [`to_bytes_with_parts`]) as a
+/// network of `sizes`; `None` when the file has no such part.
+///
+/// # Errors
+/// As [`load`], for a part that is present but malformed.
+pub fn load_part(
+    path: &Path,
+    prefix: &str,
+    sizes: &[usize],
+) -> Result<Option<Network>, ModelFileError> {
+    let bytes = std::fs::read(path).map_err(|source| ModelFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let tensors = SafeTensors::deserialize(&bytes).map_err(|source| ModelFileError::Format {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if tensors.tensor(&format!("{prefix}w0")).is_err() {
+        return Ok(None);
+    }
+    let mut network = Network::zeros(sizes);
+    for l in 0..sizes.len() - 1 {
+        let shape = [sizes[l + 1], sizes[l]];
+        let w = read_tensor(path, &tensors, &format!("{prefix}w{l}"), &shape)?;
+        network.weights[l] = Array2::from_shape_vec(shape, w).expect("shape checked");
+        let b = read_tensor(path, &tensors, &format!("{prefix}b{l}"), &[sizes[l + 1]])?;
+        network.biases[l] = Array1::from(b);
+    }
+    Ok(Some(network))
+}
+
 /// Reads a network from `path`.
 ///
 /// # Errors

@@ -11,16 +11,55 @@
 //! - `backprop` takes a whole shard as one matrix and returns the *sum* of the
 //!   per-sample gradients (network.py sums them one sample at a time in
 //!   `update_mini_batch`); summing over the columns of `delta` is that same sum;
-//! - biases are vectors, not `(out, 1)` column matrices.
+//! - biases are vectors, not `(out, 1)` column matrices;
+//! - the cost (network2.py's `cost` attribute) is not stored in the network:
+//!   [`Network::backprop_with`] and [`Network::total_cost_with`] take it, and
+//!   [`Network::backprop`] is network.py's quadratic cost.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, Zip};
 use rand::Rng;
 use rand_distr::StandardNormal;
 
+use crate::cost::Cost;
 use crate::gradients::Gradients;
 use crate::kernels;
 
-/// A fully connected sigmoid network with quadratic cost.
+/// How the initial weights are drawn (chapter 3, "Weight initialization").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Init {
+    /// Chapter 1's (and network2.py's `large_weight_initializer`): weights and biases from N(0, 1).
+    #[default]
+    Large,
+    /// network2.py's `default_weight_initializer`: weights from N(0, 1)/√n_in
+    /// (n_in: the inputs of the neuron), biases from N(0, 1).
+    Scaled,
+}
+
+impl Init {
+    /// Every initialiser, for flags and tests.
+    pub const ALL: [Init; 2] = [Init::Large, Init::Scaled];
+
+    /// The flag spelling: `large` or `scaled`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Init::Large => "large",
+            Init::Scaled => "scaled",
+        }
+    }
+
+    /// Parses [`Init::name`]'s spelling.
+    pub fn from_name(name: &str) -> Option<Init> {
+        Init::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+impl std::fmt::Display for Init {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A fully connected sigmoid network.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Network {
     /// Neurons per layer, input first: `[784, 30, 10]` for MNIST.
@@ -46,6 +85,30 @@ impl Network {
             w.iter_mut().for_each(|v| *v = rng.sample(StandardNormal));
         }
         net
+    }
+
+    /// A network drawn by `init`: [`Init::Large`] is [`Network::new`];
+    /// [`Init::Scaled`] draws in the same order, each weight as an f64 from
+    /// N(0, 1) divided by √n_in (network2.py's `randn(y, x)/np.sqrt(x)`), rounded to f32.
+    ///
+    /// # Panics
+    /// If `sizes` has fewer than two layers or a zero-sized layer.
+    pub fn with_init(sizes: &[usize], init: Init, rng: &mut impl Rng) -> Self {
+        match init {
+            Init::Large => Self::new(sizes, rng),
+            Init::Scaled => {
+                let mut net = Self::zeros(sizes);
+                for (w, b) in net.weights.iter_mut().zip(net.biases.iter_mut()) {
+                    let scale = (w.ncols() as f64).sqrt();
+                    b.iter_mut().for_each(|v| *v = rng.sample(StandardNormal));
+                    w.iter_mut().for_each(|v| {
+                        let x: f64 = rng.sample(StandardNormal);
+                        *v = (x / scale) as f32;
+                    });
+                }
+                net
+            }
+        }
     }
 
     /// A network whose parameters are all zero (a buffer to decode into).
@@ -79,6 +142,15 @@ impl Network {
     /// If the shapes of `x` and `y` do not fit the network (the wire layer
     /// validates everything that comes from outside first).
     pub fn backprop(&self, x: ArrayView2<f32>, y: ArrayView2<f32>) -> Gradients {
+        self.backprop_with(x, y, Cost::Quadratic)
+    }
+
+    /// [`Network::backprop`] for any cost: only the output error differs
+    /// (`cost.delta`, network2.py's `(self.cost).delta(zs[-1], activations[-1], y)`).
+    ///
+    /// # Panics
+    /// As [`Network::backprop`].
+    pub fn backprop_with(&self, x: ArrayView2<f32>, y: ArrayView2<f32>, cost: Cost) -> Gradients {
         assert_eq!(x.nrows(), self.sizes[0], "input rows");
         assert_eq!(y.nrows(), *self.sizes.last().unwrap_or(&0), "target rows");
         assert_eq!(x.ncols(), y.ncols(), "one target column per input column");
@@ -91,8 +163,7 @@ impl Network {
         }
         // backward pass, from the last layer down
         let (mut nabla_w, mut nabla_b) = (Vec::with_capacity(layers), Vec::with_capacity(layers));
-        let mut delta =
-            cost_derivative(&activations[layers - 1], y) * sigmoid_prime(&activations[layers - 1]);
+        let mut delta = cost.delta(&activations[layers - 1], y);
         for l in (0..layers).rev() {
             nabla_b.push(delta.sum_axis(Axis(1)));
             nabla_w.push(kernels::delta_dot_xt(
@@ -152,6 +223,34 @@ impl Network {
             .sum::<f64>()
     }
 
+    /// Total cost `Σ_x C_x` of `cost` over the columns of `x`, and the
+    /// outputs `(sizes[L-1], n)` it was computed from (to count right answers
+    /// in the same pass). No regularisation term: see [`Network::weight_norm2`].
+    pub fn cost_and_outputs(
+        &self,
+        x: ArrayView2<f32>,
+        y: ArrayView2<f32>,
+        cost: Cost,
+    ) -> (f64, Array2<f32>) {
+        let mut a = x.to_owned();
+        let mut z = Array2::zeros((0, 0));
+        for (w, b) in self.weights.iter().zip(&self.biases) {
+            z = weighted_input(w, b, a.view());
+            a = sigmoid(z.clone());
+        }
+        (cost.total(&z, &a, y), a)
+    }
+
+    /// `Σ_l ‖w_l‖²` over every weight (biases excluded), in f64: the L2
+    /// term of network2.py's `total_cost` is `0.5·(λ/n)` times this.
+    pub fn weight_norm2(&self) -> f64 {
+        self.weights
+            .iter()
+            .flat_map(|w| w.iter())
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum()
+    }
+
     /// Number of f32 parameters (all weights and biases).
     pub fn parameter_count(&self) -> usize {
         parameter_count(&self.sizes)
@@ -199,7 +298,7 @@ fn activation<'a>(
 }
 
 /// Index of the first largest value (0 for an empty input).
-fn argmax(values: impl Iterator<Item = f32>) -> usize {
+pub fn argmax(values: impl Iterator<Item = f32>) -> usize {
     let mut best = (0, f32::NEG_INFINITY);
     for (i, v) in values.enumerate() {
         if v > best.1 {
@@ -207,11 +306,6 @@ fn argmax(values: impl Iterator<Item = f32>) -> usize {
         }
     }
     best.0
-}
-
-/// ∂C_x/∂a for the quadratic cost: `a − y`.
-fn cost_derivative(output_activations: &Array2<f32>, y: ArrayView2<f32>) -> Array2<f32> {
-    output_activations - &y
 }
 
 /// The sigmoid function, elementwise.

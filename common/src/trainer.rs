@@ -1,18 +1,49 @@
 //! The single-process reference trainer, and the step pieces it shares with
 //! the coordinator: which samples form a step's shards ([`step_shards`]), a
-//! shard's gradient ([`shard_gradients`]) and the reduction plus update
-//! ([`apply_step`]). Because the coordinator calls the very same functions,
-//! a cluster run with `S` shards is bitwise equal to this trainer with `S` shards.
+//! shard's gradient ([`shard_gradients_with`]), the reduction plus update
+//! ([`apply_step`]) and the end of an epoch ([`end_epoch`]: evaluation,
+//! early stopping, η schedule, best model). Because the coordinator calls
+//! the very same functions, a cluster run with `S` shards is bitwise equal
+//! to this trainer with `S` shards.
 
 use std::time::{Duration, Instant};
 
+use crate::cost::Cost;
 use crate::dataset::{Mnist, Samples};
 use crate::gradients::Gradients;
 use crate::metrics::{StepSummary, StepTiming};
-use crate::network::Network;
+use crate::network::{Init, Network};
+use crate::optimizer::{Update, Velocity};
 use crate::schedule::{epoch_order, init_rng, shard_ranges, StepId};
+use crate::stopping::{EtaSchedule, Stopping, Verdict};
 
-/// What to train and how; validated by whoever builds it.
+/// Which figures are computed after each epoch besides test and validation
+/// accuracy (network2.py's `monitor_*` switches; those two are always on,
+/// because early stopping and the η schedule need the validation accuracy).
+/// None of them affects the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Monitor {
+    /// Cost on the 50,000 training images (with the L2 term).
+    pub training_cost: bool,
+    /// Accuracy on the training images.
+    pub training_accuracy: bool,
+    /// Cost on the validation images (with the L2 term).
+    pub validation_cost: bool,
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Monitor {
+            training_cost: true,
+            training_accuracy: true,
+            validation_cost: true,
+        }
+    }
+}
+
+/// What to train and how; validated by whoever builds it. The
+/// [`Default`] is network.py's run: `[784, 30, 10]`, 30 epochs, batch 10,
+/// η 3.0, quadratic cost, N(0, 1) init, no L2, no momentum, seed 2, one shard.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainingPlan {
     /// Layer sizes, e.g. `[784, 30, 10]`.
@@ -27,12 +58,98 @@ pub struct TrainingPlan {
     pub shards: usize,
     /// Seed of the initial weights and of every epoch's shuffle.
     pub seed: u64,
+    /// The cost the gradients are of (workers are told it in `Welcome`).
+    pub cost: Cost,
+    /// How the initial weights are drawn from the seed.
+    pub init: Init,
+    /// L2 regularisation parameter λ ≥ 0.
+    pub lambda: f32,
+    /// Momentum coefficient μ in [0, 1).
+    pub momentum: f32,
+    /// `--early-stop N`: stop after N epochs without a better validation accuracy.
+    pub early_stop: Option<usize>,
+    /// `--eta-schedule halve:N:R`.
+    pub eta_schedule: Option<EtaSchedule>,
+    /// What to evaluate after each epoch (never changes the weights).
+    pub monitor: Monitor,
+}
+
+impl Default for TrainingPlan {
+    fn default() -> Self {
+        TrainingPlan {
+            sizes: vec![784, 30, 10],
+            epochs: 30,
+            batch_size: 10,
+            eta: 3.0,
+            shards: 1,
+            seed: 2,
+            cost: Cost::Quadratic,
+            init: Init::Large,
+            lambda: 0.0,
+            momentum: 0.0,
+            early_stop: None,
+            eta_schedule: None,
+            monitor: Monitor::default(),
+        }
+    }
 }
 
 impl TrainingPlan {
-    /// The initial network of this plan: N(0, 1) from the seed.
+    /// The initial network of this plan, drawn by `init` from the seed.
     pub fn initial_network(&self) -> Network {
-        Network::new(&self.sizes, &mut init_rng(self.seed))
+        Network::with_init(&self.sizes, self.init, &mut init_rng(self.seed))
+    }
+
+    /// The update of a step taken at `eta` on a training set of `n` samples.
+    pub fn update(&self, eta: f32, n: usize) -> Update {
+        Update {
+            eta,
+            lambda: self.lambda,
+            n,
+            momentum: self.momentum,
+        }
+    }
+}
+
+/// A run's state besides the weights and the position: the optimiser's
+/// velocity, the early-stopping and schedule state, and the best validation
+/// epoch's model. Checkpoints carry all of it, so a resume is exact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunState {
+    /// Momentum's velocity (`None` without momentum).
+    pub velocity: Option<Velocity>,
+    /// Best validation epoch so far, counts since, η halvings.
+    pub stopping: Stopping,
+    /// The model after the best validation epoch so far.
+    pub best: Option<BestEpoch>,
+}
+
+/// The epoch with the best validation accuracy so far, and its model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BestEpoch {
+    /// Epoch number, from 0.
+    pub epoch: usize,
+    /// Validation samples classified right.
+    pub validation_correct: usize,
+    /// Test samples classified right (the honest figure of an early-stopped run).
+    pub test_correct: usize,
+    /// The weights after that epoch.
+    pub network: Network,
+}
+
+impl RunState {
+    /// The state at the start of a run of `plan`.
+    pub fn new(plan: &TrainingPlan) -> Self {
+        RunState {
+            velocity: (plan.momentum > 0.0).then(|| Velocity::zeros(&plan.sizes)),
+            stopping: Stopping::default(),
+            best: None,
+        }
+    }
+
+    /// The learning rate of the next step.
+    pub fn eta(&self, plan: &TrainingPlan) -> f32 {
+        self.stopping.eta(plan.eta)
     }
 }
 
@@ -55,8 +172,17 @@ pub struct EpochReport {
     pub train_time: Duration,
     /// Training samples in the epoch.
     pub samples: usize,
-    /// Mean quadratic cost `½‖a(x) − y(x)‖²` over the training set after the epoch.
-    pub training_cost: f64,
+    /// network2.py's `total_cost` on the training set after the epoch: the
+    /// mean cost plus `0.5·(λ/n)·Σ‖w‖²` (when monitored).
+    pub training_cost: Option<f64>,
+    /// Training samples classified right (when monitored).
+    pub training_correct: Option<usize>,
+    /// The same cost on the validation set, `n` its size (when monitored).
+    pub validation_cost: Option<f64>,
+    /// The learning rate the epoch was trained at.
+    pub eta: f32,
+    /// What early stopping and the η schedule decided after the epoch.
+    pub verdict: Verdict,
     /// Step time percentiles and their breakdown.
     pub step_times: StepSummary,
     /// Workers connected at the end of the epoch (0 when training in one process).
@@ -79,6 +205,12 @@ impl EpochReport {
     /// Validation accuracy in percent.
     pub fn validation_accuracy(&self) -> f64 {
         100.0 * self.validation_correct as f64 / self.validation_total.max(1) as f64
+    }
+
+    /// Training accuracy in percent (when monitored).
+    pub fn training_accuracy(&self) -> Option<f64> {
+        self.training_correct
+            .map(|c| 100.0 * c as f64 / self.samples.max(1) as f64)
     }
 }
 
@@ -129,22 +261,35 @@ pub fn step_shards(training: &Samples, batch: &[usize], shards: usize) -> Vec<Sa
         .collect()
 }
 
-/// The summed gradient of one shard, as a worker computes it.
+/// The summed gradient of one shard for the quadratic cost (network.py's).
 pub fn shard_gradients(network: &Network, shard: &Samples) -> Gradients {
-    network.backprop(shard.inputs().view(), shard.targets().view())
+    shard_gradients_with(network, shard, Cost::Quadratic)
 }
 
-/// Adds the shard gradients in shard order and applies `eta / len` with `len`
-/// the mini-batch length (the sum of the shards' sample counts).
+/// The summed gradient of one shard for `cost`, as a worker computes it.
+pub fn shard_gradients_with(network: &Network, shard: &Samples, cost: Cost) -> Gradients {
+    network.backprop_with(shard.inputs().view(), shard.targets().view(), cost)
+}
+
+/// Adds the shard gradients in shard order and applies `update` with `len`
+/// the mini-batch length (the sum of the shards' sample counts); `velocity`
+/// is the run's momentum state, if any.
 ///
 /// # Panics
 /// If `shard_results` is empty.
-pub fn apply_step(network: &mut Network, shard_results: &[Gradients], eta: f32, len: usize) {
+pub fn apply_step(
+    network: &mut Network,
+    shard_results: &[Gradients],
+    update: Update,
+    len: usize,
+    velocity: Option<&mut Velocity>,
+) {
     if let [only] = shard_results {
         // The sum of one shard is that shard: no copy needed.
-        network.apply(only, eta, len);
+        update.apply(network, only, len, velocity);
     } else {
-        network.apply(&Gradients::sum_in_shard_order(shard_results), eta, len);
+        let sum = Gradients::sum_in_shard_order(shard_results);
+        update.apply(network, &sum, len, velocity);
     }
 }
 
@@ -179,41 +324,122 @@ pub fn confusion_matrix(network: &Network, samples: &Samples) -> [[usize; 10]; 1
 
 /// Mean quadratic cost over `samples`, evaluated in chunks to bound memory.
 pub fn mean_cost(network: &Network, samples: &Samples) -> f64 {
-    const CHUNK: usize = 1000;
-    let total: f64 = (0..samples.len())
-        .step_by(CHUNK)
-        .map(|start| {
-            let part = samples.slice(start..(start + CHUNK).min(samples.len()));
-            network.total_cost(part.inputs().view(), part.targets().view())
-        })
-        .sum();
-    total / samples.len().max(1) as f64
+    cost_and_correct(network, samples, Cost::Quadratic).0 / samples.len().max(1) as f64
 }
 
-/// Evaluates `network` on the test and validation sets, and its cost on the
-/// training set, after epoch `epoch` (run `steps` so far).
+/// Total cost `Σ_x C_x` of `cost` over `samples` and the count classified
+/// right, in one feedforward pass (in chunks to bound memory).
+pub fn cost_and_correct(network: &Network, samples: &Samples, cost: Cost) -> (f64, usize) {
+    const CHUNK: usize = 1000;
+    let (mut total, mut correct) = (0.0, 0);
+    for start in (0..samples.len()).step_by(CHUNK) {
+        let part = samples.slice(start..(start + CHUNK).min(samples.len()));
+        let (c, outputs) =
+            network.cost_and_outputs(part.inputs().view(), part.targets().view(), cost);
+        total += c;
+        correct += outputs
+            .columns()
+            .into_iter()
+            .zip(&part.labels)
+            .filter(|(out, &label)| {
+                crate::network::argmax(out.iter().copied()) == usize::from(label)
+            })
+            .count();
+    }
+    (total, correct)
+}
+
+/// network2.py's `total_cost(data, lmbda)`: the mean cost over `samples`
+/// plus `0.5·(λ/len)·Σ‖w‖²`, with `len` the size of `samples` (as network2
+/// divides by `len(data)` for whichever set it evaluates).
+fn regularised_mean(total: f64, len: usize, network: &Network, lambda: f32) -> f64 {
+    let len = len.max(1) as f64;
+    let l2 = if lambda > 0.0 {
+        0.5 * (f64::from(lambda) / len) * network.weight_norm2()
+    } else {
+        0.0
+    };
+    total / len + l2
+}
+
+/// Evaluates `network` after epoch `epoch` (run `steps` so far) as `plan`
+/// monitors it: test and validation accuracy always, training cost and
+/// accuracy and validation cost when asked. The epoch was trained at `eta`.
+#[allow(clippy::too_many_arguments)]
 pub fn epoch_report(
     network: &Network,
     data: &Mnist,
+    plan: &TrainingPlan,
+    eta: f32,
     epoch: usize,
     steps: u64,
     train_time: Duration,
     step_times: StepSummary,
 ) -> EpochReport {
+    let m = plan.monitor;
+    let (mut training_cost, mut training_correct) = (None, None);
+    if m.training_cost || m.training_accuracy {
+        let (total, correct) = cost_and_correct(network, &data.training, plan.cost);
+        let n = data.training.len();
+        training_cost = m
+            .training_cost
+            .then(|| regularised_mean(total, n, network, plan.lambda));
+        training_correct = m.training_accuracy.then_some(correct);
+    }
+    let (validation_correct, validation_cost) = if m.validation_cost {
+        let (total, correct) = cost_and_correct(network, &data.validation, plan.cost);
+        let n = data.validation.len();
+        (
+            correct,
+            Some(regularised_mean(total, n, network, plan.lambda)),
+        )
+    } else {
+        (correct_count(network, &data.validation), None)
+    };
     EpochReport {
         epoch,
         steps,
         test_correct: correct_count(network, &data.test),
         test_total: data.test.len(),
-        validation_correct: correct_count(network, &data.validation),
+        validation_correct,
         validation_total: data.validation.len(),
         train_time,
         samples: data.training.len(),
-        training_cost: mean_cost(network, &data.training),
+        training_cost,
+        training_correct,
+        validation_cost,
+        eta,
+        verdict: Verdict::default(),
         step_times,
         workers: 0,
         recomputed: 0,
     }
+}
+
+/// The end of an epoch once `report` is made: early stopping and the η
+/// schedule judge its validation accuracy, and a new best validation epoch
+/// keeps a copy of `network`. Sets `report.verdict`.
+pub fn end_epoch(
+    plan: &TrainingPlan,
+    state: &mut RunState,
+    network: &Network,
+    report: &mut EpochReport,
+) {
+    let verdict = state.stopping.after_epoch(
+        report.epoch,
+        report.validation_correct,
+        plan.early_stop,
+        plan.eta_schedule,
+    );
+    if verdict.improved {
+        state.best = Some(BestEpoch {
+            epoch: report.epoch,
+            validation_correct: report.validation_correct,
+            test_correct: report.test_correct,
+            network: network.clone(),
+        });
+    }
+    report.verdict = verdict;
 }
 
 /// Trains `network` in this process, exactly as a cluster with `plan.shards`
@@ -223,11 +449,28 @@ pub fn train(
     network: &mut Network,
     data: &Mnist,
     plan: &TrainingPlan,
+    progress: impl Progress,
+) -> Vec<EpochReport> {
+    train_with_state(network, &mut RunState::new(plan), data, plan, progress)
+}
+
+/// [`train`] from the start, leaving the run's state (velocity, early
+/// stopping, best model) in `state`, which must be [`RunState::new`]'s.
+pub fn train_with_state(
+    network: &mut Network,
+    state: &mut RunState,
+    data: &Mnist,
+    plan: &TrainingPlan,
     mut progress: impl Progress,
 ) -> Vec<EpochReport> {
     let mut reports = Vec::with_capacity(plan.epochs);
     let mut step = StepId(0);
     for epoch in 0..plan.epochs {
+        if state.stopping.stopped {
+            break;
+        }
+        let eta = state.eta(plan);
+        let update = plan.update(eta, data.training.len());
         let start = Instant::now();
         let order = epoch_order(plan.seed, epoch, data.training.len());
         let total = order.len().div_ceil(plan.batch_size);
@@ -235,10 +478,18 @@ pub fn train(
         for (done, batch) in order.chunks(plan.batch_size).enumerate() {
             let step_start = Instant::now();
             let shards = step_shards(&data.training, batch, plan.shards);
-            let results: Vec<Gradients> =
-                shards.iter().map(|s| shard_gradients(network, s)).collect();
+            let results: Vec<Gradients> = shards
+                .iter()
+                .map(|s| shard_gradients_with(network, s, plan.cost))
+                .collect();
             let computed = step_start.elapsed();
-            apply_step(network, &results, plan.eta, batch.len());
+            apply_step(
+                network,
+                &results,
+                update,
+                batch.len(),
+                state.velocity.as_mut(),
+            );
             let total_time = step_start.elapsed();
             let timing = StepTiming {
                 total: total_time,
@@ -257,7 +508,9 @@ pub fn train(
             });
         }
         let summary = StepSummary::of(&timings);
-        let report = epoch_report(network, data, epoch, step.0, start.elapsed(), summary);
+        let train_time = start.elapsed();
+        let mut report = epoch_report(network, data, plan, eta, epoch, step.0, train_time, summary);
+        end_epoch(plan, state, network, &mut report);
         progress.epoch(&report);
         reports.push(report);
     }

@@ -10,6 +10,7 @@
 use bytes::{Bytes, BytesMut};
 use ndarray::{Array1, Array2};
 
+use crate::cost::Cost;
 use crate::dataset::{Samples, CLASSES, IMAGE_SIZE};
 use crate::gradients::Gradients;
 use crate::network::{checked_parameter_count, parameter_count, Network};
@@ -40,6 +41,14 @@ pub const MAX_PARAMETERS: usize = 16 << 20;
 /// What is wrong with a message.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WireError {
+    /// A `Welcome` names a cost this build does not know.
+    #[error(
+        "unknown cost {value} in Welcome; this build knows quadratic (0) and cross-entropy (1)"
+    )]
+    UnknownCost {
+        /// The enum value received.
+        value: i32,
+    },
     /// The peer speaks another protocol version.
     #[error("protocol version mismatch: peer speaks v{theirs}, this build speaks v{ours}")]
     ProtocolVersion {
@@ -283,6 +292,29 @@ pub fn check_hello(hello: &pb::Hello) -> Result<(), WireError> {
     Ok(())
 }
 
+/// The cost a `Welcome` announces (absent: quadratic, as before the field existed).
+///
+/// # Errors
+/// [`WireError::UnknownCost`] for a value this build does not know.
+pub fn welcome_cost(welcome: &pb::Welcome) -> Result<Cost, WireError> {
+    match pb::Cost::try_from(welcome.cost) {
+        Ok(pb::Cost::Quadratic) => Ok(Cost::Quadratic),
+        Ok(pb::Cost::CrossEntropy) => Ok(Cost::CrossEntropy),
+        Err(_) => Err(WireError::UnknownCost {
+            value: welcome.cost,
+        }),
+    }
+}
+
+impl From<Cost> for pb::Cost {
+    fn from(cost: Cost) -> Self {
+        match cost {
+            Cost::Quadratic => pb::Cost::Quadratic,
+            Cost::CrossEntropy => pb::Cost::CrossEntropy,
+        }
+    }
+}
+
 /// The model sizes of a `Welcome`, validated.
 ///
 /// # Errors
@@ -519,6 +551,7 @@ mod tests {
             sizes,
             run_id: String::new(),
             protocol_version: 1,
+            cost: 0,
         };
         assert_eq!(
             decode_welcome(&welcome(vec![784, 30, 10])).unwrap(),
@@ -536,5 +569,24 @@ mod tests {
             decode_welcome(&welcome(vec![784, 1 << 30, 10])),
             Err(WireError::Sizes { .. })
         ));
+    }
+
+    #[test]
+    fn welcome_cost_defaults_to_quadratic_and_rejects_unknown_values() {
+        let welcome = |cost: i32| pb::Welcome {
+            sizes: vec![784, 30, 10],
+            protocol_version: 1,
+            cost,
+            ..Default::default()
+        };
+        assert_eq!(
+            welcome_cost(&pb::Welcome::default()).unwrap(),
+            Cost::Quadratic
+        );
+        assert_eq!(welcome_cost(&welcome(1)).unwrap(), Cost::CrossEntropy);
+        assert_eq!(
+            welcome_cost(&welcome(7)).unwrap_err(),
+            WireError::UnknownCost { value: 7 }
+        );
     }
 }

@@ -290,3 +290,275 @@ fn batched_sum_equals_per_sample_sum() {
         assert!(a.iter().any(|&v| v != 0.0), "nabla_b{l} is not trivially zero");
     }
 }
+
+// ---- Chapter 3: network2.py's costs and L2 ----
+
+fn network2_fixture() -> Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/network2_fixture.json"
+    ))
+    .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Against network2.py's own per-sample code (fixture made by
+/// `tests/fixtures/network2_fixture.py`): the summed gradient, the cost with
+/// its L2 term, and `update_mini_batch` with λ, for both costs.
+#[test]
+fn gradients_costs_and_l2_update_match_network2_py() {
+    use common::cost::Cost;
+    let f = network2_fixture();
+    let samples = f["samples"].as_array().unwrap();
+    let (x, y) = (columns(samples, "x"), columns(samples, "y"));
+    let (eta, lmbda, n) = (
+        f["eta"].as_f64().unwrap() as f32,
+        f["lmbda"].as_f64().unwrap() as f32,
+        f["n"].as_u64().unwrap() as usize,
+    );
+    for (cost, key) in [
+        (Cost::CrossEntropy, "cross_entropy"),
+        (Cost::Quadratic, "quadratic"),
+    ] {
+        let want = &f[key];
+        let mut net = network_from(&f);
+        let g = net.backprop_with(x.view(), y.view(), cost);
+        for l in 0..3 {
+            assert_close(
+                &format!("{key} sum_nabla_b{l}"),
+                g.nabla_b[l].iter().copied(),
+                vec_f64(&want["sum_nabla_b"][l]),
+            );
+            assert_close(
+                &format!("{key} sum_nabla_w{l}"),
+                g.nabla_w[l].iter().copied(),
+                matrix_f64(&want["sum_nabla_w"][l]).concat(),
+            );
+        }
+        // network2's total_cost(data, lmbda): mean cost + 0.5·(λ/len(data))·Σ‖w‖².
+        let m = samples.len() as f64;
+        let (total, _) = net.cost_and_outputs(x.view(), y.view(), cost);
+        let got = total / m + 0.5 * (f64::from(lmbda) / m) * net.weight_norm2();
+        let expected = want["total_cost_with_l2"].as_f64().unwrap();
+        assert!(
+            (got - expected).abs() <= 1e-5 * expected.abs(),
+            "{key} total cost {got} vs network2 {expected}"
+        );
+        let update = common::optimizer::Update {
+            eta,
+            lambda: lmbda,
+            n,
+            momentum: 0.0,
+        };
+        update.apply(&mut net, &g, samples.len(), None);
+        for l in 0..3 {
+            assert_close(
+                &format!("{key} weights_after{l}"),
+                net.weights[l].iter().copied(),
+                matrix_f64(&want["weights_after"][l]).concat(),
+            );
+            assert_close(
+                &format!("{key} biases_after{l}"),
+                net.biases[l].iter().copied(),
+                vec_f64(&want["biases_after"][l]),
+            );
+        }
+    }
+}
+
+/// An independent f64 cross-entropy cost `Σ_x −Σ_j [y ln a + (1−y) ln(1−a)]`.
+fn cross_entropy_f64(
+    weights: &[Vec<Vec<f64>>],
+    biases: &[Vec<f64>],
+    x: &[Vec<f64>],
+    y: &[Vec<f64>],
+) -> f64 {
+    let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let mut total = 0.0;
+    for (xs, ys) in x.iter().zip(y) {
+        let mut a = xs.clone();
+        for (w, b) in weights.iter().zip(biases) {
+            a = w
+                .iter()
+                .zip(b)
+                .map(|(row, bi)| {
+                    sigmoid(row.iter().zip(&a).map(|(wij, aj)| wij * aj).sum::<f64>() + bi)
+                })
+                .collect();
+        }
+        total -= a
+            .iter()
+            .zip(ys)
+            .map(|(ai, yi)| yi * ai.ln() + (1.0 - yi) * (1.0 - ai).ln())
+            .sum::<f64>();
+    }
+    total
+}
+
+type Params = (Vec<Vec<Vec<f64>>>, Vec<Vec<f64>>);
+
+fn params_f64(net: &Network) -> Params {
+    (
+        net.weights
+            .iter()
+            .map(|w| {
+                w.rows()
+                    .into_iter()
+                    .map(|r| r.iter().map(|&v| f64::from(v)).collect())
+                    .collect()
+            })
+            .collect(),
+        net.biases
+            .iter()
+            .map(|b| b.iter().map(|&v| f64::from(v)).collect())
+            .collect(),
+    )
+}
+
+/// Central differences (h = 1e-6) of `cost` against `grad_w`/`grad_b`, with
+/// the tolerance of [`backprop_matches_finite_differences`].
+fn check_finite_differences(
+    what: &str,
+    net: &Network,
+    cost: impl Fn(&[Vec<Vec<f64>>], &[Vec<f64>]) -> f64,
+    grad_w: impl Fn(usize, usize, usize) -> f64,
+    grad_b: impl Fn(usize, usize) -> f64,
+) -> usize {
+    let (mut weights, mut biases) = params_f64(net);
+    let h = 1e-6;
+    let mut checked = 0;
+    let close =
+        |numeric: f64, analytic: f64| (numeric - analytic).abs() / numeric.abs().max(1e-2) < 2e-3;
+    for l in 0..weights.len() {
+        for i in 0..weights[l].len() {
+            for j in 0..weights[l][i].len() {
+                let orig = weights[l][i][j];
+                weights[l][i][j] = orig + h;
+                let up = cost(&weights, &biases);
+                weights[l][i][j] = orig - h;
+                let down = cost(&weights, &biases);
+                weights[l][i][j] = orig;
+                let (numeric, analytic) = ((up - down) / (2.0 * h), grad_w(l, i, j));
+                assert!(
+                    close(numeric, analytic),
+                    "{what} w{l}[{i},{j}]: {analytic} vs finite difference {numeric}"
+                );
+                checked += 1;
+            }
+            let orig = biases[l][i];
+            biases[l][i] = orig + h;
+            let up = cost(&weights, &biases);
+            biases[l][i] = orig - h;
+            let down = cost(&weights, &biases);
+            biases[l][i] = orig;
+            let (numeric, analytic) = ((up - down) / (2.0 * h), grad_b(l, i));
+            assert!(
+                close(numeric, analytic),
+                "{what} b{l}[{i}]: {analytic} vs finite difference {numeric}"
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
+
+fn fd_samples() -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Array2<f32>, Array2<f32>) {
+    use rand::Rng;
+    let mut rng = init_rng(12);
+    let n = 4;
+    let x: Vec<Vec<f64>> = (0..n)
+        .map(|_| (0..6).map(|_| f64::from(rng.random::<f32>())).collect())
+        .collect();
+    let y: Vec<Vec<f64>> = (0..n)
+        .map(|j| (0..3).map(|i| f64::from(u8::from(i == j % 3))).collect())
+        .collect();
+    let xm = Array2::from_shape_fn((6, n), |(i, j)| x[j][i] as f32);
+    let ym = Array2::from_shape_fn((3, n), |(i, j)| y[j][i] as f32);
+    (x, y, xm, ym)
+}
+
+/// Cross-entropy backprop (output delta `a − y`, no σ') against central
+/// differences of an independent f64 cross-entropy.
+#[test]
+fn cross_entropy_backprop_matches_finite_differences() {
+    let sizes = [6, 5, 4, 3];
+    let net = Network::with_init(&sizes, common::network::Init::Scaled, &mut init_rng(11));
+    let (x, y, xm, ym) = fd_samples();
+    let g = net.backprop_with(xm.view(), ym.view(), common::cost::Cost::CrossEntropy);
+    let checked = check_finite_differences(
+        "cross-entropy",
+        &net,
+        |w, b| cross_entropy_f64(w, b, &x, &y),
+        |l, i, j| f64::from(g.nabla_w[l][[i, j]]),
+        |l, i| f64::from(g.nabla_b[l][i]),
+    );
+    assert_eq!(checked, common::network::parameter_count(&sizes));
+}
+
+/// The L2 update takes a gradient step on `C = (1/m)·Σ_x C_x + (λ/2n)·Σw²`:
+/// `(w − w')/η` after [`common::optimizer::Update`] with λ > 0 matches
+/// central differences of that regularised f64 cost (weights decayed,
+/// biases not), for both costs.
+#[test]
+fn l2_update_is_a_gradient_step_on_the_regularised_cost() {
+    use common::cost::Cost;
+    let sizes = [6, 5, 4, 3];
+    let net = Network::with_init(&sizes, common::network::Init::Scaled, &mut init_rng(13));
+    let (x, y, xm, ym) = fd_samples();
+    let (eta, lambda, n) = (0.5f32, 5.0f32, 40usize);
+    let m = x.len() as f64;
+    for cost in Cost::ALL {
+        let g = net.backprop_with(xm.view(), ym.view(), cost);
+        let mut after = net.clone();
+        let update = common::optimizer::Update {
+            eta,
+            lambda,
+            n,
+            momentum: 0.0,
+        };
+        update.apply(&mut after, &g, x.len(), None);
+        let data_cost = |w: &[Vec<Vec<f64>>], b: &[Vec<f64>]| match cost {
+            Cost::Quadratic => cost_f64(w, b, &x, &y),
+            Cost::CrossEntropy => cross_entropy_f64(w, b, &x, &y),
+        };
+        let regularised = |w: &[Vec<Vec<f64>>], b: &[Vec<f64>]| {
+            let l2: f64 = w.iter().flatten().flatten().map(|v| v * v).sum();
+            data_cost(w, b) / m + f64::from(lambda) / (2.0 * n as f64) * l2
+        };
+        let step = |before: f32, after: f32| f64::from(before - after) / f64::from(eta);
+        check_finite_differences(
+            &format!("L2 {cost}"),
+            &net,
+            regularised,
+            |l, i, j| step(net.weights[l][[i, j]], after.weights[l][[i, j]]),
+            |l, i| step(net.biases[l][i], after.biases[l][i]),
+        );
+    }
+}
+
+/// network2.py's `default_weight_initializer`: weights N(0,1)/√n_in, biases
+/// N(0,1); drawn in the same order as N(0,1), so each weight is the large
+/// init's draw (as f64) scaled by 1/√n_in.
+#[test]
+fn scaled_init_is_large_init_over_sqrt_n_in() {
+    use common::network::Init;
+    let sizes = [784, 100, 10];
+    let large = Network::with_init(&sizes, Init::Large, &mut init_rng(3));
+    let scaled = Network::with_init(&sizes, Init::Scaled, &mut init_rng(3));
+    assert_eq!(large.biases, scaled.biases);
+    for (l, (wl, ws)) in large.weights.iter().zip(&scaled.weights).enumerate() {
+        let k = (sizes[l] as f32).sqrt();
+        for (a, b) in wl.iter().zip(ws.iter()) {
+            assert!(
+                (a / k - b).abs() <= 1e-6 * a.abs().max(1.0),
+                "layer {l}: {a}/{k} vs {b}"
+            );
+        }
+        let var = ws.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / ws.len() as f64;
+        let want = 1.0 / sizes[l] as f64;
+        assert!(
+            (var - want).abs() < 0.1 * want,
+            "layer {l}: variance {var} vs 1/n_in {want}"
+        );
+    }
+}

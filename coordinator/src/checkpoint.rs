@@ -1,7 +1,12 @@
 //! Checkpoints: the weights plus where the run is (epoch, mini-batches done in
-//! it, global step) and the configuration that fixes the result (sizes, seed,
-//! batch size, eta, shards). A safetensors model file with these in its
-//! metadata, so a checkpoint is also a loadable model.
+//! it, global step), the configuration that fixes the result (sizes, seed,
+//! batch size, eta, shards, cost, init, λ, μ, early stopping, η schedule) and
+//! the run's state (momentum's velocity, the early-stopping and schedule
+//! counts, the best validation epoch and its model). A safetensors model
+//! file with these in its metadata and the velocity and best model as extra
+//! tensors (`velocity.w0`, `best.w0`, …), so a checkpoint is also a loadable model.
+//! Keys added for chapter 3 are optional on reading: a checkpoint written
+//! before them is a quadratic, N(0,1), plain-SGD run.
 //!
 //! No RNG state is stored because there is none to store: the shuffle of epoch
 //! `e` is a pure function of `(seed, e)` (see `common::schedule`), so the seed
@@ -9,8 +14,12 @@
 
 use std::path::{Path, PathBuf};
 
+use common::cost::Cost;
 use common::model_file::{self, ModelFileError};
-use common::trainer::TrainingPlan;
+use common::network::Init;
+use common::optimizer::Velocity;
+use common::stopping::{EtaSchedule, Stopping};
+use common::trainer::{BestEpoch, RunState, TrainingPlan};
 use common::Network;
 
 /// Where a run is: the next mini-batch to train is batch `batch` of epoch `epoch`.
@@ -33,6 +42,8 @@ pub struct Checkpoint {
     pub position: Position,
     /// The configuration the checkpoint was made with.
     pub plan: TrainingPlan,
+    /// Velocity, early-stopping and schedule state, best model.
+    pub state: RunState,
 }
 
 /// Why a checkpoint cannot be used.
@@ -73,8 +84,10 @@ pub fn save(
     network: &Network,
     position: Position,
     plan: &TrainingPlan,
+    state: &RunState,
 ) -> Result<(), CheckpointError> {
-    let meta = [
+    let s = &state.stopping;
+    let mut meta = vec![
         ("epoch", position.epoch.to_string()),
         ("batch", position.batch.to_string()),
         ("step", position.step.to_string()),
@@ -84,8 +97,40 @@ pub fn save(
         ("eta_bits", plan.eta.to_bits().to_string()),
         ("shards", plan.shards.to_string()),
         ("epochs", plan.epochs.to_string()),
+        ("cost", plan.cost.name().to_string()),
+        ("init", plan.init.name().to_string()),
+        ("lambda_bits", plan.lambda.to_bits().to_string()),
+        ("momentum_bits", plan.momentum.to_bits().to_string()),
+        (
+            "early_stop",
+            plan.early_stop.map_or("none".into(), |n| n.to_string()),
+        ),
+        (
+            "eta_schedule",
+            plan.eta_schedule.map_or("none".into(), |e| e.to_string()),
+        ),
+        ("since_best", s.since_best.to_string()),
+        ("since_change", s.since_change.to_string()),
+        ("halvings", s.halvings.to_string()),
+        ("stopped", s.stopped.to_string()),
     ];
-    Ok(model_file::save_with(path, network, &meta)?)
+    if let Some(b) = &state.best {
+        meta.push(("best_epoch", b.epoch.to_string()));
+        meta.push(("best_validation", b.validation_correct.to_string()));
+        meta.push(("best_test", b.test_correct.to_string()));
+    }
+    let velocity = state
+        .velocity
+        .as_ref()
+        .map(|v| v.as_network(&network.sizes));
+    let mut parts: Vec<(&str, &Network)> = Vec::new();
+    if let Some(v) = &velocity {
+        parts.push(("velocity.", v));
+    }
+    if let Some(b) = &state.best {
+        parts.push(("best.", &b.network));
+    }
+    Ok(model_file::save_with_parts(path, network, &parts, &meta)?)
 }
 
 /// Reads a checkpoint.
@@ -94,36 +139,85 @@ pub fn save(
 /// [`CheckpointError`] for an unreadable, truncated or corrupt file or missing metadata.
 pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let (network, meta) = model_file::load_with_metadata(path)?;
+    let bad = |key: &'static str| CheckpointError::Metadata {
+        path: path.to_path_buf(),
+        key,
+    };
     let get = |key: &'static str| -> Result<u64, CheckpointError> {
-        meta.get(key)
-            .and_then(|v| v.parse().ok())
-            .ok_or(CheckpointError::Metadata {
-                path: path.to_path_buf(),
-                key,
-            })
+        meta.get(key).and_then(|v| v.parse().ok()).ok_or(bad(key))
+    };
+    // Keys added with chapter 3's options: absent in older checkpoints, where
+    // they had the one value the code then knew.
+    let optional = |key: &'static str, absent: &str| -> String {
+        meta.get(key).cloned().unwrap_or_else(|| absent.to_string())
+    };
+    let bits = |key: &'static str| -> Result<f32, CheckpointError> {
+        let v: u64 = optional(key, "0").parse().map_err(|_| bad(key))?;
+        u32::try_from(v).map(f32::from_bits).map_err(|_| bad(key))
+    };
+    let count = |key: &'static str| -> Result<usize, CheckpointError> {
+        optional(key, "0").parse().map_err(|_| bad(key))
     };
     let position = Position {
         epoch: get("epoch")? as usize,
         batch: get("batch")? as usize,
         step: get("step")?,
     };
+    let early_stop = match optional("early_stop", "none").as_str() {
+        "none" => None,
+        n => Some(n.parse().map_err(|_| bad("early_stop"))?),
+    };
+    let eta_schedule = match optional("eta_schedule", "none").as_str() {
+        "none" => None,
+        s => Some(s.parse::<EtaSchedule>().map_err(|_| bad("eta_schedule"))?),
+    };
     let plan = TrainingPlan {
         sizes: network.sizes.clone(),
         epochs: get("epochs")? as usize,
         batch_size: get("batch_size")? as usize,
-        eta: f32::from_bits(u32::try_from(get("eta_bits")?).map_err(|_| {
-            CheckpointError::Metadata {
-                path: path.to_path_buf(),
-                key: "eta_bits",
-            }
-        })?),
+        eta: f32::from_bits(u32::try_from(get("eta_bits")?).map_err(|_| bad("eta_bits"))?),
         shards: get("shards")? as usize,
         seed: get("seed")?,
+        cost: Cost::from_name(&optional("cost", "quadratic")).ok_or(bad("cost"))?,
+        init: Init::from_name(&optional("init", "large")).ok_or(bad("init"))?,
+        lambda: bits("lambda_bits")?,
+        momentum: bits("momentum_bits")?,
+        early_stop,
+        eta_schedule,
+        monitor: Default::default(),
+    };
+    let velocity =
+        model_file::load_part(path, "velocity.", &network.sizes)?.map(Velocity::from_network);
+    if (plan.momentum > 0.0) != velocity.is_some() {
+        return Err(bad("velocity"));
+    }
+    let best = match model_file::load_part(path, "best.", &network.sizes)? {
+        Some(net) => Some(BestEpoch {
+            epoch: count("best_epoch")?,
+            validation_correct: count("best_validation")?,
+            test_correct: count("best_test")?,
+            network: net,
+        }),
+        None => None,
+    };
+    let stopping = Stopping {
+        best: best.as_ref().map(|b| (b.epoch, b.validation_correct)),
+        since_best: count("since_best")?,
+        since_change: count("since_change")?,
+        halvings: u32::try_from(count("halvings")?).map_err(|_| bad("halvings"))?,
+        stopped: optional("stopped", "false")
+            .parse()
+            .map_err(|_| bad("stopped"))?,
     };
     Ok(Checkpoint {
         network,
         position,
         plan,
+        state: RunState {
+            velocity,
+            stopping,
+            best,
+        },
     })
 }
 
@@ -166,6 +260,41 @@ impl Checkpoint {
         if ours.shards != plan.shards {
             return mismatch("--shards", ours.shards.to_string(), plan.shards.to_string());
         }
+        if ours.cost != plan.cost {
+            return mismatch("--cost", ours.cost.to_string(), plan.cost.to_string());
+        }
+        if ours.init != plan.init {
+            return mismatch(
+                "--init-weights",
+                ours.init.to_string(),
+                plan.init.to_string(),
+            );
+        }
+        if ours.lambda.to_bits() != plan.lambda.to_bits() {
+            return mismatch("--lambda", ours.lambda.to_string(), plan.lambda.to_string());
+        }
+        if ours.momentum.to_bits() != plan.momentum.to_bits() {
+            return mismatch(
+                "--momentum",
+                ours.momentum.to_string(),
+                plan.momentum.to_string(),
+            );
+        }
+        let show = |v: Option<String>| v.unwrap_or_else(|| "none".to_string());
+        if ours.early_stop != plan.early_stop {
+            return mismatch(
+                "--early-stop",
+                show(ours.early_stop.map(|n| n.to_string())),
+                show(plan.early_stop.map(|n| n.to_string())),
+            );
+        }
+        if ours.eta_schedule != plan.eta_schedule {
+            return mismatch(
+                "--eta-schedule",
+                show(ours.eta_schedule.map(|s| s.to_string())),
+                show(plan.eta_schedule.map(|s| s.to_string())),
+            );
+        }
         if self.position.epoch > plan.epochs {
             return mismatch(
                 "epoch",
@@ -189,6 +318,7 @@ mod tests {
             eta: 3.0,
             shards: 4,
             seed: 9,
+            ..TrainingPlan::default()
         }
     }
 
@@ -208,7 +338,7 @@ mod tests {
             batch: 17,
             step: 117,
         };
-        save(&path, &net, pos, &plan()).unwrap();
+        save(&path, &net, pos, &plan(), &RunState::new(&plan())).unwrap();
         let c = load(&path).unwrap();
         assert_eq!((&c.network, c.position, &c.plan), (&net, pos, &plan()));
         c.check_matches(&path, &plan()).unwrap();
@@ -224,6 +354,7 @@ mod tests {
             &plan().initial_network(),
             Position::default(),
             &plan(),
+            &RunState::new(&plan()),
         )
         .unwrap();
         let c = load(&path).unwrap();
@@ -245,6 +376,131 @@ mod tests {
         std::fs::remove_dir_all(d).unwrap();
     }
 
+    /// A chapter 3 run's whole state comes back: options, velocity, the
+    /// early-stopping and schedule counts, the best epoch and its model.
+    #[test]
+    fn chapter3_state_round_trips() {
+        let d = dir("ch3");
+        let path = d.join("c.safetensors");
+        let plan = TrainingPlan {
+            cost: Cost::CrossEntropy,
+            init: Init::Scaled,
+            lambda: 5.0,
+            momentum: 0.9,
+            early_stop: Some(10),
+            eta_schedule: Some("halve:10:128".parse().unwrap()),
+            ..plan()
+        };
+        let net = plan.initial_network();
+        let mut state = RunState::new(&plan);
+        let v = state.velocity.as_mut().unwrap();
+        v.weights[0][[1, 2]] = -0.25;
+        v.biases[1][3] = 1e-7;
+        state.stopping = Stopping {
+            best: Some((4, 190)),
+            since_best: 3,
+            since_change: 1,
+            halvings: 2,
+            stopped: false,
+        };
+        let mut best = net.clone();
+        best.biases[0][0] = 42.0;
+        state.best = Some(BestEpoch {
+            epoch: 4,
+            validation_correct: 190,
+            test_correct: 180,
+            network: best,
+        });
+        let pos = Position {
+            epoch: 2,
+            batch: 0,
+            step: 200,
+        };
+        save(&path, &net, pos, &plan, &state).unwrap();
+        let c = load(&path).unwrap();
+        assert_eq!(
+            (&c.network, c.position, &c.plan, &c.state),
+            (&net, pos, &plan, &state)
+        );
+        c.check_matches(&path, &plan).unwrap();
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    /// `--resume` with another value of any option that changes the weights
+    /// is refused, naming the flag and both values.
+    #[test]
+    fn resume_with_another_chapter3_option_is_refused_naming_the_flag() {
+        let d = dir("ch3mm");
+        let path = d.join("c.safetensors");
+        let plan = TrainingPlan {
+            cost: Cost::CrossEntropy,
+            init: Init::Scaled,
+            lambda: 5.0,
+            momentum: 0.5,
+            early_stop: Some(10),
+            eta_schedule: Some("halve:10:128".parse().unwrap()),
+            ..plan()
+        };
+        save(
+            &path,
+            &plan.initial_network(),
+            Position::default(),
+            &plan,
+            &RunState::new(&plan),
+        )
+        .unwrap();
+        let c = load(&path).unwrap();
+        let cases = [
+            (
+                TrainingPlan {
+                    cost: Cost::Quadratic,
+                    ..plan.clone()
+                },
+                "made with --cost cross-entropy, but the flags say quadratic",
+            ),
+            (
+                TrainingPlan {
+                    init: Init::Large,
+                    ..plan.clone()
+                },
+                "made with --init-weights scaled, but the flags say large",
+            ),
+            (
+                TrainingPlan {
+                    lambda: 0.0,
+                    ..plan.clone()
+                },
+                "made with --lambda 5, but the flags say 0",
+            ),
+            (
+                TrainingPlan {
+                    momentum: 0.9,
+                    ..plan.clone()
+                },
+                "made with --momentum 0.5, but the flags say 0.9",
+            ),
+            (
+                TrainingPlan {
+                    early_stop: None,
+                    ..plan.clone()
+                },
+                "made with --early-stop 10, but the flags say none",
+            ),
+            (
+                TrainingPlan {
+                    eta_schedule: Some("halve:5:128".parse().unwrap()),
+                    ..plan.clone()
+                },
+                "made with --eta-schedule halve:10:128, but the flags say halve:5:128",
+            ),
+        ];
+        for (i, (other, want)) in cases.iter().enumerate() {
+            let err = c.check_matches(&path, other).unwrap_err().to_string();
+            assert!(err.contains(want), "case {i}: {err}");
+        }
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
     #[test]
     fn truncated_or_plain_model_is_a_clear_error_and_the_old_file_survives() {
         let d = dir("bad");
@@ -254,6 +510,7 @@ mod tests {
             &plan().initial_network(),
             Position::default(),
             &plan(),
+            &RunState::new(&plan()),
         )
         .unwrap();
         let good = std::fs::read(&path).unwrap();
@@ -275,7 +532,8 @@ mod tests {
                 batch: 0,
                 step: 9
             },
-            &plan()
+            &plan(),
+            &RunState::new(&plan())
         )
         .is_err());
         assert_eq!(std::fs::read(&path).unwrap(), good);

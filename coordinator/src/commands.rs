@@ -59,6 +59,45 @@ pub fn load_model(path: &Path) -> anyhow::Result<Network> {
     Ok(network)
 }
 
+/// Formats `export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// The JSON of network2.py's `save`/`load`: sizes, weights, biases, cost.
+    #[value(name = "network2-json")]
+    Network2Json,
+}
+
+/// `export`: writes `model` as `format` to `out`, naming `cost` (default:
+/// the `cost` a checkpoint records, else quadratic). Returns a summary line.
+///
+/// # Errors
+/// If the model cannot be read or the output written.
+pub fn export(
+    model: &Path,
+    out: &Path,
+    format: ExportFormat,
+    cost: Option<common::cost::Cost>,
+) -> anyhow::Result<String> {
+    let (network, metadata) = model_file::load_with_metadata(model)?;
+    let recorded = metadata
+        .get("cost")
+        .and_then(|c| common::cost::Cost::from_name(c));
+    let cost = cost.or(recorded).unwrap_or_default();
+    match format {
+        ExportFormat::Network2Json => {
+            let json = common::network2_json::to_json(&network, cost);
+            std::fs::write(out, json).with_context(|| format!("writing {}", out.display()))?;
+        }
+    }
+    Ok(format!(
+        "{} -> {} (network2-json, sizes {:?}, cost {})",
+        model.display(),
+        out.display(),
+        network.sizes,
+        cost.network2_name()
+    ))
+}
+
 /// `evaluate`: test accuracy and the confusion matrix, as text.
 ///
 /// # Errors

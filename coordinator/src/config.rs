@@ -4,8 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::cost::Cost;
 use common::dataset::{CLASSES, IMAGE_SIZE};
-use common::trainer::TrainingPlan;
+use common::network::Init;
+use common::stopping::EtaSchedule;
+use common::trainer::{Monitor, TrainingPlan};
 
 use common::auth::Token;
 
@@ -26,18 +29,64 @@ pub struct Args {
     /// Logical shards per mini-batch, S (default: --workers). Results depend on S, not on the worker count.
     #[arg(long)]
     pub shards: Option<usize>,
-    /// Layer sizes, comma-separated; must start with 784 and end with 10 for MNIST.
-    #[arg(long, default_value = "784,30,10")]
-    pub sizes: String,
-    /// Training epochs.
-    #[arg(long, default_value_t = 30)]
-    pub epochs: usize,
+    /// One of the book's runs by name; it sets the flags it prints, and
+    /// flags given explicitly override it. network.py: chapter 1 (the
+    /// defaults); ch3-xent: cross-entropy, eta 0.5; ch3-l2: cross-entropy,
+    /// scaled init, lambda 5, eta 0.5; ch3-98: the same with [784,100,10],
+    /// eta 0.1, 60 epochs; ch3-98-stop: ch3-98 with --early-stop 10 and
+    /// --eta-schedule halve:10:128.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Layer sizes, comma-separated; must start with 784 and end with 10 for
+    /// MNIST [default: 784,30,10, or the preset's].
+    #[arg(long)]
+    pub sizes: Option<String>,
+    /// Training epochs (the most; early stopping may end sooner) [default: 30, or the preset's].
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Mini-batch length.
     #[arg(long, default_value_t = 10)]
     pub batch_size: usize,
-    /// Learning rate eta.
-    #[arg(long, default_value_t = 3.0, allow_negative_numbers = true)]
-    pub eta: f32,
+    /// Learning rate eta [default: 3.0, or the preset's].
+    #[arg(long, allow_negative_numbers = true)]
+    pub eta: Option<f32>,
+    /// Cost function: quadratic (chapter 1) or cross-entropy (chapter 3)
+    /// [default: quadratic, or the preset's].
+    #[arg(long, value_parser = parse_cost, value_name = "quadratic|cross-entropy")]
+    pub cost: Option<Cost>,
+    /// Initial weights drawn from the seed: large (N(0,1), chapter 1) or
+    /// scaled (N(0,1)/sqrt(n_in), network2.py's default); biases are N(0,1)
+    /// either way. (--init MODEL starts from a saved model instead.)
+    /// [default: large, or the preset's]
+    #[arg(long, value_parser = parse_init, value_name = "large|scaled", conflicts_with = "init")]
+    pub init_weights: Option<Init>,
+    /// L2 regularisation lambda >= 0: w <- (1 - eta*lambda/n) w - (eta/m) sum dC/dw,
+    /// n = training-set size; biases are not decayed [default: 0, or the preset's].
+    #[arg(long, allow_negative_numbers = true, value_name = "LAMBDA")]
+    pub lambda: Option<f32>,
+    /// Momentum mu in [0, 1): v <- mu v - (eta/m) sum dC/dw, w <- w + v
+    /// (biases too). The velocity is checkpointed [default: 0].
+    #[arg(long, allow_negative_numbers = true, value_name = "MU")]
+    pub momentum: Option<f32>,
+    /// Stop after N epochs without a better validation accuracy (the book's
+    /// no-improvement-in-N rule); the best validation epoch's model is saved
+    /// beside --out.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub early_stop: Option<i64>,
+    /// Learning-rate schedule halve:N:R: halve eta each time the validation
+    /// accuracy has not improved for N epochs; stop when eta has fallen to
+    /// eta/R (the book: halve:10:128).
+    #[arg(long, value_name = "halve:N:R")]
+    pub eta_schedule: Option<String>,
+    /// Figures to compute after each epoch besides test and validation
+    /// accuracy: all, none, or a list of training-cost, training-accuracy,
+    /// validation-cost (network2.py's monitor_* switches; off is faster).
+    #[arg(long, default_value = "all", value_name = "LIST")]
+    pub monitor: String,
+    /// Where to save the model of the best validation epoch [default: --out
+    /// with .best before the extension, when --early-stop or --eta-schedule is set].
+    #[arg(long, value_name = "PATH")]
+    pub best_out: Option<PathBuf>,
     /// Seed of the initial weights and the epoch shuffles. (Like network.py's
     /// N(0,1) init, some seeds start slowly: seeds 1, 8, 10 are at 74-82% after
     /// one epoch where most are at 90-91%.)
@@ -77,7 +126,7 @@ pub struct Args {
     #[arg(long, requires = "checkpoint", conflicts_with_all = ["resume", "init"])]
     pub auto_resume: bool,
     /// Start from the weights of this saved model (its sizes must match
-    /// --sizes) instead of the seed's N(0,1) init; the seed still drives the shuffles.
+    /// --sizes) instead of the seed's init (--init-weights); the seed still drives the shuffles.
     #[arg(long, value_name = "MODEL", conflicts_with = "resume")]
     pub init: Option<PathBuf>,
     /// Write one CSV row per epoch: accuracy, cost, time, throughput, step
@@ -142,6 +191,16 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+    /// A malformed `--eta-schedule` or `--monitor`.
+    #[error("--{flag} {given:?}: {why}")]
+    Malformed {
+        /// Flag name.
+        flag: &'static str,
+        /// The flag's value.
+        given: String,
+        /// What is wrong.
+        why: String,
+    },
     /// A numeric flag out of range.
     #[error("--{flag} {value}: {why}")]
     Range {
@@ -192,6 +251,150 @@ impl std::fmt::Debug for TlsPem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TlsPem(<key redacted>)")
     }
+}
+
+/// The book's runs, by name (`--preset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// Chapter 1, network.py: quadratic cost, N(0,1) init, [784,30,10], eta 3.0, 30 epochs (95.42% in the book).
+    #[value(name = "network.py")]
+    NetworkPy,
+    /// Chapter 3, cross-entropy: N(0,1) init, [784,30,10], eta 0.5, 30 epochs (95.49%).
+    #[value(name = "ch3-xent")]
+    Ch3Xent,
+    /// Chapter 3, L2: cross-entropy, scaled init, lambda 5, [784,30,10], eta 0.5, 30 epochs (96.49%).
+    #[value(name = "ch3-l2")]
+    Ch3L2,
+    /// Chapter 3, 100 hidden: cross-entropy, scaled init, lambda 5, [784,100,10], eta 0.1, 60 epochs (98.04% validation).
+    #[value(name = "ch3-98")]
+    Ch398,
+    /// ch3-98 with --early-stop 10 and --eta-schedule halve:10:128.
+    #[value(name = "ch3-98-stop")]
+    Ch398Stop,
+}
+
+/// The values a preset sets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresetValues {
+    /// `--sizes`.
+    pub sizes: &'static str,
+    /// `--epochs`.
+    pub epochs: usize,
+    /// `--eta`.
+    pub eta: f32,
+    /// `--cost`.
+    pub cost: Cost,
+    /// `--init-weights`.
+    pub init: Init,
+    /// `--lambda`.
+    pub lambda: f32,
+    /// `--early-stop`.
+    pub early_stop: Option<usize>,
+    /// `--eta-schedule`.
+    pub eta_schedule: Option<&'static str>,
+}
+
+impl Preset {
+    /// What the preset sets; [`Preset::NetworkPy`] is the flags' defaults.
+    pub fn values(self) -> PresetValues {
+        let chapter1 = PresetValues {
+            sizes: "784,30,10",
+            epochs: 30,
+            eta: 3.0,
+            cost: Cost::Quadratic,
+            init: Init::Large,
+            lambda: 0.0,
+            early_stop: None,
+            eta_schedule: None,
+        };
+        let l2 = PresetValues {
+            eta: 0.5,
+            cost: Cost::CrossEntropy,
+            init: Init::Scaled,
+            lambda: 5.0,
+            ..chapter1.clone()
+        };
+        let hundred = PresetValues {
+            sizes: "784,100,10",
+            epochs: 60,
+            eta: 0.1,
+            ..l2.clone()
+        };
+        match self {
+            Preset::NetworkPy => chapter1,
+            Preset::Ch3Xent => PresetValues {
+                eta: 0.5,
+                cost: Cost::CrossEntropy,
+                ..chapter1
+            },
+            Preset::Ch3L2 => l2,
+            Preset::Ch398 => hundred,
+            Preset::Ch398Stop => PresetValues {
+                early_stop: Some(10),
+                eta_schedule: Some("halve:10:128"),
+                ..hundred
+            },
+        }
+    }
+
+    /// The flags the preset stands for, as a user would type them.
+    pub fn flags(self) -> String {
+        let v = self.values();
+        let mut flags = format!(
+            "--sizes {} --epochs {} --eta {} --cost {} --init-weights {} --lambda {}",
+            v.sizes, v.epochs, v.eta, v.cost, v.init, v.lambda
+        );
+        if let Some(n) = v.early_stop {
+            flags.push_str(&format!(" --early-stop {n}"));
+        }
+        if let Some(s) = v.eta_schedule {
+            flags.push_str(&format!(" --eta-schedule {s}"));
+        }
+        flags
+    }
+}
+
+/// Parses `--cost`.
+fn parse_cost(s: &str) -> Result<Cost, String> {
+    Cost::from_name(s).ok_or_else(|| format!("{s:?} is not a cost; use quadratic or cross-entropy"))
+}
+
+/// Parses `--init-weights`.
+fn parse_init(s: &str) -> Result<Init, String> {
+    Init::from_name(s).ok_or_else(|| format!("{s:?} is not an initialiser; use large or scaled"))
+}
+
+/// Parses `--monitor`: `all`, `none`, or a comma-separated list.
+///
+/// # Errors
+/// [`ConfigError::Malformed`] naming the unknown item.
+pub fn parse_monitor(given: &str) -> Result<Monitor, ConfigError> {
+    let none = Monitor {
+        training_cost: false,
+        training_accuracy: false,
+        validation_cost: false,
+    };
+    match given.trim() {
+        "all" => return Ok(Monitor::default()),
+        "none" => return Ok(none),
+        _ => {}
+    }
+    let mut m = none;
+    for item in given.split(',').map(str::trim) {
+        match item {
+            "training-cost" => m.training_cost = true,
+            "training-accuracy" => m.training_accuracy = true,
+            "validation-cost" => m.validation_cost = true,
+            other => {
+                return Err(ConfigError::Malformed {
+                    flag: "monitor",
+                    given: given.to_string(),
+                    why: format!("{other:?} is not one of training-cost, training-accuracy, validation-cost (or all, none)"),
+                })
+            }
+        }
+    }
+    Ok(m)
 }
 
 /// Parses `"784,30,10"` into layer sizes fit for MNIST.
@@ -264,15 +467,45 @@ impl Args {
             value: value.to_string(),
             why,
         };
-        let sizes = parse_sizes(&self.sizes)?;
-        if !(self.eta.is_finite() && self.eta > 0.0) {
-            return Err(range("eta", &self.eta, "must be finite and > 0"));
+        let preset = self.preset.unwrap_or(Preset::NetworkPy).values();
+        let sizes = parse_sizes(self.sizes.as_deref().unwrap_or(preset.sizes))?;
+        let eta = self.eta.unwrap_or(preset.eta);
+        let epochs = self.epochs.unwrap_or(preset.epochs);
+        if !(eta.is_finite() && eta > 0.0) {
+            return Err(range("eta", &eta, "must be finite and > 0"));
         }
+        let lambda = self.lambda.unwrap_or(preset.lambda);
+        if !(lambda.is_finite() && lambda >= 0.0) {
+            return Err(range("lambda", &lambda, "must be finite and >= 0"));
+        }
+        let momentum = self.momentum.unwrap_or(0.0);
+        if !(momentum.is_finite() && (0.0..1.0).contains(&momentum)) {
+            return Err(range("momentum", &momentum, "must be in [0, 1)"));
+        }
+        let early_stop = match self.early_stop {
+            Some(n) if n < 1 => {
+                return Err(range("early-stop", &n, "must be at least 1 epoch"));
+            }
+            Some(n) => Some(n as usize),
+            None => preset.early_stop,
+        };
+        let schedule = self.eta_schedule.as_deref().or(preset.eta_schedule);
+        let eta_schedule = schedule
+            .map(|s| {
+                s.parse::<EtaSchedule>()
+                    .map_err(|why| ConfigError::Malformed {
+                        flag: "eta-schedule",
+                        given: s.to_string(),
+                        why,
+                    })
+            })
+            .transpose()?;
+        let monitor = parse_monitor(&self.monitor)?;
         if self.batch_size == 0 {
             return Err(range("batch-size", &self.batch_size, "must be at least 1"));
         }
-        if self.epochs == 0 || self.epochs > 1_000_000 {
-            return Err(range("epochs", &self.epochs, "must be 1..=1000000"));
+        if epochs == 0 || epochs > 1_000_000 {
+            return Err(range("epochs", &epochs, "must be 1..=1000000"));
         }
         if self.workers == 0 || self.workers > 1024 {
             return Err(range("workers", &self.workers, "must be 1..=1024"));
@@ -324,11 +557,18 @@ impl Args {
         Ok(Config {
             plan: TrainingPlan {
                 sizes,
-                epochs: self.epochs,
+                epochs,
                 batch_size: self.batch_size,
-                eta: self.eta,
+                eta,
                 shards,
                 seed: self.seed,
+                cost: self.cost.unwrap_or(preset.cost),
+                init: self.init_weights.unwrap_or(preset.init),
+                lambda,
+                momentum,
+                early_stop,
+                eta_schedule,
+                monitor,
             },
             workers: self.workers,
             wait_timeout: Duration::from_secs_f64(self.wait_timeout),
@@ -372,6 +612,71 @@ mod tests {
     }
 
     #[test]
+    fn defaults_are_network_py_exactly() {
+        let c = args(&[]).validate().unwrap();
+        assert_eq!(
+            c.plan,
+            TrainingPlan {
+                shards: 1,
+                ..TrainingPlan::default()
+            }
+        );
+        assert_eq!(c.plan.cost, Cost::Quadratic);
+        assert_eq!(c.plan.init, Init::Large);
+        assert_eq!((c.plan.lambda, c.plan.momentum), (0.0, 0.0));
+        assert_eq!(
+            args(&["--preset", "network.py"]).validate().unwrap().plan,
+            c.plan
+        );
+    }
+
+    #[test]
+    fn presets_set_the_books_runs_and_explicit_flags_win() {
+        let c = args(&["--preset", "ch3-98-stop"]).validate().unwrap().plan;
+        assert_eq!(c.sizes, vec![784, 100, 10]);
+        assert_eq!((c.epochs, c.eta, c.lambda), (60, 0.1, 5.0));
+        assert_eq!((c.cost, c.init), (Cost::CrossEntropy, Init::Scaled));
+        assert_eq!(c.early_stop, Some(10));
+        assert_eq!(c.eta_schedule, Some("halve:10:128".parse().unwrap()));
+        let c = args(&[
+            "--preset",
+            "ch3-l2",
+            "--lambda",
+            "0.1",
+            "--epochs",
+            "3",
+            "--init-weights",
+            "large",
+        ])
+        .validate()
+        .unwrap()
+        .plan;
+        assert_eq!((c.epochs, c.eta, c.lambda), (3, 0.5, 0.1));
+        assert_eq!((c.cost, c.init), (Cost::CrossEntropy, Init::Large));
+        assert_eq!(
+            Preset::Ch3L2.flags(),
+            "--sizes 784,30,10 --epochs 30 --eta 0.5 --cost cross-entropy --init-weights scaled --lambda 5"
+        );
+        let unknown = Args::try_parse_from(["coordinator", "--preset", "ch9"]).unwrap_err();
+        assert!(unknown.to_string().contains("ch3-xent"), "{unknown}");
+        let bad_cost = Args::try_parse_from(["coordinator", "--cost", "hinge"]).unwrap_err();
+        assert!(
+            bad_cost
+                .to_string()
+                .contains("use quadratic or cross-entropy"),
+            "{bad_cost}"
+        );
+    }
+
+    #[test]
+    fn monitor_lists_parse() {
+        let m = parse_monitor("training-cost, validation-cost").unwrap();
+        assert!(m.training_cost && m.validation_cost && !m.training_accuracy);
+        assert_eq!(parse_monitor("all").unwrap(), Monitor::default());
+        assert!(!parse_monitor("none").unwrap().training_cost);
+    }
+
+    #[test]
     fn bad_flags_are_named() {
         let cases: &[(&[&str], &str)] = &[
             (
@@ -395,6 +700,40 @@ mod tests {
                 "beyond loopback) needs a token",
             ),
             (&["--token", ""], "--token: the token is empty"),
+            (&["--lambda", "-1"], "--lambda -1: must be finite and >= 0"),
+            (
+                &["--lambda", "inf"],
+                "--lambda inf: must be finite and >= 0",
+            ),
+            (&["--momentum", "1"], "--momentum 1: must be in [0, 1)"),
+            (
+                &["--momentum", "-0.5"],
+                "--momentum -0.5: must be in [0, 1)",
+            ),
+            (
+                &["--early-stop", "0"],
+                "--early-stop 0: must be at least 1 epoch",
+            ),
+            (
+                &["--eta-schedule", "halve:10"],
+                "--eta-schedule \"halve:10\": expected halve:N:R",
+            ),
+            (
+                &["--eta-schedule", "halve:0:128"],
+                "N must be at least 1 epoch",
+            ),
+            (
+                &["--eta-schedule", "halve:10:1"],
+                "R 1 must be a finite number > 1",
+            ),
+            (
+                &["--eta-schedule", "third:10:128"],
+                "unknown schedule \"third\"",
+            ),
+            (
+                &["--monitor", "training-cost,speed"],
+                "\"speed\" is not one of",
+            ),
         ];
         for (i, (flags, want)) in cases.iter().enumerate() {
             let err = args(flags).validate().unwrap_err().to_string();

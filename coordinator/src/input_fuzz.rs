@@ -61,7 +61,7 @@ proptest! {
         std::fs::remove_file(&path).unwrap();
         if let Ok(c) = loaded {
             // What loads is checked against validated flags before use.
-            let plan = TrainingPlan { sizes: vec![4, 3, 2], epochs: 3, batch_size: 10, eta: 3.0, shards: 2, seed: 2 };
+            let plan = TrainingPlan { sizes: vec![4, 3, 2], epochs: 3, batch_size: 10, eta: 3.0, shards: 2, seed: 2, ..TrainingPlan::default() };
             let _ = c.check_matches(&path, &plan);
         }
     }

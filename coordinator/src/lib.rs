@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use common::dataset::Mnist;
 use common::pb::trainer_server::TrainerServer;
-use common::trainer::{EpochReport, Progress};
+use common::trainer::{EpochReport, Progress, RunState};
 use common::{wire, Network};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -75,6 +75,8 @@ pub const TRAINER_SERVICE: &str = "ddp.v1.Trainer";
 pub struct RunSummary {
     /// The trained network.
     pub network: Network,
+    /// Velocity, early-stopping state and the best validation epoch's model.
+    pub state: RunState,
     /// One report per epoch.
     pub reports: Vec<EpochReport>,
     /// Pool counters (late, duplicate, rejected results; reassigned shards).
@@ -138,7 +140,8 @@ pub async fn serve(
     let plan = &config.plan;
     let run_id = format!("seed{}-pid{}", plan.seed, std::process::id());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    let service = TrainerService::new(events_tx, &plan.sizes, &run_id, HANDSHAKE_TIMEOUT);
+    let service = TrainerService::new(events_tx, &plan.sizes, &run_id, HANDSHAKE_TIMEOUT)
+        .with_cost(plan.cost);
     // A worker sends only Hello and ShardResults, whose largest legitimate
     // size is known exactly from the model's sizes.
     let trainer = TrainerServer::new(service)
@@ -193,7 +196,7 @@ pub async fn serve(
         wait_for_worker: config.wait_timeout,
         shard: config.shard_timeout,
     };
-    let (mut network, mut position) = match config.resume.clone() {
+    let (mut network, mut position, mut state) = match config.resume.clone() {
         Some(c) => {
             info!(
                 epoch = c.position.epoch,
@@ -201,7 +204,7 @@ pub async fn serve(
                 step = c.position.step,
                 "resuming from checkpoint"
             );
-            (c.network, c.position)
+            (c.network, c.position, c.state)
         }
         None => (
             config
@@ -209,6 +212,7 @@ pub async fn serve(
                 .clone()
                 .unwrap_or_else(|| plan.initial_network()),
             checkpoint::Position::default(),
+            RunState::new(plan),
         ),
     };
     let mut pool = RemotePool::new(events_rx, plan.sizes.clone(), timeouts, position.step);
@@ -222,15 +226,15 @@ pub async fn serve(
         outcome = async {
             pool.wait_for_workers(config.workers).await?;
             start = Instant::now();
-            info!(epochs = plan.epochs, batch = plan.batch_size, eta = plan.eta, "training");
-            training::run(&mut pool, &mut network, &data, plan, &mut position, config.checkpoint.as_ref(), progress).await
+            info!(epochs = plan.epochs, batch = plan.batch_size, eta = plan.eta, cost = %plan.cost, "training");
+            training::run(&mut pool, &mut network, &mut state, &data, plan, &mut position, config.checkpoint.as_ref(), progress).await
         } => outcome,
         () = &mut shutdown => Err(CoordinatorError::Interrupted),
     };
     let elapsed = start.elapsed();
     if let (Err(e), Some(c)) = (&outcome, &config.checkpoint) {
         // Whatever stopped the run (Ctrl-C, SIGTERM, no workers), keep its progress.
-        match training::save_checkpoint(c, &network, position, plan).await {
+        match training::save_checkpoint(c, &network, position, plan, &state).await {
             Ok(()) => {
                 warn!(error = %e, step = position.step, path = %c.path.display(), "run stopped; checkpoint saved, continue with --resume")
             }
@@ -260,6 +264,7 @@ pub async fn serve(
     let reports = outcome?;
     Ok(RunSummary {
         network,
+        state,
         reports,
         stats,
         elapsed,

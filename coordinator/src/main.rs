@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use common::logging::LogFormat;
 use common::model_file;
-use common::trainer::EpochReport;
+use common::trainer::{EpochReport, RunState};
 use common::Network;
 use coordinator::commands;
 use coordinator::launch::{sibling_worker_binary, Credentials, LocalWorkers};
@@ -28,7 +28,9 @@ use tokio::net::TcpListener;
                   the SGD update.\n\nWith no subcommand it trains: defaults (30 epochs, [784,30,10], \
                   batch 10, eta 3.0) reach about 95% test accuracy.\n\nExamples:\n  \
                   coordinator --workers 4 --spawn-workers\n  \
+                  coordinator --workers 4 --spawn-workers --preset ch3-l2\n  \
                   coordinator evaluate --model model.safetensors\n  \
+                  coordinator export --format network2-json --model model.safetensors --out model.json\n  \
                   coordinator predict --model model.safetensors digit.png",
     args_conflicts_with_subcommands = true
 )]
@@ -63,6 +65,24 @@ enum Command {
         /// Images to classify.
         #[arg(required = true)]
         images: Vec<PathBuf>,
+    },
+    /// Write a model in another format: network2-json is the JSON that
+    /// network2.py's `load` reads (sizes, weights, biases, cost).
+    Export {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = commands::ExportFormat::Network2Json)]
+        format: commands::ExportFormat,
+        /// The model file (safetensors; a checkpoint also works).
+        #[arg(long)]
+        model: PathBuf,
+        /// Where to write the JSON.
+        #[arg(long)]
+        out: PathBuf,
+        /// The cost to name in the JSON (quadratic or cross-entropy) [default:
+        /// the one a checkpoint records, else quadratic]. Model files do not
+        /// record it; it matters only to continue training in network2.py.
+        #[arg(long, value_name = "quadratic|cross-entropy")]
+        cost: Option<String>,
     },
     /// Ask a coordinator or worker for its grpc.health.v1 status; exits 0 only
     /// when SERVING (usable as a container or Kubernetes exec probe).
@@ -123,6 +143,23 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 std::process::ExitCode::FAILURE
             })
         }
+        Command::Export {
+            format,
+            model,
+            out,
+            cost,
+        } => {
+            common::logging::init(cli.log_format, std::io::stderr);
+            let cost = cost
+                .map(|c| {
+                    common::cost::Cost::from_name(&c)
+                        .with_context(|| format!("--cost {c:?}: use quadratic or cross-entropy"))
+                })
+                .transpose()?;
+            let text = commands::export(&model, &out, format, cost)?;
+            println!("{text}");
+            Ok(ok)
+        }
         Command::Health {
             addr,
             service,
@@ -151,6 +188,16 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 
 async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()> {
     let mut config = args.validate()?;
+    if let Some(preset) = args.preset {
+        // The flags the preset stands for; explicit flags have overridden any of them.
+        eprintln!(
+            "preset {}: {}",
+            clap::ValueEnum::to_possible_value(&preset)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default(),
+            preset.flags()
+        );
+    }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let read = |p: &std::path::PathBuf| {
             std::fs::read(p).with_context(|| format!("reading {}", p.display()))
@@ -167,9 +214,10 @@ async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()> {
     if let Some(path) = args.resume.as_ref().or(auto) {
         let c = coordinator::checkpoint::load(path)?;
         c.check_matches(path, &config.plan)?;
-        if c.position.epoch >= config.plan.epochs {
+        if c.position.epoch >= config.plan.epochs || c.state.stopping.stopped {
             // A supervisor restarted a finished run: keep the result, train nothing.
             model_file::save(&args.out, &c.network)?;
+            save_best(&args, &config.plan, &c.state)?;
             println!(
                 "Done: {} already holds all {} epochs; model saved to {}",
                 path.display(),
@@ -214,12 +262,22 @@ async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| config.plan.initial_network());
         let plan = config.plan.clone();
-        let (network, reports) = tokio::task::spawn_blocking(move || {
-            let reports = common::trainer::train(&mut network, &data, &plan, ui);
-            (network, reports)
+        let (network, state, reports) = tokio::task::spawn_blocking(move || {
+            let mut state = RunState::new(&plan);
+            let reports =
+                common::trainer::train_with_state(&mut network, &mut state, &data, &plan, ui);
+            (network, state, reports)
         })
         .await?;
-        return finish(&args, network, &reports, start.elapsed(), None);
+        return finish(
+            &args,
+            &config.plan,
+            network,
+            &state,
+            &reports,
+            start.elapsed(),
+            None,
+        );
     }
 
     let listen = args.listen_addr()?;
@@ -262,6 +320,7 @@ async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()> {
             }
         }
     };
+    let config_plan = config.plan.clone();
     let summary = coordinator::serve(listener, config, load(), shutdown, ui).await;
     if workers_gone && summary.is_err() {
         anyhow::bail!(
@@ -275,17 +334,49 @@ async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()> {
     let summary = summary?;
     finish(
         &args,
+        &config_plan,
         summary.network,
+        &summary.state,
         &summary.reports,
         summary.elapsed,
         Some(&summary.stats),
     )
 }
 
-/// Saves the model and prints the run's summary.
+/// Where the best validation epoch's model goes: `--best-out`, or, with
+/// early stopping or a schedule, `--out` with `.best` before its extension.
+fn best_path(args: &Args, plan: &common::trainer::TrainingPlan) -> Option<PathBuf> {
+    args.best_out.clone().or_else(|| {
+        (plan.early_stop.is_some() || plan.eta_schedule.is_some()).then(|| {
+            let ext = args.out.extension().map_or("best".to_string(), |e| {
+                format!("best.{}", e.to_string_lossy())
+            });
+            args.out.with_extension(ext)
+        })
+    })
+}
+
+/// Saves the best validation epoch's model where [`best_path`] says; returns the path.
+fn save_best(
+    args: &Args,
+    plan: &common::trainer::TrainingPlan,
+    state: &RunState,
+) -> anyhow::Result<Option<PathBuf>> {
+    match (best_path(args, plan), &state.best) {
+        (Some(path), Some(best)) => {
+            model_file::save(&path, &best.network)?;
+            Ok(Some(path))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Saves the model (and the best validation epoch's) and prints the run's summary.
 fn finish(
     args: &Args,
+    plan: &common::trainer::TrainingPlan,
     network: Network,
+    state: &RunState,
     reports: &[EpochReport],
     elapsed: Duration,
     stats: Option<&PoolStats>,
@@ -299,14 +390,25 @@ fn finish(
     // Per epoch of training samples: an epoch resumed mid-way counts for the part that ran.
     let epoch_samples = reports.iter().map(|r| r.samples).max().unwrap_or(1).max(1);
     let epochs_run = reports.iter().map(|r| r.samples).sum::<usize>() as f64 / epoch_samples as f64;
+    let best_saved = save_best(args, plan, state)?;
+    let at_best_validation = state.best.as_ref().map_or(String::new(), |b| {
+        format!(
+            ", at best validation {:.2}% (epoch {}, validation {:.2}%)",
+            100.0 * b.test_correct as f64 / last.test_total.max(1) as f64,
+            b.epoch,
+            100.0 * b.validation_correct as f64 / last.validation_total.max(1) as f64,
+        )
+    });
     println!(
-        "Done: best test accuracy {:.2}% (epoch {}), final {:.2}%, {:.1} s training, {:.2} s per epoch; model saved to {}",
+        "Done: best test accuracy {:.2}% (epoch {}), final {:.2}%{at_best_validation}, {} epochs, {:.1} s training, {:.2} s per epoch; model saved to {}{}",
         best.test_accuracy(),
         best.epoch,
         last.test_accuracy(),
+        reports.len(),
         elapsed.as_secs_f64(),
         elapsed.as_secs_f64() / epochs_run.max(1e-9),
-        args.out.display()
+        args.out.display(),
+        best_saved.map_or(String::new(), |p| format!(", best validation epoch's to {}", p.display()))
     );
     if let Some(s) =
         stats.filter(|s| s.reassigned + s.rejected + s.refused + s.late + s.duplicate > 0)

@@ -10,7 +10,9 @@ use common::trainer::EpochReport;
 use plotters::prelude::*;
 
 /// The CSV columns, in order.
-pub const CSV_HEADER: &str = "epoch,test_accuracy,validation_accuracy,training_cost,seconds,samples_per_sec,step_p50_ms,step_p99_ms,compute_p50_ms,codec_p50_ms,transport_p50_ms,reduce_p50_ms,workers,recomputed";
+/// `training_cost`, `training_accuracy` and `validation_cost` are empty when
+/// not monitored (`--monitor`); `eta` is the rate the epoch trained at.
+pub const CSV_HEADER: &str = "epoch,test_accuracy,validation_accuracy,training_cost,seconds,samples_per_sec,step_p50_ms,step_p99_ms,compute_p50_ms,codec_p50_ms,transport_p50_ms,reduce_p50_ms,workers,recomputed,training_accuracy,validation_cost,eta";
 
 /// A metrics file being written, one row per epoch, flushed after each.
 pub struct MetricsCsv {
@@ -48,13 +50,14 @@ impl MetricsCsv {
 /// One CSV row (see [`CSV_HEADER`]); times in milliseconds, accuracy in percent.
 pub fn csv_row(r: &EpochReport) -> String {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let opt = |v: Option<f64>, digits: usize| v.map_or(String::new(), |v| format!("{v:.digits$}"));
     let s = &r.step_times;
     format!(
-        "{},{:.2},{:.2},{:.6},{:.3},{:.0},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{}",
+        "{},{:.2},{:.2},{},{:.3},{:.0},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{},{}",
         r.epoch,
         r.test_accuracy(),
         r.validation_accuracy(),
-        r.training_cost,
+        opt(r.training_cost, 6),
         r.train_time.as_secs_f64(),
         r.samples_per_sec(),
         ms(s.p50),
@@ -64,7 +67,10 @@ pub fn csv_row(r: &EpochReport) -> String {
         ms(s.transport_p50),
         ms(s.reduce_p50),
         r.workers,
-        r.recomputed
+        r.recomputed,
+        opt(r.training_accuracy(), 2),
+        opt(r.validation_cost, 6),
+        r.eta
     )
 }
 

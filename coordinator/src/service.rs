@@ -25,6 +25,8 @@ pub struct TrainerService {
     run_id: Arc<str>,
     next_id: Arc<AtomicU32>,
     hello_timeout: Duration,
+    /// The run's cost, told to every worker in `Welcome` (its output delta depends on it).
+    cost: common::cost::Cost,
 }
 
 impl TrainerService {
@@ -42,7 +44,13 @@ impl TrainerService {
             run_id: run_id.into(),
             next_id: Arc::new(AtomicU32::new(0)),
             hello_timeout,
+            cost: common::cost::Cost::Quadratic,
         }
+    }
+
+    /// The same service announcing `cost` in `Welcome` (quadratic unless set).
+    pub fn with_cost(self, cost: common::cost::Cost) -> Self {
+        Self { cost, ..self }
     }
 }
 
@@ -147,6 +155,7 @@ impl pb::trainer_server::Trainer for TrainerService {
             sizes: self.sizes.to_vec(),
             run_id: self.run_id.to_string(),
             protocol_version: PROTOCOL_VERSION,
+            cost: pb::Cost::from(self.cost).into(),
         };
         outbox
             .try_send(Ok(step_message(coordinator_message::Kind::Welcome(

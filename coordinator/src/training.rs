@@ -11,7 +11,8 @@ use common::dataset::Mnist;
 use common::metrics::StepSummary;
 use common::schedule::{epoch_order, StepId};
 use common::trainer::{
-    apply_step, epoch_report, step_shards, EpochReport, Progress, StepProgress, TrainingPlan,
+    apply_step, end_epoch, epoch_report, step_shards, EpochReport, Progress, RunState,
+    StepProgress, TrainingPlan,
 };
 use common::Network;
 
@@ -37,9 +38,10 @@ pub async fn save_checkpoint(
     network: &Network,
     position: Position,
     plan: &TrainingPlan,
+    state: &RunState,
 ) -> Result<(), CoordinatorError> {
-    let (path, net, plan) = (c.path.clone(), network.clone(), plan.clone());
-    tokio::task::spawn_blocking(move || checkpoint::save(&path, &net, position, &plan))
+    let (path, net, plan, state) = (c.path.clone(), network.clone(), plan.clone(), state.clone());
+    tokio::task::spawn_blocking(move || checkpoint::save(&path, &net, position, &plan, &state))
         .await
         .expect("checkpoint writing does not panic")?;
     tracing::debug!(step = position.step, path = %c.path.display(), "checkpoint saved");
@@ -47,15 +49,21 @@ pub async fn save_checkpoint(
 }
 
 /// Trains `network` by `plan` on `data` from `position` (advanced as steps
-/// are applied), telling `progress` after each step and epoch and
-/// checkpointing as asked.
+/// are applied) and `state` (velocity, early stopping, best model), telling
+/// `progress` after each step and epoch and checkpointing as asked.
+///
+/// An epoch ends with its evaluation, which early stopping and the η
+/// schedule judge; only then does the position move to the next epoch, so a
+/// checkpoint never holds an epoch whose verdict is missing.
 ///
 /// # Errors
 /// [`CoordinatorError`] if a step cannot be completed or a checkpoint cannot
-/// be written; `network` and `position` then describe the last applied step.
+/// be written; `network`, `position` and `state` then describe the last applied step.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     pool: &mut impl WorkerPool,
     network: &mut Network,
+    state: &mut RunState,
     data: &Arc<Mnist>,
     plan: &TrainingPlan,
     position: &mut Position,
@@ -63,8 +71,10 @@ pub async fn run(
     mut progress: impl Progress,
 ) -> Result<Vec<EpochReport>, CoordinatorError> {
     let mut reports = Vec::new();
-    while position.epoch < plan.epochs {
+    while position.epoch < plan.epochs && !state.stopping.stopped {
         let epoch = position.epoch;
+        let eta = state.eta(plan);
+        let update = plan.update(eta, data.training.len());
         let start = Instant::now();
         let mut recomputed = 0;
         let mut workers = 0;
@@ -87,9 +97,15 @@ pub async fn run(
                 .run_step(StepId(position.step), network, &shards)
                 .await?;
             let reduce_start = Instant::now();
-            // Network and position change together, with no await in between:
-            // a cancelled run always leaves a consistent pair to checkpoint.
-            apply_step(network, &output.gradients, plan.eta, batch.len());
+            // Network, velocity and position change together, with no await in
+            // between: a cancelled run always leaves a consistent set to checkpoint.
+            apply_step(
+                network,
+                &output.gradients,
+                update,
+                batch.len(),
+                state.velocity.as_mut(),
+            );
             samples += batch.len();
             position.batch += 1;
             position.step += 1;
@@ -108,26 +124,34 @@ pub async fn run(
             });
             let due = |c: &&Checkpointing| c.every.is_some_and(|n| position.step % n == 0);
             if let Some(c) = checkpointing.filter(due) {
-                save_checkpoint(c, network, *position, plan).await?;
+                save_checkpoint(c, network, *position, plan, state).await?;
             }
         }
+        let train_time = start.elapsed();
+        // Evaluation is ~70k feedforwards: CPU work, kept off the async threads.
+        let (net, data_ref, steps, plan_ref) = (
+            network.clone(),
+            Arc::clone(data),
+            position.step,
+            plan.clone(),
+        );
+        let summary = StepSummary::of(&timings);
+        let mut report = tokio::task::spawn_blocking(move || {
+            epoch_report(
+                &net, &data_ref, &plan_ref, eta, epoch, steps, train_time, summary,
+            )
+        })
+        .await
+        .expect("evaluation does not panic on validated data");
+        end_epoch(plan, state, network, &mut report);
         *position = Position {
             epoch: epoch + 1,
             batch: 0,
             step: position.step,
         };
-        let train_time = start.elapsed();
         if let Some(c) = checkpointing {
-            save_checkpoint(c, network, *position, plan).await?;
+            save_checkpoint(c, network, *position, plan, state).await?;
         }
-        // Evaluation is ~70k feedforwards: CPU work, kept off the async threads.
-        let (net, data_ref, steps) = (network.clone(), Arc::clone(data), position.step);
-        let summary = StepSummary::of(&timings);
-        let mut report = tokio::task::spawn_blocking(move || {
-            epoch_report(&net, &data_ref, epoch, steps, train_time, summary)
-        })
-        .await
-        .expect("evaluation does not panic on validated data");
         report.samples = samples;
         report.workers = workers;
         report.recomputed = recomputed;
@@ -144,9 +168,9 @@ mod tests {
     use super::*;
     use crate::pool::{PoolError, StepOutput};
     use common::dataset::Samples;
-    use common::trainer::{shard_gradients, train};
+    use common::trainer::shard_gradients_with;
 
-    struct InPlace;
+    struct InPlace(common::cost::Cost);
 
     impl WorkerPool for InPlace {
         async fn run_step(
@@ -156,7 +180,10 @@ mod tests {
             shards: &[Samples],
         ) -> Result<StepOutput, PoolError> {
             Ok(StepOutput {
-                gradients: shards.iter().map(|s| shard_gradients(network, s)).collect(),
+                gradients: shards
+                    .iter()
+                    .map(|s| shard_gradients_with(network, s, self.0))
+                    .collect(),
                 timing: Default::default(),
                 workers: 1,
                 reassigned: 0,
@@ -178,44 +205,103 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn loop_equals_reference_trainer_bitwise() {
-        let data = Arc::new(synthetic(95));
-        let plan = TrainingPlan {
+    /// network.py's run, and one with every chapter 3 option that changes
+    /// the weights (early stopping and the schedule tight enough to fire on
+    /// this data's noisy 10-image validation set).
+    fn plans(shards: usize) -> Vec<TrainingPlan> {
+        let base = TrainingPlan {
             sizes: vec![784, 8, 10],
             epochs: 2,
             batch_size: 10,
             eta: 3.0,
-            shards: 4,
+            shards,
             seed: 5,
+            ..TrainingPlan::default()
         };
-        let mut reference = plan.initial_network();
-        train(&mut reference, &data, &plan, common::trainer::Quiet);
-        let mut net = plan.initial_network();
-        let reports = run(
-            &mut InPlace,
-            &mut net,
-            &data,
-            &plan,
-            &mut Position::default(),
-            None,
-            common::trainer::Quiet,
-        )
-        .await
-        .unwrap();
-        assert_eq!(net, reference);
-        assert_eq!(reports.len(), 2);
-        assert_eq!(
-            reports[1].steps, 20,
-            "95 samples in batches of 10 is 10 steps per epoch"
-        );
+        vec![
+            base.clone(),
+            TrainingPlan {
+                epochs: 6,
+                eta: 0.5,
+                cost: common::cost::Cost::CrossEntropy,
+                init: common::network::Init::Scaled,
+                lambda: 5.0,
+                momentum: 0.6,
+                early_stop: Some(3),
+                eta_schedule: Some("halve:1:4".parse().unwrap()),
+                ..base
+            },
+        ]
     }
 
-    /// Stop after any step, checkpoint, resume from the file: the same bits.
+    #[tokio::test]
+    async fn loop_equals_reference_trainer_bitwise() {
+        let data = Arc::new(synthetic(95));
+        for (i, plan) in plans(4).iter().enumerate() {
+            let mut reference = plan.initial_network();
+            let mut ref_state = RunState::new(plan);
+            let ref_reports = common::trainer::train_with_state(
+                &mut reference,
+                &mut ref_state,
+                &data,
+                plan,
+                common::trainer::Quiet,
+            );
+            let mut net = plan.initial_network();
+            let mut state = RunState::new(plan);
+            let reports = run(
+                &mut InPlace(plan.cost),
+                &mut net,
+                &mut state,
+                &data,
+                plan,
+                &mut Position::default(),
+                None,
+                common::trainer::Quiet,
+            )
+            .await
+            .unwrap();
+            assert_eq!(net, reference, "case {i}");
+            assert_eq!(state, ref_state, "case {i}");
+            assert_eq!(reports.len(), ref_reports.len(), "case {i}");
+            assert_eq!(
+                reports[1].steps, 20,
+                "95 samples in batches of 10 is 10 steps per epoch"
+            );
+        }
+    }
+
+    /// The chapter 3 plan of [`plans`] really halves η and stops early here,
+    /// so the resume test below covers that state.
+    #[test]
+    fn the_chapter3_test_plan_halves_and_stops() {
+        let data = synthetic(95);
+        let plan = &plans(3)[1];
+        let mut net = plan.initial_network();
+        let mut state = RunState::new(plan);
+        let reports = common::trainer::train_with_state(
+            &mut net,
+            &mut state,
+            &data,
+            plan,
+            common::trainer::Quiet,
+        );
+        assert!(reports.iter().any(|r| r.verdict.halved), "{reports:?}");
+        assert!(
+            reports.len() < plan.epochs,
+            "stopped early: {} epochs",
+            reports.len()
+        );
+        assert!(state.best.is_some());
+    }
+
+    /// Stop after any step, checkpoint, resume from the file: the same bits,
+    /// for network.py's run and for one with every chapter 3 option
+    /// (momentum's velocity, L2, early stopping and η schedule state, best model).
     #[tokio::test]
     async fn resuming_from_a_checkpoint_is_bitwise_exact() {
         /// Fails every step from `.0` on, as a crash would end the run.
-        struct Crashing(u64);
+        struct Crashing(u64, common::cost::Cost);
         impl WorkerPool for Crashing {
             async fn run_step(
                 &mut self,
@@ -226,53 +312,65 @@ mod tests {
                 if step.0 >= self.0 {
                     return Err(PoolError::ServiceGone);
                 }
-                InPlace.run_step(step, network, shards).await
+                InPlace(self.1).run_step(step, network, shards).await
             }
         }
         let data = Arc::new(synthetic(95));
-        let plan = TrainingPlan {
-            sizes: vec![784, 8, 10],
-            epochs: 2,
-            batch_size: 10,
-            eta: 3.0,
-            shards: 3,
-            seed: 5,
-        };
-        let mut reference = plan.initial_network();
-        train(&mut reference, &data, &plan, common::trainer::Quiet);
         let dir = std::env::temp_dir().join(format!("resume-{}", std::process::id()));
-        for stop_after in [1u64, 9, 10, 13, 19] {
-            let c = Checkpointing {
-                path: dir.join(format!("c{stop_after}.safetensors")),
-                every: Some(1),
-            };
-            let (mut net, mut pos) = (plan.initial_network(), Position::default());
-            let crashed = run(
-                &mut Crashing(stop_after),
-                &mut net,
+        for (i, plan) in plans(3).iter().enumerate() {
+            let mut reference = plan.initial_network();
+            let mut ref_state = RunState::new(plan);
+            common::trainer::train_with_state(
+                &mut reference,
+                &mut ref_state,
                 &data,
-                &plan,
-                &mut pos,
-                Some(&c),
+                plan,
                 common::trainer::Quiet,
-            )
-            .await;
-            assert!(crashed.is_err(), "case {stop_after}");
-            let ck = checkpoint::load(&c.path).unwrap();
-            assert_eq!(ck.position.step, stop_after, "case {stop_after}");
-            let (mut net, mut pos) = (ck.network, ck.position);
-            run(
-                &mut InPlace,
-                &mut net,
-                &data,
-                &plan,
-                &mut pos,
-                Some(&c),
-                common::trainer::Quiet,
-            )
-            .await
-            .unwrap();
-            assert!(net == reference, "case {stop_after}: resumed run differs");
+            );
+            for stop_after in [1u64, 9, 10, 13, 19] {
+                let c = Checkpointing {
+                    path: dir.join(format!("c{i}-{stop_after}.safetensors")),
+                    every: Some(1),
+                };
+                let (mut net, mut pos) = (plan.initial_network(), Position::default());
+                let mut state = RunState::new(plan);
+                let crashed = run(
+                    &mut Crashing(stop_after, plan.cost),
+                    &mut net,
+                    &mut state,
+                    &data,
+                    plan,
+                    &mut pos,
+                    Some(&c),
+                    common::trainer::Quiet,
+                )
+                .await;
+                assert!(crashed.is_err(), "case {i} {stop_after}");
+                let ck = checkpoint::load(&c.path).unwrap();
+                assert_eq!(ck.position.step, stop_after, "case {i} {stop_after}");
+                ck.check_matches(&c.path, plan).unwrap();
+                let (mut net, mut pos, mut state) = (ck.network, ck.position, ck.state);
+                run(
+                    &mut InPlace(plan.cost),
+                    &mut net,
+                    &mut state,
+                    &data,
+                    plan,
+                    &mut pos,
+                    Some(&c),
+                    common::trainer::Quiet,
+                )
+                .await
+                .unwrap();
+                assert!(
+                    net == reference,
+                    "case {i} {stop_after}: resumed run differs"
+                );
+                assert!(
+                    state == ref_state,
+                    "case {i} {stop_after}: resumed state differs"
+                );
+            }
         }
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -189,6 +189,15 @@ impl Progress for Ui {
     fn epoch(&mut self, r: &EpochReport) {
         self.bar.finish_and_clear();
         println!("{}", epoch_line(r));
+        if let Some(why) = r.verdict.stop {
+            println!("Stopping after epoch {}: {why}", r.epoch);
+        } else if r.verdict.halved {
+            println!(
+                "Eta halved to {} after epoch {}: no better validation accuracy (--eta-schedule)",
+                r.eta / 2.0,
+                r.epoch
+            );
+        }
         self.reports.push(r.clone());
         if let Some(m) = &mut self.metrics {
             if let Err(e) = m.append(r) {
@@ -202,10 +211,12 @@ impl Progress for Ui {
 }
 
 /// The per-epoch line, stable for scripts:
-/// `Epoch j: correct / total  (validation v / vt)  X s  Y samples/s  cost C  step p50 ms`.
+/// `Epoch j: correct / total  (validation v / vt)  X s  Y samples/s  cost C  step p50 ms  training t / n  validation cost V  eta E`.
+/// The figures `--monitor` leaves out are `-`.
 pub fn epoch_line(r: &EpochReport) -> String {
+    let dash = || "-".to_string();
     format!(
-        "Epoch {}: {} / {}  (validation {} / {})  {:.2} s  {:.0} samples/s  cost {:.4}  step p50 {:.3} ms",
+        "Epoch {}: {} / {}  (validation {} / {})  {:.2} s  {:.0} samples/s  cost {}  step p50 {:.3} ms  training {} / {}  validation cost {}  eta {}",
         r.epoch,
         r.test_correct,
         r.test_total,
@@ -213,7 +224,11 @@ pub fn epoch_line(r: &EpochReport) -> String {
         r.validation_total,
         r.train_time.as_secs_f64(),
         r.samples_per_sec(),
-        r.training_cost,
+        r.training_cost.map_or_else(dash, |c| format!("{c:.4}")),
         r.step_times.p50.as_secs_f64() * 1e3,
+        r.training_correct.map_or_else(dash, |c| c.to_string()),
+        r.samples,
+        r.validation_cost.map_or_else(dash, |c| format!("{c:.4}")),
+        r.eta,
     )
 }

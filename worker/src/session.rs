@@ -126,7 +126,8 @@ pub async fn run(
         None => return Err(SessionError::Closed),
     };
     let sizes = wire::decode_welcome(&welcome)?;
-    info!(worker = welcome.worker_id, run = %welcome.run_id, ?sizes, "joined");
+    let cost = wire::welcome_cost(&welcome)?;
+    info!(worker = welcome.worker_id, run = %welcome.run_id, ?sizes, %cost, "joined");
     *joined = true;
     config.set_joined(true).await;
     let mut network = Network::zeros(&sizes);
@@ -166,7 +167,7 @@ pub async fn run(
                 // Each result carries its share of the Step's decoding.
                 let decode_share = decode_start.elapsed() / shards.len().max(1) as u32;
                 debug!(step = step.step_id, shards = shards.len(), "step");
-                let (net, outputs) = shard_gradients_blocking(network, shards).await;
+                let (net, outputs) = shard_gradients_blocking(network, shards, cost).await;
                 network = net;
                 for (id, samples, g, compute) in outputs {
                     let encode_start = Instant::now();

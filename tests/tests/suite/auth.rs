@@ -22,6 +22,7 @@ fn config(token: &str) -> Config {
         eta: 3.0,
         shards: 2,
         seed: 1,
+        ..TrainingPlan::default()
     };
     Config {
         token: Some(Token::new(token).unwrap()),

@@ -20,6 +20,7 @@ fn plan() -> TrainingPlan {
         eta: 3.0,
         shards: 4,
         seed: 5,
+        ..TrainingPlan::default()
     }
 }
 

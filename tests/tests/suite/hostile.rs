@@ -27,6 +27,7 @@ fn plan() -> TrainingPlan {
         eta: 3.0,
         shards: SHARDS,
         seed: 8,
+        ..TrainingPlan::default()
     }
 }
 

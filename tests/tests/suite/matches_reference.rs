@@ -17,6 +17,7 @@ fn plan(shards: usize) -> TrainingPlan {
         eta: 3.0,
         shards,
         seed: 3,
+        ..TrainingPlan::default()
     }
 }
 

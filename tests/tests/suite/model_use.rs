@@ -88,7 +88,7 @@ fn local_run_writes_metrics_and_a_plot() {
         .collect();
     assert_eq!(rows.len(), 4);
     for (i, (row, &(correct, total))) in rows.iter().zip(&epochs).enumerate() {
-        assert_eq!(row.len(), 14, "row {i}");
+        assert_eq!(row.len(), 17, "row {i}");
         assert_eq!(row[0], i as f64, "epoch column");
         let accuracy = 100.0 * correct as f64 / total as f64;
         assert!(

@@ -112,6 +112,7 @@ async fn health_follows_the_run_and_reflection_lists_the_services() {
         eta: 3.0,
         shards: 1,
         seed: 1,
+        ..TrainingPlan::default()
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -237,6 +238,7 @@ async fn data_that_fails_to_load_stops_the_server_with_the_reason() {
         eta: 3.0,
         shards: 1,
         seed: 1,
+        ..TrainingPlan::default()
     };
     let failing = async { Err::<Arc<common::dataset::Mnist>, _>(anyhow::anyhow!("disk on fire")) };
     let result = coordinator::serve(

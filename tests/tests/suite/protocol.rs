@@ -21,6 +21,7 @@ fn plan() -> TrainingPlan {
         eta: 3.0,
         shards: 2,
         seed: 4,
+        ..TrainingPlan::default()
     }
 }
 

@@ -27,6 +27,7 @@ async fn workers_train_over_tls_and_untrusting_or_plaintext_workers_cannot_conne
         eta: 3.0,
         shards: 2,
         seed: 1,
+        ..TrainingPlan::default()
     };
     let tls = TlsPem {
         cert: cert.clone().into_bytes(),
