@@ -88,7 +88,7 @@ fn local_run_writes_metrics_and_a_plot() {
         .collect();
     assert_eq!(rows.len(), 4);
     for (i, (row, &(correct, total))) in rows.iter().zip(&epochs).enumerate() {
-        assert_eq!(row.len(), 14, "row {i}");
+        assert_eq!(row.len(), 17, "row {i}");
         assert_eq!(row[0], i as f64, "epoch column");
         let accuracy = 100.0 * correct as f64 / total as f64;
         assert!(
@@ -96,6 +96,17 @@ fn local_run_writes_metrics_and_a_plot() {
             "row {i}: {row:?} vs {accuracy}"
         );
         assert!(row[3] > 0.0 && row[3] < 0.5, "training cost {}", row[3]);
+        assert!(
+            row[14] > 50.0 && row[14] <= 100.0,
+            "training accuracy {}",
+            row[14]
+        );
+        assert!(
+            row[15] > 0.0 && row[15] < 0.5,
+            "validation cost {}",
+            row[15]
+        );
+        assert_eq!(row[16], 3.0, "eta");
         assert!(row[5] > 0.0, "samples/s");
         assert!(row[7] >= row[6], "p99 >= p50");
         assert_eq!(
