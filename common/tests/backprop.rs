@@ -457,7 +457,10 @@ fn check_finite_differences(
     checked
 }
 
-fn fd_samples() -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Array2<f32>, Array2<f32>) {
+/// Inputs and targets as f64 rows and as f32 matrices.
+type Samples = (Vec<Vec<f64>>, Vec<Vec<f64>>, Array2<f32>, Array2<f32>);
+
+fn fd_samples() -> Samples {
     use rand::Rng;
     let mut rng = init_rng(12);
     let n = 4;
