@@ -287,7 +287,10 @@ fn batched_sum_equals_per_sample_sum() {
     for (l, (a, b)) in batched.nabla_b.iter().zip(&summed.nabla_b).enumerate() {
         let diff = (a - b).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
         assert!(diff < 1e-4, "nabla_b{l}: max diff {diff}");
-        assert!(a.iter().any(|&v| v != 0.0), "nabla_b{l} is not trivially zero");
+        assert!(
+            a.iter().any(|&v| v != 0.0),
+            "nabla_b{l} is not trivially zero"
+        );
     }
 }
 
@@ -462,7 +465,10 @@ fn check_finite_differences(
     checked
 }
 
-fn fd_samples() -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Array2<f32>, Array2<f32>) {
+/// Inputs and targets as f64 rows and as f32 matrices.
+type Samples = (Vec<Vec<f64>>, Vec<Vec<f64>>, Array2<f32>, Array2<f32>);
+
+fn fd_samples() -> Samples {
     use rand::Rng;
     let mut rng = init_rng(12);
     let n = 4;

@@ -84,6 +84,24 @@ enum Command {
         #[arg(long, value_name = "quadratic|cross-entropy")]
         cost: Option<String>,
     },
+    /// Draw several runs' accuracy per epoch on one chart, from their --metrics CSVs.
+    PlotRuns {
+        /// The PNG to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The CSV column to draw.
+        #[arg(long, default_value = "test_accuracy")]
+        column: String,
+        /// Chart title.
+        #[arg(long, default_value = "Test accuracy per epoch")]
+        title: String,
+        /// Lowest accuracy shown (%).
+        #[arg(long, default_value_t = 90.0)]
+        floor: f64,
+        /// Runs as LABEL=CSV.
+        #[arg(required = true, value_name = "LABEL=CSV")]
+        runs: Vec<String>,
+    },
     /// Ask a coordinator or worker for its grpc.health.v1 status; exits 0 only
     /// when SERVING (usable as a container or Kubernetes exec probe).
     Health {
@@ -107,7 +125,10 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("coordinator: error: {}", common::logging::error_chain(e.as_ref()));
+            eprintln!(
+                "coordinator: error: {}",
+                common::logging::error_chain(e.as_ref())
+            );
             std::process::ExitCode::FAILURE
         }
     }
@@ -158,6 +179,27 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 .transpose()?;
             let text = commands::export(&model, &out, format, cost)?;
             println!("{text}");
+            Ok(ok)
+        }
+        Command::PlotRuns {
+            out,
+            column,
+            title,
+            floor,
+            runs,
+        } => {
+            common::logging::init(cli.log_format, std::io::stderr);
+            let mut curves = Vec::new();
+            for run in &runs {
+                let (label, csv) = run
+                    .split_once('=')
+                    .with_context(|| format!("{run:?}: expected LABEL=CSV"))?;
+                let points =
+                    coordinator::report::read_metrics_column(std::path::Path::new(csv), &column)?;
+                curves.push((label.to_string(), points));
+            }
+            coordinator::report::plot_runs(&out, &title, &format!("{column} (%)"), &curves, floor)?;
+            println!("{} runs drawn to {}", curves.len(), out.display());
             Ok(ok)
         }
         Command::Health {

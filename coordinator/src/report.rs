@@ -185,3 +185,119 @@ pub fn plot_accuracy(path: &Path, reports: &[EpochReport]) -> anyhow::Result<()>
 fn draw_error(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("drawing the plot: {e}")
 }
+
+/// One curve of [`plot_runs`]: a label and `(epoch, accuracy %)` points.
+pub type Curve = (String, Vec<(usize, f64)>);
+
+/// Reads `column` (e.g. `test_accuracy`) per epoch from a `--metrics` CSV.
+///
+/// # Errors
+/// If the file cannot be read or lacks the column.
+pub fn read_metrics_column(path: &Path, column: &str) -> anyhow::Result<Vec<(usize, f64)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let col = header
+        .iter()
+        .position(|h| *h == column)
+        .with_context(|| format!("{}: no column {column:?}", path.display()))?;
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let fields: Vec<&str> = l.split(',').collect();
+            let parse = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+            match (parse(0), parse(col)) {
+                (Some(e), Some(v)) => Ok((e as usize, v)),
+                _ => anyhow::bail!("{}: bad row {l:?}", path.display()),
+            }
+        })
+        .collect()
+}
+
+/// Draws several runs' accuracy per epoch on one chart (PNG at `path`),
+/// `floor` the lowest accuracy shown.
+///
+/// # Errors
+/// If there is nothing to draw or the file cannot be written.
+pub fn plot_runs(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    curves: &[Curve],
+    floor: f64,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(curves.iter().any(|c| !c.1.is_empty()), "no run to plot");
+    register_font();
+    let palette = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+    ];
+    let last = curves
+        .iter()
+        .flat_map(|c| c.1.iter().map(|p| p.0))
+        .max()
+        .unwrap_or(1)
+        .max(1) as i32;
+    let (width, height) = (1000u32, 620u32);
+    let mut pixels = vec![0u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 24))
+            .margin(16)
+            .x_label_area_size(46)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0..last, floor..100.0)
+            .map_err(draw_error)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc(y_desc)
+            .y_label_formatter(&|y| format!("{y:.1}"))
+            .label_style(("sans-serif", 16))
+            .axis_desc_style(("sans-serif", 18))
+            .draw()
+            .map_err(draw_error)?;
+        for (i, (label, points)) in curves.iter().enumerate() {
+            let color = palette[i % palette.len()];
+            let points: Vec<(i32, f64)> = points
+                .iter()
+                .map(|&(e, v)| (e as i32, v.max(floor)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .map_err(draw_error)?
+                .label(label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .draw()
+            .map_err(draw_error)?;
+        root.present().map_err(draw_error)?;
+    }
+    image::save_buffer_with_format(
+        path,
+        &pixels,
+        width,
+        height,
+        image::ColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! rustls and the rest are linked once instead of once per file.
 //!
 //! - `matches_reference`: the determinism contract (cluster = reference, bit for bit)
+//! - `book`: chapter 3's options under the same contract; presets, export to network2.py
 //! - `faults`: workers that die or go silent cost only time
 //! - `protocol`: malformed and hostile messages from a raw gRPC client
 //! - `hostile`: generated scripts of hostile peers against a real cluster
@@ -10,6 +11,7 @@
 //! - `processes`, `model_use`, `netns`: the real binaries as processes
 
 mod auth;
+mod book;
 mod faults;
 mod hostile;
 mod matches_reference;

@@ -96,6 +96,17 @@ fn local_run_writes_metrics_and_a_plot() {
             "row {i}: {row:?} vs {accuracy}"
         );
         assert!(row[3] > 0.0 && row[3] < 0.5, "training cost {}", row[3]);
+        assert!(
+            row[14] > 10.0 && row[14] <= 100.0,
+            "training accuracy {}",
+            row[14]
+        );
+        assert!(
+            row[15] > 0.0 && row[15] < 0.5,
+            "validation cost {}",
+            row[15]
+        );
+        assert_eq!(row[16], 3.0, "eta");
         assert!(row[5] > 0.0, "samples/s");
         assert!(row[7] >= row[6], "p99 >= p50");
         assert_eq!(
@@ -388,9 +399,24 @@ fn crafted_model_files_are_refused_before_any_allocation() {
     let runs: [Vec<&str>; 4] = [
         vec!["evaluate", "--model", s(&model), "--data-dir", fixture()],
         vec!["predict", "--model", s(&model), s(&image)],
-        [&["--local", "--epochs", "1", "--init", s(&model)][..], &data].concat(),
+        [
+            &["--local", "--epochs", "1", "--init", s(&model)][..],
+            &data,
+        ]
+        .concat(),
         // --resume reads the checkpoint before it listens or loads data.
-        [&["--listen", "127.0.0.1:0", "--epochs", "1", "--resume", s(&model)][..], &data].concat(),
+        [
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--epochs",
+                "1",
+                "--resume",
+                s(&model),
+            ][..],
+            &data,
+        ]
+        .concat(),
     ];
     for args in runs {
         let out = coordinator(&args);
