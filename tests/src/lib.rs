@@ -305,6 +305,22 @@ pub fn binary(name: &str) -> PathBuf {
             .to_path_buf();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = std::process::Command::new(cargo);
+        // This process runs with the variables cargo sets for a test
+        // (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...). Build scripts such as
+        // ring's rerun when those change, so passing them on would rebuild
+        // ring, rustls, tonic and everything above them here, and again in
+        // the next `cargo test`: the nested build would never be a no-op.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let per_crate = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"]
+                .iter()
+                .any(|p| key.starts_with(p));
+            if per_crate
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*key)
+            {
+                build.env_remove(&*key);
+            }
+        }
         build.args(["build", "--workspace", "--bins", "--tests"]);
         if dir.file_name().is_some_and(|p| p == "release") {
             build.arg("--release");
