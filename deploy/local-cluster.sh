@@ -7,12 +7,20 @@
 #   deploy/local-cluster.sh                 # 4 workers, 30 epochs, ~95%
 #   deploy/local-cluster.sh --workers 2 --epochs 1
 #
-# Every flag of `coordinator` works here (see `coordinator --help`).
+# Every flag of `coordinator` works here (see `target/release/coordinator --help`).
+# Relative paths (--out, --metrics, --plot, --checkpoint, --data-dir, ...) are
+# relative to the directory you run this from, as is the default
+# model.safetensors: the script never changes directory.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-cargo build --release --bins --quiet
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Where cargo puts the binaries: $CARGO_TARGET_DIR if set (cargo resolves a
+# relative one against this directory, and so does exec below), else target/.
+target="${CARGO_TARGET_DIR:-$root/target}"
+# On stderr, so stdout stays the coordinator's ("Listening on ..." first).
+echo "local-cluster: building release binaries (first time ~6 min on 2 cores)" >&2
+cargo build --release --bins --manifest-path "$root/Cargo.toml"
 case " $* " in
   *" --workers "*|*" --workers="*) ;;
   *) set -- --workers 4 "$@" ;;
 esac
-exec target/release/coordinator --spawn-workers "$@"
+exec "$target/release/coordinator" --spawn-workers "$@"

@@ -49,6 +49,9 @@ pub mod stopping;
 pub mod trainer;
 pub mod wire;
 
+#[cfg(test)]
+mod decoder_fuzz;
+
 /// Types generated from `proto/trainer.proto`, package `ddp.v1`.
 #[allow(missing_docs, clippy::all)]
 pub mod pb {

@@ -45,3 +45,42 @@ where
         LogFormat::Json => builder.json().with_current_span(false).init(),
     }
 }
+
+/// An error and its causes on one line, `outer: cause: root cause`, with each
+/// cause written once: layers that already repeat their source's text in
+/// their own message (as tonic's and hyper's often do) add nothing.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum E {
+        #[error("tcp connect error")]
+        Outer(#[source] Inner),
+        #[error("reading x: {0}")]
+        Repeats(#[source] Inner),
+    }
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection refused")]
+    struct Inner;
+
+    #[test]
+    fn each_cause_is_written_once() {
+        assert_eq!(error_chain(&E::Outer(Inner)), "tcp connect error: connection refused");
+        assert_eq!(error_chain(&E::Repeats(Inner)), "reading x: connection refused");
+    }
+}

@@ -10,7 +10,13 @@ use ndarray::{Array1, Array2};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
-use crate::network::Network;
+use crate::network::{checked_parameter_count, Network};
+use crate::wire::MAX_PARAMETERS;
+
+/// Largest file read as a model or checkpoint: room for a checkpoint's
+/// tensors (the weights and up to three more sets of the same size) at the
+/// parameter limit, plus its header.
+pub const MAX_FILE_BYTES: u64 = 4 * 4 * MAX_PARAMETERS as u64 + (1 << 20);
 
 /// What is wrong with a model file, and which.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +37,9 @@ pub enum ModelFileError {
         /// The cause.
         source: safetensors::SafeTensorError,
     },
-    /// The `sizes` metadata is missing or malformed.
-    #[error("{path}: metadata \"sizes\" is {found:?}; expected comma-separated layer sizes like \"784,30,10\"")]
+    /// The `sizes` metadata is missing, malformed, or claims more parameters
+    /// than the limit or the file holds.
+    #[error("{path}: metadata \"sizes\" is {found:?}; expected comma-separated layer sizes like \"784,30,10\", at most {MAX_PARAMETERS} parameters, all present in the file")]
     Sizes {
         /// The file.
         path: PathBuf,
@@ -241,10 +248,7 @@ pub fn load(path: &Path) -> Result<Network, ModelFileError> {
 pub fn load_with_metadata(
     path: &Path,
 ) -> Result<(Network, HashMap<String, String>), ModelFileError> {
-    let bytes = std::fs::read(path).map_err(|source| ModelFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_bounded(path)?;
     let network = from_bytes(path, &bytes)?;
     // from_bytes has parsed the header already, so this cannot fail.
     let (_, metadata) =
@@ -253,6 +257,25 @@ pub fn load_with_metadata(
             source,
         })?;
     Ok((network, metadata.metadata().clone().unwrap_or_default()))
+}
+
+/// Reads at most [`MAX_FILE_BYTES`] of `path`; a longer file is an error.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, ModelFileError> {
+    use std::io::Read;
+    let io = |source| ModelFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(io(std::io::Error::other(format!(
+            "larger than {MAX_FILE_BYTES} bytes, the most a model or checkpoint can be"
+        ))));
+    }
+    Ok(bytes)
 }
 
 /// Parses safetensors bytes; `path` only names the source in errors.
@@ -273,10 +296,13 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Network, ModelFileError> 
     let sizes: Option<Vec<usize>> = found
         .as_ref()
         .and_then(|s| s.split(',').map(|p| p.trim().parse().ok()).collect());
+    // Nothing is allocated from the metadata until the sizes it claims are
+    // known to fit both the parameter limit and the file's own length.
+    let fits = |s: &[usize]| {
+        checked_parameter_count(s, MAX_PARAMETERS).is_some_and(|n| n * 4 <= bytes.len())
+    };
     let sizes = match sizes {
-        Some(s) if s.len() >= 2 && s.iter().all(|&v| v > 0 && v <= crate::wire::MAX_PARAMETERS) => {
-            s
-        }
+        Some(s) if fits(&s) => s,
         _ => {
             return Err(ModelFileError::Sizes {
                 path: path.to_path_buf(),

@@ -262,6 +262,20 @@ pub fn parameter_count(sizes: &[usize]) -> usize {
     sizes.windows(2).map(|p| p[1] * p[0] + p[1]).sum()
 }
 
+/// [`parameter_count`] for sizes that are not yet trusted (from a file or
+/// the wire): `None` unless there are two or more positive sizes whose
+/// parameter count is at most `max`. Computed without overflow, so nothing
+/// is ever allocated for a model that claims to be huge.
+pub fn checked_parameter_count(sizes: &[usize], max: usize) -> Option<usize> {
+    if sizes.len() < 2 || sizes.iter().any(|&s| s == 0 || s > max) {
+        return None;
+    }
+    sizes.windows(2).try_fold(0usize, |total, p| {
+        let layer = p[1].checked_mul(p[0])?.checked_add(p[1])?;
+        total.checked_add(layer).filter(|&t| t <= max)
+    })
+}
+
 /// `z = w·a + b`, `b` broadcast over the columns: `(out, in)·(in, n) + (out,)`.
 fn weighted_input(w: &Array2<f32>, b: &Array1<f32>, a: ArrayView2<f32>) -> Array2<f32> {
     let mut z = kernels::w_dot_x(w, &a);

@@ -13,12 +13,27 @@ use ndarray::{Array1, Array2};
 use crate::cost::Cost;
 use crate::dataset::{Samples, CLASSES, IMAGE_SIZE};
 use crate::gradients::Gradients;
-use crate::network::{parameter_count, Network};
+use crate::network::{checked_parameter_count, parameter_count, Network};
 use crate::pb;
 use crate::schedule::ShardId;
 
 /// The protocol version this build speaks (`package ddp.v1`).
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest gRPC message either side sends, and the largest a worker
+/// accepts (64 MiB): well above a `[784,100,10]` step at batch 1,000 (1.1 MB).
+/// The coordinator accepts much less: [`max_worker_message_bytes`].
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// The largest `WorkerMessage` an honest worker sends for a model of
+/// `sizes`: a `ShardResult` carrying one packed gradient, plus room for its
+/// fixed fields (each at most 11 bytes) and the framing. A Hello is smaller.
+pub fn max_worker_message_bytes(sizes: &[usize]) -> usize {
+    parameter_count(sizes) * 4 + 128
+}
+
+/// Longest worker name accepted in a `Hello`, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
 
 /// Largest model accepted from the wire, in parameters (64 MiB of f32).
 pub const MAX_PARAMETERS: usize = 16 << 20;
@@ -41,6 +56,12 @@ pub enum WireError {
         ours: u32,
         /// Theirs.
         theirs: u32,
+    },
+    /// A worker name that could forge log lines or flood them.
+    #[error("worker name refused: {why} (at most {MAX_NAME_BYTES} bytes of printable text)")]
+    Name {
+        /// What is wrong, without echoing the name.
+        why: String,
     },
     /// A packed tensor has the wrong number of bytes.
     #[error("{tensor}: {got} bytes, expected {expected} ({} f32 values for sizes {sizes:?})", expected / 4)]
@@ -244,15 +265,28 @@ pub fn decode_gradients(sizes: &[usize], bytes: &[u8]) -> Result<Gradients, Wire
     Ok(g)
 }
 
-/// Checks a worker's `Hello`.
+/// Checks a worker's `Hello`: its protocol version, and a name that is safe
+/// to write into a log (no control characters: no forged lines, no escape
+/// codes for a reader's terminal; bounded length).
 ///
 /// # Errors
-/// [`WireError::ProtocolVersion`] if the worker speaks another version.
+/// [`WireError::ProtocolVersion`] if the worker speaks another version,
+/// [`WireError::Name`] for a name with control characters or too long.
 pub fn check_hello(hello: &pb::Hello) -> Result<(), WireError> {
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(WireError::ProtocolVersion {
             ours: PROTOCOL_VERSION,
             theirs: hello.protocol_version,
+        });
+    }
+    if hello.name.len() > MAX_NAME_BYTES {
+        return Err(WireError::Name {
+            why: format!("{} bytes long", hello.name.len()),
+        });
+    }
+    if let Some((at, c)) = hello.name.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(WireError::Name {
+            why: format!("control character U+{:04X} at byte {at}", u32::from(c)),
         });
     }
     Ok(())
@@ -293,10 +327,7 @@ pub fn decode_welcome(welcome: &pb::Welcome) -> Result<Vec<usize>, WireError> {
         });
     }
     let sizes: Vec<usize> = welcome.sizes.iter().map(|&s| s as usize).collect();
-    let plausible = sizes.len() >= 2
-        && sizes.iter().all(|&s| s > 0 && s <= MAX_PARAMETERS)
-        && parameter_count(&sizes) <= MAX_PARAMETERS;
-    if !plausible {
+    if checked_parameter_count(&sizes, MAX_PARAMETERS).is_none() {
         return Err(WireError::Sizes {
             sizes: welcome.sizes.clone(),
         });

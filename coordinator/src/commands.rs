@@ -33,6 +33,17 @@ pub fn load_mnist(dir: Option<&Path>) -> anyhow::Result<Mnist> {
     Ok(data)
 }
 
+/// The test set alone (fetching MNIST first if it is missing): all that
+/// `evaluate` needs, so the training files are neither read nor validated.
+///
+/// # Errors
+/// If the data cannot be fetched or the test files are invalid.
+pub fn load_test_set(dir: Option<&Path>) -> anyhow::Result<common::dataset::Samples> {
+    let dir = dir.map_or_else(fetch::default_data_dir, Path::to_path_buf);
+    fetch::ensure_mnist(&dir)?;
+    Ok(Mnist::load_test(&dir)?)
+}
+
 /// Loads a model file that fits MNIST (784 inputs, 10 outputs).
 ///
 /// # Errors
@@ -93,10 +104,10 @@ pub fn export(
 /// If the model or the data cannot be loaded.
 pub fn evaluate(model: &Path, data_dir: Option<&Path>) -> anyhow::Result<String> {
     let network = load_model(model)?;
-    let data = load_mnist(data_dir)?;
-    let m = common::trainer::confusion_matrix(&network, &data.test);
+    let test = load_test_set(data_dir)?;
+    let m = common::trainer::confusion_matrix(&network, &test);
     let correct: usize = (0..10).map(|d| m[d][d]).sum();
-    let total = data.test.len();
+    let total = test.len();
     let mut out = format!(
         "{}: {correct} / {total} test images right ({:.2}%), layer sizes {:?}\n\n",
         model.display(),
@@ -175,7 +186,7 @@ pub fn predict(model: &Path, images: &[PathBuf]) -> anyhow::Result<(String, usiz
             }
             Err(e) => {
                 failed += 1;
-                out.push_str(&format!("{}: error: {e:#}\n", path.display()));
+                out.push_str(&format!("{}: error: {}\n", path.display(), common::logging::error_chain(e.as_ref())));
             }
         }
     }

@@ -20,9 +20,9 @@ use crate::training::Checkpointing;
 /// `[784,30,10]`, batch 10, eta 3.0, about 95% test accuracy.
 #[derive(Debug, Clone, clap::Parser)]
 pub struct Args {
-    /// Address to serve gRPC on.
+    /// Address to serve gRPC on: IP:PORT or HOST:PORT (`localhost:50051`).
     #[arg(long, default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
+    pub listen: String,
     /// Workers to wait for before training starts.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -154,6 +154,10 @@ pub struct Args {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// With --tls-cert and --spawn-workers: the name in the certificate that
+    /// the spawned workers check (they trust --tls-cert itself).
+    #[arg(long, value_name = "NAME", default_value = "localhost", requires = "tls_cert")]
+    pub tls_domain: String,
     /// Seconds a worker may take for a shard before it is treated as dead and
     /// its shards are recomputed by the others (catches silent workers).
     #[arg(long, default_value_t = 30.0)]
@@ -179,6 +183,14 @@ pub enum ConfigError {
     /// A bad or missing token.
     #[error("--token: {0}")]
     Token(String),
+    /// `--listen` is not an address.
+    #[error("--listen {value:?}: {why}")]
+    Listen {
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        why: String,
+    },
     /// A malformed `--eta-schedule` or `--monitor`.
     #[error("--{flag} {given:?}: {why}")]
     Malformed {
@@ -413,7 +425,7 @@ pub fn parse_sizes(given: &str) -> Result<Vec<usize>, ConfigError> {
             "MNIST needs {IMAGE_SIZE} inputs and {CLASSES} outputs, e.g. 784,30,10"
         )));
     }
-    if common::network::parameter_count(&sizes) > common::wire::MAX_PARAMETERS {
+    if common::network::checked_parameter_count(&sizes, common::wire::MAX_PARAMETERS).is_none() {
         return Err(err(format!(
             "more than {} parameters",
             common::wire::MAX_PARAMETERS
@@ -422,7 +434,29 @@ pub fn parse_sizes(given: &str) -> Result<Vec<usize>, ConfigError> {
     Ok(sizes)
 }
 
+/// The longest timeout a flag takes (a year): longer ones are surely typos,
+/// and would overflow a clock's deadline arithmetic.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
 impl Args {
+    /// The address `--listen` names, resolved (a host name resolves to its
+    /// first address).
+    ///
+    /// # Errors
+    /// [`ConfigError::Listen`] if it is not HOST:PORT or does not resolve.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        use std::net::ToSocketAddrs;
+        let unresolved = |why: String| ConfigError::Listen {
+            value: self.listen.clone(),
+            why,
+        };
+        self.listen
+            .to_socket_addrs()
+            .map_err(|e| unresolved(format!("expected IP:PORT or HOST:PORT ({e})")))?
+            .next()
+            .ok_or_else(|| unresolved("the host name has no address".into()))
+    }
+
     /// Checks every flag and builds the run configuration.
     ///
     /// # Errors
@@ -470,8 +504,8 @@ impl Args {
         if self.batch_size == 0 {
             return Err(range("batch-size", &self.batch_size, "must be at least 1"));
         }
-        if epochs == 0 {
-            return Err(range("epochs", &epochs, "must be at least 1"));
+        if epochs == 0 || epochs > 1_000_000 {
+            return Err(range("epochs", &epochs, "must be 1..=1000000"));
         }
         if self.workers == 0 || self.workers > 1024 {
             return Err(range("workers", &self.workers, "must be 1..=1024"));
@@ -480,11 +514,11 @@ impl Args {
         if shards == 0 || shards > 4096 {
             return Err(range("shards", &shards, "must be 1..=4096"));
         }
-        if !(self.wait_timeout.is_finite() && self.wait_timeout >= 0.0) {
+        if !(0.0..=MAX_SECONDS).contains(&self.wait_timeout) {
             return Err(range(
                 "wait-timeout",
                 &self.wait_timeout,
-                "must be a number of seconds >= 0",
+                "must be a number of seconds from 0 to a year",
             ));
         }
         let token = self
@@ -493,31 +527,31 @@ impl Args {
             .map(Token::new)
             .transpose()
             .map_err(|e| ConfigError::Token(e.to_string()))?;
+        let listen = self.listen_addr()?;
         if token.is_none()
-            && !self.listen.ip().is_loopback()
+            && !listen.ip().is_loopback()
             && !self.insecure_no_token
             && !self.local
         {
             return Err(ConfigError::Token(format!(
-                "listening on {} (beyond loopback) needs a token (--token or DDP_TOKEN), or --insecure-no-token to accept anyone",
-                self.listen
+                "listening on {listen} (beyond loopback) needs a token (--token or DDP_TOKEN), or --insecure-no-token to accept anyone",
             )));
         }
         if self.checkpoint_every == Some(0) {
             return Err(range("checkpoint-every", &0, "must be at least 1"));
         }
-        if !(self.keepalive.is_finite() && self.keepalive > 0.0) {
+        if !(self.keepalive > 0.0 && self.keepalive <= MAX_SECONDS) {
             return Err(range(
                 "keepalive",
                 &self.keepalive,
-                "must be a number of seconds > 0",
+                "must be a number of seconds > 0, at most a year",
             ));
         }
-        if !(self.shard_timeout.is_finite() && self.shard_timeout > 0.0) {
+        if !(self.shard_timeout > 0.0 && self.shard_timeout <= MAX_SECONDS) {
             return Err(range(
                 "shard-timeout",
                 &self.shard_timeout,
-                "must be a number of seconds > 0",
+                "must be a number of seconds > 0, at most a year",
             ));
         }
         Ok(Config {

@@ -25,6 +25,18 @@ pub enum LaunchError {
     },
 }
 
+/// How spawned workers reach a coordinator that asks for a token or TLS.
+/// The token goes in the children's environment (`DDP_TOKEN`), never on
+/// their command line, where any local user could read it.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// The run's token.
+    pub token: Option<String>,
+    /// The coordinator's certificate (PEM), trusted by the workers, and the
+    /// name they check it for.
+    pub tls: Option<(PathBuf, String)>,
+}
+
 /// Worker processes started by this coordinator.
 #[derive(Debug)]
 pub struct LocalWorkers {
@@ -43,20 +55,37 @@ pub fn sibling_worker_binary() -> Result<PathBuf, LaunchError> {
 }
 
 impl LocalWorkers {
-    /// Starts `count` workers of `binary` connecting to `addr`.
+    /// Starts `count` workers of `binary` connecting to `addr` with `credentials`.
     ///
     /// # Errors
     /// [`LaunchError::Spawn`]; workers already started are killed.
-    pub fn spawn(binary: &PathBuf, count: usize, addr: SocketAddr) -> Result<Self, LaunchError> {
+    pub fn spawn(
+        binary: &PathBuf,
+        count: usize,
+        addr: SocketAddr,
+        credentials: &Credentials,
+    ) -> Result<Self, LaunchError> {
         let mut children = Vec::with_capacity(count);
+        let scheme = if credentials.tls.is_some() { "https" } else { "http" };
         for i in 0..count {
-            let child = Command::new(binary)
-                .args([
-                    "--connect",
-                    &format!("http://{addr}"),
-                    "--name",
-                    &format!("local-{i}"),
-                ])
+            let mut command = Command::new(binary);
+            command.args([
+                "--connect",
+                &format!("{scheme}://{addr}"),
+                "--name",
+                &format!("local-{i}"),
+            ]);
+            match &credentials.token {
+                Some(token) => command.env("DDP_TOKEN", token),
+                None => command.env_remove("DDP_TOKEN"),
+            };
+            if let Some((ca, domain)) = &credentials.tls {
+                command
+                    .arg("--tls-ca")
+                    .arg(ca)
+                    .args(["--tls-domain", domain]);
+            }
+            let child = command
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|source| LaunchError::Spawn {
@@ -67,6 +96,14 @@ impl LocalWorkers {
         }
         info!(count, %addr, "started local workers");
         Ok(Self { children })
+    }
+
+    /// Completes when every worker has exited (for a run that cannot start
+    /// because none of them could join).
+    pub async fn all_exited(&mut self) {
+        for child in &mut self.children {
+            let _ = child.wait().await;
+        }
     }
 
     /// Waits up to `grace` for every worker to exit, then kills the rest.

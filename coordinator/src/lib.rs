@@ -23,12 +23,16 @@ pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod digits;
+pub mod incoming;
 pub mod launch;
 pub mod pool;
 pub mod report;
 pub mod service;
 pub mod training;
 pub mod ui;
+
+#[cfg(test)]
+mod input_fuzz;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,11 +41,10 @@ use std::time::{Duration, Instant};
 use common::dataset::Mnist;
 use common::pb::trainer_server::TrainerServer;
 use common::trainer::{EpochReport, Progress, RunState};
-use common::Network;
+use common::{wire, Network};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
@@ -50,9 +53,19 @@ pub use config::{Args, Config, ConfigError};
 use pool::{PoolError, PoolStats, RemotePool};
 use service::TrainerService;
 
-/// Largest gRPC message accepted or sent (64 MiB): well above a `[784,100,10]`
-/// step (318 KB), and still bounded so a hostile peer cannot make us buffer more.
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// How long a new connection may take to start its handshake, and a new
+/// stream to send its Hello.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Events queued from all workers' streams to the pool. Each stream waits
+/// while the queue is full, so memory held for peers is bounded by this
+/// many results plus one in hand per stream, each at most
+/// [`common::wire::max_worker_message_bytes`].
+const EVENT_QUEUE: usize = 64;
+
+/// HTTP/2 streams one connection may have open at once: a worker needs one,
+/// and a probe or two may share its connection.
+const STREAMS_PER_CONNECTION: u32 = 8;
 
 /// The health service name of the trainer.
 pub const TRAINER_SERVICE: &str = "ddp.v1.Trainer";
@@ -84,6 +97,14 @@ pub enum CoordinatorError {
     /// The TLS certificate or key is unusable.
     #[error("TLS: {0}")]
     Tls(#[source] tonic::transport::Error),
+    /// A checkpoint's position does not fit this run's data.
+    #[error("the checkpoint is at batch {batch} of an epoch, but this data has {batches} batches per epoch")]
+    Position {
+        /// The checkpoint's batch within its epoch.
+        batch: usize,
+        /// Batches per epoch with this data and batch size.
+        batches: usize,
+    },
     /// The shutdown signal fired before training finished.
     #[error("interrupted before training finished")]
     Interrupted,
@@ -118,24 +139,26 @@ pub async fn serve(
 
     let plan = &config.plan;
     let run_id = format!("seed{}-pid{}", plan.seed, std::process::id());
-    let (events_tx, events_rx) = mpsc::channel(1024);
-    let trainer = TrainerServer::new(
-        TrainerService::new(events_tx, &plan.sizes, &run_id).with_cost(plan.cost),
-    )
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let service = TrainerService::new(events_tx, &plan.sizes, &run_id, HANDSHAKE_TIMEOUT)
+        .with_cost(plan.cost);
+    // A worker sends only Hello and ShardResults, whose largest legitimate
+    // size is known exactly from the model's sizes.
+    let trainer = TrainerServer::new(service)
+        .max_decoding_message_size(wire::max_worker_message_bytes(&plan.sizes))
+        .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
     // The health service stays open to probes; the trainer checks the token.
     let trainer = InterceptedService::new(trainer, service::authenticate(config.token.clone()));
-    // tonic sets TCP_NODELAY only on listeners it binds itself; without it on
-    // our own listener, Nagle turns a 0.3 ms round trip into tens of ms.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (stopping_tx, stopping) = watch::channel(false);
+    let incoming = incoming::incoming(listener, HANDSHAKE_TIMEOUT, stopping);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {
         let identity = tonic::transport::Identity::from_pem(&tls.cert, &tls.key);
-        builder = builder
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .map_err(CoordinatorError::Tls)?;
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(identity)
+            .timeout(HANDSHAKE_TIMEOUT);
+        builder = builder.tls_config(tls).map_err(CoordinatorError::Tls)?;
     }
     let server = tokio::spawn(
         builder
@@ -144,12 +167,14 @@ pub async fn serve(
             // Detects a dead peer even when its TCP connection stays half-open.
             .http2_keepalive_interval(Some(config.keepalive))
             .http2_keepalive_timeout(Some(config.keepalive * 2))
+            .max_concurrent_streams(Some(STREAMS_PER_CONNECTION))
             .add_service(health_service)
             .add_service(reflection_v1())
             .add_service(reflection_v1alpha())
             .add_service(trainer)
-            .serve_with_incoming_shutdown(incoming, async {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_rx.await;
+                let _ = stopping_tx.send(true);
             }),
     );
 
@@ -171,7 +196,6 @@ pub async fn serve(
         wait_for_worker: config.wait_timeout,
         shard: config.shard_timeout,
     };
-    let mut pool = RemotePool::new(events_rx, plan.sizes.clone(), timeouts);
     let (mut network, mut position, mut state) = match config.resume.clone() {
         Some(c) => {
             info!(
@@ -191,6 +215,7 @@ pub async fn serve(
             RunState::new(plan),
         ),
     };
+    let mut pool = RemotePool::new(events_rx, plan.sizes.clone(), timeouts, position.step);
     health
         .set_service_status(TRAINER_SERVICE, ServingStatus::Serving)
         .await;

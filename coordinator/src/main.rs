@@ -12,7 +12,7 @@ use common::model_file;
 use common::trainer::{EpochReport, RunState};
 use common::Network;
 use coordinator::commands;
-use coordinator::launch::{sibling_worker_binary, LocalWorkers};
+use coordinator::launch::{sibling_worker_binary, Credentials, LocalWorkers};
 use coordinator::pool::PoolStats;
 use coordinator::ui::{progress_bar, BarWriter, Ui};
 use coordinator::Args;
@@ -125,7 +125,7 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("coordinator: error: {e:#}");
+            eprintln!("coordinator: error: {}", common::logging::error_chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
@@ -319,21 +319,31 @@ async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()> {
         );
     }
 
-    let listener = TcpListener::bind(args.listen)
+    let listen = args.listen_addr()?;
+    let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     // First line of stdout, so scripts and tests can find a port chosen with :0.
     println!("Listening on {addr}");
-    let local = if args.spawn_workers {
+    let mut local = if args.spawn_workers {
+        let credentials = Credentials {
+            token: args.token.clone(),
+            tls: args
+                .tls_cert
+                .clone()
+                .map(|cert| (cert, args.tls_domain.clone())),
+        };
         Some(LocalWorkers::spawn(
             &sibling_worker_binary()?,
             config.workers,
             addr,
+            &credentials,
         )?)
     } else {
         None
     };
+    let mut workers_gone = false;
 
     let shutdown = async {
         // Ctrl-C or SIGTERM (as from Kubernetes or a process manager): stop, checkpoint, exit.
@@ -342,10 +352,20 @@ async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            // Spawned workers exit only after the run's Shutdown, or when they
+            // cannot join (their errors are on stderr above); don't wait forever.
+            () = async { match local.as_mut() { Some(l) => l.all_exited().await, None => std::future::pending().await } } => {
+                workers_gone = true;
+            }
         }
     };
     let config_plan = config.plan.clone();
     let summary = coordinator::serve(listener, config, load(), shutdown, ui).await;
+    if workers_gone && summary.is_err() {
+        anyhow::bail!(
+            "every spawned worker exited before training finished; their errors are above"
+        );
+    }
     if let Some(local) = local {
         let clean = local.wait(Duration::from_secs(10)).await;
         tracing::info!(clean, "local workers exited");
@@ -406,6 +426,9 @@ fn finish(
         .max_by_key(|r| (r.test_correct, std::cmp::Reverse(r.epoch)))
         .unwrap_or(last);
     model_file::save(&args.out, &network)?;
+    // Per epoch of training samples: an epoch resumed mid-way counts for the part that ran.
+    let epoch_samples = reports.iter().map(|r| r.samples).max().unwrap_or(1).max(1);
+    let epochs_run = reports.iter().map(|r| r.samples).sum::<usize>() as f64 / epoch_samples as f64;
     let best_saved = save_best(args, plan, state)?;
     let at_best_validation = state.best.as_ref().map_or(String::new(), |b| {
         format!(
@@ -422,14 +445,16 @@ fn finish(
         last.test_accuracy(),
         reports.len(),
         elapsed.as_secs_f64(),
-        elapsed.as_secs_f64() / reports.len() as f64,
+        elapsed.as_secs_f64() / epochs_run.max(1e-9),
         args.out.display(),
         best_saved.map_or(String::new(), |p| format!(", best validation epoch's to {}", p.display()))
     );
-    if let Some(s) = stats.filter(|s| s.reassigned + s.rejected + s.late + s.duplicate > 0) {
+    if let Some(s) =
+        stats.filter(|s| s.reassigned + s.rejected + s.refused + s.late + s.duplicate > 0)
+    {
         println!(
-            "Faults absorbed: {} shards reassigned, {} results rejected, {} late, {} duplicate",
-            s.reassigned, s.rejected, s.late, s.duplicate
+            "Faults absorbed: {} shards reassigned, {} results rejected, {} refused (protocol violations), {} late, {} duplicate",
+            s.reassigned, s.rejected, s.refused, s.late, s.duplicate
         );
     }
     Ok(())

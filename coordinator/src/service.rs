@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::auth::{Token, METADATA_KEY};
 use common::pb::{self, coordinator_message, worker_message};
@@ -14,46 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
-/// Id the coordinator gives a worker's stream; unique within a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct WorkerId(pub u32);
-
-impl std::fmt::Display for WorkerId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// Messages to one worker; an `Err` ends its stream with that status.
-pub type Outbox = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
-
-/// What the service tells the worker registry.
-#[derive(Debug)]
-pub enum WorkerEvent {
-    /// A worker completed the handshake.
-    Joined {
-        /// Its id.
-        id: WorkerId,
-        /// The name it gave.
-        name: String,
-        /// Where to send it work. Dropping every clone ends its stream with OK.
-        outbox: Outbox,
-    },
-    /// A worker sent a result (not yet validated).
-    Result {
-        /// The sender.
-        id: WorkerId,
-        /// The message.
-        result: pb::ShardResult,
-    },
-    /// A worker's stream ended.
-    Left {
-        /// The worker.
-        id: WorkerId,
-        /// Why, for the log.
-        reason: String,
-    },
-}
+use crate::pool::{WorkerEvent, WorkerId};
 
 /// The service state shared by all streams.
 #[derive(Debug, Clone)]
@@ -62,18 +24,26 @@ pub struct TrainerService {
     sizes: Arc<Vec<u32>>,
     run_id: Arc<str>,
     next_id: Arc<AtomicU32>,
+    hello_timeout: Duration,
     /// The run's cost, told to every worker in `Welcome` (its output delta depends on it).
     cost: common::cost::Cost,
 }
 
 impl TrainerService {
-    /// A service that reports to `events` and announces a model of `sizes`.
-    pub fn new(events: mpsc::Sender<WorkerEvent>, sizes: &[usize], run_id: &str) -> Self {
+    /// A service that reports to `events` and announces a model of `sizes`;
+    /// a stream that sends no Hello within `hello_timeout` is ended.
+    pub fn new(
+        events: mpsc::Sender<WorkerEvent>,
+        sizes: &[usize],
+        run_id: &str,
+        hello_timeout: Duration,
+    ) -> Self {
         Self {
             events,
             sizes: Arc::new(sizes.iter().map(|&s| s as u32).collect()),
             run_id: run_id.into(),
             next_id: Arc::new(AtomicU32::new(0)),
+            hello_timeout,
             cost: common::cost::Cost::Quadratic,
         }
     }
@@ -114,6 +84,19 @@ pub fn authenticate(
     }
 }
 
+/// The status for a stream error while reading a worker's messages. tonic
+/// reports bytes that do not decode (and a bad compression flag) as
+/// INTERNAL; on this side they are the sender's fault, so they become the
+/// INVALID_ARGUMENT the proto promises. Other codes (an oversized message is
+/// OUT_OF_RANGE, a reset stream CANCELLED) pass through.
+fn inbound_error(status: Status) -> Status {
+    if status.code() == tonic::Code::Internal {
+        Status::invalid_argument(format!("malformed message: {}", status.message()))
+    } else {
+        status
+    }
+}
+
 fn step_message(kind: coordinator_message::Kind) -> pb::CoordinatorMessage {
     pb::CoordinatorMessage { kind: Some(kind) }
 }
@@ -136,7 +119,16 @@ impl pb::trainer_server::Trainer for TrainerService {
     ) -> Result<Response<Self::TrainStream>, Status> {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        let first = tokio::time::timeout(self.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no Hello within {:?} of opening the stream",
+                    self.hello_timeout
+                ))
+            })?
+            .map_err(inbound_error)?;
+        let hello = match first {
             Some(pb::WorkerMessage {
                 kind: Some(worker_message::Kind::Hello(hello)),
             }) => hello,
@@ -150,7 +142,8 @@ impl pb::trainer_server::Trainer for TrainerService {
             None => return Err(Status::cancelled("stream closed before Hello")),
         };
         if let Err(e) = wire::check_hello(&hello) {
-            warn!(?peer, name = %hello.name, error = %e, "worker refused");
+            // The name is not logged: it may be what was wrong (control characters).
+            warn!(?peer, error = %e, "worker refused");
             return Err(e.into());
         }
         let id = WorkerId(self.next_id.fetch_add(1, Ordering::Relaxed));
@@ -209,6 +202,7 @@ impl pb::trainer_server::Trainer for TrainerService {
                     }
                     Ok(None) => break "stream closed by the worker".to_string(),
                     Err(status) => {
+                        let status = inbound_error(status);
                         // E.g. a message over the size limit: tell the worker why its stream ends.
                         if let Some(outbox) = weak.upgrade() {
                             let _ = outbox.try_send(Err(status.clone()));

@@ -70,21 +70,30 @@ pub async fn run(
     checkpointing: Option<&Checkpointing>,
     mut progress: impl Progress,
 ) -> Result<Vec<EpochReport>, CoordinatorError> {
-    let mut reports = Vec::with_capacity(plan.epochs);
+    let mut reports = Vec::new();
     while position.epoch < plan.epochs && !state.stopping.stopped {
         let epoch = position.epoch;
         let eta = state.eta(plan);
         let update = plan.update(eta, data.training.len());
         let start = Instant::now();
-        let recomputed_before = pool.recomputed();
+        let mut recomputed = 0;
+        let mut workers = 0;
         let order = epoch_order(plan.seed, epoch, data.training.len());
         let total = order.len().div_ceil(plan.batch_size);
-        let mut timings = Vec::with_capacity(total - position.batch.min(total));
+        if position.batch > total {
+            return Err(CoordinatorError::Position {
+                batch: position.batch,
+                batches: total,
+            });
+        }
+        let mut timings = Vec::with_capacity(total - position.batch);
+        // After a resume mid-epoch, only part of it runs: report what did.
+        let mut samples = 0;
         for batch in order.chunks(plan.batch_size).skip(position.batch) {
             let step_start = Instant::now();
             let shards = step_shards(&data.training, batch, plan.shards);
             let gathered = step_start.elapsed();
-            let results = pool
+            let output = pool
                 .run_step(StepId(position.step), network, &shards)
                 .await?;
             let reduce_start = Instant::now();
@@ -92,14 +101,16 @@ pub async fn run(
             // between: a cancelled run always leaves a consistent set to checkpoint.
             apply_step(
                 network,
-                &results,
+                &output.gradients,
                 update,
                 batch.len(),
                 state.velocity.as_mut(),
             );
+            samples += batch.len();
             position.batch += 1;
             position.step += 1;
-            let mut timing = pool.last_step_timing();
+            (recomputed, workers) = (recomputed + output.reassigned, output.workers);
+            let mut timing = output.timing;
             timing.codec += gathered;
             timing.reduce = reduce_start.elapsed();
             timing.total = step_start.elapsed();
@@ -109,7 +120,7 @@ pub async fn run(
                 done: position.batch,
                 total,
                 timing,
-                workers: pool.live_workers(),
+                workers,
             });
             let due = |c: &&Checkpointing| c.every.is_some_and(|n| position.step % n == 0);
             if let Some(c) = checkpointing.filter(due) {
@@ -141,8 +152,9 @@ pub async fn run(
         if let Some(c) = checkpointing {
             save_checkpoint(c, network, *position, plan, state).await?;
         }
-        report.workers = pool.live_workers();
-        report.recomputed = pool.recomputed() - recomputed_before;
+        report.samples = samples;
+        report.workers = workers;
+        report.recomputed = recomputed;
         progress.epoch(&report);
         reports.push(report);
     }
@@ -154,10 +166,9 @@ mod tests {
     //! The loop with no sockets: a pool that computes shards in place, but
     //! returns them through the same shard-order contract.
     use super::*;
-    use crate::pool::PoolError;
+    use crate::pool::{PoolError, StepOutput};
     use common::dataset::Samples;
     use common::trainer::shard_gradients_with;
-    use common::Gradients;
 
     struct InPlace(common::cost::Cost);
 
@@ -167,11 +178,16 @@ mod tests {
             _: StepId,
             network: &Network,
             shards: &[Samples],
-        ) -> Result<Vec<Gradients>, PoolError> {
-            Ok(shards
-                .iter()
-                .map(|s| shard_gradients_with(network, s, self.0))
-                .collect())
+        ) -> Result<StepOutput, PoolError> {
+            Ok(StepOutput {
+                gradients: shards
+                    .iter()
+                    .map(|s| shard_gradients_with(network, s, self.0))
+                    .collect(),
+                timing: Default::default(),
+                workers: 1,
+                reassigned: 0,
+            })
         }
     }
 
@@ -292,7 +308,7 @@ mod tests {
                 step: StepId,
                 network: &Network,
                 shards: &[Samples],
-            ) -> Result<Vec<Gradients>, PoolError> {
+            ) -> Result<StepOutput, PoolError> {
                 if step.0 >= self.0 {
                     return Err(PoolError::ServiceGone);
                 }

@@ -75,8 +75,56 @@ pub struct Ui {
     batch_size: usize,
     epoch_start: Instant,
     metrics: Option<MetricsCsv>,
-    plot: Option<PathBuf>,
+    plot: Option<Plotter>,
     reports: Vec<EpochReport>,
+}
+
+/// Draws the `--plot` PNG on a thread of its own: rendering takes tens of
+/// milliseconds, which must not stall the async thread that serves gRPC.
+/// Each epoch sends the reports so far; the thread draws the latest, and
+/// dropping the plotter waits for the last drawing to be written.
+struct Plotter {
+    reports: Option<std::sync::mpsc::Sender<Vec<EpochReport>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Plotter {
+    fn new(path: PathBuf) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<EpochReport>>();
+        let thread = std::thread::Builder::new()
+            .name("plot".into())
+            .spawn(move || {
+                while let Ok(mut reports) = rx.recv() {
+                    // Only the newest set matters: skip any that queued up.
+                    while let Ok(newer) = rx.try_recv() {
+                        reports = newer;
+                    }
+                    if let Err(e) = report::plot_accuracy(&path, &reports) {
+                        tracing::warn!(error = %e, path = %path.display(), "could not draw the plot");
+                    }
+                }
+            })
+            .expect("spawning the plot thread");
+        Plotter {
+            reports: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn draw(&self, reports: &[EpochReport]) {
+        if let Some(tx) = &self.reports {
+            let _ = tx.send(reports.to_vec());
+        }
+    }
+}
+
+impl Drop for Plotter {
+    fn drop(&mut self) {
+        drop(self.reports.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Ui {
@@ -98,7 +146,7 @@ impl Ui {
             batch_size,
             epoch_start: Instant::now(),
             metrics: metrics.map(MetricsCsv::create).transpose()?,
-            plot,
+            plot: plot.map(Plotter::new),
             reports: Vec::new(),
         })
     }
@@ -156,10 +204,8 @@ impl Progress for Ui {
                 tracing::warn!(error = %e, "could not write the metrics file");
             }
         }
-        if let Some(path) = &self.plot {
-            if let Err(e) = report::plot_accuracy(path, &self.reports) {
-                tracing::warn!(error = %e, path = %path.display(), "could not draw the plot");
-            }
+        if let Some(plot) = &self.plot {
+            plot.draw(&self.reports);
         }
     }
 }

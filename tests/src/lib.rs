@@ -244,6 +244,21 @@ pub fn binary(name: &str) -> PathBuf {
     dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
+/// Marks a test that cannot run on this machine (a missing tool). Under CI
+/// (`CI=true`) that is a failure: CI installs every tool, so a skip there
+/// would hide a broken install. Elsewhere the test passes and says so on the
+/// terminal: written to the stderr handle, not with `eprintln!`, which
+/// cargo's test harness captures and hides for passing tests.
+///
+/// # Panics
+/// Under CI.
+pub fn skip(test: &str, why: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    assert!(!ci, "{test} cannot run under CI: {why}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
 /// Largest absolute difference between two networks' parameters.
 pub fn max_abs_diff(a: &common::Network, b: &common::Network) -> f32 {
     let w = a

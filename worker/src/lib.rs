@@ -165,8 +165,26 @@ pub async fn run(
         endpoint: config.endpoint.clone(),
         reason,
     };
-    let mut endpoint =
-        Endpoint::from_shared(config.endpoint.clone()).map_err(|e| bad(e.to_string()))?;
+    // A bare HOST:PORT means plain HTTP/2, as `--listen` takes it.
+    let address = if config.endpoint.contains("://") {
+        config.endpoint.clone()
+    } else {
+        format!("http://{}", config.endpoint)
+    };
+    let mut endpoint = Endpoint::from_shared(address).map_err(|e| bad(e.to_string()))?;
+    // Caught here, not after a minute of retries.
+    match endpoint.uri().scheme_str() {
+        Some("http" | "https") => {}
+        other => {
+            return Err(bad(format!(
+                "scheme {:?}: use http://HOST:PORT, https://HOST:PORT or HOST:PORT",
+                other.unwrap_or("")
+            )))
+        }
+    }
+    if endpoint.uri().host().is_none_or(str::is_empty) || endpoint.uri().port_u16().is_none() {
+        return Err(bad("expected HOST:PORT, e.g. 127.0.0.1:50051".into()));
+    }
     if let Some(ca) = &config.tls_ca {
         if endpoint.uri().scheme_str() != Some("https") {
             return Err(bad("--tls-ca needs an https:// address".into()));
@@ -188,9 +206,7 @@ pub async fn run(
         let mut retries = Retries::new(&config);
         loop {
             let failure = match endpoint.connect().await {
-                Err(e) => {
-                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string())
-                }
+                Err(e) => common::logging::error_chain(&e),
                 Ok(channel) => {
                     let mut joined = false;
                     let outcome = session::run(channel, &config, &mut joined).await;

@@ -17,8 +17,6 @@ use crate::{Fault, WorkerConfig};
 use common::auth::METADATA_KEY;
 use tonic::metadata::{Ascii, MetadataValue};
 
-/// Largest gRPC message accepted or sent (64 MiB), as on the coordinator.
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Why a session ended without Shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +98,8 @@ pub async fn run(
         Ok(request)
     };
     let mut client = TrainerClient::with_interceptor(channel, with_token)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel(64);
     let hello = pb::Hello {
         name: name.to_string(),

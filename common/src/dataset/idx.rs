@@ -115,20 +115,41 @@ pub struct IdxImages {
     pub pixels: Vec<u8>,
 }
 
-/// Reads a file, un-gzipping it if it starts with the gzip magic bytes.
+/// Largest IDX file read, uncompressed (1 GiB; MNIST's largest is 47 MB).
+pub const MAX_IDX_BYTES: u64 = 1 << 30;
+
+/// Reads a file, un-gzipping it if it starts with the gzip magic bytes; at
+/// most [`MAX_IDX_BYTES`] either way.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, IdxError> {
     let io = |source| IdxError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let raw = std::fs::read(path).map_err(io)?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
+    let too_big = || {
+        io(std::io::Error::other(format!(
+            "larger than {MAX_IDX_BYTES} bytes (uncompressed), more than any IDX data set this trainer takes"
+        )))
+    };
+    let mut raw = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_IDX_BYTES + 1).read_to_end(&mut raw))
+        .map_err(io)?;
+    let mut out = if raw.starts_with(&[0x1f, 0x8b]) {
+        // Bounded: a small gzip file can claim gigabytes.
         let mut out = Vec::with_capacity(raw.len() * 4);
-        GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(io)?;
-        Ok(out)
+        GzDecoder::new(&raw[..])
+            .take(MAX_IDX_BYTES + 1)
+            .read_to_end(&mut out)
+            .map_err(io)?;
+        out
     } else {
-        Ok(raw)
+        raw
+    };
+    if out.len() as u64 > MAX_IDX_BYTES {
+        return Err(too_big());
     }
+    out.shrink_to_fit();
+    Ok(out)
 }
 
 fn be_u32(bytes: &[u8], at: usize) -> u32 {

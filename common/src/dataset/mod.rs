@@ -178,6 +178,15 @@ fn load_pair(
 }
 
 impl Mnist {
+    /// Loads only the test set's two IDX files from `dir` (raw or gzip), for
+    /// what needs no training data (`evaluate`).
+    ///
+    /// # Errors
+    /// [`DataError`] naming the file and what is wrong with it.
+    pub fn load_test(dir: &Path) -> Result<Samples, DataError> {
+        Ok(load_pair(dir, TEST_IMAGES, TEST_LABELS)?.1)
+    }
+
     /// Loads the four IDX files from `dir` (raw or gzip) and splits the
     /// training file as Nielsen does: the last sixth validates.
     ///

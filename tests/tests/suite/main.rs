@@ -5,6 +5,7 @@
 //! - `book`: chapter 3's options under the same contract; presets, export to network2.py
 //! - `faults`: workers that die or go silent cost only time
 //! - `protocol`: malformed and hostile messages from a raw gRPC client
+//! - `hostile`: generated scripts of hostile peers against a real cluster
 //! - `auth`, `tls`: who may join
 //! - `operations`: health and reflection
 //! - `processes`, `model_use`, `netns`: the real binaries as processes
@@ -12,6 +13,7 @@
 mod auth;
 mod book;
 mod faults;
+mod hostile;
 mod matches_reference;
 mod model_use;
 mod netns;

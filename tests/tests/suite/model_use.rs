@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use common::dataset::Samples;
 use common::{model_file, Network};
-use integration_tests::{binary, fixture_data, fixture_dir};
+use integration_tests::{binary, fixture_data, fixture_dir, skip};
 
 fn tempdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("model-use-{name}-{}", std::process::id()));
@@ -344,15 +344,19 @@ fn saved_model_gives_the_same_predictions_in_python() {
     match probe {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
-            eprintln!(
-                "SKIPPED: {python} lacks numpy or safetensors ({}); `pip install numpy safetensors` to run it",
-                text(&o.stderr).lines().last().unwrap_or("")
+            return skip(
+                "saved_model_gives_the_same_predictions_in_python",
+                &format!(
+                    "{python} lacks numpy or safetensors ({}); `pip install numpy safetensors` to run it",
+                    text(&o.stderr).lines().last().unwrap_or("")
+                ),
             );
-            return;
         }
         Err(e) => {
-            eprintln!("SKIPPED: no {python} ({e})");
-            return;
+            return skip(
+                "saved_model_gives_the_same_predictions_in_python",
+                &format!("no {python} ({e})"),
+            );
         }
     }
     let dir = tempdir("python");
@@ -375,4 +379,39 @@ fn saved_model_gives_the_same_predictions_in_python() {
         .collect();
     let network = model_file::load(&model).unwrap();
     assert_eq!(from_python, predictions(&network, test));
+}
+
+/// A small model file whose metadata claims a huge network: `evaluate`,
+/// `predict`, `--init` and `--resume` each refuse it with a clear error
+/// naming the file, and never try to allocate what it claims.
+#[test]
+fn crafted_model_files_are_refused_before_any_allocation() {
+    let dir = tempdir("crafted");
+    let header = r#"{"__metadata__":{"sizes":"784,1099511627776,10"},"w0":{"dtype":"F32","shape":[1,1],"data_offsets":[0,4]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&[0; 4]);
+    let model = dir.join("huge.safetensors");
+    std::fs::write(&model, &bytes).unwrap();
+    let image = dir.join("digit.png");
+    image::GrayImage::new(28, 28).save(&image).unwrap();
+    let data = ["--data-dir", fixture()];
+    let runs: [Vec<&str>; 4] = [
+        vec!["evaluate", "--model", s(&model), "--data-dir", fixture()],
+        vec!["predict", "--model", s(&model), s(&image)],
+        [&["--local", "--epochs", "1", "--init", s(&model)][..], &data].concat(),
+        // --resume reads the checkpoint before it listens or loads data.
+        [&["--listen", "127.0.0.1:0", "--epochs", "1", "--resume", s(&model)][..], &data].concat(),
+    ];
+    for args in runs {
+        let out = coordinator(&args);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("huge.safetensors: metadata \"sizes\""),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("memory allocation"), "{args:?}: {stderr}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }

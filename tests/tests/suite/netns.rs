@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use integration_tests::process::{wait_exit, Guard};
-use integration_tests::{binary, fixture_dir};
+use integration_tests::{binary, fixture_dir, skip};
 
 /// Runs `ip`/`tc` and says whether it succeeded.
 fn run(program: &str, args: &[&str]) -> bool {
@@ -100,8 +100,10 @@ fn coordinator_and_workers_on_separate_hosts_survive_worker_deaths_exactly() {
         .output()
         .is_ok_and(|o| o.stdout == b"0\n");
     if !root || !run("ip", &["-V"]) {
-        eprintln!("skipped: needs root and iproute2 for network namespaces");
-        return;
+        return skip(
+            "coordinator_and_workers_on_separate_hosts_survive_worker_deaths_exactly",
+            "needs root and iproute2 (`ip`) for network namespaces",
+        );
     }
     let id = std::process::id();
     let subnet = id % 200 + 20;

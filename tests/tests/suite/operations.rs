@@ -46,17 +46,27 @@ async fn watch(
 }
 
 /// The statuses of an open Watch, in order and without repeats, from
-/// `first` until the stream ends or `last` is seen after a SERVING.
+/// `first` until the stream ends or `last` is seen after a SERVING. The
+/// first SERVING is also announced on `serving`, so the test can hold the
+/// run until the watcher has seen it (a watch keeps only the newest status,
+/// so a run that ended first could hide it).
 async fn statuses(
     mut stream: tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
     first: ServingStatus,
     last: ServingStatus,
+    serving: oneshot::Sender<()>,
 ) -> Vec<ServingStatus> {
     let mut seen = vec![first];
+    let mut serving = Some(serving);
     while let Ok(Some(msg)) = stream.message().await {
         let status = msg.status();
         if seen.last() != Some(&status) {
             seen.push(status);
+        }
+        if status == ServingStatus::Serving {
+            if let Some(tx) = serving.take() {
+                let _ = tx.send(());
+            }
         }
         if status == last && seen.contains(&ServingStatus::Serving) {
             break;
@@ -98,7 +108,7 @@ async fn health_follows_the_run_and_reflection_lists_the_services() {
     let plan = TrainingPlan {
         sizes: vec![784, 30, 10],
         epochs: 2,
-        batch_size: 1, // 2,000 steps: long enough to watch the statuses change
+        batch_size: 10,
         eta: 3.0,
         shards: 1,
         seed: 1,
@@ -113,7 +123,9 @@ async fn health_follows_the_run_and_reflection_lists_the_services() {
     };
     let coordinator = tokio::spawn(coordinator::serve(
         listener,
-        test_config(plan, 1),
+        // Two workers: the run waits for the second, which joins only once
+        // the first one's watcher has seen it SERVING.
+        test_config(plan, 2),
         loading,
         std::future::pending(),
         common::trainer::Quiet,
@@ -160,15 +172,35 @@ async fn health_follows_the_run_and_reflection_lists_the_services() {
         "NOT_SERVING"
     );
     let (stream, first) = watch(channel(addr).await, coordinator::TRAINER_SERVICE).await;
-    let coordinator_watch = tokio::spawn(statuses(stream, first, ServingStatus::NotServing));
+    let (coordinator_serving, seen_coordinator_serving) = oneshot::channel();
+    let coordinator_watch = tokio::spawn(statuses(
+        stream,
+        first,
+        ServingStatus::NotServing,
+        coordinator_serving,
+    ));
     let (stream, first) = watch(channel(health_addr).await, "").await;
-    let worker_watch = tokio::spawn(statuses(stream, first, ServingStatus::NotServing));
+    let (worker_serving, seen_worker_serving) = oneshot::channel();
+    let worker_watch = tokio::spawn(statuses(
+        stream,
+        first,
+        ServingStatus::NotServing,
+        worker_serving,
+    ));
+    release_data.send(()).unwrap();
+    // Ready once the data is in; the run cannot end before a worker joins.
+    seen_coordinator_serving.await.unwrap();
     let config = WorkerConfig {
         health: Some(reporter),
         ..worker_config(addr, "probed")
     };
     let worker = tokio::spawn(worker::run(config, std::future::pending()));
-    release_data.send(()).unwrap();
+    // Joined, so SERVING; the run starts only when a second worker joins.
+    seen_worker_serving.await.unwrap();
+    let second = tokio::spawn(worker::run(
+        worker_config(addr, "second"),
+        std::future::pending(),
+    ));
 
     let summary = tokio::time::timeout(LIMIT, coordinator)
         .await
@@ -176,11 +208,13 @@ async fn health_follows_the_run_and_reflection_lists_the_services() {
         .unwrap()
         .unwrap();
     assert_eq!(summary.reports.len(), 2);
-    tokio::time::timeout(LIMIT, worker)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    for w in [worker, second] {
+        tokio::time::timeout(LIMIT, w)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
     use ServingStatus::{NotServing, Serving};
     let seen = tokio::time::timeout(LIMIT, coordinator_watch)
         .await

@@ -41,6 +41,20 @@ fn address(rx: &std::sync::mpsc::Receiver<String>) -> String {
     addr.to_string()
 }
 
+/// Every line still to come from an exited process's stdout, up to its end
+/// (when every process holding the pipe, spawned workers included, has
+/// exited); the timeout only bounds a hang.
+fn drain(rx: &std::sync::mpsc::Receiver<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => out.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return out,
+            Err(e) => panic!("stdout still open a minute after exit: {e}"),
+        }
+    }
+}
+
 /// Replays the run in one process (`--local`) and checks the cluster's model
 /// file `out` is byte-identical to the replay's.
 fn assert_same_as_local(
@@ -92,7 +106,7 @@ fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
         })
         .collect();
     let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
-    let output: Vec<String> = rx.try_iter().collect();
+    let output: Vec<String> = drain(&rx);
     assert!(
         status.success(),
         "coordinator exited {status}; stdout {output:?}; stderr {}",
@@ -175,7 +189,7 @@ fn sigkilled_and_exiting_worker_processes_cost_only_time() {
     assert!(epoch1.starts_with("Epoch 1: "), "{epoch1}");
     second_victim.0.kill().expect("SIGKILL the second victim");
     let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
-    let output: Vec<String> = rx.try_iter().collect();
+    let output: Vec<String> = drain(&rx);
     assert!(
         status.success(),
         "coordinator exited {status}; stdout {output:?}; stderr {}",
@@ -224,8 +238,10 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
         "--checkpoint-every",
         "7",
     ];
+    // Long enough never to finish on its own: the kill, not the speed of
+    // the machine, decides where the first run stops.
     let mut first = coordinator(
-        &[&["--workers", "2", "--epochs", "4"][..], &ck_flags].concat(),
+        &[&["--workers", "2", "--epochs", "100000"][..], &ck_flags].concat(),
         &out,
     );
     let rx = lines(&mut first);
@@ -238,21 +254,41 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
         .recv_timeout(Duration::from_secs(60))
         .and_then(|_| rx.recv_timeout(Duration::from_secs(60)));
     assert!(epoch1.expect("two epoch lines").starts_with("Epoch 1: "));
-    first.0.kill().expect("SIGKILL the coordinator"); // mid-epoch 2, between checkpoints or not
+    first.0.kill().expect("SIGKILL the coordinator"); // mid-epoch, between checkpoints or not
     first.0.wait().unwrap();
-    let saved = common::model_file::load(&ck).expect("a checkpoint was written before the kill");
-    assert_eq!(saved.sizes, vec![784, 30, 10]);
+    let saved = coordinator::checkpoint::load(&ck).expect("a checkpoint was written before the kill");
+    assert!(saved.position.epoch >= 2, "{:?}", saved.position);
+    // Two more epochs after the one the checkpoint is in.
+    let epochs = saved.position.epoch + 2;
 
+    // The resumed coordinator listens where the first did (tokio binds with
+    // SO_REUSEADDR), so the same worker processes reconnect to it.
     let listen = ["--listen", &addr, "--resume", ck.to_str().unwrap()];
+    let epochs_flag = epochs.to_string();
     let mut second = coordinator(
-        &[&["--workers", "2", "--epochs", "4"][..], &listen, &ck_flags].concat(),
+        &[&["--workers", "2", "--epochs", &epochs_flag][..], &listen, &ck_flags].concat(),
         &out,
     );
+    let rx = lines(&mut second);
     let status = wait_exit(&mut second, Duration::from_secs(120), "resumed coordinator");
     assert!(
         status.success(),
         "resumed coordinator exited {status}: {}",
         stderr_of(&mut second)
+    );
+    // The resume path ran: only the epochs from the checkpoint's on were
+    // trained, not a fresh run from epoch 0 (which would give the same bytes).
+    let trained: Vec<String> = drain(&rx)
+        .into_iter()
+        .filter(|l| l.starts_with("Epoch "))
+        .collect();
+    let expected: Vec<String> = (saved.position.epoch..epochs)
+        .map(|e| format!("Epoch {e}: "))
+        .collect();
+    assert_eq!(
+        trained.iter().map(|l| &l[..expected[0].len().min(l.len())]).collect::<Vec<_>>(),
+        expected.iter().map(String::as_str).collect::<Vec<_>>(),
+        "{trained:?}"
     );
     for (i, w) in workers.iter_mut().enumerate() {
         let status = wait_exit(w, Duration::from_secs(60), "worker");
@@ -266,7 +302,7 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
         &dir,
         &out,
         2,
-        4,
+        epochs,
         "resumed run differs from the uninterrupted one",
     );
 
@@ -276,7 +312,7 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
             "--seed",
             "3",
             "--epochs",
-            "4",
+            &epochs_flag,
             "--eta",
             "0.5",
             "--resume",
@@ -312,7 +348,7 @@ fn one_command_cluster_with_spawned_workers() {
     let mut coord = coordinator(&flags, &out);
     let rx = lines(&mut coord);
     let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
-    let output: Vec<String> = rx.try_iter().collect();
+    let output: Vec<String> = drain(&rx);
     let stderr = stderr_of(&mut coord);
     assert!(
         status.success(),
@@ -337,7 +373,7 @@ fn one_command_cluster_with_spawned_workers() {
         Duration::from_secs(120),
         "restarted coordinator",
     );
-    let output: Vec<String> = rx.try_iter().collect();
+    let output: Vec<String> = drain(&rx);
     assert!(status.success(), "{output:?} {}", stderr_of(&mut coord));
     assert!(
         output
@@ -439,7 +475,7 @@ fn sigterm_checkpoints_and_the_run_resumes_exactly() {
     let ck_flag = ["--checkpoint", ck.to_str().unwrap()];
     let mut first = coordinator(
         &[
-            &["--workers", "1", "--spawn-workers", "--epochs", "50"][..],
+            &["--workers", "1", "--spawn-workers", "--epochs", "100000"][..],
             &ck_flag,
         ]
         .concat(),
@@ -474,11 +510,9 @@ fn sigterm_checkpoints_and_the_run_resumes_exactly() {
         "{stderr}"
     );
     let saved = coordinator::checkpoint::load(&ck).expect("checkpoint written on SIGTERM");
-    assert!(
-        saved.position.step >= 100 && saved.position.epoch < 6,
-        "{:?}",
-        saved.position
-    );
+    assert!(saved.position.step > 0, "{:?}", saved.position);
+    let epochs = saved.position.epoch + 1;
+    let epochs_flag = epochs.to_string();
 
     let mut resumed = coordinator(
         &[
@@ -487,7 +521,7 @@ fn sigterm_checkpoints_and_the_run_resumes_exactly() {
                 "1",
                 "--spawn-workers",
                 "--epochs",
-                "6",
+                &epochs_flag,
                 "--resume",
             ][..],
             &ck_flag[1..],
@@ -495,6 +529,7 @@ fn sigterm_checkpoints_and_the_run_resumes_exactly() {
         .concat(),
         &out,
     );
+    let rx = lines(&mut resumed);
     assert!(
         wait_exit(
             &mut resumed,
@@ -505,12 +540,99 @@ fn sigterm_checkpoints_and_the_run_resumes_exactly() {
         "{}",
         stderr_of(&mut resumed)
     );
+    // Only the checkpoint's own epoch ran: the resume path, not a fresh start.
+    let trained: Vec<String> = drain(&rx)
+        .into_iter()
+        .filter(|l| l.starts_with("Epoch "))
+        .collect();
+    assert_eq!(trained.len(), 1, "{trained:?}");
+    assert!(
+        trained[0].starts_with(&format!("Epoch {}: ", saved.position.epoch)),
+        "{trained:?}"
+    );
     assert_same_as_local(
         &dir,
         &out,
         1,
-        6,
+        epochs,
         "resumed run differs from the uninterrupted one",
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `--spawn-workers` hands the run's secret to its children: with a token
+/// (through their environment, not their command line) and with TLS (they
+/// trust the coordinator's certificate), the one-command cluster trains and
+/// every worker exits 0. The result is the same model as without either.
+#[test]
+fn spawned_workers_get_the_token_and_trust_the_certificate() {
+    let dir = tempdir("spawned-secrets");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let cases: [(&str, Vec<&str>); 2] = [
+        ("token", vec!["--token", "s3cret-token-for-the-test"]),
+        (
+            "tls",
+            vec![
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+            ],
+        ),
+    ];
+    for (name, extra) in cases {
+        let out = dir.join(format!("{name}.safetensors"));
+        let args = [&["--workers", "2", "--spawn-workers", "--epochs", "1"][..], &extra].concat();
+        let mut coord = coordinator(&args, &out);
+        let rx = lines(&mut coord);
+        let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
+        let stderr = stderr_of(&mut coord);
+        let output = drain(&rx);
+        assert!(status.success(), "{name}: exit {status}; {output:?}; {stderr}");
+        assert!(
+            stderr.contains("local workers exited clean=2"),
+            "{name}: both spawned workers exit 0: {stderr}"
+        );
+        assert!(!stderr.contains("s3cret"), "{name}: the token is never logged");
+        assert_same_as_local(&dir, &out, 2, 1, "a spawned cluster with secrets differs");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// When every spawned worker exits before the run could finish (here a
+/// stand-in `worker` that cannot join), the coordinator fails at once with a
+/// clear error instead of waiting for workers forever.
+#[test]
+fn spawned_workers_that_all_exit_fail_the_run_at_once() {
+    let dir = tempdir("spawned-exit");
+    let exe = dir.join("coordinator");
+    std::fs::copy(binary("coordinator"), &exe).unwrap();
+    let stand_in = dir.join("worker");
+    std::fs::write(&stand_in, "#!/bin/sh\necho 'stand-in worker: cannot join' >&2\nexit 1\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut coord = Guard(
+        Command::new(&exe)
+            .args(["--listen", "127.0.0.1:0", "--workers", "2", "--spawn-workers"])
+            .arg("--data-dir")
+            .arg(fixture_dir())
+            .arg("--out")
+            .arg(dir.join("model.safetensors"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The bound only catches a hang: before the fix it waited forever.
+    let status = wait_exit(&mut coord, Duration::from_secs(60), "coordinator");
+    let stderr = stderr_of(&mut coord);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("every spawned worker exited before training finished"),
+        "{stderr}"
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -108,7 +108,7 @@ async fn bad_results_are_rejected_with_the_reason_and_never_applied() {
         &plan(),
         common::trainer::Quiet,
     );
-    let cases: [(&str, fn(&mut pb::ShardResult), &str); 4] = [
+    let cases: [(&str, fn(&mut pb::ShardResult), &str); 6] = [
         (
             "NaN gradient",
             |r| r.gradients = vec![0xff; 95_440].into(),
@@ -124,7 +124,21 @@ async fn bad_results_are_rejected_with_the_reason_and_never_applied() {
             |r| r.sample_count = 9,
             "result covers 9 samples, the shard has 5",
         ),
-        ("unknown shard", |r| r.shard_id = 7, ""),
+        (
+            "shard id beyond the step's shards",
+            |r| r.shard_id = 7,
+            "step 0 has 2 shards; shard 7 does not exist",
+        ),
+        (
+            "a step never issued",
+            |r| r.step_id = 1,
+            "step 1 has not been issued (the step in flight is 0)",
+        ),
+        (
+            "a step id near 2^64",
+            |r| r.step_id = u64::MAX - 1,
+            "step 18446744073709551614 has not been issued",
+        ),
     ];
     for (i, (name, corrupt, want)) in cases.into_iter().enumerate() {
         let mut cluster = Cluster::start(config(), fixture_data(), 0).await.unwrap();
@@ -158,21 +172,13 @@ async fn bad_results_are_rejected_with_the_reason_and_never_applied() {
         })
         .await
         .unwrap();
-        if !want.is_empty() {
-            let status = loop {
-                match inbound.message().await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => panic!("case {i} ({name}): stream ended without a status"),
-                    Err(status) => break status,
-                }
-            };
-            assert_eq!(status.code(), Code::InvalidArgument, "case {i} ({name})");
-            assert!(
-                status.message().contains(want),
-                "case {i} ({name}): {}",
-                status.message()
-            );
-        }
+        let status = final_status(&mut inbound).await;
+        assert_eq!(status.code(), Code::InvalidArgument, "case {i} ({name})");
+        assert!(
+            status.message().contains(want),
+            "case {i} ({name}): {}",
+            status.message()
+        );
         // The raw client goes away, as a real worker does once refused.
         drop((inbound, tx));
         cluster.add_worker("honest");
@@ -185,10 +191,18 @@ async fn bad_results_are_rejected_with_the_reason_and_never_applied() {
     }
 }
 
-/// A message over the 64 MiB limit is refused by the decoder, not buffered
-/// and not applied; the run still finishes exactly with an honest worker.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_message_is_rejected() {
+/// Reads a stream to its end; the status it ended with.
+async fn final_status(inbound: &mut tonic::Streaming<pb::CoordinatorMessage>) -> tonic::Status {
+    loop {
+        match inbound.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("stream ended without a status"),
+            Err(status) => break status,
+        }
+    }
+}
+
+fn reference() -> common::Network {
     let mut reference = plan().initial_network();
     train(
         &mut reference,
@@ -196,34 +210,242 @@ async fn oversized_message_is_rejected() {
         &plan(),
         common::trainer::Quiet,
     );
+    reference
+}
+
+/// A message one byte over the largest a worker can legitimately send (a
+/// ShardResult of this model) is refused by the decoder, not buffered and
+/// not applied; the run still finishes exactly with an honest worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_is_rejected() {
     let mut cluster = Cluster::start(config(), fixture_data(), 0).await.unwrap();
     let (tx, response) = open(cluster.addr, hello(1)).await;
     let mut inbound = response.unwrap();
     let _welcome = inbound.message().await.unwrap().unwrap();
     let _step = inbound.message().await.unwrap().unwrap();
-    let huge = pb::ShardResult {
+    let limit = common::wire::max_worker_message_bytes(&plan().sizes);
+    let mut huge = pb::ShardResult {
         step_id: 0,
         shard_id: 0,
         sample_count: 5,
-        gradients: vec![0; (64 << 20) + 1].into(),
+        gradients: vec![0; limit].into(),
         ..Default::default()
     };
+    // Grow it until its encoding is exactly one byte over the limit.
+    let over = |r: &pb::ShardResult| {
+        prost::Message::encoded_len(&pb::WorkerMessage {
+            kind: Some(worker_message::Kind::Result(r.clone())),
+        })
+    };
+    let excess = over(&huge) - limit;
+    huge.gradients = vec![0; limit - excess + 1].into();
+    assert_eq!(over(&huge), limit + 1);
     tx.send(pb::WorkerMessage {
         kind: Some(worker_message::Kind::Result(huge)),
     })
     .await
     .unwrap();
-    let status = loop {
-        match inbound.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("stream ended without a status"),
-            Err(status) => break status,
-        }
-    };
+    let status = final_status(&mut inbound).await;
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(status.message().contains("too large"), "{status:?}");
     drop((inbound, tx));
     cluster.add_worker("honest");
     let (summary, _) = cluster.finish(LIMIT).await.unwrap();
-    assert!(bits(&summary.unwrap().network) == bits(&reference));
+    assert!(bits(&summary.unwrap().network) == bits(&reference()));
+}
+
+/// Only a shard's owner may answer it. A peer holding the token, joined as a
+/// worker, answers the other worker's shard (with forged gradients, and with
+/// the honest ones): it is refused with PERMISSION_DENIED and dropped, its
+/// own shard is recomputed, and the model is the reference's, bit for bit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_for_someone_elses_shard_is_refused() {
+    for forged in [true, false] {
+        let mut cluster = Cluster::start(test_config(plan(), 2), fixture_data(), 0)
+            .await
+            .unwrap();
+        let (tx, response) = open(cluster.addr, hello(1)).await;
+        let mut inbound = response.unwrap();
+        let _welcome = inbound.message().await.unwrap().unwrap();
+        cluster.add_worker("honest");
+        let Some(coordinator_message::Kind::Step(step)) =
+            inbound.message().await.unwrap().unwrap().kind
+        else {
+            panic!("expected a Step")
+        };
+        assert_eq!(step.shards.len(), 1, "two workers, two shards: one each");
+        let mine = step.shards[0].shard_id;
+        let theirs = 1 - mine;
+        // The other worker's shard has 5 samples too (10 split in two).
+        let gradients = if forged {
+            vec![0; 95_440].into()
+        } else {
+            let mut net = common::Network::zeros(&plan().sizes);
+            common::wire::decode_network_into(&step.weights, &mut net).unwrap();
+            let (_, samples) = common::wire::decode_shard(&step.shards[0]).unwrap();
+            common::wire::encode_gradients(&common::trainer::shard_gradients(&net, &samples))
+        };
+        let result = pb::ShardResult {
+            step_id: step.step_id,
+            shard_id: theirs,
+            sample_count: 5,
+            gradients,
+            ..Default::default()
+        };
+        tx.send(pb::WorkerMessage {
+            kind: Some(worker_message::Kind::Result(result)),
+        })
+        .await
+        .unwrap();
+        let status = final_status(&mut inbound).await;
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert_eq!(
+            status.message(),
+            format!("step 0 shard {theirs} is not assigned to this worker")
+        );
+        drop((inbound, tx));
+        let (summary, _) = cluster.finish(LIMIT).await.unwrap();
+        let summary = summary.unwrap();
+        assert!(
+            bits(&summary.network) == bits(&reference()),
+            "forged={forged}: a result for another's shard changed the model"
+        );
+        assert_eq!(summary.stats.refused, 1);
+    }
+}
+
+/// A WorkerMessage as raw fields: `hello` as itself, and `result` with the
+/// wrong wire type (a varint where a message belongs), which cannot decode.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawWorkerMessage {
+    #[prost(message, optional, tag = "1")]
+    hello: Option<pb::Hello>,
+    #[prost(uint64, tag = "2")]
+    result: u64,
+}
+
+/// Opens a Train stream that sends `first`, with no typed client.
+async fn open_raw(
+    addr: std::net::SocketAddr,
+    first: RawWorkerMessage,
+) -> (
+    mpsc::Sender<RawWorkerMessage>,
+    Result<tonic::Streaming<pb::CoordinatorMessage>, tonic::Status>,
+) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(first).await.unwrap();
+    let codec = tonic_prost::ProstCodec::<RawWorkerMessage, pb::CoordinatorMessage>::default();
+    let response = grpc
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(rx)),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/ddp.v1.Trainer/Train"),
+            codec,
+        )
+        .await
+        .map(|r| r.into_inner());
+    (tx, response)
+}
+
+/// Bytes that do not decode as a WorkerMessage get INVALID_ARGUMENT, as the
+/// first message and after the handshake (tonic itself says INTERNAL, which
+/// a worker would take as worth retrying).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unparseable_messages_get_invalid_argument() {
+    let cluster = Cluster::start(config(), fixture_data(), 0).await.unwrap();
+    let garbage = RawWorkerMessage {
+        hello: None,
+        result: 7,
+    };
+    let (_tx, response) = open_raw(cluster.addr, garbage.clone()).await;
+    let first = response.unwrap_err();
+
+    let hello = RawWorkerMessage {
+        hello: Some(pb::Hello {
+            name: "raw".into(),
+            protocol_version: 1,
+        }),
+        result: 0,
+    };
+    let (tx, response) = open_raw(cluster.addr, hello).await;
+    let mut inbound = response.unwrap();
+    let welcome = inbound.message().await.unwrap().unwrap();
+    assert!(matches!(
+        welcome.kind,
+        Some(coordinator_message::Kind::Welcome(_))
+    ));
+    tx.send(garbage).await.unwrap();
+    let later = final_status(&mut inbound).await;
+    for status in [first, later] {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().starts_with("malformed message:"),
+            "{status:?}"
+        );
+    }
+}
+
+/// A name that would forge a log line, or flood it, is refused at the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_could_forge_log_lines_are_refused() {
+    let cluster = Cluster::start(config(), fixture_data(), 0).await.unwrap();
+    let cases = [
+        ("w\nERROR forged line".to_string(), "control character U+000A at byte 1"),
+        ("\u{1b}[31mred".to_string(), "control character U+001B at byte 0"),
+        ("x".repeat(129), "129 bytes long"),
+    ];
+    for (name, want) in cases {
+        let (_tx, response) = open(
+            cluster.addr,
+            pb::WorkerMessage {
+                kind: Some(worker_message::Kind::Hello(pb::Hello {
+                    name,
+                    protocol_version: 1,
+                })),
+            },
+        )
+        .await;
+        let status = response.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(want), "{status:?}");
+    }
+}
+
+/// Connections that never start their handshake do not hold the server:
+/// when the run ends, they are closed at once, not after a grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_when_the_run_ends() {
+    use tokio::io::AsyncReadExt;
+    let mut cluster = Cluster::start(config(), fixture_data(), 0).await.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(tokio::net::TcpStream::connect(cluster.addr).await.unwrap());
+    }
+    cluster.add_worker("honest");
+    let (summary, _) = cluster.finish(LIMIT).await.unwrap();
+    summary.unwrap();
+    for (i, mut conn) in idle.into_iter().enumerate() {
+        // The server's own SETTINGS frame may be there to read first; then
+        // the socket must be closed. The timeout bounds a hang; it is not a
+        // timing assertion: the server has stopped, so a closed socket reads
+        // its end at once.
+        let closed = async {
+            let mut buf = [0u8; 256];
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), closed)
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} still open after the run ended"));
+    }
 }

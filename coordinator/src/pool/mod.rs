@@ -1,0 +1,805 @@
+//! The worker pool: the seam between the training loop and the workers.
+//!
+//! [`WorkerPool::run_step`] takes a step's shards and returns their gradients
+//! in shard order, however the work was spread and whatever order the results
+//! came in. [`RemotePool`] is the registry of connected workers, fed by the
+//! gRPC service's [`WorkerEvent`]s. Its decisions (who gets which shard,
+//! whether a result may be applied, who is overdue) are made by the pure
+//! per-step state machine in [`step`]; this file turns them into messages,
+//! validates result payloads (through `wire`), and evicts workers.
+
+pub mod step;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use common::dataset::Samples;
+use common::metrics::StepTiming;
+use common::pb::{self, coordinator_message};
+use common::schedule::{ShardId, StepId};
+use common::{wire, Gradients, Network};
+use tokio::sync::mpsc;
+use tonic::Status;
+use tracing::{info, warn};
+
+use step::{judge_step_id, StepState, Verdict, Violation};
+
+/// Id the coordinator gives a worker's stream; unique within a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(pub u32);
+
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Messages to one worker; an `Err` ends its stream with that status.
+pub type Outbox = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
+
+/// What the transport tells the pool.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// A worker completed the handshake.
+    Joined {
+        /// Its id.
+        id: WorkerId,
+        /// The name it gave.
+        name: String,
+        /// Where to send it work. Dropping every clone ends its stream with OK.
+        outbox: Outbox,
+    },
+    /// A worker sent a result (not yet validated).
+    Result {
+        /// The sender.
+        id: WorkerId,
+        /// The message.
+        result: pb::ShardResult,
+    },
+    /// A worker's stream ended.
+    Left {
+        /// The worker.
+        id: WorkerId,
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// The status a worker is dropped with for a protocol violation: ids that
+/// were never issued are INVALID_ARGUMENT; a shard that is someone else's is
+/// PERMISSION_DENIED (the documented codes, see `proto/trainer.proto`).
+impl From<Violation> for Status {
+    fn from(v: Violation) -> Self {
+        match v {
+            Violation::NotOwner { .. } => Status::permission_denied(v.to_string()),
+            Violation::UnissuedStep { .. } | Violation::UnknownShard { .. } => {
+                Status::invalid_argument(v.to_string())
+            }
+        }
+    }
+}
+
+/// Why a step could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No worker was left and none joined in time.
+    #[error("step {step}: no worker left and none joined within {waited:?}")]
+    NoWorkers {
+        /// The step that could not complete.
+        step: StepId,
+        /// How long the pool waited.
+        waited: Duration,
+    },
+    /// The service stopped delivering events (the server is gone).
+    #[error("the gRPC service stopped")]
+    ServiceGone,
+}
+
+/// What one step produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOutput {
+    /// The summed gradients of every shard, in shard order.
+    pub gradients: Vec<Gradients>,
+    /// The compute and codec parts of the step (its total and reduce parts
+    /// are the caller's to measure).
+    pub timing: StepTiming,
+    /// Workers connected at the end of the step.
+    pub workers: usize,
+    /// Shards handed to another worker during this step because their owner
+    /// left or failed.
+    pub reassigned: u64,
+}
+
+/// Computes the shards of steps somewhere.
+#[allow(async_fn_in_trait)] // used with concrete types only
+pub trait WorkerPool {
+    /// Computes the summed gradients of every shard of `step` at `network`'s
+    /// weights; `output.gradients[i]` is `shards[i]`'s.
+    ///
+    /// # Errors
+    /// [`PoolError`] if the step cannot be completed.
+    async fn run_step(
+        &mut self,
+        step: StepId,
+        network: &Network,
+        shards: &[Samples],
+    ) -> Result<StepOutput, PoolError>;
+}
+
+/// Counters a run reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Results for an earlier step, or from a worker already dropped: ignored.
+    pub late: u64,
+    /// Results from a shard's owner for a shard already done: ignored.
+    pub duplicate: u64,
+    /// Results that failed validation: never applied, sender dropped.
+    pub rejected: u64,
+    /// Protocol violations (a step or shard never issued, another worker's
+    /// shard): never applied, sender dropped.
+    pub refused: u64,
+    /// Shards given to another worker after theirs left or failed.
+    pub reassigned: u64,
+}
+
+struct Handle {
+    name: String,
+    outbox: Outbox,
+}
+
+/// The registry of connected workers, fed by the gRPC service's events.
+pub struct RemotePool {
+    events: mpsc::Receiver<WorkerEvent>,
+    workers: BTreeMap<WorkerId, Handle>,
+    sizes: Vec<usize>,
+    timeouts: Timeouts,
+    stats: PoolStats,
+    /// The id of the next step to be issued: results for it or later are violations.
+    next_step: u64,
+}
+
+/// How long the pool waits, and for what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// When no worker is left mid-step: how long to wait for one to join.
+    pub wait_for_worker: Duration,
+    /// How long a worker may take for a shard before it is dropped and its
+    /// shards are given to others.
+    pub shard: Duration,
+}
+
+/// One step in flight: the pure state plus what the pool needs to act on it.
+struct Step<'a> {
+    state: StepState,
+    weights: bytes::Bytes,
+    shards: &'a [Samples],
+    results: Vec<Option<Gradients>>,
+    /// Time the coordinator spent encoding and decoding this step's messages.
+    codec: Duration,
+    /// Per worker, its reported (compute, codec) time on accepted results.
+    work: BTreeMap<WorkerId, (Duration, Duration)>,
+    reassigned: u64,
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+impl RemotePool {
+    /// A pool for a model of `sizes`; the first step it runs is `first_step`
+    /// (0, or where a resumed run continues).
+    pub fn new(
+        events: mpsc::Receiver<WorkerEvent>,
+        sizes: Vec<usize>,
+        timeouts: Timeouts,
+        first_step: u64,
+    ) -> Self {
+        Self {
+            events,
+            workers: BTreeMap::new(),
+            sizes,
+            timeouts,
+            stats: PoolStats::default(),
+            next_step: first_step,
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &PoolStats {
+        &self.stats
+    }
+
+    /// Workers connected now.
+    pub fn live_workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Waits until `count` workers are connected, logging each that joins.
+    ///
+    /// # Errors
+    /// [`PoolError::ServiceGone`] if the service stops.
+    pub async fn wait_for_workers(&mut self, count: usize) -> Result<(), PoolError> {
+        if self.workers.len() < count {
+            info!(
+                have = self.workers.len(),
+                want = count,
+                "waiting for workers"
+            );
+        }
+        while self.workers.len() < count {
+            let event = self.events.recv().await.ok_or(PoolError::ServiceGone)?;
+            if let Some((id, result)) = self.handle_membership(event) {
+                // No step is in flight: every result is late or never issued.
+                let verdict = judge_step_id(result.step_id, self.next_step)
+                    .unwrap_or(Verdict::Violation(Violation::UnissuedStep {
+                        step: result.step_id,
+                        current: self.next_step,
+                    }));
+                self.count(id, verdict);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells every worker to shut down and forgets them; their streams end with OK.
+    pub fn shutdown(&mut self, reason: &str) {
+        for (id, handle) in std::mem::take(&mut self.workers) {
+            let msg = pb::CoordinatorMessage {
+                kind: Some(coordinator_message::Kind::Shutdown(pb::Shutdown {
+                    reason: reason.to_string(),
+                })),
+            };
+            if handle.outbox.try_send(Ok(msg)).is_err() {
+                // Its stream is already closed or full: it is gone either way.
+                tracing::debug!(worker = %id, name = %handle.name, "could not send shutdown");
+            }
+        }
+    }
+
+    /// Applies a join or leave; returns results to the caller.
+    fn handle_membership(&mut self, event: WorkerEvent) -> Option<(WorkerId, pb::ShardResult)> {
+        match event {
+            WorkerEvent::Joined { id, name, outbox } => {
+                info!(worker = %id, %name, live = self.workers.len() + 1, "worker joined");
+                self.workers.insert(id, Handle { name, outbox });
+                None
+            }
+            WorkerEvent::Left { id, reason } => {
+                if let Some(h) = self.workers.remove(&id) {
+                    warn!(worker = %id, name = %h.name, %reason, live = self.workers.len(), "worker lost");
+                }
+                None
+            }
+            WorkerEvent::Result { id, result } => Some((id, result)),
+        }
+    }
+
+    /// Counts a verdict that keeps nothing, dropping the sender of a violation.
+    fn count(&mut self, id: WorkerId, verdict: Verdict) {
+        match verdict {
+            Verdict::Accept(_) => {}
+            Verdict::Late | Verdict::Departed => self.stats.late += 1,
+            Verdict::Duplicate => self.stats.duplicate += 1,
+            Verdict::Violation(v) => {
+                self.stats.refused += 1;
+                self.evict(id, v.into());
+            }
+        }
+    }
+
+    /// Drops a worker, ending its stream with `status`.
+    fn evict(&mut self, id: WorkerId, status: Status) {
+        if let Some(h) = self.workers.remove(&id) {
+            warn!(worker = %id, name = %h.name, code = ?status.code(), error = %status.message(), "worker evicted");
+            let _ = h.outbox.try_send(Err(status));
+        }
+    }
+
+    /// Sends every open shard of `step` to a live worker, round-robin in
+    /// worker-id order, one `Step` message per worker.
+    fn assign(&mut self, step: &mut Step<'_>) {
+        loop {
+            let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+            let plan = step.state.plan(&ids);
+            if plan.is_empty() {
+                return;
+            }
+            for (id, shards) in plan {
+                let encode_start = Instant::now();
+                let msg = pb::Step {
+                    step_id: step.state.id(),
+                    weights: step.weights.clone(), // one buffer shared by all workers
+                    shards: shards
+                        .iter()
+                        .map(|&i| wire::encode_shard(ShardId(i as u32), &step.shards[i]))
+                        .collect(),
+                };
+                let msg = pb::CoordinatorMessage {
+                    kind: Some(coordinator_message::Kind::Step(msg)),
+                };
+                step.codec += encode_start.elapsed();
+                match self.workers[&id].outbox.try_send(Ok(msg)) {
+                    Ok(()) => step.state.assign(id, &shards, now()),
+                    Err(_) => {
+                        // Closed, or so far behind that its queue is full: treat it as gone.
+                        self.evict(
+                            id,
+                            Status::resource_exhausted("worker is not reading its stream"),
+                        );
+                        self.release(step, id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `id` is gone: its unfinished shards open up for `assign`.
+    fn release(&mut self, step: &mut Step<'_>, id: WorkerId) {
+        for shard in step.state.release(id) {
+            self.stats.reassigned += 1;
+            step.reassigned += 1;
+            info!(step = step.state.id(), shard, worker = %id, "shard reassigned");
+        }
+    }
+
+    /// Drops every worker holding a shard past its deadline; their shards go to others.
+    fn expire(&mut self, step: &mut Step<'_>) {
+        for id in step.state.overdue(now(), self.timeouts.shard) {
+            let msg = format!(
+                "no result for step {} within {:?}",
+                step.state.id(),
+                self.timeouts.shard
+            );
+            self.evict(id, Status::deadline_exceeded(msg));
+            self.release(step, id);
+        }
+    }
+
+    fn accept(&mut self, step: &mut Step<'_>, id: WorkerId, result: pb::ShardResult) {
+        let live = self.workers.contains_key(&id);
+        let i = match step
+            .state
+            .judge(id, live, result.step_id, result.shard_id)
+        {
+            Verdict::Accept(i) => i,
+            verdict => {
+                let violation = matches!(verdict, Verdict::Violation(_));
+                self.count(id, verdict);
+                if violation {
+                    self.release(step, id);
+                }
+                return;
+            }
+        };
+        let decode_start = Instant::now();
+        let decoded = wire::decode_shard_result(&result, &self.sizes, step.shards[i].len());
+        step.codec += decode_start.elapsed();
+        match decoded {
+            Ok(g) => {
+                step.results[i] = Some(g);
+                step.state.complete(i);
+                let work = step.work.entry(id).or_default();
+                work.0 += Duration::from_nanos(result.compute_nanos);
+                work.1 += Duration::from_nanos(result.codec_nanos);
+            }
+            Err(e) => {
+                self.stats.rejected += 1;
+                self.evict(id, e.into());
+                self.release(step, id);
+            }
+        }
+    }
+}
+
+impl WorkerPool for RemotePool {
+    async fn run_step(
+        &mut self,
+        id: StepId,
+        network: &Network,
+        shards: &[Samples],
+    ) -> Result<StepOutput, PoolError> {
+        let encode_start = Instant::now();
+        let mut step = Step {
+            state: StepState::new(id.0, shards.len()),
+            weights: wire::encode_network(network),
+            shards,
+            results: vec![None; shards.len()],
+            codec: Duration::ZERO,
+            work: BTreeMap::new(),
+            reassigned: 0,
+        };
+        step.codec = encode_start.elapsed();
+        self.next_step = id.0.saturating_add(1);
+        let started = Instant::now();
+        self.assign(&mut step);
+        while !step.state.is_done() {
+            let event = if self.workers.is_empty() {
+                let wait = self.timeouts.wait_for_worker;
+                warn!(
+                    step = id.0,
+                    ?wait,
+                    "no worker left; waiting for one to join"
+                );
+                match tokio::time::timeout(wait, self.events.recv()).await {
+                    Ok(event) => event,
+                    Err(_) => {
+                        return Err(PoolError::NoWorkers {
+                            step: id,
+                            waited: wait,
+                        })
+                    }
+                }
+            } else {
+                let deadline = step
+                    .state
+                    .deadline(self.timeouts.shard)
+                    .map_or_else(Instant::now, Instant::from_std);
+                match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                    Ok(event) => event,
+                    Err(_) => {
+                        self.expire(&mut step);
+                        self.assign(&mut step);
+                        continue;
+                    }
+                }
+            };
+            let event = event.ok_or(PoolError::ServiceGone)?;
+            let left = match &event {
+                WorkerEvent::Left { id, .. } => Some(*id),
+                _ => None,
+            };
+            if let Some((worker, result)) = self.handle_membership(event) {
+                self.accept(&mut step, worker, result);
+            }
+            if let Some(worker) = left {
+                self.release(&mut step, worker);
+            }
+            self.assign(&mut step);
+        }
+        if step.reassigned > 0 {
+            info!(step = id.0, took = ?started.elapsed(), "step completed despite lost shards");
+        }
+        // The critical path: the worker that was busiest with this step.
+        let (compute, worker_codec) = step
+            .work
+            .values()
+            .copied()
+            .max_by_key(|&(compute, codec)| compute + codec)
+            .unwrap_or_default();
+        Ok(StepOutput {
+            gradients: step
+                .results
+                .into_iter()
+                .map(|g| g.expect("step is done"))
+                .collect(),
+            timing: StepTiming {
+                total: Duration::ZERO,
+                compute,
+                codec: step.codec + worker_codec,
+                reduce: Duration::ZERO,
+            },
+            workers: self.workers.len(),
+            reassigned: step.reassigned,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pool with fake workers and no sockets: each fake worker waits for
+    //! its Steps on the outbox the service would have given it and answers
+    //! through the event channel, in whatever order and shape a case says.
+    //! Nothing here depends on polling order or timing: a fake worker always
+    //! awaits the message it expects.
+    use super::*;
+    use common::pb::coordinator_message::Kind;
+    use common::schedule::init_rng;
+    use common::trainer::{shard_gradients, step_shards};
+    use rand::seq::SliceRandom;
+    use tokio::sync::mpsc::Receiver;
+
+    const SIZES: [usize; 3] = [784, 6, 10];
+    /// The step every case runs; 6 is the step just finished.
+    const STEP: u64 = 7;
+
+    fn timeouts(secs: u64) -> Timeouts {
+        Timeouts {
+            wait_for_worker: Duration::from_secs(secs),
+            shard: Duration::from_secs(60),
+        }
+    }
+
+    fn shards() -> Vec<Samples> {
+        use rand::Rng;
+        let mut rng = init_rng(9);
+        let training = Samples {
+            pixels: (0..10 * 784).map(|_| rng.random()).collect(),
+            labels: (0..10).map(|_| rng.random_range(0..10)).collect(),
+        };
+        step_shards(&training, &(0..10).collect::<Vec<_>>(), 4)
+    }
+
+    type Inbox = Receiver<Result<pb::CoordinatorMessage, Status>>;
+
+    async fn join(events: &mpsc::Sender<WorkerEvent>, ids: std::ops::Range<u32>) -> Vec<Inbox> {
+        let mut inboxes = Vec::new();
+        for id in ids {
+            let (outbox, inbox) = mpsc::channel(16);
+            events
+                .send(WorkerEvent::Joined {
+                    id: WorkerId(id),
+                    name: format!("fake-{id}"),
+                    outbox,
+                })
+                .await
+                .unwrap();
+            inboxes.push(inbox);
+        }
+        inboxes
+    }
+
+    /// Computes a Step's shards as a worker would.
+    fn results_for(step: pb::Step) -> Vec<pb::ShardResult> {
+        let mut net = Network::zeros(&SIZES);
+        wire::decode_network_into(&step.weights, &mut net).unwrap();
+        step.shards
+            .iter()
+            .map(|s| {
+                let (id, samples) = wire::decode_shard(s).unwrap();
+                wire::encode_shard_result(
+                    step.step_id,
+                    id,
+                    samples.len(),
+                    &shard_gradients(&net, &samples),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits for the next message in `inbox`, which must be a Step, and computes it.
+    async fn compute_next(inbox: &mut Inbox) -> Vec<pb::ShardResult> {
+        match inbox.recv().await {
+            Some(Ok(pb::CoordinatorMessage {
+                kind: Some(Kind::Step(step)),
+            })) => results_for(step),
+            other => panic!("expected a Step, got {other:?}"),
+        }
+    }
+
+    async fn send(tx: &mpsc::Sender<WorkerEvent>, id: u32, result: pb::ShardResult) {
+        tx.send(WorkerEvent::Result {
+            id: WorkerId(id),
+            result,
+        })
+        .await
+        .unwrap();
+    }
+
+    fn expected(net: &Network) -> Vec<Gradients> {
+        shards().iter().map(|s| shard_gradients(net, s)).collect()
+    }
+
+    #[tokio::test]
+    async fn results_in_any_arrival_order_come_back_in_shard_order() {
+        let net = Network::new(&SIZES, &mut init_rng(1));
+        for seed in 0..8u64 {
+            let (tx, rx) = mpsc::channel(64);
+            let mut pool = RemotePool::new(rx, SIZES.to_vec(), timeouts(5), STEP);
+            let workers = 1 + (seed % 4) as u32;
+            let mut inboxes = join(&tx, 0..workers).await;
+            pool.wait_for_workers(inboxes.len()).await.unwrap();
+            let shards = shards();
+            let answer = async {
+                let mut results: Vec<(u32, pb::ShardResult)> = Vec::new();
+                for (w, inbox) in inboxes.iter_mut().enumerate() {
+                    results.extend(compute_next(inbox).await.into_iter().map(|r| (w as u32, r)));
+                }
+                results.shuffle(&mut init_rng(seed));
+                for (id, result) in results {
+                    send(&tx, id, result).await;
+                }
+            };
+            let (got, ()) = tokio::join!(pool.run_step(StepId(STEP), &net, &shards), answer);
+            let got = got.unwrap();
+            assert!(
+                got.gradients == expected(&net),
+                "case {seed}: results not in shard order"
+            );
+            assert_eq!((got.workers, got.reassigned), (workers as usize, 0));
+        }
+    }
+
+    /// What a fault case does to worker 0's first result (worker 0 owns
+    /// shards 0 and 2, worker 1 owns 1 and 3; in one case a third peer,
+    /// worker 2, joins after the shards are handed out and owns none).
+    #[derive(Clone, Copy)]
+    enum Interference {
+        /// Sent by `from` before anything honest.
+        Before { from: u32, edit: fn(&mut pb::ShardResult) },
+        /// Worker 0's first result, sent again (zeroed) after the honest one.
+        Duplicate,
+        /// Worker 0's stream ends before it answers.
+        Left,
+    }
+
+    fn zeroed(r: &mut pb::ShardResult) {
+        r.gradients = vec![0; r.gradients.len()].into();
+    }
+
+    /// Fault cases: the honest results plus some interference; the step must
+    /// still return exactly the honest gradients, the counters must say what
+    /// happened, and a dropped sender must be told why with the right code.
+    #[tokio::test]
+    async fn late_duplicate_forged_and_bad_results_are_never_applied() {
+        use tonic::Code;
+        use Interference::*;
+        let net = Network::new(&SIZES, &mut init_rng(1));
+        let stats = |late, duplicate, rejected, refused, reassigned| PoolStats {
+            late,
+            duplicate,
+            rejected,
+            refused,
+            reassigned,
+        };
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Interference, PoolStats, Option<(u32, Code)>)> = vec![
+            ("the step just finished", Before { from: 0, edit: |r| r.step_id = STEP - 1 }, stats(1, 0, 0, 0, 0), None),
+            ("an older step", Before { from: 0, edit: |r| r.step_id = 0 }, stats(1, 0, 0, 0, 0), None),
+            ("a duplicate", Duplicate, stats(0, 1, 0, 0, 0), None),
+            ("NaN gradients", Before { from: 0, edit: |r| r.gradients = vec![0xff; r.gradients.len()].into() }, stats(0, 0, 1, 0, 2), Some((0, Code::InvalidArgument))),
+            ("short gradients", Before { from: 0, edit: |r| r.gradients = r.gradients.slice(4..) }, stats(0, 0, 1, 0, 2), Some((0, Code::InvalidArgument))),
+            ("wrong sample count", Before { from: 0, edit: |r| r.sample_count += 1 }, stats(0, 0, 1, 0, 2), Some((0, Code::InvalidArgument))),
+            ("a future step", Before { from: 0, edit: |r| r.step_id = STEP + 1 }, stats(0, 0, 0, 1, 2), Some((0, Code::InvalidArgument))),
+            ("a step near 2^64", Before { from: 0, edit: |r| r.step_id = u64::MAX }, stats(0, 0, 0, 1, 2), Some((0, Code::InvalidArgument))),
+            ("a shard id = the shard count", Before { from: 0, edit: |r| r.shard_id = 4 }, stats(0, 0, 0, 1, 2), Some((0, Code::InvalidArgument))),
+            ("another worker's shard, forged", Before { from: 0, edit: |r| { r.shard_id = 1; zeroed(r) } }, stats(0, 0, 0, 1, 2), Some((0, Code::PermissionDenied))),
+            ("another worker's shard, honest bytes", Before { from: 0, edit: |r| r.shard_id = 1 }, stats(0, 0, 0, 1, 2), Some((0, Code::PermissionDenied))),
+            ("a peer with no shards", Before { from: 2, edit: zeroed }, stats(0, 0, 0, 1, 0), Some((2, Code::PermissionDenied))),
+            ("worker left", Left, stats(0, 0, 0, 0, 2), None),
+        ];
+        for (name, interference, want, evicted) in cases {
+            let (tx, rx) = mpsc::channel(64);
+            let mut pool = RemotePool::new(rx, SIZES.to_vec(), timeouts(5), STEP);
+            let mut inboxes = join(&tx, 0..2).await;
+            pool.wait_for_workers(2).await.unwrap();
+            let shards = shards();
+            let third_peer = matches!(interference, Before { from: 2, .. });
+            let answer = async {
+                let honest0 = compute_next(&mut inboxes[0]).await;
+                let honest1 = compute_next(&mut inboxes[1]).await;
+                if third_peer {
+                    // It joins once the shards are out, so it owns none.
+                    inboxes.extend(join(&tx, 2..3).await);
+                }
+                let mut worker0_lost = evicted.is_some_and(|(w, _)| w == 0);
+                match interference {
+                    Before { from, edit } => {
+                        let mut bad = honest0[0].clone();
+                        edit(&mut bad);
+                        send(&tx, from, bad).await;
+                    }
+                    Left => {
+                        tx.send(WorkerEvent::Left {
+                            id: WorkerId(0),
+                            reason: "killed".into(),
+                        })
+                        .await
+                        .unwrap();
+                        worker0_lost = true;
+                    }
+                    Duplicate => {}
+                }
+                // A dropped worker's honest results come too late to count
+                // as anything but "late"; a live one's are applied.
+                if !worker0_lost {
+                    for r in &honest0 {
+                        send(&tx, 0, r.clone()).await;
+                    }
+                }
+                if matches!(interference, Duplicate) {
+                    let mut again = honest0[0].clone();
+                    zeroed(&mut again);
+                    send(&tx, 0, again).await;
+                }
+                for r in honest1 {
+                    send(&tx, 1, r).await;
+                }
+                if worker0_lost {
+                    // Worker 1 gets worker 0's shards in a second Step.
+                    for r in compute_next(&mut inboxes[1]).await {
+                        send(&tx, 1, r).await;
+                    }
+                }
+            };
+            let (got, ()) = tokio::join!(pool.run_step(StepId(STEP), &net, &shards), answer);
+            let got = got.unwrap();
+            assert!(got.gradients == expected(&net), "case {name}: wrong gradients");
+            assert_eq!(pool.stats(), &want, "case {name}");
+            assert_eq!(got.reassigned, want.reassigned, "case {name}");
+            let lost = usize::from(evicted.is_some() || matches!(interference, Left));
+            assert_eq!(got.workers, 2 + usize::from(third_peer) - lost, "case {name}");
+            if let Some((w, code)) = evicted {
+                let status = inboxes[w as usize].recv().await.unwrap().unwrap_err();
+                assert_eq!(status.code(), code, "case {name}: {status:?}");
+            }
+        }
+    }
+
+    /// Results that arrive while no step is in flight are judged too: one
+    /// for a step never issued drops its sender.
+    #[tokio::test]
+    async fn results_between_steps_are_judged() {
+        let (tx, rx) = mpsc::channel(64);
+        let mut pool = RemotePool::new(rx, SIZES.to_vec(), timeouts(5), STEP);
+        let mut inboxes = join(&tx, 0..1).await;
+        let honest = wire::encode_shard_result(STEP - 1, ShardId(0), 1, &Gradients::zeros(&SIZES));
+        send(&tx, 0, honest.clone()).await;
+        let mut forged = honest;
+        forged.step_id = STEP;
+        send(&tx, 0, forged).await;
+        inboxes.extend(join(&tx, 1..3).await);
+        pool.wait_for_workers(2).await.unwrap();
+        assert_eq!((pool.stats().late, pool.stats().refused), (1, 1));
+        let status = inboxes[0].recv().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert_eq!(pool.live_workers(), 2);
+    }
+
+    /// A worker that never answers loses its shards when their deadline passes.
+    /// Paused time: the deadline is reached by advancing the clock, not by waiting.
+    #[tokio::test(start_paused = true)]
+    async fn silent_worker_is_dropped_at_the_shard_deadline() {
+        let (tx, rx) = mpsc::channel(64);
+        let mut pool = RemotePool::new(
+            rx,
+            SIZES.to_vec(),
+            Timeouts {
+                wait_for_worker: Duration::from_secs(5),
+                shard: Duration::from_secs(2),
+            },
+            0,
+        );
+        let mut inboxes = join(&tx, 0..2).await;
+        pool.wait_for_workers(2).await.unwrap();
+        let net = Network::new(&SIZES, &mut init_rng(1));
+        let shards = shards();
+        let answer = async {
+            let _silent = compute_next(&mut inboxes[0]).await; // worker 0 takes its shards and goes quiet
+            for r in compute_next(&mut inboxes[1]).await {
+                send(&tx, 1, r).await;
+            }
+            // After the deadline, worker 1 is given worker 0's shards.
+            for r in compute_next(&mut inboxes[1]).await {
+                send(&tx, 1, r).await;
+            }
+            // The silent worker was told why.
+            let status = inboxes[0].recv().await.unwrap().unwrap_err();
+            assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        };
+        let (got, ()) = tokio::join!(pool.run_step(StepId(0), &net, &shards), answer);
+        let got = got.unwrap();
+        assert!(got.gradients == expected(&net));
+        assert_eq!((pool.stats().reassigned, got.workers), (2, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_worker_left_times_out_with_the_step() {
+        let (tx, rx) = mpsc::channel(64);
+        let mut pool = RemotePool::new(rx, SIZES.to_vec(), timeouts(3), 7);
+        let _inboxes = join(&tx, 0..1).await;
+        tx.send(WorkerEvent::Left {
+            id: WorkerId(0),
+            reason: "killed".into(),
+        })
+        .await
+        .unwrap();
+        let net = Network::new(&SIZES, &mut init_rng(1));
+        let err = pool.run_step(StepId(7), &net, &shards()).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "step 7: no worker left and none joined within 3s"
+        );
+    }
+}

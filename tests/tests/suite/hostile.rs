@@ -1,0 +1,332 @@
+//! Hostile peers, generated: each case starts a real cluster with one honest
+//! worker and one to three raw gRPC peers holding the token, and gives every
+//! raw peer a random script of moves, one per Step it receives: honest
+//! answers, answers for other peers' shards (forged or honest bytes), for
+//! steps never issued, late ones, duplicates, NaNs, wrong lengths, garbage
+//! and sudden exits. The property: the coordinator finishes, and the model is
+//! the undisturbed run's, bit for bit. proptest prints the failing scripts.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::pb::{self, coordinator_message, trainer_client::TrainerClient, worker_message};
+use common::trainer::{shard_gradients, train, TrainingPlan};
+use common::{wire, Network};
+use integration_tests::{bits, fixture_data, test_config, Cluster};
+use proptest::prelude::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const SHARDS: usize = 3;
+
+fn plan() -> TrainingPlan {
+    TrainingPlan {
+        sizes: vec![784, 12, 10],
+        epochs: 1,
+        batch_size: 10,
+        eta: 3.0,
+        shards: SHARDS,
+        seed: 8,
+        ..TrainingPlan::default()
+    }
+}
+
+fn reference() -> &'static [u8] {
+    static BITS: OnceLock<Vec<u8>> = OnceLock::new();
+    BITS.get_or_init(|| {
+        let mut net = plan().initial_network();
+        train(&mut net, &fixture_data(), &plan(), common::trainer::Quiet);
+        bits(&net)
+    })
+}
+
+/// What a raw peer does with one Step.
+#[derive(Debug, Clone, Copy)]
+enum Move {
+    /// Answers every shard it was given, honestly.
+    Honest,
+    /// Answers its shards honestly, then each again.
+    Duplicate,
+    /// Answers its first shard with the previous step's id first.
+    Late,
+    /// Answers a shard it was not given, with zeros.
+    ForgeOther,
+    /// Answers a shard it was not given, with its own shard's honest bytes.
+    StealOther,
+    /// Answers with a step id never issued.
+    FutureStep,
+    /// Answers with a shard id beyond the step's shards.
+    UnknownShard,
+    /// Answers with a NaN in the gradients.
+    NaN,
+    /// Answers with gradients 4 bytes short.
+    Short,
+    /// Closes its stream without answering.
+    Leave,
+}
+
+fn moves() -> impl Strategy<Value = Move> {
+    prop_oneof![
+        4 => Just(Move::Honest),
+        1 => Just(Move::Duplicate),
+        1 => Just(Move::Late),
+        2 => Just(Move::ForgeOther),
+        1 => Just(Move::StealOther),
+        1 => Just(Move::FutureStep),
+        1 => Just(Move::UnknownShard),
+        1 => Just(Move::NaN),
+        1 => Just(Move::Short),
+        1 => Just(Move::Leave),
+    ]
+}
+
+fn result(msg: pb::ShardResult) -> pb::WorkerMessage {
+    pb::WorkerMessage {
+        kind: Some(worker_message::Kind::Result(msg)),
+    }
+}
+
+/// A raw peer: joins, then plays `script` one move per Step, then answers
+/// honestly until it is dropped or the run ends.
+async fn raw_peer(addr: std::net::SocketAddr, script: Vec<Move>) {
+    let Ok(mut client) = TrainerClient::connect(format!("http://{addr}")).await else {
+        return;
+    };
+    let (tx, rx) = mpsc::channel(64);
+    let hello = pb::WorkerMessage {
+        kind: Some(worker_message::Kind::Hello(pb::Hello {
+            name: "raw".into(),
+            protocol_version: wire::PROTOCOL_VERSION,
+        })),
+    };
+    tx.send(hello).await.unwrap();
+    let Ok(response) = client.train(ReceiverStream::new(rx)).await else {
+        return;
+    };
+    let mut inbound = response.into_inner();
+    let mut script = script.into_iter();
+    let mut net = Network::zeros(&plan().sizes);
+    while let Ok(Some(msg)) = inbound.message().await {
+        let Some(coordinator_message::Kind::Step(step)) = msg.kind else {
+            continue;
+        };
+        wire::decode_network_into(&step.weights, &mut net).unwrap();
+        let honest: Vec<pb::ShardResult> = step
+            .shards
+            .iter()
+            .map(|s| {
+                let (id, samples) = wire::decode_shard(s).unwrap();
+                wire::encode_shard_result(step.step_id, id, samples.len(), &shard_gradients(&net, &samples))
+            })
+            .collect();
+        let mine: Vec<u32> = honest.iter().map(|r| r.shard_id).collect();
+        let other = (0..SHARDS as u32).find(|s| !mine.contains(s));
+        let mut first = honest[0].clone();
+        let sends: Vec<pb::ShardResult> = match script.next().unwrap_or(Move::Honest) {
+            Move::Honest => honest,
+            Move::Duplicate => honest.iter().chain(&honest).cloned().collect(),
+            Move::Late => {
+                first.step_id = step.step_id.wrapping_sub(1);
+                std::iter::once(first).chain(honest).collect()
+            }
+            mv @ (Move::ForgeOther | Move::StealOther) => match other {
+                // It holds every shard: there is no other's to answer.
+                None => honest,
+                Some(other) => {
+                    first.shard_id = other;
+                    if matches!(mv, Move::ForgeOther) {
+                        first.gradients = vec![0; first.gradients.len()].into();
+                    }
+                    vec![first]
+                }
+            },
+            Move::FutureStep => {
+                first.step_id += 1;
+                vec![first]
+            }
+            Move::UnknownShard => {
+                first.shard_id = SHARDS as u32;
+                vec![first]
+            }
+            Move::NaN => {
+                let mut g = first.gradients.to_vec();
+                g[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
+                first.gradients = g.into();
+                vec![first]
+            }
+            Move::Short => {
+                first.gradients = first.gradients.slice(4..);
+                vec![first]
+            }
+            Move::Leave => return,
+        };
+        for r in sends {
+            if tx.send(result(r)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn hostile_peers_never_change_the_model(
+        scripts in proptest::collection::vec(proptest::collection::vec(moves(), 1..6), 1..4),
+    ) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let summary = runtime.block_on(async {
+            let config = test_config(plan(), scripts.len() + 1);
+            let mut cluster = Cluster::start(config, fixture_data(), 0).await.unwrap();
+            let peers: Vec<_> = scripts
+                .iter()
+                .map(|s| tokio::spawn(raw_peer(cluster.addr, s.clone())))
+                .collect();
+            cluster.add_worker("honest");
+            let (summary, _) = cluster.finish(Duration::from_secs(120)).await.unwrap();
+            for p in peers {
+                p.await.unwrap();
+            }
+            summary
+        });
+        let summary = summary.map_err(|e| TestCaseError::fail(format!("the run failed: {e}")))?;
+        prop_assert!(bits(&summary.network) == reference(), "the model changed");
+    }
+}
+
+/// A measurement, not a check (run it with `cargo test --release -p
+/// integration-tests --test suite -- --ignored --nocapture flood`): the
+/// coordinator binary's peak RSS while `FLOODERS` peers holding the token
+/// join as workers, answer their shards honestly, and meanwhile send
+/// full-size results for the step before (valid, "late", never dropped) as
+/// fast as their streams take them; and its shutdown time with 100 idle
+/// connections open. Each against the same run undisturbed.
+#[test]
+#[ignore = "a measurement; prints figures"]
+fn flood_memory_and_shutdown() {
+    use integration_tests::process::{lines, wait_exit, Guard};
+    use std::process::{Command, Stdio};
+    const FLOODERS: usize = 64;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let peak_kb = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    for (flooders, idle) in [(0, 0), (FLOODERS, 0), (0, 100)] {
+        let dir = std::env::temp_dir().join(format!("ddp-flood-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut coord = Guard(
+            Command::new(integration_tests::binary("coordinator"))
+                .args(["--listen", "127.0.0.1:0", "--workers", "2", "--spawn-workers"])
+                .args(["--epochs", "3", "--token", "flood-token", "--progress", "none"])
+                .arg("--data-dir")
+                .arg(integration_tests::fixture_dir())
+                .arg("--out")
+                .arg(dir.join("m.safetensors"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let rx = lines(&mut coord);
+        let addr: std::net::SocketAddr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap()
+            .trim_start_matches("Listening on ")
+            .parse()
+            .unwrap();
+        let _peers: Vec<_> = (0..flooders)
+            .map(|_| runtime.spawn(flooder(addr)))
+            .collect();
+        let _idle: Vec<std::net::TcpStream> =
+            (0..idle).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        let mut last = String::new();
+        while !last.starts_with("Epoch 2:") {
+            last = rx.recv_timeout(Duration::from_secs(300)).unwrap();
+        }
+        let (peak, stopped) = (peak_kb(coord.0.id()), std::time::Instant::now());
+        wait_exit(&mut coord, Duration::from_secs(60), "coordinator");
+        println!(
+            "flooders {flooders:3}, idle connections {idle:3}: peak RSS {:.1} MB, last epoch to exit {:.2} s",
+            peak as f64 / 1024.0,
+            stopped.elapsed().as_secs_f64()
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// A peer with the token that answers honestly and floods valid late results.
+async fn flooder(addr: std::net::SocketAddr) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await;
+    let Ok(channel) = channel else { return };
+    let token: tonic::metadata::MetadataValue<_> = "Bearer flood-token".parse().unwrap();
+    let mut client = TrainerClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert(common::auth::METADATA_KEY, token.clone());
+        Ok(r)
+    })
+    .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel(4);
+    let hello = pb::WorkerMessage {
+        kind: Some(worker_message::Kind::Hello(pb::Hello {
+            name: "flooder".into(),
+            protocol_version: wire::PROTOCOL_VERSION,
+        })),
+    };
+    tx.send(hello).await.unwrap();
+    let Ok(response) = client.train(ReceiverStream::new(rx)).await else {
+        return;
+    };
+    let mut inbound = response.into_inner();
+    let sizes = vec![784, 30, 10];
+    let mut net = Network::zeros(&sizes);
+    let late = std::sync::Arc::new(tokio::sync::Mutex::new(None::<pb::ShardResult>));
+    let flood = {
+        let (tx, late) = (tx.clone(), late.clone());
+        tokio::spawn(async move {
+            loop {
+                let next = late.lock().await.clone();
+                match next {
+                    Some(r) => {
+                        if tx.send(result(r)).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => tokio::task::yield_now().await,
+                }
+            }
+        })
+    };
+    while let Ok(Some(msg)) = inbound.message().await {
+        let Some(coordinator_message::Kind::Step(step)) = msg.kind else {
+            continue;
+        };
+        wire::decode_network_into(&step.weights, &mut net).unwrap();
+        for s in &step.shards {
+            let (id, samples) = wire::decode_shard(s).unwrap();
+            let r = wire::encode_shard_result(step.step_id, id, samples.len(), &shard_gradients(&net, &samples));
+            let mut stale = r.clone();
+            stale.step_id = step.step_id.saturating_sub(1);
+            *late.lock().await = Some(stale);
+            if tx.send(result(r)).await.is_err() {
+                break;
+            }
+        }
+    }
+    flood.abort();
+}
