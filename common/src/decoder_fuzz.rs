@@ -11,9 +11,9 @@
 
 use std::path::Path;
 
-use prost::Message;
 use proptest::collection::vec;
 use proptest::prelude::*;
+use prost::Message;
 
 use crate::dataset::idx::{self, IdxImages};
 use crate::gradients::Gradients;
@@ -45,7 +45,10 @@ fn edits() -> impl Strategy<Value = (Vec<(usize, u8)>, Option<usize>, Vec<u8>)> 
     )
 }
 
-fn mutate(mut bytes: Vec<u8>, (writes, cut, extra): &(Vec<(usize, u8)>, Option<usize>, Vec<u8>)) -> Vec<u8> {
+fn mutate(
+    mut bytes: Vec<u8>,
+    (writes, cut, extra): &(Vec<(usize, u8)>, Option<usize>, Vec<u8>),
+) -> Vec<u8> {
     if !bytes.is_empty() {
         for &(at, b) in writes {
             let n = bytes.len();
@@ -240,7 +243,8 @@ fn huge_claimed_model_is_a_clear_error() {
     let bytes = model_claiming(&[784, 1 << 40, 10]);
     let err = model_file::from_bytes(Path::new("huge.safetensors"), &bytes).unwrap_err();
     assert!(
-        err.to_string().starts_with("huge.safetensors: metadata \"sizes\""),
+        err.to_string()
+            .starts_with("huge.safetensors: metadata \"sizes\""),
         "{err}"
     );
 }

@@ -80,7 +80,13 @@ mod tests {
 
     #[test]
     fn each_cause_is_written_once() {
-        assert_eq!(error_chain(&E::Outer(Inner)), "tcp connect error: connection refused");
-        assert_eq!(error_chain(&E::Repeats(Inner)), "reading x: connection refused");
+        assert_eq!(
+            error_chain(&E::Outer(Inner)),
+            "tcp connect error: connection refused"
+        );
+        assert_eq!(
+            error_chain(&E::Repeats(Inner)),
+            "reading x: connection refused"
+        );
     }
 }

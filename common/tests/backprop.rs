@@ -287,7 +287,10 @@ fn batched_sum_equals_per_sample_sum() {
     for (l, (a, b)) in batched.nabla_b.iter().zip(&summed.nabla_b).enumerate() {
         let diff = (a - b).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
         assert!(diff < 1e-4, "nabla_b{l}: max diff {diff}");
-        assert!(a.iter().any(|&v| v != 0.0), "nabla_b{l} is not trivially zero");
+        assert!(
+            a.iter().any(|&v| v != 0.0),
+            "nabla_b{l} is not trivially zero"
+        );
     }
 }
 

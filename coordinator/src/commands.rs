@@ -186,7 +186,11 @@ pub fn predict(model: &Path, images: &[PathBuf]) -> anyhow::Result<(String, usiz
             }
             Err(e) => {
                 failed += 1;
-                out.push_str(&format!("{}: error: {}\n", path.display(), common::logging::error_chain(e.as_ref())));
+                out.push_str(&format!(
+                    "{}: error: {}\n",
+                    path.display(),
+                    common::logging::error_chain(e.as_ref())
+                ));
             }
         }
     }

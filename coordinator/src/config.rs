@@ -156,7 +156,12 @@ pub struct Args {
     pub tls_key: Option<PathBuf>,
     /// With --tls-cert and --spawn-workers: the name in the certificate that
     /// the spawned workers check (they trust --tls-cert itself).
-    #[arg(long, value_name = "NAME", default_value = "localhost", requires = "tls_cert")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "localhost",
+        requires = "tls_cert"
+    )]
     pub tls_domain: String,
     /// Seconds a worker may take for a shard before it is treated as dead and
     /// its shards are recomputed by the others (catches silent workers).
@@ -528,11 +533,7 @@ impl Args {
             .transpose()
             .map_err(|e| ConfigError::Token(e.to_string()))?;
         let listen = self.listen_addr()?;
-        if token.is_none()
-            && !listen.ip().is_loopback()
-            && !self.insecure_no_token
-            && !self.local
-        {
+        if token.is_none() && !listen.ip().is_loopback() && !self.insecure_no_token && !self.local {
             return Err(ConfigError::Token(format!(
                 "listening on {listen} (beyond loopback) needs a token (--token or DDP_TOKEN), or --insecure-no-token to accept anyone",
             )));

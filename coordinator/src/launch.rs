@@ -66,7 +66,11 @@ impl LocalWorkers {
         credentials: &Credentials,
     ) -> Result<Self, LaunchError> {
         let mut children = Vec::with_capacity(count);
-        let scheme = if credentials.tls.is_some() { "https" } else { "http" };
+        let scheme = if credentials.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         for i in 0..count {
             let mut command = Command::new(binary);
             command.args([
@@ -85,13 +89,14 @@ impl LocalWorkers {
                     .arg(ca)
                     .args(["--tls-domain", domain]);
             }
-            let child = command
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|source| LaunchError::Spawn {
-                    path: binary.clone(),
-                    source,
-                })?;
+            let child =
+                command
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|source| LaunchError::Spawn {
+                        path: binary.clone(),
+                        source,
+                    })?;
             children.push(child);
         }
         info!(count, %addr, "started local workers");

@@ -125,7 +125,10 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("coordinator: error: {}", common::logging::error_chain(e.as_ref()));
+            eprintln!(
+                "coordinator: error: {}",
+                common::logging::error_chain(e.as_ref())
+            );
             std::process::ExitCode::FAILURE
         }
     }

@@ -11,7 +11,6 @@
 
 pub mod process;
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +46,49 @@ pub struct Cluster {
     /// `None` once awaited through `worker_exit`.
     workers: Vec<Option<JoinHandle<Result<(), WorkerError>>>>,
     stop: Option<oneshot::Sender<()>>,
+}
+
+/// A fresh directory under the system's temporary directory, removed when
+/// dropped: also when the test fails, so failed runs leave nothing behind.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// `ddp-<name>-<pid>`, emptied first.
+    ///
+    /// # Panics
+    /// If it cannot be created.
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("ddp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
+        TempDir(dir)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// network.py's run (`[784,30,10]`, quadratic cost, N(0,1) init, batch 10,
+/// eta 3.0) for `epochs` epochs over `shards` logical shards from `seed`: the
+/// plan most tests need, with any other field set by struct update.
+pub fn plan_for(epochs: usize, shards: usize, seed: u64) -> common::trainer::TrainingPlan {
+    common::trainer::TrainingPlan {
+        epochs,
+        shards,
+        seed,
+        ..Default::default()
+    }
 }
 
 /// A run configuration for tests: `plan` on `workers` workers, 30 s timeouts, 10 s keepalive,
@@ -118,37 +160,20 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Starts one more worker task.
-    pub fn add_worker(&mut self, name: &str) {
-        self.add_worker_until(name, std::future::pending());
+    /// The configuration of a worker named `name` joining this cluster
+    /// (a short retry budget), to adjust before [`Cluster::add_worker_config`].
+    pub fn worker_config(&self, name: &str) -> WorkerConfig {
+        worker_config(self.addr, name)
     }
 
-    /// Starts one more worker task that stops (as on Ctrl-C) when `stop` completes.
-    pub fn add_worker_until(
-        &mut self,
-        name: &str,
-        stop: impl Future<Output = ()> + Send + 'static,
-    ) {
-        let config = worker_config(self.addr, name);
-        self.workers
-            .push(Some(tokio::spawn(worker::run(config, stop))));
+    /// Starts one more worker task, plain.
+    pub fn add_worker(&mut self, name: &str) -> usize {
+        self.add_worker_config(self.worker_config(name))
     }
 
-    /// Starts one more worker task with this configuration; returns its index.
+    /// Starts one more worker task with this configuration (a fault to
+    /// inject, a token, TLS); returns its index. The one way workers start.
     pub fn add_worker_config(&mut self, config: WorkerConfig) -> usize {
-        self.workers.push(Some(tokio::spawn(worker::run(
-            config,
-            std::future::pending(),
-        ))));
-        self.workers.len() - 1
-    }
-
-    /// Starts one more worker task that injects `fault`; returns its index.
-    pub fn add_faulty_worker(&mut self, name: &str, fault: worker::Fault) -> usize {
-        let config = WorkerConfig {
-            fault: Some(fault),
-            ..worker_config(self.addr, name)
-        };
         self.workers.push(Some(tokio::spawn(worker::run(
             config,
             std::future::pending(),

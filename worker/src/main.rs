@@ -56,7 +56,10 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(3)
         }
         Err(e) => {
-            eprintln!("worker: error: {}", common::logging::error_chain(e.as_ref()));
+            eprintln!(
+                "worker: error: {}",
+                common::logging::error_chain(e.as_ref())
+            );
             std::process::ExitCode::FAILURE
         }
     }

@@ -17,7 +17,6 @@ use crate::{Fault, WorkerConfig};
 use common::auth::METADATA_KEY;
 use tonic::metadata::{Ascii, MetadataValue};
 
-
 /// Why a session ended without Shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {

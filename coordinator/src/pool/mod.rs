@@ -232,11 +232,12 @@ impl RemotePool {
             let event = self.events.recv().await.ok_or(PoolError::ServiceGone)?;
             if let Some((id, result)) = self.handle_membership(event) {
                 // No step is in flight: every result is late or never issued.
-                let verdict = judge_step_id(result.step_id, self.next_step)
-                    .unwrap_or(Verdict::Violation(Violation::UnissuedStep {
+                let verdict = judge_step_id(result.step_id, self.next_step).unwrap_or(
+                    Verdict::Violation(Violation::UnissuedStep {
                         step: result.step_id,
                         current: self.next_step,
-                    }));
+                    }),
+                );
                 self.count(id, verdict);
             }
         }
@@ -359,10 +360,7 @@ impl RemotePool {
 
     fn accept(&mut self, step: &mut Step<'_>, id: WorkerId, result: pb::ShardResult) {
         let live = self.workers.contains_key(&id);
-        let i = match step
-            .state
-            .judge(id, live, result.step_id, result.shard_id)
-        {
+        let i = match step.state.judge(id, live, result.step_id, result.shard_id) {
             Verdict::Accept(i) => i,
             verdict => {
                 let violation = matches!(verdict, Verdict::Violation(_));
@@ -617,7 +615,10 @@ mod tests {
     #[derive(Clone, Copy)]
     enum Interference {
         /// Sent by `from` before anything honest.
-        Before { from: u32, edit: fn(&mut pb::ShardResult) },
+        Before {
+            from: u32,
+            edit: fn(&mut pb::ShardResult),
+        },
         /// Worker 0's first result, sent again (zeroed) after the honest one.
         Duplicate,
         /// Worker 0's stream ends before it answers.
@@ -715,11 +716,18 @@ mod tests {
             };
             let (got, ()) = tokio::join!(pool.run_step(StepId(STEP), &net, &shards), answer);
             let got = got.unwrap();
-            assert!(got.gradients == expected(&net), "case {name}: wrong gradients");
+            assert!(
+                got.gradients == expected(&net),
+                "case {name}: wrong gradients"
+            );
             assert_eq!(pool.stats(), &want, "case {name}");
             assert_eq!(got.reassigned, want.reassigned, "case {name}");
             let lost = usize::from(evicted.is_some() || matches!(interference, Left));
-            assert_eq!(got.workers, 2 + usize::from(third_peer) - lost, "case {name}");
+            assert_eq!(
+                got.workers,
+                2 + usize::from(third_peer) - lost,
+                "case {name}"
+            );
             if let Some((w, code)) = evicted {
                 let status = inboxes[w as usize].recv().await.unwrap().unwrap_err();
                 assert_eq!(status.code(), code, "case {name}: {status:?}");

@@ -69,9 +69,10 @@ pub fn judge_step_id(step: u64, current: u64) -> Option<Verdict> {
     match step.cmp(&current) {
         std::cmp::Ordering::Less => Some(Verdict::Late),
         std::cmp::Ordering::Equal => None,
-        std::cmp::Ordering::Greater => {
-            Some(Verdict::Violation(Violation::UnissuedStep { step, current }))
-        }
+        std::cmp::Ordering::Greater => Some(Verdict::Violation(Violation::UnissuedStep {
+            step,
+            current,
+        })),
     }
 }
 
@@ -130,7 +131,10 @@ impl StepState {
             return batches;
         }
         for (k, shard) in self.open().into_iter().enumerate() {
-            batches.entry(workers[k % workers.len()]).or_default().push(shard);
+            batches
+                .entry(workers[k % workers.len()])
+                .or_default()
+                .push(shard);
         }
         batches
     }
@@ -337,7 +341,11 @@ mod tests {
         // Reassigned to C, only C may answer it; A, even if it came back, may not.
         let plan = s.plan(&[B, C]);
         assert_eq!(plan.len(), 1);
-        assert_eq!(plan[&B], vec![2], "round-robin restarts at the first live worker");
+        assert_eq!(
+            plan[&B],
+            vec![2],
+            "round-robin restarts at the first live worker"
+        );
         s.assign(C, &[2], t0);
         assert_eq!(s.judge(C, true, 5, 2), Verdict::Accept(2));
         assert!(matches!(
@@ -373,7 +381,10 @@ mod tests {
         s.complete(2);
         assert_eq!(s.overdue(t0 + limit, limit), vec![B], "A's shards are done");
         s.release(B);
-        assert!(s.overdue(t0 + limit, limit).is_empty(), "open shards have no owner");
+        assert!(
+            s.overdue(t0 + limit, limit).is_empty(),
+            "open shards have no owner"
+        );
         assert_eq!(s.deadline(limit), None);
         s.assign(C, &[1, 3], t0 + limit);
         assert_eq!(s.deadline(limit), Some(t0 + 2 * limit));
@@ -393,7 +404,10 @@ mod tests {
                     plan.values().map(Vec::len).min().unwrap(),
                     plan.values().map(Vec::len).max().unwrap(),
                 );
-                assert!(max - min <= 1, "balanced: {shards} shards, {workers} workers");
+                assert!(
+                    max - min <= 1,
+                    "balanced: {shards} shards, {workers} workers"
+                );
             }
         }
         assert!(StepState::new(0, 3).plan(&[]).is_empty());

@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use common::auth::Token;
-use common::trainer::TrainingPlan;
 use coordinator::Config;
-use integration_tests::{fixture_data, test_config, worker_config, Cluster};
+use integration_tests::{fixture_data, plan_for, test_config, worker_config, Cluster};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 use worker::{SessionError, WorkerConfig, WorkerError};
@@ -15,15 +14,7 @@ use worker::{SessionError, WorkerConfig, WorkerError};
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn config(token: &str) -> Config {
-    let plan = TrainingPlan {
-        sizes: vec![784, 30, 10],
-        epochs: 1,
-        batch_size: 10,
-        eta: 3.0,
-        shards: 2,
-        seed: 1,
-        ..TrainingPlan::default()
-    };
+    let plan = plan_for(1, 2, 1);
     Config {
         token: Some(Token::new(token).unwrap()),
         ..test_config(plan, 1)

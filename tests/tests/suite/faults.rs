@@ -7,21 +7,13 @@ use std::time::Duration;
 use common::trainer::{train, TrainingPlan};
 use coordinator::pool::PoolError;
 use coordinator::{Config, CoordinatorError};
-use integration_tests::{bits, fixture_data, test_config, Cluster};
-use worker::{Fault, WorkerError};
+use integration_tests::{bits, fixture_data, plan_for, test_config, Cluster};
+use worker::{Fault, WorkerConfig, WorkerError};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn plan() -> TrainingPlan {
-    TrainingPlan {
-        sizes: vec![784, 30, 10],
-        epochs: 2,
-        batch_size: 10,
-        eta: 3.0,
-        shards: 4,
-        seed: 5,
-        ..TrainingPlan::default()
-    }
+    plan_for(2, 4, 5)
 }
 
 fn config(workers: usize, shard_timeout: Duration, wait_timeout: Duration) -> Config {
@@ -50,7 +42,10 @@ async fn worker_dying_or_going_silent_mid_run_gives_the_same_weights() {
     for (i, (name, fault)) in cases.into_iter().enumerate() {
         let config = config(4, Duration::from_millis(500), Duration::from_secs(10));
         let mut cluster = Cluster::start(config, fixture_data(), 3).await.unwrap();
-        let faulty = cluster.add_faulty_worker("faulty", fault);
+        let faulty = cluster.add_worker_config(WorkerConfig {
+            fault: Some(fault),
+            ..cluster.worker_config("faulty")
+        });
         let (Fault::ExitAtStep(n) | Fault::StallAtStep(n)) = fault;
         let exit = cluster.worker_exit(faulty, LIMIT).await.unwrap();
         assert!(
@@ -88,7 +83,10 @@ async fn last_worker_dies_and_a_replacement_finishes_the_run_exactly() {
     )
     .await
     .unwrap();
-    let first = cluster.add_faulty_worker("doomed", Fault::ExitAtStep(70));
+    let first = cluster.add_worker_config(WorkerConfig {
+        fault: Some(Fault::ExitAtStep(70)),
+        ..cluster.worker_config("doomed")
+    });
     assert!(matches!(
         cluster.worker_exit(first, LIMIT).await.unwrap(),
         Err(WorkerError::InjectedExit(70))
@@ -111,7 +109,10 @@ async fn no_worker_within_wait_timeout_fails_with_the_step() {
     )
     .await
     .unwrap();
-    let only = cluster.add_faulty_worker("doomed", Fault::ExitAtStep(12));
+    let only = cluster.add_worker_config(WorkerConfig {
+        fault: Some(Fault::ExitAtStep(12)),
+        ..cluster.worker_config("doomed")
+    });
     cluster.worker_exit(only, LIMIT).await.unwrap().unwrap_err();
     let (summary, _) = cluster.finish(LIMIT).await.unwrap();
     match summary {

@@ -116,7 +116,12 @@ async fn raw_peer(addr: std::net::SocketAddr, script: Vec<Move>) {
             .iter()
             .map(|s| {
                 let (id, samples) = wire::decode_shard(s).unwrap();
-                wire::encode_shard_result(step.step_id, id, samples.len(), &shard_gradients(&net, &samples))
+                wire::encode_shard_result(
+                    step.step_id,
+                    id,
+                    samples.len(),
+                    &shard_gradients(&net, &samples),
+                )
             })
             .collect();
         let mine: Vec<u32> = honest.iter().map(|r| r.shard_id).collect();
@@ -230,8 +235,21 @@ fn flood_memory_and_shutdown() {
         std::fs::create_dir_all(&dir).unwrap();
         let mut coord = Guard(
             Command::new(integration_tests::binary("coordinator"))
-                .args(["--listen", "127.0.0.1:0", "--workers", "2", "--spawn-workers"])
-                .args(["--epochs", "3", "--token", "flood-token", "--progress", "none"])
+                .args([
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--workers",
+                    "2",
+                    "--spawn-workers",
+                ])
+                .args([
+                    "--epochs",
+                    "3",
+                    "--token",
+                    "flood-token",
+                    "--progress",
+                    "none",
+                ])
                 .arg("--data-dir")
                 .arg(integration_tests::fixture_dir())
                 .arg("--out")
@@ -251,8 +269,9 @@ fn flood_memory_and_shutdown() {
         let _peers: Vec<_> = (0..flooders)
             .map(|_| runtime.spawn(flooder(addr)))
             .collect();
-        let _idle: Vec<std::net::TcpStream> =
-            (0..idle).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        let _idle: Vec<std::net::TcpStream> = (0..idle)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
         let mut last = String::new();
         while !last.starts_with("Epoch 2:") {
             last = rx.recv_timeout(Duration::from_secs(300)).unwrap();
@@ -277,7 +296,8 @@ async fn flooder(addr: std::net::SocketAddr) {
     let Ok(channel) = channel else { return };
     let token: tonic::metadata::MetadataValue<_> = "Bearer flood-token".parse().unwrap();
     let mut client = TrainerClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert(common::auth::METADATA_KEY, token.clone());
+        r.metadata_mut()
+            .insert(common::auth::METADATA_KEY, token.clone());
         Ok(r)
     })
     .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
@@ -319,7 +339,12 @@ async fn flooder(addr: std::net::SocketAddr) {
         wire::decode_network_into(&step.weights, &mut net).unwrap();
         for s in &step.shards {
             let (id, samples) = wire::decode_shard(s).unwrap();
-            let r = wire::encode_shard_result(step.step_id, id, samples.len(), &shard_gradients(&net, &samples));
+            let r = wire::encode_shard_result(
+                step.step_id,
+                id,
+                samples.len(),
+                &shard_gradients(&net, &samples),
+            );
             let mut stale = r.clone();
             stale.step_id = step.step_id.saturating_sub(1);
             *late.lock().await = Some(stale);

@@ -7,18 +7,10 @@ use std::time::Duration;
 
 use common::trainer::{train, TrainingPlan};
 use coordinator::Config;
-use integration_tests::{bits, fixture_data, max_abs_diff, test_config, Cluster};
+use integration_tests::{bits, fixture_data, max_abs_diff, plan_for, test_config, Cluster};
 
 fn plan(shards: usize) -> TrainingPlan {
-    TrainingPlan {
-        sizes: vec![784, 30, 10],
-        epochs: 1,
-        batch_size: 10,
-        eta: 3.0,
-        shards,
-        seed: 3,
-        ..TrainingPlan::default()
-    }
+    plan_for(1, shards, 3)
 }
 
 fn config(shards: usize, workers: usize) -> Config {

@@ -399,9 +399,24 @@ fn crafted_model_files_are_refused_before_any_allocation() {
     let runs: [Vec<&str>; 4] = [
         vec!["evaluate", "--model", s(&model), "--data-dir", fixture()],
         vec!["predict", "--model", s(&model), s(&image)],
-        [&["--local", "--epochs", "1", "--init", s(&model)][..], &data].concat(),
+        [
+            &["--local", "--epochs", "1", "--init", s(&model)][..],
+            &data,
+        ]
+        .concat(),
         // --resume reads the checkpoint before it listens or loads data.
-        [&["--listen", "127.0.0.1:0", "--epochs", "1", "--resume", s(&model)][..], &data].concat(),
+        [
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--epochs",
+                "1",
+                "--resume",
+                s(&model),
+            ][..],
+            &data,
+        ]
+        .concat(),
     ];
     for args in runs {
         let out = coordinator(&args);

@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::trainer::TrainingPlan;
 use coordinator::commands::health;
-use integration_tests::{fixture_data, test_config, worker_config};
+use integration_tests::{fixture_data, plan_for, test_config, worker_config};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
@@ -105,15 +104,7 @@ macro_rules! list_services {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_the_run_and_reflection_lists_the_services() {
-    let plan = TrainingPlan {
-        sizes: vec![784, 30, 10],
-        epochs: 2,
-        batch_size: 10,
-        eta: 3.0,
-        shards: 1,
-        seed: 1,
-        ..TrainingPlan::default()
-    };
+    let plan = plan_for(2, 1, 1);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (release_data, data_ready) = oneshot::channel::<()>();
@@ -231,15 +222,7 @@ async fn health_follows_the_run_and_reflection_lists_the_services() {
 #[tokio::test]
 async fn data_that_fails_to_load_stops_the_server_with_the_reason() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let plan = TrainingPlan {
-        sizes: vec![784, 30, 10],
-        epochs: 1,
-        batch_size: 10,
-        eta: 3.0,
-        shards: 1,
-        seed: 1,
-        ..TrainingPlan::default()
-    };
+    let plan = plan_for(1, 1, 1);
     let failing = async { Err::<Arc<common::dataset::Mnist>, _>(anyhow::anyhow!("disk on fire")) };
     let result = coordinator::serve(
         listener,

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use integration_tests::process::{lines, stderr_of, wait_exit, Guard};
-use integration_tests::{binary, fixture_dir};
+use integration_tests::{binary, fixture_dir, TempDir};
 
 /// The real coordinator on the MNIST slice with seed 3, on 127.0.0.1:0
 /// unless `args` has its own `--listen`.
@@ -143,7 +143,6 @@ fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
     assert_eq!(model.sizes, vec![784, 30, 10]);
 
     assert_same_as_local(&dir, &out, 4, 3, "cluster and --local model files differ");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn worker_process(addr: &str, name: &str, extra: &[&str]) -> Guard {
@@ -221,7 +220,6 @@ fn sigkilled_and_exiting_worker_processes_cost_only_time() {
         4,
         "disturbed run differs from the undisturbed one",
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// Kill -9 the coordinator mid-epoch, restart it with --resume on the same
@@ -256,7 +254,8 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
     assert!(epoch1.expect("two epoch lines").starts_with("Epoch 1: "));
     first.0.kill().expect("SIGKILL the coordinator"); // mid-epoch, between checkpoints or not
     first.0.wait().unwrap();
-    let saved = coordinator::checkpoint::load(&ck).expect("a checkpoint was written before the kill");
+    let saved =
+        coordinator::checkpoint::load(&ck).expect("a checkpoint was written before the kill");
     assert!(saved.position.epoch >= 2, "{:?}", saved.position);
     // Two more epochs after the one the checkpoint is in.
     let epochs = saved.position.epoch + 2;
@@ -266,7 +265,12 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
     let listen = ["--listen", &addr, "--resume", ck.to_str().unwrap()];
     let epochs_flag = epochs.to_string();
     let mut second = coordinator(
-        &[&["--workers", "2", "--epochs", &epochs_flag][..], &listen, &ck_flags].concat(),
+        &[
+            &["--workers", "2", "--epochs", &epochs_flag][..],
+            &listen,
+            &ck_flags,
+        ]
+        .concat(),
         &out,
     );
     let rx = lines(&mut second);
@@ -286,7 +290,10 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
         .map(|e| format!("Epoch {e}: "))
         .collect();
     assert_eq!(
-        trained.iter().map(|l| &l[..expected[0].len().min(l.len())]).collect::<Vec<_>>(),
+        trained
+            .iter()
+            .map(|l| &l[..expected[0].len().min(l.len())])
+            .collect::<Vec<_>>(),
         expected.iter().map(String::as_str).collect::<Vec<_>>(),
         "{trained:?}"
     );
@@ -327,7 +334,6 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
         !refused.status.success() && stderr.contains("made with --eta 3, but the flags say 0.5"),
         "{stderr}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -382,7 +388,6 @@ fn one_command_cluster_with_spawned_workers() {
         "{output:?}"
     );
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -456,13 +461,10 @@ fn bad_flags_and_bad_data_give_clear_errors_and_exit_nonzero() {
         !out.status.success() && stderr.contains("invalid coordinator address"),
         "{stderr}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ddp-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn tempdir(name: &str) -> TempDir {
+    TempDir::new(name)
 }
 
 /// SIGTERM (what Kubernetes and process managers send) stops the coordinator
@@ -557,7 +559,6 @@ fn sigterm_checkpoints_and_the_run_resumes_exactly() {
         epochs,
         "resumed run differs from the uninterrupted one",
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// `--spawn-workers` hands the run's secret to its children: with a token
@@ -585,21 +586,30 @@ fn spawned_workers_get_the_token_and_trust_the_certificate() {
     ];
     for (name, extra) in cases {
         let out = dir.join(format!("{name}.safetensors"));
-        let args = [&["--workers", "2", "--spawn-workers", "--epochs", "1"][..], &extra].concat();
+        let args = [
+            &["--workers", "2", "--spawn-workers", "--epochs", "1"][..],
+            &extra,
+        ]
+        .concat();
         let mut coord = coordinator(&args, &out);
         let rx = lines(&mut coord);
         let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
         let stderr = stderr_of(&mut coord);
         let output = drain(&rx);
-        assert!(status.success(), "{name}: exit {status}; {output:?}; {stderr}");
+        assert!(
+            status.success(),
+            "{name}: exit {status}; {output:?}; {stderr}"
+        );
         assert!(
             stderr.contains("local workers exited clean=2"),
             "{name}: both spawned workers exit 0: {stderr}"
         );
-        assert!(!stderr.contains("s3cret"), "{name}: the token is never logged");
+        assert!(
+            !stderr.contains("s3cret"),
+            "{name}: the token is never logged"
+        );
         assert_same_as_local(&dir, &out, 2, 1, "a spawned cluster with secrets differs");
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// When every spawned worker exits before the run could finish (here a
@@ -611,12 +621,22 @@ fn spawned_workers_that_all_exit_fail_the_run_at_once() {
     let exe = dir.join("coordinator");
     std::fs::copy(binary("coordinator"), &exe).unwrap();
     let stand_in = dir.join("worker");
-    std::fs::write(&stand_in, "#!/bin/sh\necho 'stand-in worker: cannot join' >&2\nexit 1\n").unwrap();
+    std::fs::write(
+        &stand_in,
+        "#!/bin/sh\necho 'stand-in worker: cannot join' >&2\nexit 1\n",
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut coord = Guard(
         Command::new(&exe)
-            .args(["--listen", "127.0.0.1:0", "--workers", "2", "--spawn-workers"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "2",
+                "--spawn-workers",
+            ])
             .arg("--data-dir")
             .arg(fixture_dir())
             .arg("--out")
@@ -634,5 +654,4 @@ fn spawned_workers_that_all_exit_fail_the_run_at_once() {
         stderr.contains("every spawned worker exited before training finished"),
         "{stderr}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }

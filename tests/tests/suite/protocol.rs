@@ -6,7 +6,7 @@ use std::time::Duration;
 use common::pb::{self, coordinator_message, trainer_client::TrainerClient, worker_message};
 use common::trainer::{train, TrainingPlan};
 use coordinator::Config;
-use integration_tests::{bits, fixture_data, test_config, Cluster};
+use integration_tests::{bits, fixture_data, plan_for, test_config, Cluster};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -14,15 +14,7 @@ use tonic::Code;
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn plan() -> TrainingPlan {
-    TrainingPlan {
-        sizes: vec![784, 30, 10],
-        epochs: 1,
-        batch_size: 10,
-        eta: 3.0,
-        shards: 2,
-        seed: 4,
-        ..TrainingPlan::default()
-    }
+    plan_for(1, 2, 4)
 }
 
 fn config() -> Config {
@@ -396,8 +388,14 @@ async fn unparseable_messages_get_invalid_argument() {
 async fn names_that_could_forge_log_lines_are_refused() {
     let cluster = Cluster::start(config(), fixture_data(), 0).await.unwrap();
     let cases = [
-        ("w\nERROR forged line".to_string(), "control character U+000A at byte 1"),
-        ("\u{1b}[31mred".to_string(), "control character U+001B at byte 0"),
+        (
+            "w\nERROR forged line".to_string(),
+            "control character U+000A at byte 1",
+        ),
+        (
+            "\u{1b}[31mred".to_string(),
+            "control character U+001B at byte 0",
+        ),
         ("x".repeat(129), "129 bytes long"),
     ];
     for (name, want) in cases {

@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use common::trainer::TrainingPlan;
 use coordinator::config::TlsPem;
 use coordinator::Config;
-use integration_tests::{fixture_data, test_config, worker_config, Cluster};
+use integration_tests::{fixture_data, plan_for, test_config, worker_config, Cluster};
 use worker::{WorkerConfig, WorkerError};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -20,15 +19,7 @@ fn self_signed() -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_train_over_tls_and_untrusting_or_plaintext_workers_cannot_connect() {
     let (cert, key) = self_signed();
-    let plan = TrainingPlan {
-        sizes: vec![784, 30, 10],
-        epochs: 1,
-        batch_size: 10,
-        eta: 3.0,
-        shards: 2,
-        seed: 1,
-        ..TrainingPlan::default()
-    };
+    let plan = plan_for(1, 2, 1);
     let tls = TlsPem {
         cert: cert.clone().into_bytes(),
         key: key.into_bytes(),
