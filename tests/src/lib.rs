@@ -48,6 +48,53 @@ pub struct Cluster {
     stop: Option<oneshot::Sender<()>>,
 }
 
+/// Opens a `ddp.v1.Trainer/Train` stream to `addr` as a raw peer would:
+/// sends `first`, of any message type that encodes where a `WorkerMessage`
+/// goes (the real one, or one crafted to be malformed), with `token` as the
+/// bearer token if given. Returns the sender for further messages and the
+/// response stream, or the status the stream was refused with.
+///
+/// # Panics
+/// If the connection cannot be made.
+pub async fn open_stream<M>(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    first: M,
+) -> (
+    tokio::sync::mpsc::Sender<M>,
+    Result<tonic::Streaming<common::pb::CoordinatorMessage>, tonic::Status>,
+)
+where
+    M: prost::Message + Default + Send + 'static,
+{
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a valid address")
+        .connect()
+        .await
+        .expect("connect to the coordinator");
+    let mut grpc = tonic::client::Grpc::new(channel)
+        .max_encoding_message_size(common::wire::MAX_MESSAGE_BYTES);
+    grpc.ready().await.expect("the channel is ready");
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(first).await.expect("the stream is open");
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .expect("a printable token");
+        request
+            .metadata_mut()
+            .insert(common::auth::METADATA_KEY, value);
+    }
+    let codec = tonic_prost::ProstCodec::<M, common::pb::CoordinatorMessage>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/ddp.v1.Trainer/Train");
+    let response = grpc
+        .streaming(request, path, codec)
+        .await
+        .map(tonic::Response::into_inner);
+    (tx, response)
+}
+
 /// A fresh directory under the system's temporary directory, removed when
 /// dropped: also when the test fails, so failed runs leave nothing behind.
 pub struct TempDir(PathBuf);

@@ -9,13 +9,11 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::pb::{self, coordinator_message, trainer_client::TrainerClient, worker_message};
+use common::pb::{self, coordinator_message, worker_message};
 use common::trainer::{shard_gradients, train, TrainingPlan};
 use common::{wire, Network};
-use integration_tests::{bits, fixture_data, test_config, Cluster};
+use integration_tests::{bits, fixture_data, open_stream, test_config, Cluster};
 use proptest::prelude::*;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 const SHARDS: usize = 3;
 
@@ -80,6 +78,15 @@ fn moves() -> impl Strategy<Value = Move> {
     ]
 }
 
+fn hello(name: &str) -> pb::WorkerMessage {
+    pb::WorkerMessage {
+        kind: Some(worker_message::Kind::Hello(pb::Hello {
+            name: name.into(),
+            protocol_version: wire::PROTOCOL_VERSION,
+        })),
+    }
+}
+
 fn result(msg: pb::ShardResult) -> pb::WorkerMessage {
     pb::WorkerMessage {
         kind: Some(worker_message::Kind::Result(msg)),
@@ -89,21 +96,8 @@ fn result(msg: pb::ShardResult) -> pb::WorkerMessage {
 /// A raw peer: joins, then plays `script` one move per Step, then answers
 /// honestly until it is dropped or the run ends.
 async fn raw_peer(addr: std::net::SocketAddr, script: Vec<Move>) {
-    let Ok(mut client) = TrainerClient::connect(format!("http://{addr}")).await else {
-        return;
-    };
-    let (tx, rx) = mpsc::channel(64);
-    let hello = pb::WorkerMessage {
-        kind: Some(worker_message::Kind::Hello(pb::Hello {
-            name: "raw".into(),
-            protocol_version: wire::PROTOCOL_VERSION,
-        })),
-    };
-    tx.send(hello).await.unwrap();
-    let Ok(response) = client.train(ReceiverStream::new(rx)).await else {
-        return;
-    };
-    let mut inbound = response.into_inner();
+    let (tx, response) = open_stream(addr, None, hello("raw")).await;
+    let Ok(mut inbound) = response else { return };
     let mut script = script.into_iter();
     let mut net = Network::zeros(&plan().sizes);
     while let Ok(Some(msg)) = inbound.message().await {
@@ -289,30 +283,8 @@ fn flood_memory_and_shutdown() {
 
 /// A peer with the token that answers honestly and floods valid late results.
 async fn flooder(addr: std::net::SocketAddr) {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await;
-    let Ok(channel) = channel else { return };
-    let token: tonic::metadata::MetadataValue<_> = "Bearer flood-token".parse().unwrap();
-    let mut client = TrainerClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        r.metadata_mut()
-            .insert(common::auth::METADATA_KEY, token.clone());
-        Ok(r)
-    })
-    .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
-    let (tx, rx) = mpsc::channel(4);
-    let hello = pb::WorkerMessage {
-        kind: Some(worker_message::Kind::Hello(pb::Hello {
-            name: "flooder".into(),
-            protocol_version: wire::PROTOCOL_VERSION,
-        })),
-    };
-    tx.send(hello).await.unwrap();
-    let Ok(response) = client.train(ReceiverStream::new(rx)).await else {
-        return;
-    };
-    let mut inbound = response.into_inner();
+    let (tx, response) = open_stream(addr, Some("flood-token"), hello("flooder")).await;
+    let Ok(mut inbound) = response else { return };
     let sizes = vec![784, 30, 10];
     let mut net = Network::zeros(&sizes);
     let late = std::sync::Arc::new(tokio::sync::Mutex::new(None::<pb::ShardResult>));

@@ -3,12 +3,11 @@
 
 use std::time::Duration;
 
-use common::pb::{self, coordinator_message, trainer_client::TrainerClient, worker_message};
+use common::pb::{self, coordinator_message, worker_message};
 use common::trainer::{train, TrainingPlan};
 use coordinator::Config;
-use integration_tests::{bits, fixture_data, plan_for, test_config, Cluster};
+use integration_tests::{bits, fixture_data, open_stream, plan_for, test_config, Cluster};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -33,7 +32,7 @@ fn hello(version: u32) -> pb::WorkerMessage {
     }
 }
 
-/// Opens a stream, sends `first`, returns the sender and the response stream (or the status).
+/// Opens a stream as a raw client, sending `first`.
 async fn open(
     addr: std::net::SocketAddr,
     first: pb::WorkerMessage,
@@ -41,16 +40,7 @@ async fn open(
     mpsc::Sender<pb::WorkerMessage>,
     Result<tonic::Streaming<pb::CoordinatorMessage>, tonic::Status>,
 ) {
-    let mut client = TrainerClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(first).await.unwrap();
-    let response = client
-        .train(ReceiverStream::new(rx))
-        .await
-        .map(|r| r.into_inner());
-    (tx, response)
+    open_stream(addr, None, first).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,35 +306,6 @@ struct RawWorkerMessage {
     result: u64,
 }
 
-/// Opens a Train stream that sends `first`, with no typed client.
-async fn open_raw(
-    addr: std::net::SocketAddr,
-    first: RawWorkerMessage,
-) -> (
-    mpsc::Sender<RawWorkerMessage>,
-    Result<tonic::Streaming<pb::CoordinatorMessage>, tonic::Status>,
-) {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(first).await.unwrap();
-    let codec = tonic_prost::ProstCodec::<RawWorkerMessage, pb::CoordinatorMessage>::default();
-    let response = grpc
-        .streaming(
-            tonic::Request::new(ReceiverStream::new(rx)),
-            tonic::codegen::http::uri::PathAndQuery::from_static("/ddp.v1.Trainer/Train"),
-            codec,
-        )
-        .await
-        .map(|r| r.into_inner());
-    (tx, response)
-}
-
 /// Bytes that do not decode as a WorkerMessage get INVALID_ARGUMENT, as the
 /// first message and after the handshake (tonic itself says INTERNAL, which
 /// a worker would take as worth retrying).
@@ -355,7 +316,7 @@ async fn unparseable_messages_get_invalid_argument() {
         hello: None,
         result: 7,
     };
-    let (_tx, response) = open_raw(cluster.addr, garbage.clone()).await;
+    let (_tx, response) = open_stream(cluster.addr, None, garbage.clone()).await;
     let first = response.unwrap_err();
 
     let hello = RawWorkerMessage {
@@ -365,7 +326,7 @@ async fn unparseable_messages_get_invalid_argument() {
         }),
         result: 0,
     };
-    let (tx, response) = open_raw(cluster.addr, hello).await;
+    let (tx, response) = open_stream(cluster.addr, None, hello).await;
     let mut inbound = response.unwrap();
     let welcome = inbound.message().await.unwrap().unwrap();
     assert!(matches!(
