@@ -170,8 +170,11 @@ pub struct EpochReport {
     pub validation_total: usize,
     /// Wall time of the epoch's training steps (evaluation excluded).
     pub train_time: Duration,
-    /// Training samples in the epoch.
+    /// Training samples in the epoch (the training set's size).
     pub samples: usize,
+    /// Training samples this run trained on in the epoch: all of them, or
+    /// fewer for an epoch resumed mid-way.
+    pub trained: usize,
     /// network2.py's `total_cost` on the training set after the epoch: the
     /// mean cost plus `0.5·(λ/n)·Σ‖w‖²` (when monitored).
     pub training_cost: Option<f64>,
@@ -192,9 +195,9 @@ pub struct EpochReport {
 }
 
 impl EpochReport {
-    /// Training samples per second of wall time.
+    /// Training samples per second of wall time (of those trained).
     pub fn samples_per_sec(&self) -> f64 {
-        self.samples as f64 / self.train_time.as_secs_f64().max(1e-9)
+        self.trained as f64 / self.train_time.as_secs_f64().max(1e-9)
     }
 
     /// Test accuracy in percent.
@@ -405,6 +408,7 @@ pub fn epoch_report(
         validation_total: data.validation.len(),
         train_time,
         samples: data.training.len(),
+        trained: data.training.len(),
         training_cost,
         training_correct,
         validation_cost,

@@ -430,8 +430,10 @@ fn finish(
         .unwrap_or(last);
     model_file::save(&args.out, &network)?;
     // Per epoch of training samples: an epoch resumed mid-way counts for the part that ran.
-    let epoch_samples = reports.iter().map(|r| r.samples).max().unwrap_or(1).max(1);
-    let epochs_run = reports.iter().map(|r| r.samples).sum::<usize>() as f64 / epoch_samples as f64;
+    let epochs_run: f64 = reports
+        .iter()
+        .map(|r| r.trained as f64 / r.samples.max(1) as f64)
+        .sum();
     let best_saved = save_best(args, plan, state)?;
     let at_best_validation = state.best.as_ref().map_or(String::new(), |b| {
         format!(

@@ -152,7 +152,7 @@ pub async fn run(
         if let Some(c) = checkpointing {
             save_checkpoint(c, network, *position, plan, state).await?;
         }
-        report.samples = samples;
+        report.trained = samples;
         report.workers = workers;
         report.recomputed = recomputed;
         progress.epoch(&report);

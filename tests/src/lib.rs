@@ -312,9 +312,14 @@ pub fn binary(name: &str) -> PathBuf {
         // the next `cargo test`: the nested build would never be a no-op.
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy();
-            let per_crate = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"]
-                .iter()
-                .any(|p| key.starts_with(p));
+            let per_crate = [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| key.starts_with(p));
             if per_crate
                 || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*key)
             {
