@@ -75,20 +75,7 @@ pub fn save_with(
     network: &Network,
     extra: &[(&str, String)],
 ) -> Result<(), ModelFileError> {
-    let bytes = to_bytes_with(network, extra);
-    let io = |source| ModelFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    file.write_all(&bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    save_with_parts(path, network, &[], extra)
 }
 
 /// The safetensors bytes of `network`.
@@ -98,40 +85,7 @@ pub fn to_bytes(network: &Network) -> Vec<u8> {
 
 /// The safetensors bytes of `network` with `extra` metadata entries.
 pub fn to_bytes_with(network: &Network, extra: &[(&str, String)]) -> Vec<u8> {
-    let le = |values: Vec<f32>| {
-        values
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect::<Vec<u8>>()
-    };
-    let mut buffers = Vec::new();
-    for (l, (w, b)) in network.weights.iter().zip(&network.biases).enumerate() {
-        buffers.push((
-            format!("w{l}"),
-            vec![w.nrows(), w.ncols()],
-            le(w.iter().copied().collect()),
-        ));
-        buffers.push((format!("b{l}"), vec![b.len()], le(b.to_vec())));
-    }
-    let views = buffers.iter().map(|(name, shape, data)| {
-        // Shape and byte length agree by construction.
-        (
-            name.clone(),
-            TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches data"),
-        )
-    });
-    let sizes = network
-        .sizes
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    // Model files carry one key only: safetensors writes the metadata map in
-    // hash order, and a single key keeps the bytes a function of the weights.
-    let mut metadata = HashMap::from([("sizes".to_string(), sizes)]);
-    metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    // Serialising F32 views with valid shapes cannot fail.
-    safetensors::serialize(views, Some(metadata)).expect("valid tensors serialise")
+    to_bytes_with_parts(network, &[], extra)
 }
 
 /// The safetensors bytes of `network`, plus further network-shaped values
