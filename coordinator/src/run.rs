@@ -1,0 +1,257 @@
+//! A training run from its flags to its summary line: resume or restart,
+//! `--local` or a served cluster (with `--spawn-workers`), then save the
+//! model and print what the run did. `main.rs` only parses and dispatches.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use common::model_file;
+use common::trainer::{EpochReport, RunState};
+use common::Network;
+use tokio::net::TcpListener;
+
+use crate::commands;
+use crate::launch::{sibling_worker_binary, Credentials, LocalWorkers};
+use crate::pool::PoolStats;
+use crate::ui::Ui;
+use crate::Args;
+
+/// Trains as the flags say, saves the model and prints the summary.
+pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()> {
+    let mut config = args.validate()?;
+    if let Some(preset) = args.preset {
+        // The flags the preset stands for; explicit flags have overridden any of them.
+        eprintln!(
+            "preset {}: {}",
+            clap::ValueEnum::to_possible_value(&preset)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default(),
+            preset.flags()
+        );
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let read = |p: &std::path::PathBuf| {
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+        };
+        config.tls = Some(crate::config::TlsPem {
+            cert: read(cert)?,
+            key: read(key)?,
+        });
+    }
+    let auto = args
+        .checkpoint
+        .as_ref()
+        .filter(|p| args.auto_resume && p.exists());
+    if let Some(path) = args.resume.as_ref().or(auto) {
+        let c = crate::checkpoint::load(path)?;
+        c.check_matches(path, &config.plan)?;
+        if c.position.epoch >= config.plan.epochs || c.state.stopping.stopped {
+            // A supervisor restarted a finished run: keep the result, train nothing.
+            model_file::save(&args.out, &c.network)?;
+            save_best(&args, &config.plan, &c.state)?;
+            println!(
+                "Done: {} already holds all {} epochs; model saved to {}",
+                path.display(),
+                config.plan.epochs,
+                args.out.display()
+            );
+            return Ok(());
+        }
+        config.resume = Some(c);
+    }
+    if let Some(path) = &args.init {
+        let network = commands::load_model(path)?;
+        anyhow::ensure!(
+            network.sizes == config.plan.sizes,
+            "--init {}: the model has layer sizes {:?}, but --sizes is {:?}",
+            path.display(),
+            network.sizes,
+            config.plan.sizes
+        );
+        config.init = Some(network);
+    }
+    let ui = Ui::new(
+        bar,
+        args.progress.shows(),
+        config.plan.batch_size,
+        args.metrics.clone(),
+        args.plot.clone(),
+    )?;
+    let data_dir = args.data_dir.clone();
+    let load = || async move {
+        tokio::task::spawn_blocking(move || commands::load_mnist(data_dir.as_deref()))
+            .await
+            .context("data loading panicked")?
+            .map(Arc::new)
+    };
+
+    if args.local {
+        let data = load().await?;
+        let start = std::time::Instant::now();
+        let mut network = config
+            .init
+            .clone()
+            .unwrap_or_else(|| config.plan.initial_network());
+        let plan = config.plan.clone();
+        let (network, state, reports) = tokio::task::spawn_blocking(move || {
+            let mut state = RunState::new(&plan);
+            let reports =
+                common::trainer::train_with_state(&mut network, &mut state, &data, &plan, ui);
+            (network, state, reports)
+        })
+        .await?;
+        return finish(
+            &args,
+            &config.plan,
+            network,
+            &state,
+            &reports,
+            start.elapsed(),
+            None,
+        );
+    }
+
+    let listen = args.listen_addr()?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    // First line of stdout, so scripts and tests can find a port chosen with :0.
+    println!("Listening on {addr}");
+    let mut local = if args.spawn_workers {
+        let credentials = Credentials {
+            token: args.token.clone(),
+            tls: args
+                .tls_cert
+                .clone()
+                .map(|cert| (cert, args.tls_domain.clone())),
+        };
+        Some(LocalWorkers::spawn(
+            &sibling_worker_binary()?,
+            config.workers,
+            addr,
+            &credentials,
+        )?)
+    } else {
+        None
+    };
+    let mut workers_gone = false;
+
+    let shutdown = async {
+        // Ctrl-C or SIGTERM (as from Kubernetes or a process manager): stop, checkpoint, exit.
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            // Spawned workers exit only after the run's Shutdown, or when they
+            // cannot join (their errors are on stderr above); don't wait forever.
+            () = async { match local.as_mut() { Some(l) => l.all_exited().await, None => std::future::pending().await } } => {
+                workers_gone = true;
+            }
+        }
+    };
+    let config_plan = config.plan.clone();
+    let summary = crate::serve(listener, config, load(), shutdown, ui).await;
+    if workers_gone && summary.is_err() {
+        anyhow::bail!(
+            "every spawned worker exited before training finished; their errors are above"
+        );
+    }
+    if let Some(local) = local {
+        let clean = local.wait(Duration::from_secs(10)).await;
+        tracing::info!(clean, "local workers exited");
+    }
+    let summary = summary?;
+    finish(
+        &args,
+        &config_plan,
+        summary.network,
+        &summary.state,
+        &summary.reports,
+        summary.elapsed,
+        Some(&summary.stats),
+    )
+}
+
+/// Where the best validation epoch's model goes: `--best-out`, or, with
+/// early stopping or a schedule, `--out` with `.best` before its extension.
+fn best_path(args: &Args, plan: &common::trainer::TrainingPlan) -> Option<PathBuf> {
+    args.best_out.clone().or_else(|| {
+        (plan.early_stop.is_some() || plan.eta_schedule.is_some()).then(|| {
+            let ext = args.out.extension().map_or("best".to_string(), |e| {
+                format!("best.{}", e.to_string_lossy())
+            });
+            args.out.with_extension(ext)
+        })
+    })
+}
+
+/// Saves the best validation epoch's model where [`best_path`] says; returns the path.
+fn save_best(
+    args: &Args,
+    plan: &common::trainer::TrainingPlan,
+    state: &RunState,
+) -> anyhow::Result<Option<PathBuf>> {
+    match (best_path(args, plan), &state.best) {
+        (Some(path), Some(best)) => {
+            model_file::save(&path, &best.network)?;
+            Ok(Some(path))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Saves the model (and the best validation epoch's) and prints the run's summary.
+fn finish(
+    args: &Args,
+    plan: &common::trainer::TrainingPlan,
+    network: Network,
+    state: &RunState,
+    reports: &[EpochReport],
+    elapsed: Duration,
+    stats: Option<&PoolStats>,
+) -> anyhow::Result<()> {
+    let last = reports.last().context("no epoch ran")?;
+    let best = reports
+        .iter()
+        .max_by_key(|r| (r.test_correct, std::cmp::Reverse(r.epoch)))
+        .unwrap_or(last);
+    model_file::save(&args.out, &network)?;
+    // Per epoch of training samples: an epoch resumed mid-way counts for the part that ran.
+    let epochs_run: f64 = reports
+        .iter()
+        .map(|r| r.trained as f64 / r.samples.max(1) as f64)
+        .sum();
+    let best_saved = save_best(args, plan, state)?;
+    let at_best_validation = state.best.as_ref().map_or(String::new(), |b| {
+        format!(
+            ", at best validation {:.2}% (epoch {}, validation {:.2}%)",
+            100.0 * b.test_correct as f64 / last.test_total.max(1) as f64,
+            b.epoch,
+            100.0 * b.validation_correct as f64 / last.validation_total.max(1) as f64,
+        )
+    });
+    println!(
+        "Done: best test accuracy {:.2}% (epoch {}), final {:.2}%{at_best_validation}, {} epochs, {:.1} s training, {:.2} s per epoch; model saved to {}{}",
+        best.test_accuracy(),
+        best.epoch,
+        last.test_accuracy(),
+        reports.len(),
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() / epochs_run.max(1e-9),
+        args.out.display(),
+        best_saved.map_or(String::new(), |p| format!(", best validation epoch's to {}", p.display()))
+    );
+    if let Some(s) =
+        stats.filter(|s| s.reassigned + s.rejected + s.refused + s.late + s.duplicate > 0)
+    {
+        println!(
+            "Faults absorbed: {} shards reassigned, {} results rejected, {} refused (protocol violations), {} late, {} duplicate",
+            s.reassigned, s.rejected, s.refused, s.late, s.duplicate
+        );
+    }
+    Ok(())
+}
