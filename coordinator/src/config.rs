@@ -175,6 +175,13 @@ pub struct Args {
     /// its shards are recomputed by the others (catches silent workers).
     #[arg(long, default_value_t = 30.0)]
     pub shard_timeout: f64,
+    /// Fraction of shards (0 to 1) the coordinator recomputes itself and
+    /// compares bit for bit with the worker's result; a worker whose result
+    /// differs is dropped and the recomputed gradients are used. A worker
+    /// that corrupts every shard is caught after 1/p of them on average; the
+    /// coordinator's extra CPU is p times a step's compute.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub audit_rate: f64,
     /// Seconds between HTTP/2 keepalive pings to each worker; a worker that
     /// does not answer within twice this is dropped (catches dead peers whose
     /// connection stays half-open).
@@ -245,6 +252,8 @@ pub struct Config {
     pub wait_timeout: Duration,
     /// How long a worker may take for a shard before its shards go to others.
     pub shard_timeout: Duration,
+    /// Fraction of shards the coordinator recomputes and compares.
+    pub audit_rate: f64,
     /// HTTP/2 keepalive interval; the ping timeout is twice this.
     pub keepalive: Duration,
     /// Where and how often to checkpoint, if at all.
@@ -599,6 +608,13 @@ impl Args {
                 "must be a number of seconds > 0, at most a year",
             ));
         }
+        if !(0.0..=1.0).contains(&self.audit_rate) {
+            return Err(range(
+                "audit-rate",
+                &self.audit_rate,
+                "must be a fraction from 0 to 1",
+            ));
+        }
         if !(self.shard_timeout > 0.0 && self.shard_timeout <= MAX_SECONDS) {
             return Err(range(
                 "shard-timeout",
@@ -626,6 +642,7 @@ impl Args {
             workers: self.workers,
             wait_timeout: Duration::from_secs_f64(self.wait_timeout),
             shard_timeout: Duration::from_secs_f64(self.shard_timeout),
+            audit_rate: self.audit_rate,
             keepalive: Duration::from_secs_f64(self.keepalive),
             checkpoint: self.checkpoint.clone().map(|path| Checkpointing {
                 path,

@@ -218,7 +218,8 @@ pub async fn serve(
             RunState::new(plan),
         ),
     };
-    let mut pool = RemotePool::new(events_rx, plan.sizes.clone(), timeouts, position.step);
+    let mut pool = RemotePool::new(events_rx, plan.sizes.clone(), timeouts, position.step)
+        .with_audit(pool::Audit::new(config.audit_rate, plan.cost, plan.kernels));
     health
         .set_service_status(TRAINER_SERVICE, ServingStatus::Serving)
         .await;

@@ -253,5 +253,11 @@ fn finish(
             s.reassigned, s.rejected, s.refused, s.late, s.duplicate
         );
     }
+    if let Some(s) = stats.filter(|s| s.audited > 0) {
+        println!(
+            "Audits: {} results recomputed, {} differed (their workers were dropped; the recomputed gradients were used)",
+            s.audited, s.audit_failures
+        );
+    }
     Ok(())
 }

@@ -146,6 +146,7 @@ pub fn test_config(plan: common::trainer::TrainingPlan, workers: usize) -> Confi
         workers,
         wait_timeout: Duration::from_secs(30),
         shard_timeout: Duration::from_secs(30),
+        audit_rate: 0.0,
         keepalive: Duration::from_secs(10),
         checkpoint: None,
         resume: None,
