@@ -160,11 +160,15 @@ mod tests {
                 audit.check(&network, &samples, &corrupt),
                 Err(honest.clone())
             );
-            // A sign flip of a zero is a different bit pattern too.
-            let mut signed = honest.clone();
-            let zero = signed.nabla_w[0].iter_mut().find(|v| **v == 0.0).unwrap();
-            *zero = -*zero;
-            assert!(audit.check(&network, &samples, &signed).is_err());
+            // −0 and +0 compare equal but are different bits.
+            let zero = Gradients {
+                nabla_w: honest.nabla_w.iter().map(|w| w.mapv(|_| 0.0)).collect(),
+                nabla_b: honest.nabla_b.iter().map(|b| b.mapv(|_| 0.0)).collect(),
+            };
+            let mut negative = zero.clone();
+            negative.nabla_b[1][0] = -0.0;
+            assert!(same_bits(&zero, &zero));
+            assert!(!same_bits(&zero, &negative));
         }
     }
 }
