@@ -463,7 +463,7 @@ fn bad_flags_and_bad_data_give_clear_errors_and_exit_nonzero() {
     )
     .unwrap();
     let out = Command::new(binary("coordinator"))
-        .arg("--data-dir")
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .output()
         .unwrap();
