@@ -6,7 +6,7 @@
 //! | `/` | the page (embedded: no external assets) |
 //! | `/events` | Server-Sent Events: `state` (at most 4 a second), `learned` (per epoch), `end` |
 //! | `/state.json`, `/learned.json` | the same documents, once |
-//! | `/metrics` | Prometheus exposition ([`super::prometheus`]) |
+//! | `/metrics` | Prometheus exposition ([`super::prometheus`]): OpenMetrics if asked for, else the text format 0.0.4 |
 //! | `/login?code=…` | trades the one-time code for a session cookie |
 //!
 //! **Access.** On loopback the page is open, as the gRPC port is. Bound to
@@ -214,11 +214,27 @@ fn respond(req: Request<Incoming>, access: &Access, published: &Published) -> Re
             "application/json",
             published.learned.borrow().to_string(),
         ),
-        "/metrics" => full(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            published.metrics.encode(),
-        ),
+        "/metrics" => {
+            // Prometheus asks for OpenMetrics first; anyone else gets the classic text format.
+            let openmetrics = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("application/openmetrics-text"));
+            if openmetrics {
+                full(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    published.metrics.encode(),
+                )
+            } else {
+                full(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    published.metrics.encode_text(),
+                )
+            }
+        }
         _ => full(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }

@@ -136,12 +136,48 @@ impl Metrics {
         self.epochs.set(epoch as i64 + 1);
     }
 
-    /// The exposition text.
+    /// The OpenMetrics exposition (what Prometheus asks for first).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+
+    /// The classic Prometheus text format 0.0.4 (what curl, older scrapers
+    /// and `promtool check metrics` read).
+    pub fn encode_text(&self) -> String {
+        openmetrics_to_text(&self.encode())
+    }
+}
+
+/// OpenMetrics to the Prometheus text format: a counter family `x` whose
+/// samples are `x_total` is described as `x_total` (as the text format
+/// wants), and the OpenMetrics-only `# UNIT` and `# EOF` lines go.
+pub fn openmetrics_to_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        match described {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn reason(why: Ignored) -> Labels {
@@ -176,5 +212,9 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+        let classic = m.encode_text();
+        assert!(classic.contains("# TYPE ddp_steps_total counter\n"), "{classic}");
+        assert!(classic.contains("# HELP ddp_steps_total Steps applied.\n"), "{classic}");
+        assert!(!classic.contains("# EOF"), "{classic}");
     }
 }

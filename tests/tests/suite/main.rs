@@ -8,10 +8,12 @@
 //! - `hostile`: generated scripts of hostile peers against a real cluster
 //! - `auth`, `tls`: who may join
 //! - `operations`: health and reflection
+//! - `dashboard`: the live page in headless Chromium, `/metrics` through promtool, `--trace`, the page's access rule
 //! - `processes`, `model_use`, `netns`: the real binaries as processes
 
 mod auth;
 mod book;
+mod dashboard;
 mod faults;
 mod hostile;
 mod matches_reference;
