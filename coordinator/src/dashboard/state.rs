@@ -373,6 +373,11 @@ impl State {
     /// The run is over.
     pub fn end(&mut self, outcome: &str) {
         self.flush_reassigned();
+        // Nobody computes any more: the workers still connected were told to shut down.
+        for w in self.workers.values_mut() {
+            w.outstanding = 0;
+            w.last_result = None;
+        }
         self.phase = outcome.to_string();
         self.eta_secs = None;
         self.log("end", format!("run {outcome}"));
