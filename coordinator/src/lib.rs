@@ -164,7 +164,8 @@ pub async fn serve_with(
     let run_id = format!("seed{}-pid{}", plan.seed, std::process::id());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let service = TrainerService::new(events_tx, &plan.sizes, &run_id, HANDSHAKE_TIMEOUT)
-        .with_cost(plan.cost);
+        .with_cost(plan.cost)
+        .with_kernels(plan.kernels);
     // A worker sends only Hello and ShardResults, whose largest legitimate
     // size is known exactly from the model's sizes.
     let trainer = TrainerServer::new(service)
@@ -239,6 +240,7 @@ pub async fn serve_with(
         ),
     };
     let mut pool = RemotePool::new(events_rx, plan.sizes.clone(), timeouts, position.step)
+        .with_audit(pool::Audit::new(config.audit_rate, plan.cost, plan.kernels))
         .with_observer(observer);
     health
         .set_service_status(TRAINER_SERVICE, ServingStatus::Serving)

@@ -250,6 +250,7 @@ fn start_dashboard(args: &Args, config: &crate::Config) -> anyhow::Result<Option
             workers: config.workers,
             eta: plan.eta,
             cost: plan.cost,
+            kernels: plan.kernels,
         },
     })?;
     Ok(Some(d))
@@ -330,6 +331,12 @@ fn finish(
         println!(
             "Faults absorbed: {} shards reassigned, {} results rejected, {} refused (protocol violations), {} late, {} duplicate",
             s.reassigned, s.rejected, s.refused, s.late, s.duplicate
+        );
+    }
+    if let Some(s) = stats.filter(|s| s.audited > 0) {
+        println!(
+            "Audits: {} results recomputed, {} differed (their workers were dropped; the recomputed gradients were used)",
+            s.audited, s.audit_failures
         );
     }
     Ok(())

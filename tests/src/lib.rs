@@ -150,6 +150,7 @@ pub fn test_config(plan: common::trainer::TrainingPlan, workers: usize) -> Confi
         workers,
         wait_timeout: Duration::from_secs(30),
         shard_timeout: Duration::from_secs(30),
+        audit_rate: 0.0,
         keepalive: Duration::from_secs(10),
         checkpoint: None,
         resume: None,
@@ -171,6 +172,7 @@ pub fn worker_config(addr: std::net::SocketAddr, name: &str) -> WorkerConfig {
         tls_domain: None,
         keepalive: Duration::from_secs(10),
         health: None,
+        kernels: None,
     }
 }
 

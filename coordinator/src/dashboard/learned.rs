@@ -6,6 +6,7 @@
 
 use base64::Engine;
 use common::cost::Cost;
+use common::kernels::KernelSet;
 use common::dataset::{Mnist, Samples, IMAGE_SIZE};
 use common::network::argmax;
 use common::Network;
@@ -58,8 +59,8 @@ pub struct Learned {
 }
 
 /// Mean `cost` of `network` over `samples`.
-pub fn mean_cost(network: &Network, samples: &Samples, cost: Cost) -> f64 {
-    common::trainer::cost_and_correct(network, samples, cost).0 / samples.len().max(1) as f64
+pub fn mean_cost(network: &Network, samples: &Samples, cost: Cost, kernels: KernelSet) -> f64 {
+    common::trainer::cost_and_correct(network, samples, cost, kernels).0 / samples.len().max(1) as f64
 }
 
 /// The training samples the running cost is measured on.
@@ -68,8 +69,14 @@ pub fn training_sample(data: &Mnist) -> Samples {
         .slice(0..TRAINING_SAMPLE.min(data.training.len()))
 }
 
-/// Evaluates `network` after `epoch` on `data` with `cost`.
-pub fn learn(network: &Network, data: &Mnist, cost: Cost, epoch: usize) -> Learned {
+/// Evaluates `network` after `epoch` on `data` with `cost`, on the run's `kernels`.
+pub fn learn(
+    network: &Network,
+    data: &Mnist,
+    cost: Cost,
+    kernels: KernelSet,
+    epoch: usize,
+) -> Learned {
     let b64 = base64::engine::general_purpose::STANDARD;
     let w0 = &network.weights[0];
     let tiles = if w0.ncols() == IMAGE_SIZE {
@@ -96,7 +103,7 @@ pub fn learn(network: &Network, data: &Mnist, cost: Cost, epoch: usize) -> Learn
     for start in (0..test.len()).step_by(CHUNK) {
         let part = test.slice(start..(start + CHUNK).min(test.len()));
         let (c, outputs) =
-            network.cost_and_outputs(part.inputs().view(), part.targets().view(), cost);
+            network.cost_and_outputs(part.inputs().view(), part.targets().view(), cost, kernels);
         test_cost += c;
         for (i, (out, &label)) in outputs.columns().into_iter().zip(&part.labels).enumerate() {
             let predicted = argmax(out.iter().copied());
@@ -120,8 +127,8 @@ pub fn learn(network: &Network, data: &Mnist, cost: Cost, epoch: usize) -> Learn
         confusion,
         misclassified,
         test_cost: test_cost / test.len().max(1) as f64,
-        validation_cost: mean_cost(network, &data.validation, cost),
-        training_cost_sample: mean_cost(network, &training_sample(data), cost),
+        validation_cost: mean_cost(network, &data.validation, cost, kernels),
+        training_cost_sample: mean_cost(network, &training_sample(data), cost, kernels),
     }
 }
 
@@ -158,7 +165,7 @@ mod tests {
             test: samples(50),
         };
         let net = Network::new(&[784, 7, 10], &mut common::schedule::init_rng(3));
-        let l = learn(&net, &data, Cost::Quadratic, 2);
+        let l = learn(&net, &data, Cost::Quadratic, KernelSet::best(), 2);
         assert_eq!((l.tiles.len(), l.hidden, l.epoch), (7, 7, 2));
         let tile = base64::engine::general_purpose::STANDARD
             .decode(&l.tiles[0])

@@ -264,12 +264,12 @@ impl Collector {
                 let Some(data) = self.data.clone() else {
                     return;
                 };
-                let cost = self.run.cost;
+                let (cost, kernels) = (self.run.cost, self.run.kernels);
                 let feed = self.feed.clone();
                 if epoch_end {
                     let epoch = self.state.current_epoch();
                     learning.push(tokio::task::spawn_blocking(move || {
-                        let l = learned::learn(&network, &data, cost, epoch);
+                        let l = learned::learn(&network, &data, cost, kernels, epoch);
                         feed.send(Feed::Learned(Box::new(l)));
                     }));
                 } else if !self.costing {
@@ -280,7 +280,7 @@ impl Collector {
                             .get_or_insert_with(|| Arc::new(learned::training_sample(&data))),
                     );
                     tokio::task::spawn_blocking(move || {
-                        let c = learned::mean_cost(&network, &sample, cost);
+                        let c = learned::mean_cost(&network, &sample, cost, kernels);
                         feed.send(Feed::RunningCost { step, cost: c });
                     });
                 }

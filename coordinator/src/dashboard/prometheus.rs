@@ -8,7 +8,7 @@
 //! | `ddp_steps_total` | counter | steps applied |
 //! | `ddp_samples_total` | counter | training samples in the applied steps |
 //! | `ddp_shards_reassigned_total` | counter | shards moved to another worker after their owner left or failed |
-//! | `ddp_results_ignored_total{reason}` | counter | results not applied: `late`, `duplicate`, `rejected` (failed validation), `refused` (protocol violation) |
+//! | `ddp_results_ignored_total{reason}` | counter | results not applied: `late`, `duplicate`, `rejected` (failed validation), `refused` (protocol violation), `audit_failed` (`--audit-rate` caught it) |
 //! | `ddp_workers_live` | gauge | workers connected now |
 //! | `ddp_epoch_test_accuracy{epoch}` | gauge | test accuracy (0..1) after each epoch |
 //! | `ddp_epoch_validation_accuracy{epoch}` | gauge | validation accuracy (0..1) after each epoch |
@@ -79,7 +79,7 @@ impl Metrics {
         );
         r.register(
             "results_ignored",
-            "Shard results not applied, by reason: late, duplicate, rejected (invalid), refused (protocol violation)",
+            "Shard results not applied, by reason: late, duplicate, rejected (invalid), refused (protocol violation), audit_failed (differed from the coordinator's recomputation)",
             m.ignored.clone(),
         );
         r.register("workers_live", "Workers connected now", m.workers.clone());
@@ -99,6 +99,7 @@ impl Metrics {
             Ignored::Duplicate,
             Ignored::Rejected,
             Ignored::Refused,
+            Ignored::AuditFailed,
         ] {
             // Every reason shows from the start, at 0, so rates work from the first scrape.
             drop(m.ignored.get_or_create(&reason(why)));
@@ -186,6 +187,7 @@ fn reason(why: Ignored) -> Labels {
         Ignored::Duplicate => "duplicate",
         Ignored::Rejected => "rejected",
         Ignored::Refused => "refused",
+        Ignored::AuditFailed => "audit_failed",
     };
     vec![("reason".to_string(), name.to_string())]
 }

@@ -37,6 +37,8 @@ pub struct RunInfo {
     pub eta: f32,
     /// The cost function.
     pub cost: common::cost::Cost,
+    /// The run's kernel set (evaluation uses it too).
+    pub kernels: common::kernels::KernelSet,
 }
 
 /// Where a worker is.
@@ -275,6 +277,7 @@ impl State {
                     Ignored::Duplicate => ("duplicate", None),
                     Ignored::Rejected => ("rejected", Some("sent an invalid result; refused")),
                     Ignored::Refused => ("refused", Some("broke the protocol; refused")),
+                    Ignored::AuditFailed => ("audit_failed", Some("failed an audit; refused")),
                 };
                 *self.stats.entry(key).or_default() += 1;
                 if let Some(text) = text {
@@ -450,6 +453,7 @@ impl State {
             "run": {
                 "sizes": r.sizes, "epochs": r.epochs, "batch": r.batch, "shards": r.shards,
                 "workers": r.workers, "eta": r.eta, "cost": r.cost.to_string(),
+                "kernels": r.kernels.name(),
             },
             "phase": self.phase,
             "elapsed": self.start.elapsed().as_secs_f64(),

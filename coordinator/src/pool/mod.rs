@@ -8,6 +8,7 @@
 //! per-step state machine in [`step`]; this file turns them into messages,
 //! validates result payloads (through `wire`), and evicts workers.
 
+pub mod audit;
 pub mod observer;
 pub mod step;
 
@@ -25,6 +26,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use tracing::{info, warn};
 
+pub use audit::Audit;
 pub use observer::{Observer, PoolEvent};
 use step::{judge_step_id, StepState, Verdict, Violation};
 
@@ -146,6 +148,11 @@ pub struct PoolStats {
     pub refused: u64,
     /// Shards given to another worker after theirs left or failed.
     pub reassigned: u64,
+    /// Results the coordinator recomputed and compared (`--audit-rate`).
+    pub audited: u64,
+    /// Audited results that differed from the recomputation: the recomputed
+    /// gradients were used and the sender dropped.
+    pub audit_failures: u64,
 }
 
 struct Handle {
@@ -162,6 +169,8 @@ pub struct RemotePool {
     stats: PoolStats,
     /// The id of the next step to be issued: results for it or later are violations.
     next_step: u64,
+    /// Which results to recompute and compare.
+    audit: Audit,
     /// Who hears about joins, sends, results and reassignments.
     observer: Observer,
 }
@@ -179,6 +188,8 @@ pub struct Timeouts {
 /// One step in flight: the pure state plus what the pool needs to act on it.
 struct Step<'a> {
     state: StepState,
+    /// The weights the step's shards are computed at (for audits).
+    network: &'a Network,
     weights: bytes::Bytes,
     shards: &'a [Samples],
     results: Vec<Option<Gradients>>,
@@ -209,8 +220,14 @@ impl RemotePool {
             timeouts,
             stats: PoolStats::default(),
             next_step: first_step,
+            audit: Audit::off(),
             observer: Observer::none(),
         }
+    }
+
+    /// The same pool, auditing results as `audit` says.
+    pub fn with_audit(self, audit: Audit) -> Self {
+        Self { audit, ..self }
     }
 
     /// Reports what the pool does to `observer` (the dashboard, `--trace`).
@@ -442,18 +459,43 @@ impl RemotePool {
         step.codec += decode_start.elapsed();
         match decoded {
             Ok(g) => {
-                step.results[i] = Some(g);
+                let verdict = if self.audit.selects(step.state.id(), i) {
+                    self.stats.audited += 1;
+                    self.audit.check(step.network, &step.shards[i], &g)
+                } else {
+                    Ok(())
+                };
                 step.state.complete(i);
-                self.observer.emit(|| PoolEvent::Computed {
-                    step: result.step_id,
-                    worker: id,
-                    shard: result.shard_id,
-                    compute: Duration::from_nanos(result.compute_nanos),
-                    at: now(),
-                });
-                let work = step.work.entry(id).or_default();
-                work.0 += Duration::from_nanos(result.compute_nanos);
-                work.1 += Duration::from_nanos(result.codec_nanos);
+                match verdict {
+                    Ok(()) => {
+                        self.observer.emit(|| PoolEvent::Computed {
+                            step: result.step_id,
+                            worker: id,
+                            shard: result.shard_id,
+                            compute: Duration::from_nanos(result.compute_nanos),
+                            at: now(),
+                        });
+                        step.results[i] = Some(g);
+                        let work = step.work.entry(id).or_default();
+                        work.0 += Duration::from_nanos(result.compute_nanos);
+                        work.1 += Duration::from_nanos(result.codec_nanos);
+                    }
+                    Err(verified) => {
+                        step.results[i] = Some(verified);
+                        self.stats.audit_failures += 1;
+                        self.observer.emit(|| PoolEvent::Ignored {
+                            worker: id,
+                            why: observer::Ignored::AuditFailed,
+                        });
+                        let msg = format!(
+                            "step {} shard {i}: the gradients differ from the coordinator's recomputation (audit); \
+                             this worker computes wrong results (a faulty CPU or a dishonest peer)",
+                            step.state.id()
+                        );
+                        self.evict(id, Status::data_loss(msg));
+                        self.release(step, id);
+                    }
+                }
             }
             Err(e) => {
                 self.stats.rejected += 1;
@@ -478,6 +520,7 @@ impl WorkerPool for RemotePool {
         let encode_start = Instant::now();
         let mut step = Step {
             state: StepState::new(id.0, shards.len()),
+            network,
             weights: wire::encode_network(network),
             shards,
             results: vec![None; shards.len()],
@@ -721,6 +764,7 @@ mod tests {
             rejected,
             refused,
             reassigned,
+            ..PoolStats::default()
         };
         #[rustfmt::skip]
         let cases: Vec<(&str, Interference, PoolStats, Option<(u32, Code)>)> = vec![

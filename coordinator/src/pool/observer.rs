@@ -100,6 +100,9 @@ pub enum Ignored {
     Rejected,
     /// A protocol violation.
     Refused,
+    /// Differed from the coordinator's recomputation (`--audit-rate`); the
+    /// recomputed gradients were used instead.
+    AuditFailed,
 }
 
 /// Where the pool reports [`PoolEvent`]s; [`Observer::none`] by default.

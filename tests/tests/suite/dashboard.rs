@@ -30,6 +30,7 @@ fn run_info(config: &Config) -> RunInfo {
         workers: config.workers,
         eta: p.eta,
         cost: p.cost,
+        kernels: p.kernels,
     }
 }
 

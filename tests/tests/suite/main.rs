@@ -7,6 +7,7 @@
 //! - `protocol`: malformed and hostile messages from a raw gRPC client
 //! - `hostile`: generated scripts of hostile peers against a real cluster
 //! - `auth`, `tls`: who may join
+//! - `trust`: one kernel set per run; audits catch workers with wrong results
 //! - `operations`: health and reflection
 //! - `dashboard`: the live page in headless Chromium, `/metrics` through promtool, `--trace`, the page's access rule
 //! - `processes`, `model_use`, `netns`: the real binaries as processes
@@ -23,3 +24,4 @@ mod operations;
 mod processes;
 mod protocol;
 mod tls;
+mod trust;
