@@ -178,8 +178,10 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
         .map_or_else(crate::pool::Observer::none, Dashboard::observer);
     let progress = Watched::new(ui, feed.clone());
     let summary = crate::serve_with(listener, config, data, shutdown, progress, observer).await;
-    // Whatever ended the run, the bar goes: no half-drawn bar under the last lines.
+    // Whatever ended the run, the bar goes: no half-drawn bar under the last
+    // lines, and none redrawn around the workers' last log lines either.
     bar.finish_and_clear();
+    bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     if let Some(d) = dashboard {
         let outcome = match &summary {
             Ok(_) => "finished".to_string(),

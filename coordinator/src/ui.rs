@@ -210,8 +210,9 @@ impl Progress for Ui {
             self.last_step = Some(Instant::now());
         }
         self.bar.set_position(p.done as u64);
-        // A message per step would cost more than a step at batch 10.
-        if p.done % 50 == 1 || p.done == p.total {
+        // A message per step would cost more than a step at batch 10; and
+        // the first step alone says nothing about the rate or the ETA.
+        if p.done % 50 == 1 && p.done > 1 || p.done == p.total {
             let secs = self.epoch_start.elapsed().as_secs_f64().max(1e-9);
             let workers = if p.workers > 0 {
                 format!(" {} workers", p.workers)
