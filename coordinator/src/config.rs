@@ -193,6 +193,17 @@ pub struct Args {
     /// coordinator's extra CPU is p times a step's compute.
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub audit_rate: f64,
+    /// Where the run record goes: the flags that determine the weights, the
+    /// data files' SHA-256, the kernel set, and a hash chain of the weights
+    /// (`coordinator verify` replays and checks it) [default: --out with
+    /// the extension .record.json].
+    #[arg(long, value_name = "PATH")]
+    pub record: Option<PathBuf>,
+    /// Link the weights into the record's hash chain every K steps too
+    /// (besides every epoch's end), so `verify` can name the first step
+    /// that differs to within K. Costs one SHA-256 of the weights per link.
+    #[arg(long, value_name = "K")]
+    pub record_every: Option<u64>,
     /// Seconds between HTTP/2 keepalive pings to each worker; a worker that
     /// does not answer within twice this is dropped (catches dead peers whose
     /// connection stays half-open).
@@ -619,6 +630,9 @@ impl Args {
                 "must be a number of seconds > 0, at most a year",
             ));
         }
+        if self.record_every == Some(0) {
+            return Err(range("record-every", &0, "must be at least 1"));
+        }
         if !(0.0..=1.0).contains(&self.audit_rate) {
             return Err(range(
                 "audit-rate",
@@ -649,6 +663,7 @@ impl Args {
                 eta_schedule,
                 monitor,
                 kernels: self.kernels.resolve()?,
+                record_every: self.record_every,
             },
             workers: self.workers,
             wait_timeout: Duration::from_secs_f64(self.wait_timeout),

@@ -11,6 +11,7 @@
 //!   that spreads shards over workers and gathers results in shard order;
 //! - [`training`]: the loop: epoch → batch → shards → pool → add in shard order → update → evaluate → checkpoint;
 //! - [`checkpoint`]: checkpoint files and the position a run resumes from;
+//! - [`record`]: the run record (flags, data digests, hash chain) and `verify`;
 //! - [`run`]: one training run from flags to summary (what `coordinator train` does);
 //! - [`launch`]: local worker processes for the one-command cluster;
 //! - [`ui`], [`report`]: progress bar, epoch lines, metrics CSV, accuracy plot;
@@ -31,6 +32,7 @@ pub mod digits;
 pub mod incoming;
 pub mod launch;
 pub mod pool;
+pub mod record;
 pub mod report;
 pub mod run;
 pub mod service;

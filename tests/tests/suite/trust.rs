@@ -166,3 +166,105 @@ async fn at_audit_rate_a_tenth_a_tenth_of_results_is_checked_and_a_persistent_fa
         "{audited} of {n} results audited; expected {mean} ± {sd:.1}"
     );
 }
+
+/// Runs `coordinator verify` on `record` with the data in `data`; returns
+/// whether it passed and its stdout.
+fn verify(record: &std::path::Path, data: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(integration_tests::binary("coordinator"))
+        .arg("verify")
+        .arg(record)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .expect("run coordinator verify");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        out.status.success(),
+        stdout + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A record verifies; altering a link, a flag or the data makes `verify`
+/// fail, naming the step where the replay first differs.
+#[test]
+fn verify_fails_naming_the_step_when_the_record_a_flag_or_the_data_is_altered() {
+    let dir = integration_tests::TempDir::new("verify-tamper");
+    let out = dir.join("model.safetensors");
+    let run = std::process::Command::new(integration_tests::binary("coordinator"))
+        .args([
+            "--local",
+            "--epochs",
+            "2",
+            "--shards",
+            "2",
+            "--record-every",
+            "10",
+        ])
+        .arg("--data-dir")
+        .arg(integration_tests::fixture_dir())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run coordinator --local");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let record = dir.join("model.record.json");
+    let fixture = integration_tests::fixture_dir();
+    let (ok, text) = verify(&record, &fixture);
+    // Steps 0, 10, ..., 200: 21 links.
+    assert!(ok && text.contains("verified: 21 hashes match"), "{text}");
+
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let tampered = |edit: &dyn Fn(&mut serde_json::Value), name: &str| {
+        let mut v = original.clone();
+        edit(&mut v);
+        let path = dir.join(name);
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        path
+    };
+    // A link's hash, as if the weights at step 150 had been others.
+    let link = tampered(
+        &|v| {
+            let l = &mut v["links"][15];
+            assert_eq!(l["step"], 150);
+            l["weights_sha256"] = "00".repeat(32).into();
+        },
+        "link.json",
+    );
+    let (ok, text) = verify(&link, &fixture);
+    assert!(
+        !ok && text.contains("DIFFERS") && text.contains("at step 150"),
+        "{text}"
+    );
+    // A flag: another learning rate changes every step from the first.
+    let flag = tampered(&|v| v["flags"]["eta"] = 2.5.into(), "flag.json");
+    let (ok, text) = verify(&flag, &fixture);
+    assert!(
+        !ok && text.contains("at step 10") && text.contains("1..=10"),
+        "{text}"
+    );
+    // The data: one pixel of one training image.
+    let data = dir.join("data");
+    std::fs::create_dir(&data).unwrap();
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, data.join(path.file_name().unwrap())).unwrap();
+    }
+    let images = common::dataset::find_file(&data, common::dataset::TRAIN_IMAGES).unwrap();
+    let mut bytes = common::dataset::idx::read_maybe_gz(&images).unwrap();
+    let pixel = 16 + 500 * 784 + 400; // the middle of image 500
+    bytes[pixel] = bytes[pixel].wrapping_add(99);
+    std::fs::remove_file(&images).unwrap();
+    std::fs::write(data.join(common::dataset::TRAIN_IMAGES), &bytes).unwrap();
+    let (ok, text) = verify(&record, &data);
+    assert!(
+        !ok && text.contains("train-images-idx3-ubyte")
+            && text.contains("DIFFERS")
+            && text.contains("step"),
+        "{text}"
+    );
+}
