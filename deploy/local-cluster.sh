@@ -7,6 +7,9 @@
 #   deploy/local-cluster.sh                 # 4 workers, 30 epochs, ~95%
 #   deploy/local-cluster.sh --workers 2 --epochs 1
 #
+# The live dashboard is on: the coordinator prints its URL
+# (http://127.0.0.1:8080/ unless --dashboard says otherwise).
+#
 # Every flag of `coordinator` works here (see `target/release/coordinator --help`).
 # Relative paths (--out, --metrics, --plot, --checkpoint, --data-dir, ...) are
 # relative to the directory you run this from, as is the default
@@ -22,5 +25,9 @@ cargo build --release --bins --manifest-path "$root/Cargo.toml"
 case " $* " in
   *" --workers "*|*" --workers="*) ;;
   *) set -- --workers 4 "$@" ;;
+esac
+case " $* " in
+  *" --dashboard "*|*" --dashboard="*) ;;
+  *) set -- --dashboard 127.0.0.1:8080 "$@" ;;
 esac
 exec "$target/release/coordinator" --spawn-workers "$@"

@@ -251,6 +251,12 @@ pub struct StepProgress {
 pub trait Progress {
     /// After every applied step.
     fn step(&mut self, _progress: &StepProgress) {}
+    /// After every applied step, once [`Progress::step`] has seen it: the
+    /// weights now. A watcher that keeps them clones only when it needs to
+    /// (a clone per step would cost more than a step at batch 10).
+    fn weights(&mut self, _network: &Network) {}
+    /// After a checkpoint covering the first `step` steps was written.
+    fn checkpoint(&mut self, _step: u64) {}
     /// After every epoch's evaluation.
     fn epoch(&mut self, report: &EpochReport);
 }
@@ -543,6 +549,7 @@ pub fn train_with_state(
                 timing,
                 workers: 0,
             });
+            progress.weights(network);
         }
         let summary = StepSummary::of(&timings);
         let train_time = start.elapsed();

@@ -144,6 +144,17 @@ pub struct Args {
     /// Draw test and validation accuracy per epoch as a PNG (rewritten after every epoch).
     #[arg(long, value_name = "PNG")]
     pub plot: Option<PathBuf>,
+    /// Serve a live dashboard (and Prometheus `/metrics`) on this address,
+    /// e.g. 127.0.0.1:8080. Beyond loopback it needs the run's token (or
+    /// --insecure-no-token); see docs/dashboard.md.
+    #[arg(long, value_name = "ADDR")]
+    pub dashboard: Option<String>,
+    /// Write a Chrome trace-event timeline of --trace-steps (Perfetto, chrome://tracing).
+    #[arg(long, value_name = "JSON")]
+    pub trace: Option<PathBuf>,
+    /// The steps --trace covers, A..B (B excluded).
+    #[arg(long, value_name = "A..B", default_value = "0..200", value_parser = crate::trace::parse_steps)]
+    pub trace_steps: std::ops::Range<u64>,
     /// Progress display: auto (a bar when stderr is a terminal), bar, or none.
     /// Per-epoch lines go to stdout either way.
     #[arg(long, value_enum, default_value_t = crate::ui::BarMode::Auto)]

@@ -4,7 +4,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
 
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
@@ -37,6 +40,10 @@ pub struct Credentials {
     pub tls: Option<(PathBuf, String)>,
 }
 
+/// Where the workers' log lines go instead of straight to the terminal (the
+/// coordinator's progress bar writes them above itself).
+pub type LogSink = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Worker processes started by this coordinator.
 #[derive(Debug)]
 pub struct LocalWorkers {
@@ -55,7 +62,9 @@ pub fn sibling_worker_binary() -> Result<PathBuf, LaunchError> {
 }
 
 impl LocalWorkers {
-    /// Starts `count` workers of `binary` connecting to `addr` with `credentials`.
+    /// Starts `count` workers of `binary` connecting to `addr` with
+    /// `credentials`; their stderr goes line by line to `log` if given,
+    /// else to this process's stderr.
     ///
     /// # Errors
     /// [`LaunchError::Spawn`]; workers already started are killed.
@@ -64,6 +73,7 @@ impl LocalWorkers {
         count: usize,
         addr: SocketAddr,
         credentials: &Credentials,
+        log: Option<LogSink>,
     ) -> Result<Self, LaunchError> {
         let mut children = Vec::with_capacity(count);
         let scheme = if credentials.tls.is_some() {
@@ -89,7 +99,10 @@ impl LocalWorkers {
                     .arg(ca)
                     .args(["--tls-domain", domain]);
             }
-            let child =
+            if log.is_some() {
+                command.stderr(std::process::Stdio::piped());
+            }
+            let mut child =
                 command
                     .kill_on_drop(true)
                     .spawn()
@@ -97,6 +110,15 @@ impl LocalWorkers {
                         path: binary.clone(),
                         source,
                     })?;
+            if let (Some(log), Some(stderr)) = (&log, child.stderr.take()) {
+                let log = Arc::clone(log);
+                tokio::spawn(async move {
+                    let mut lines = tokio::io::BufReader::new(stderr).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        log(&line);
+                    }
+                });
+            }
             children.push(child);
         }
         info!(count, %addr, "started local workers");

@@ -15,6 +15,9 @@
 //! - [`run`]: one training run from flags to summary (what `coordinator train` does);
 //! - [`launch`]: local worker processes for the one-command cluster;
 //! - [`ui`], [`report`]: progress bar, epoch lines, metrics CSV, accuracy plot;
+//! - [`dashboard`]: the live page (`--dashboard`), `/metrics` for Prometheus,
+//!   and [`trace`], the `--trace` step timeline, all fed by the pool's
+//!   [`pool::observer`] and the loop's [`Progress`] without holding up a step;
 //! - [`commands`], [`digits`]: `evaluate`, `predict` (with MNIST-style
 //!   preprocessing of a user's image) and the `health` probe.
 //!
@@ -24,6 +27,7 @@
 pub mod checkpoint;
 pub mod commands;
 pub mod config;
+pub mod dashboard;
 pub mod digits;
 pub mod incoming;
 pub mod launch;
@@ -32,6 +36,7 @@ pub mod record;
 pub mod report;
 pub mod run;
 pub mod service;
+pub mod trace;
 pub mod training;
 pub mod ui;
 
@@ -135,6 +140,22 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     progress: impl Progress,
 ) -> Result<RunSummary, CoordinatorError> {
+    serve_with(listener, config, data, shutdown, progress, pool::Observer::none()).await
+}
+
+/// [`serve`], with the worker pool reporting what it does to `observer`
+/// (the [`dashboard`] and `--trace` listen there).
+///
+/// # Errors
+/// [`CoordinatorError`] if the run cannot finish.
+pub async fn serve_with(
+    listener: TcpListener,
+    config: Config,
+    data: impl Future<Output = anyhow::Result<Arc<Mnist>>>,
+    shutdown: impl Future<Output = ()>,
+    progress: impl Progress,
+    observer: pool::Observer,
+) -> Result<RunSummary, CoordinatorError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(TRAINER_SERVICE, ServingStatus::NotServing)
@@ -221,7 +242,8 @@ pub async fn serve(
         ),
     };
     let mut pool = RemotePool::new(events_rx, plan.sizes.clone(), timeouts, position.step)
-        .with_audit(pool::Audit::new(config.audit_rate, plan.cost, plan.kernels));
+        .with_audit(pool::Audit::new(config.audit_rate, plan.cost, plan.kernels))
+        .with_observer(observer);
     health
         .set_service_status(TRAINER_SERVICE, ServingStatus::Serving)
         .await;

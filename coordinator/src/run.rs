@@ -13,6 +13,7 @@ use common::Network;
 use tokio::net::TcpListener;
 
 use crate::commands;
+use crate::dashboard::{self, Dashboard, Feed, Watched};
 use crate::launch::{sibling_worker_binary, Credentials, LocalWorkers};
 use crate::pool::PoolStats;
 use crate::record::{self, RunRecord};
@@ -92,12 +93,13 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
         config.init = Some(network);
     }
     let ui = Ui::new(
-        bar,
+        bar.clone(),
         args.progress.shows(),
         config.plan.batch_size,
         args.metrics.clone(),
         args.plot.clone(),
-    )?;
+    )?
+    .with_epochs(config.plan.epochs);
     let data_dir = args.data_dir.clone();
     let load = || async move {
         tokio::task::spawn_blocking(move || commands::load_mnist(data_dir.as_deref()))
@@ -107,6 +109,10 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
     };
 
     if args.local {
+        anyhow::ensure!(
+            args.dashboard.is_none() && args.trace.is_none(),
+            "--dashboard and --trace watch a cluster run; drop --local"
+        );
         let data = load().await?;
         let start = std::time::Instant::now();
         let mut network = config
@@ -140,6 +146,8 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
     let addr = listener.local_addr()?;
     // First line of stdout, so scripts and tests can find a port chosen with :0.
     println!("Listening on {addr}");
+    let dashboard = start_dashboard(&args, &config)?;
+    let feed = dashboard.as_ref().map(Dashboard::feed);
     let mut local = if args.spawn_workers {
         let credentials = Credentials {
             token: args.token.clone(),
@@ -148,11 +156,15 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
                 .clone()
                 .map(|cert| (cert, args.tls_domain.clone())),
         };
+        // Their log lines go through the bar, so they never tear it.
+        let bar = bar.clone();
+        let log = move |line: &str| bar.suspend(|| eprintln!("{line}"));
         Some(LocalWorkers::spawn(
             &sibling_worker_binary()?,
             config.workers,
             addr,
             &credentials,
+            Some(Arc::new(log)),
         )?)
     } else {
         None
@@ -174,7 +186,29 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
         }
     };
     let config_plan = config.plan.clone();
-    let summary = crate::serve(listener, config, load(), shutdown, ui).await;
+    let data = async {
+        let data = load().await?;
+        if let Some(feed) = &feed {
+            feed.send(Feed::Data(Arc::clone(&data)));
+        }
+        Ok(data)
+    };
+    let observer = dashboard
+        .as_ref()
+        .map_or_else(crate::pool::Observer::none, Dashboard::observer);
+    let progress = Watched::new(ui, feed.clone());
+    let summary = crate::serve_with(listener, config, data, shutdown, progress, observer).await;
+    // Whatever ended the run, the bar goes: no half-drawn bar under the last
+    // lines, and none redrawn around the workers' last log lines either.
+    bar.finish_and_clear();
+    bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    if let Some(d) = dashboard {
+        let outcome = match &summary {
+            Ok(_) => "finished".to_string(),
+            Err(e) => format!("stopped: {e}"),
+        };
+        d.finish(&outcome).await;
+    }
     if workers_gone && summary.is_err() {
         anyhow::bail!(
             "every spawned worker exited before training finished; their errors are above"
@@ -195,6 +229,54 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
         summary.elapsed,
         Some(&summary.stats),
     )
+}
+
+/// Starts the dashboard and trace recorder the flags ask for, printing
+/// where the page is.
+fn start_dashboard(args: &Args, config: &crate::Config) -> anyhow::Result<Option<Dashboard>> {
+    if args.dashboard.is_none() && args.trace.is_none() {
+        return Ok(None);
+    }
+    let (listener, access) = match &args.dashboard {
+        Some(value) => {
+            let addr = dashboard::parse_addr(value)?;
+            let (access, code) =
+                dashboard::access_rule(addr, config.token.as_ref(), args.insecure_no_token)?;
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding the dashboard on {addr}"))?;
+            let bound = listener.local_addr()?;
+            match code {
+                None => println!("Dashboard on http://{bound}/"),
+                // The token itself is never printed: the code works once and
+                // sets a session cookie.
+                Some(code) => println!(
+                    "Dashboard on http://{bound}/ (needs the run's token as a bearer header, or open http://{bound}/login?code={code} once)"
+                ),
+            }
+            (Some(listener), access)
+        }
+        None => (None, dashboard::Access::Open),
+    };
+    let plan = &config.plan;
+    let d = Dashboard::start(dashboard::Options {
+        listener,
+        access,
+        trace: args.trace.clone().map(|path| crate::trace::TraceOptions {
+            path,
+            steps: args.trace_steps.clone(),
+        }),
+        run: dashboard::RunInfo {
+            sizes: plan.sizes.clone(),
+            epochs: plan.epochs,
+            batch: plan.batch_size,
+            shards: plan.shards,
+            workers: config.workers,
+            eta: plan.eta,
+            cost: plan.cost,
+            kernels: plan.kernels,
+        },
+    })?;
+    Ok(Some(d))
 }
 
 /// Where the best validation epoch's model goes: `--best-out`, or, with

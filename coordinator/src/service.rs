@@ -178,6 +178,7 @@ impl pb::trainer_server::Trainer for TrainerService {
         let joined = WorkerEvent::Joined {
             id,
             name: hello.name.clone(),
+            addr: peer,
             outbox,
         };
         if self.events.send(joined).await.is_err() {

@@ -126,9 +126,11 @@ pub async fn run(
                 timing,
                 workers,
             });
+            progress.weights(network);
             let due = |c: &&Checkpointing| c.every.is_some_and(|n| position.step % n == 0);
             if let Some(c) = checkpointing.filter(due) {
                 save_checkpoint(c, network, *position, plan, state).await?;
+                progress.checkpoint(position.step);
             }
         }
         let train_time = start.elapsed();
@@ -156,6 +158,7 @@ pub async fn run(
         };
         if let Some(c) = checkpointing {
             save_checkpoint(c, network, *position, plan, state).await?;
+            progress.checkpoint(position.step);
         }
         report.trained = samples;
         report.workers = workers;

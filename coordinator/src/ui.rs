@@ -73,7 +73,13 @@ pub struct Ui {
     /// Draw `bar` (it is hidden until the first step).
     show: bool,
     batch_size: usize,
+    /// Epochs planned, for the run's ETA (0: unknown).
+    epochs: usize,
     epoch_start: Instant,
+    /// When the epoch's last step was applied, to time its evaluation.
+    last_step: Option<Instant>,
+    /// How long the last evaluation took (part of every later epoch too).
+    evaluation: std::time::Duration,
     metrics: Option<MetricsCsv>,
     plot: Option<Plotter>,
     reports: Vec<EpochReport>,
@@ -144,7 +150,10 @@ impl Ui {
             bar,
             show,
             batch_size,
+            epochs: 0,
             epoch_start: Instant::now(),
+            last_step: None,
+            evaluation: std::time::Duration::ZERO,
             metrics: metrics.map(MetricsCsv::create).transpose()?,
             plot: plot.map(Plotter::new),
             reports: Vec::new(),
@@ -152,11 +161,43 @@ impl Ui {
     }
 }
 
+impl Ui {
+    /// Shows the run's ETA, given that it trains `epochs` epochs.
+    pub fn with_epochs(mut self, epochs: usize) -> Self {
+        self.epochs = epochs;
+        self
+    }
+}
+
+/// A duration as the bar shows it: `42s`, `3m07s`, `1h05m`.
+pub fn short_duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// The run's time left: the steps left at this epoch's mean step time,
+/// plus an evaluation per epoch left at the last one's duration.
+pub fn run_eta(p: &StepProgress, epochs: usize, epoch_elapsed: f64, evaluation: f64) -> f64 {
+    let per_step = epoch_elapsed / p.done.max(1) as f64;
+    let steps_left = (p.total - p.done.min(p.total)) + epochs.saturating_sub(p.epoch + 1) * p.total;
+    steps_left as f64 * per_step + epochs.saturating_sub(p.epoch) as f64 * evaluation
+}
+
 impl Progress for Ui {
     fn step(&mut self, p: &StepProgress) {
         if !self.show {
             return;
         }
+        // Hidden between epochs (see `epoch`): the new epoch's prefix,
+        // length and position are all set before it shows again, so the
+        // last epoch's `Epoch 0 … 0/5000` never flashes up.
         let first_draw = self.bar.is_hidden();
         if p.done == 1 || first_draw {
             self.epoch_start = Instant::now();
@@ -165,17 +206,27 @@ impl Progress for Ui {
             self.bar.set_prefix(format!("Epoch {}", p.epoch));
             self.bar.set_message("");
         }
+        if p.done == p.total {
+            self.last_step = Some(Instant::now());
+        }
         self.bar.set_position(p.done as u64);
-        // A message per step would cost more than a step at batch 10.
-        if p.done % 50 == 1 || p.done == p.total {
+        // A message per step would cost more than a step at batch 10; and
+        // the first step alone says nothing about the rate or the ETA.
+        if p.done % 50 == 1 && p.done > 1 || p.done == p.total {
             let secs = self.epoch_start.elapsed().as_secs_f64().max(1e-9);
             let workers = if p.workers > 0 {
                 format!(" {} workers", p.workers)
             } else {
                 String::new()
             };
+            let eta = if self.epochs > 0 {
+                let left = run_eta(p, self.epochs, secs, self.evaluation.as_secs_f64());
+                format!("  ETA {}", short_duration(left))
+            } else {
+                String::new()
+            };
             self.bar.set_message(format!(
-                "{:.0}/s {:.2} ms/step{workers}",
+                "{:.0}/s {:.2} ms/step{workers}{eta}",
                 (p.done * self.batch_size) as f64 / secs,
                 p.timing.total.as_secs_f64() * 1e3,
             ));
@@ -188,6 +239,13 @@ impl Progress for Ui {
 
     fn epoch(&mut self, r: &EpochReport) {
         self.bar.finish_and_clear();
+        if self.show {
+            // Hidden until the next epoch's first step has set it up.
+            self.bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        if let Some(t) = self.last_step.take() {
+            self.evaluation = t.elapsed();
+        }
         println!("{}", epoch_line(r));
         if let Some(why) = r.verdict.stop {
             println!("Stopping after epoch {}: {why}", r.epoch);

@@ -7,9 +7,13 @@
 //! - [`fixture_data`]: the committed MNIST slice (first 1,200 training and 200
 //!   test images of the real files, gzipped, in the IDX layout);
 //! - [`binary`]: the path of a workspace binary beside the test executable;
-//! - [`process`]: child-process guards and waits for the process-level tests.
+//! - [`process`]: child-process guards and waits for the process-level tests;
+//! - [`http`], [`webdriver`]: a minimal HTTP/1.1 client, and a W3C WebDriver
+//!   session on it, for the dashboard tests.
 
+pub mod http;
 pub mod process;
+pub mod webdriver;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -182,20 +186,62 @@ impl Cluster {
         data: Arc<Mnist>,
         workers: usize,
     ) -> anyhow::Result<Cluster> {
+        Self::start_observed(
+            config,
+            data,
+            workers,
+            common::trainer::Quiet,
+            coordinator::pool::Observer::none(),
+        )
+        .await
+    }
+
+    /// [`Cluster::start`], with `dashboard` watching the run (pool events,
+    /// steps, epochs and the data).
+    ///
+    /// # Errors
+    /// If binding fails.
+    pub async fn start_watched(
+        config: Config,
+        data: Arc<Mnist>,
+        workers: usize,
+        dashboard: &coordinator::dashboard::Dashboard,
+    ) -> anyhow::Result<Cluster> {
+        dashboard
+            .feed()
+            .send(coordinator::dashboard::Feed::Data(Arc::clone(&data)));
+        Self::start_observed(
+            config,
+            data,
+            workers,
+            dashboard.progress(common::trainer::Quiet),
+            dashboard.observer(),
+        )
+        .await
+    }
+
+    async fn start_observed(
+        config: Config,
+        data: Arc<Mnist>,
+        workers: usize,
+        progress: impl common::trainer::Progress + Send + 'static,
+        observer: coordinator::pool::Observer,
+    ) -> anyhow::Result<Cluster> {
         // Bound before anything is spawned, so workers never race the server's start.
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding 127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let coordinator = tokio::spawn(coordinator::serve(
+        let coordinator = tokio::spawn(coordinator::serve_with(
             listener,
             config,
             async { Ok(data) },
             async {
                 let _ = stopped.await;
             },
-            common::trainer::Quiet,
+            progress,
+            observer,
         ));
         let mut cluster = Cluster {
             addr,

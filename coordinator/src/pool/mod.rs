@@ -9,6 +9,7 @@
 //! validates result payloads (through `wire`), and evicts workers.
 
 pub mod audit;
+pub mod observer;
 pub mod step;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use tonic::Status;
 use tracing::{info, warn};
 
 pub use audit::Audit;
+pub use observer::{Observer, PoolEvent};
 use step::{judge_step_id, StepState, Verdict, Violation};
 
 /// Id the coordinator gives a worker's stream; unique within a run.
@@ -50,6 +52,8 @@ pub enum WorkerEvent {
         id: WorkerId,
         /// The name it gave.
         name: String,
+        /// Its address, if the transport knows it.
+        addr: Option<std::net::SocketAddr>,
         /// Where to send it work. Dropping every clone ends its stream with OK.
         outbox: Outbox,
     },
@@ -167,6 +171,8 @@ pub struct RemotePool {
     next_step: u64,
     /// Which results to recompute and compare.
     audit: Audit,
+    /// Who hears about joins, sends, results and reassignments.
+    observer: Observer,
 }
 
 /// How long the pool waits, and for what.
@@ -215,12 +221,19 @@ impl RemotePool {
             stats: PoolStats::default(),
             next_step: first_step,
             audit: Audit::off(),
+            observer: Observer::none(),
         }
     }
 
     /// The same pool, auditing results as `audit` says.
     pub fn with_audit(self, audit: Audit) -> Self {
         Self { audit, ..self }
+    }
+
+    /// Reports what the pool does to `observer` (the dashboard, `--trace`).
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Counters so far.
@@ -263,6 +276,7 @@ impl RemotePool {
 
     /// Tells every worker to shut down and forgets them; their streams end with OK.
     pub fn shutdown(&mut self, reason: &str) {
+        let mut unreachable = 0;
         for (id, handle) in std::mem::take(&mut self.workers) {
             let msg = pb::CoordinatorMessage {
                 kind: Some(coordinator_message::Kind::Shutdown(pb::Shutdown {
@@ -271,22 +285,44 @@ impl RemotePool {
             };
             if handle.outbox.try_send(Ok(msg)).is_err() {
                 // Its stream is already closed or full: it is gone either way.
-                tracing::debug!(worker = %id, name = %handle.name, "could not send shutdown");
+                tracing::trace!(worker = %id, name = %handle.name, "could not send shutdown");
+                unreachable += 1;
             }
+        }
+        if unreachable > 0 {
+            // After Ctrl-C most streams are closing already: one line, not one per worker.
+            tracing::debug!(unreachable, "workers already gone at shutdown");
         }
     }
 
     /// Applies a join or leave; returns results to the caller.
     fn handle_membership(&mut self, event: WorkerEvent) -> Option<(WorkerId, pb::ShardResult)> {
         match event {
-            WorkerEvent::Joined { id, name, outbox } => {
+            WorkerEvent::Joined {
+                id,
+                name,
+                addr,
+                outbox,
+            } => {
                 info!(worker = %id, %name, live = self.workers.len() + 1, "worker joined");
+                self.observer.emit(|| PoolEvent::Joined {
+                    worker: id,
+                    name: name.clone(),
+                    addr,
+                    step: self.next_step,
+                    at: now(),
+                });
                 self.workers.insert(id, Handle { name, outbox });
                 None
             }
             WorkerEvent::Left { id, reason } => {
                 if let Some(h) = self.workers.remove(&id) {
                     warn!(worker = %id, name = %h.name, %reason, live = self.workers.len(), "worker lost");
+                    self.observer.emit(|| PoolEvent::Lost {
+                        worker: id,
+                        reason,
+                        at: now(),
+                    });
                 }
                 None
             }
@@ -296,6 +332,16 @@ impl RemotePool {
 
     /// Counts a verdict that keeps nothing, dropping the sender of a violation.
     fn count(&mut self, id: WorkerId, verdict: Verdict) {
+        let why = match verdict {
+            Verdict::Accept(_) => None,
+            Verdict::Late | Verdict::Departed => Some(observer::Ignored::Late),
+            Verdict::Duplicate => Some(observer::Ignored::Duplicate),
+            Verdict::Violation(_) => Some(observer::Ignored::Refused),
+        };
+        if let Some(why) = why {
+            self.observer
+                .emit(|| PoolEvent::Ignored { worker: id, why });
+        }
         match verdict {
             Verdict::Accept(_) => {}
             Verdict::Late | Verdict::Departed => self.stats.late += 1,
@@ -311,6 +357,11 @@ impl RemotePool {
     fn evict(&mut self, id: WorkerId, status: Status) {
         if let Some(h) = self.workers.remove(&id) {
             warn!(worker = %id, name = %h.name, code = ?status.code(), error = %status.message(), "worker evicted");
+            self.observer.emit(|| PoolEvent::Evicted {
+                worker: id,
+                reason: status.message().to_string(),
+                at: now(),
+            });
             let _ = h.outbox.try_send(Err(status));
         }
     }
@@ -339,7 +390,16 @@ impl RemotePool {
                 };
                 step.codec += encode_start.elapsed();
                 match self.workers[&id].outbox.try_send(Ok(msg)) {
-                    Ok(()) => step.state.assign(id, &shards, now()),
+                    Ok(()) => {
+                        let at = now();
+                        self.observer.emit(|| PoolEvent::Sent {
+                            step: step.state.id(),
+                            worker: id,
+                            shards: shards.iter().map(|&i| i as u32).collect(),
+                            at,
+                        });
+                        step.state.assign(id, &shards, at);
+                    }
                     Err(_) => {
                         // Closed, or so far behind that its queue is full: treat it as gone.
                         self.evict(
@@ -359,6 +419,12 @@ impl RemotePool {
             self.stats.reassigned += 1;
             step.reassigned += 1;
             info!(step = step.state.id(), shard, worker = %id, "shard reassigned");
+            self.observer.emit(|| PoolEvent::Reassigned {
+                step: step.state.id(),
+                shard: shard as u32,
+                from: id,
+                at: now(),
+            });
         }
     }
 
@@ -402,6 +468,13 @@ impl RemotePool {
                 step.state.complete(i);
                 match verdict {
                     Ok(()) => {
+                        self.observer.emit(|| PoolEvent::Computed {
+                            step: result.step_id,
+                            worker: id,
+                            shard: result.shard_id,
+                            compute: Duration::from_nanos(result.compute_nanos),
+                            at: now(),
+                        });
                         step.results[i] = Some(g);
                         let work = step.work.entry(id).or_default();
                         work.0 += Duration::from_nanos(result.compute_nanos);
@@ -410,6 +483,10 @@ impl RemotePool {
                     Err(verified) => {
                         step.results[i] = Some(verified);
                         self.stats.audit_failures += 1;
+                        self.observer.emit(|| PoolEvent::Ignored {
+                            worker: id,
+                            why: observer::Ignored::AuditFailed,
+                        });
                         let msg = format!(
                             "step {} shard {i}: the gradients differ from the coordinator's recomputation (audit); \
                              this worker computes wrong results (a faulty CPU or a dishonest peer)",
@@ -422,6 +499,10 @@ impl RemotePool {
             }
             Err(e) => {
                 self.stats.rejected += 1;
+                self.observer.emit(|| PoolEvent::Ignored {
+                    worker: id,
+                    why: observer::Ignored::Rejected,
+                });
                 self.evict(id, e.into());
                 self.release(step, id);
             }
@@ -568,6 +649,7 @@ mod tests {
                 .send(WorkerEvent::Joined {
                     id: WorkerId(id),
                     name: format!("fake-{id}"),
+                    addr: None,
                     outbox,
                 })
                 .await

@@ -9,10 +9,12 @@
 //! - `auth`, `tls`: who may join
 //! - `trust`: one kernel set per run; audits catch workers with wrong results
 //! - `operations`: health and reflection
+//! - `dashboard`: the live page in headless Chromium, `/metrics` through promtool, `--trace`, the page's access rule
 //! - `processes`, `model_use`, `netns`: the real binaries as processes
 
 mod auth;
 mod book;
+mod dashboard;
 mod faults;
 mod hostile;
 mod matches_reference;
