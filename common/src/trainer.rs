@@ -192,6 +192,8 @@ pub struct EpochReport {
     pub workers: usize,
     /// Shards recomputed by another worker during the epoch (lost or rejected results).
     pub recomputed: u64,
+    /// Backup copies of late shards sent to idle workers during the epoch.
+    pub backups: u64,
 }
 
 impl EpochReport {
@@ -417,6 +419,7 @@ pub fn epoch_report(
         step_times,
         workers: 0,
         recomputed: 0,
+        backups: 0,
     }
 }
 

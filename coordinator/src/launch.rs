@@ -2,7 +2,6 @@
 //! Children are killed if the coordinator drops them (`kill_on_drop`), so an
 //! error or Ctrl-C never leaves orphans behind.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -55,27 +54,23 @@ pub fn sibling_worker_binary() -> Result<PathBuf, LaunchError> {
 }
 
 impl LocalWorkers {
-    /// Starts `count` workers of `binary` connecting to `addr` with `credentials`.
+    /// Starts `count` workers of `binary` connecting to `address` (as
+    /// `worker --connect` takes it) with `credentials`.
     ///
     /// # Errors
     /// [`LaunchError::Spawn`]; workers already started are killed.
     pub fn spawn(
         binary: &PathBuf,
         count: usize,
-        addr: SocketAddr,
+        address: &str,
         credentials: &Credentials,
     ) -> Result<Self, LaunchError> {
         let mut children = Vec::with_capacity(count);
-        let scheme = if credentials.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
         for i in 0..count {
             let mut command = Command::new(binary);
             command.args([
                 "--connect",
-                &format!("{scheme}://{addr}"),
+                address,
                 "--name",
                 &format!("local-{i}"),
             ]);
@@ -99,7 +94,7 @@ impl LocalWorkers {
                     })?;
             children.push(child);
         }
-        info!(count, %addr, "started local workers");
+        info!(count, address, "started local workers");
         Ok(Self { children })
     }
 

@@ -13,6 +13,8 @@
 //! - [`checkpoint`]: checkpoint files and the position a run resumes from;
 //! - [`run`]: one training run from flags to summary (what `coordinator train` does);
 //! - [`launch`]: local worker processes for the one-command cluster;
+//! - [`listen`], [`incoming`]: where it listens (TCP, or a Unix socket for
+//!   workers on this host) and the connections it accepts;
 //! - [`ui`], [`report`]: progress bar, epoch lines, metrics CSV, accuracy plot;
 //! - [`commands`], [`digits`]: `evaluate`, `predict` (with MNIST-style
 //!   preprocessing of a user's image) and the `health` probe.
@@ -26,6 +28,7 @@ pub mod config;
 pub mod digits;
 pub mod incoming;
 pub mod launch;
+pub mod listen;
 pub mod pool;
 pub mod report;
 pub mod run;
@@ -44,7 +47,6 @@ use common::dataset::Mnist;
 use common::pb::trainer_server::TrainerServer;
 use common::trainer::{EpochReport, Progress, RunState};
 use common::{wire, Network};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
@@ -115,7 +117,7 @@ pub enum CoordinatorError {
     Data(anyhow::Error),
 }
 
-/// Serves the trainer on `listener` until the run in `config` finishes or
+/// Serves the trainer on `listener` (TCP or a Unix socket) until the run in `config` finishes or
 /// `shutdown` completes, then tells the workers to exit and stops the server.
 ///
 /// The server answers health checks and reflection from the start; the
@@ -127,7 +129,7 @@ pub enum CoordinatorError {
 /// # Errors
 /// [`CoordinatorError`] if the run cannot finish.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<listen::Listener>,
     config: Config,
     data: impl Future<Output = anyhow::Result<Arc<Mnist>>>,
     shutdown: impl Future<Output = ()>,
@@ -152,7 +154,7 @@ pub async fn serve(
     // The health service stays open to probes; the trainer checks the token.
     let trainer = InterceptedService::new(trainer, service::authenticate(config.token.clone()));
     let (stopping_tx, stopping) = watch::channel(false);
-    let incoming = incoming::incoming(listener, HANDSHAKE_TIMEOUT, stopping);
+    let incoming = incoming::incoming(listener.into(), HANDSHAKE_TIMEOUT, stopping);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {
@@ -197,6 +199,7 @@ pub async fn serve(
     let timeouts = pool::Timeouts {
         wait_for_worker: config.wait_timeout,
         shard: config.shard_timeout,
+        backup: config.backup,
     };
     let (mut network, mut position, mut state) = match config.resume.clone() {
         Some(c) => {

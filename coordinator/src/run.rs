@@ -10,10 +10,10 @@ use anyhow::Context;
 use common::model_file;
 use common::trainer::{EpochReport, RunState};
 use common::Network;
-use tokio::net::TcpListener;
 
 use crate::commands;
 use crate::launch::{sibling_worker_binary, Credentials, LocalWorkers};
+use crate::listen::Listener;
 use crate::pool::PoolStats;
 use crate::ui::Ui;
 use crate::Args;
@@ -114,10 +114,10 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
     }
 
     let listen = args.listen_addr()?;
-    let listener = TcpListener::bind(listen)
+    let (listener, _socket_file) = Listener::bind(&listen)
         .await
-        .with_context(|| format!("binding {listen}"))?;
-    let addr = listener.local_addr()?;
+        .with_context(|| format!("binding {listen:?}"))?;
+    let addr = listener.address()?;
     // First line of stdout, so scripts and tests can find a port chosen with :0.
     println!("Listening on {addr}");
     let mut local = if args.spawn_workers {
@@ -128,10 +128,15 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
                 .clone()
                 .map(|cert| (cert, args.tls_domain.clone())),
         };
+        let scheme = if credentials.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Some(LocalWorkers::spawn(
             &sibling_worker_binary()?,
             config.workers,
-            addr,
+            &listener.worker_address(scheme)?,
             &credentials,
         )?)
     } else {
@@ -251,6 +256,12 @@ fn finish(
         println!(
             "Faults absorbed: {} shards reassigned, {} results rejected, {} refused (protocol violations), {} late, {} duplicate",
             s.reassigned, s.rejected, s.refused, s.late, s.duplicate
+        );
+    }
+    if let Some(s) = stats.filter(|s| s.backups > 0) {
+        println!(
+            "Stragglers: {} late shards copied to idle workers, {} of the copies answered first",
+            s.backups, s.backups_won
         );
     }
     Ok(())

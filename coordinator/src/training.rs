@@ -77,6 +77,7 @@ pub async fn run(
         let update = plan.update(eta, data.training.len());
         let start = Instant::now();
         let mut recomputed = 0;
+        let mut backups = 0;
         let mut workers = 0;
         let order = epoch_order(plan.seed, epoch, data.training.len());
         let total = order.len().div_ceil(plan.batch_size);
@@ -110,6 +111,7 @@ pub async fn run(
             position.batch += 1;
             position.step += 1;
             (recomputed, workers) = (recomputed + output.reassigned, output.workers);
+            backups += output.backups;
             let mut timing = output.timing;
             timing.codec += gathered;
             timing.reduce = reduce_start.elapsed();
@@ -155,6 +157,7 @@ pub async fn run(
         report.trained = samples;
         report.workers = workers;
         report.recomputed = recomputed;
+        report.backups = backups;
         progress.epoch(&report);
         reports.push(report);
     }
@@ -187,6 +190,7 @@ mod tests {
                 timing: Default::default(),
                 workers: 1,
                 reassigned: 0,
+                backups: 0,
             })
         }
     }

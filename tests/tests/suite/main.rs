@@ -9,6 +9,8 @@
 //! - `auth`, `tls`: who may join
 //! - `operations`: health and reflection
 //! - `processes`, `model_use`, `netns`: the real binaries as processes
+//! - `sockets`: workers over a Unix domain socket (`--listen unix:PATH`, `--spawn-workers`)
+//! - `stragglers`: a worker process paused with SIGSTOP is backed up, not waited for
 
 mod auth;
 mod book;
@@ -20,4 +22,6 @@ mod netns;
 mod operations;
 mod processes;
 mod protocol;
+mod sockets;
+mod stragglers;
 mod tls;
