@@ -196,7 +196,7 @@ proptest! {
     /// Hello names: accepted only when short and free of control characters.
     #[test]
     fn hello_names(name in ".{0,40}|[\\x00-\\x1f\\x7f-\\u{9f}a-z]{0,200}") {
-        let ok = wire::check_hello(&pb::Hello { name: name.clone(), protocol_version: 1 }).is_ok();
+        let ok = wire::check_hello(&pb::Hello { name: name.clone(), protocol_version: 1, ..Default::default() }).is_ok();
         prop_assert_eq!(ok, name.len() <= wire::MAX_NAME_BYTES && !name.chars().any(char::is_control));
     }
 

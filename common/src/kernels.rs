@@ -1,20 +1,29 @@
-//! The two products of the first layer, which are most of a step's
-//! arithmetic (`784 × hidden × n` multiply-adds each):
-//! - forward, `z = w · x`, and
-//! - the weight gradient, `∇w = δ · xᵀ`,
+//! The products and the sigmoid of a step, in one of two kernel sets that a
+//! run chooses once ([`KernelSet`]) and every process then computes with:
+//! - forward, `z = w · x`;
+//! - the weight gradient, `∇w = δ · xᵀ`;
+//! - the backward product, `wᵀ · δ`;
+//! - the sigmoid `1 / (1 + e^(−z))`.
 //!
-//! where `x` is the shard's input, `(784, n)` with one contiguous column per
-//! sample (as [`crate::dataset::Samples::inputs`] builds it).
+//! `x` is `(k, n)`, ideally with one contiguous column per sample (as
+//! [`crate::dataset::Samples::inputs`] builds it).
 //!
-//! Why not `ndarray`'s `dot`: for a mini-batch shard (n ≈ 1..10) its GEMM
-//! (matrixmultiply) spends more time packing `w` into panels than
-//! multiplying. At n = 10, `[784, 30]`, these register-blocked AVX2+FMA
-//! loops take 5.9 and 6.6 µs where `dot` takes 20 and 11.5 µs
-//! (`cargo run --release -p common --example kernels` prints both). Where
-//! the CPU lacks AVX2 or FMA, `x`'s columns are not contiguous, or the shard
-//! has more than [`MAX_SAMPLES`] samples, the functions use `ndarray`'s `dot`. The choice depends only on the CPU, so the
-//! bitwise contract is unchanged: every process on a machine computes a
-//! shard with the same code (see the crate's Determinism section).
+//! **`avx2`** (AVX2 + FMA, the fastest): for a mini-batch shard (n ≈ 1..10)
+//! `ndarray`'s GEMM (matrixmultiply) spends more time packing `w` into
+//! panels than multiplying, so the first layer's two big products run in
+//! register-blocked AVX2+FMA loops: at n = 10, `[784, 30]`, 5.9 and 6.6 µs
+//! where `dot` takes 20 and 11.5 µs (`cargo run --release -p common
+//! --example kernels` prints both). Larger shards (more than
+//! [`MAX_SAMPLES`]), non-contiguous inputs and the other products go to
+//! matrixmultiply, which on a CPU with AVX2 and FMA always takes its FMA
+//! kernel; the sigmoid uses the platform's `expf`. So every machine with
+//! AVX2 and FMA computes the same bits.
+//!
+//! **`portable`**: plain loops that add in a fixed order with separate
+//! multiplies and adds (Rust never fuses or reorders them), and the
+//! sigmoid's exponential from the pure-Rust `libm` crate instead of the
+//! platform's. Only IEEE-754 `+ − × ÷` on f32 remain, so it gives the same
+//! bits on any CPU and operating system, at several times the cost.
 
 use ndarray::{Array2, ArrayView2};
 
@@ -24,21 +33,96 @@ const ROWS: usize = 2;
 const COLS: usize = 5;
 /// f32 lanes of an AVX register.
 const LANES: usize = 8;
-/// Shards up to this many samples take the kernels; larger ones go to
+/// Shards up to this many samples take the AVX2 kernels; larger ones go to
 /// matrixmultiply, whose cache blocking wins there (at n = 100 the two tie).
 pub const MAX_SAMPLES: usize = 64;
 
-fn fast_path(n: usize) -> bool {
-    if n > MAX_SAMPLES {
-        return false;
+/// The code a run computes with. Chosen once per run by the coordinator and
+/// sent to every worker, so every shard of a run is computed alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KernelSet {
+    /// Fixed-order scalar loops and `libm`'s `expf`: the same bits everywhere.
+    Portable,
+    /// AVX2 + FMA kernels and matrixmultiply: the same bits on every x86-64
+    /// CPU with AVX2 and FMA.
+    Avx2,
+}
+
+impl KernelSet {
+    /// Every set, in the order `--help` lists them.
+    pub const ALL: [KernelSet; 2] = [KernelSet::Portable, KernelSet::Avx2];
+
+    /// The fastest set this CPU can run.
+    pub fn best() -> KernelSet {
+        if KernelSet::Avx2.missing_feature().is_none() {
+            KernelSet::Avx2
+        } else {
+            KernelSet::Portable
+        }
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+
+    /// The sets this CPU can run.
+    pub fn supported() -> Vec<KernelSet> {
+        KernelSet::ALL
+            .into_iter()
+            .filter(|k| k.missing_feature().is_none())
+            .collect()
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// The CPU feature this set needs and this CPU lacks, if any.
+    pub fn missing_feature(self) -> Option<&'static str> {
+        match self {
+            KernelSet::Portable => None,
+            KernelSet::Avx2 => avx2_missing(),
+        }
+    }
+
+    /// Its name on the command line and on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelSet::Portable => "portable",
+            KernelSet::Avx2 => "avx2",
+        }
+    }
+
+    /// The set with this [`KernelSet::name`].
+    pub fn from_name(name: &str) -> Option<KernelSet> {
+        KernelSet::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether `n`-sample products may take the AVX2 kernels.
+    fn fast_path(self, n: usize) -> bool {
+        self == KernelSet::Avx2 && n <= MAX_SAMPLES
+    }
+}
+
+impl std::fmt::Display for KernelSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_missing() -> Option<&'static str> {
+    if !std::arch::is_x86_feature_detected!("avx2") {
+        Some("avx2")
+    } else if !std::arch::is_x86_feature_detected!("fma") {
+        Some("fma")
+    } else {
+        None
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2_missing() -> Option<&'static str> {
+    Some("avx2 (an x86-64 CPU)")
+}
+
+/// Panics unless this CPU can run `set`: computing with a set the CPU lacks
+/// is a bug (workers refuse such runs at the handshake).
+fn require(set: KernelSet) {
+    if let Some(feature) = set.missing_feature() {
+        panic!("kernel set {set} needs the CPU feature {feature}, which this CPU lacks");
     }
 }
 
@@ -54,12 +138,16 @@ fn columns<'a>(x: &ArrayView2<'a, f32>) -> Option<&'a [f32]> {
 }
 
 /// `w · x` for `w` `(m, k)` and `x` `(k, n)`.
-pub fn w_dot_x(w: &Array2<f32>, x: &ArrayView2<f32>) -> Array2<f32> {
+pub fn w_dot_x(set: KernelSet, w: &Array2<f32>, x: &ArrayView2<f32>) -> Array2<f32> {
     let ((m, k), n) = (w.dim(), x.ncols());
-    match (fast_path(n), w.as_slice(), columns(x)) {
+    if set == KernelSet::Portable {
+        return portable::dot(&w.view(), x);
+    }
+    require(set);
+    match (set.fast_path(n), w.as_slice(), columns(x)) {
         (true, Some(ws), Some(xs)) if x.nrows() == k => {
             let mut z = vec![0.0; m * n];
-            // SAFETY: AVX2 and FMA are present (checked above); slices have the sizes named.
+            // SAFETY: AVX2 and FMA are present (`require`); slices have the sizes named.
             #[cfg(target_arch = "x86_64")]
             unsafe {
                 fma::w_dot_x(ws, xs, m, k, n, &mut z)
@@ -71,9 +159,13 @@ pub fn w_dot_x(w: &Array2<f32>, x: &ArrayView2<f32>) -> Array2<f32> {
 }
 
 /// `δ · xᵀ` for `δ` `(m, n)` and `x` `(k, n)`: the summed weight gradient `(m, k)`.
-pub fn delta_dot_xt(delta: &Array2<f32>, x: &ArrayView2<f32>) -> Array2<f32> {
+pub fn delta_dot_xt(set: KernelSet, delta: &Array2<f32>, x: &ArrayView2<f32>) -> Array2<f32> {
     let ((m, n), k) = (delta.dim(), x.nrows());
-    match (fast_path(n), delta.as_slice(), columns(x)) {
+    if set == KernelSet::Portable {
+        return portable::dot(&delta.view(), &x.t());
+    }
+    require(set);
+    match (set.fast_path(n), delta.as_slice(), columns(x)) {
         (true, Some(ds), Some(xs)) if x.ncols() == n => {
             let mut out = vec![0.0; m * k];
             // SAFETY: as above.
@@ -84,6 +176,75 @@ pub fn delta_dot_xt(delta: &Array2<f32>, x: &ArrayView2<f32>) -> Array2<f32> {
             Array2::from_shape_vec((m, k), out).expect("m × k values")
         }
         _ => delta.dot(&x.t()),
+    }
+}
+
+/// `wᵀ · δ` for `w` `(m, k)` and `δ` `(m, n)`: the error sent back a layer, `(k, n)`.
+pub fn wt_dot_delta(set: KernelSet, w: &Array2<f32>, delta: &Array2<f32>) -> Array2<f32> {
+    match set {
+        KernelSet::Portable => portable::dot(&w.t(), &delta.view()),
+        KernelSet::Avx2 => {
+            require(set);
+            w.t().dot(delta)
+        }
+    }
+}
+
+/// The sigmoid `1 / (1 + e^(−z))`, elementwise, in place.
+pub fn sigmoid(set: KernelSet, mut z: Array2<f32>) -> Array2<f32> {
+    match set {
+        KernelSet::Portable => z.mapv_inplace(|z| 1.0 / (1.0 + libm::expf(-z))),
+        KernelSet::Avx2 => z.mapv_inplace(|z| 1.0 / (1.0 + (-z).exp())),
+    }
+    z
+}
+
+mod portable {
+    //! The portable set's one product: each output a single sum over the
+    //! inner index in ascending order, one multiply then one add per term.
+    use ndarray::{Array2, ArrayView2};
+
+    /// Independent partial sums per output: enough for the compiler to keep
+    /// several in flight (and in vector registers) without reordering any.
+    const LANES: usize = 8;
+
+    /// `a (m, k) · b (k, n)`, whatever the layouts of `a` and `b`. Each
+    /// output adds term `c` into partial sum `c mod 8` (for the first
+    /// `k − k mod 8` terms), adds the 8 partial sums in order, then the rest
+    /// of the terms in order.
+    pub(super) fn dot(a: &ArrayView2<f32>, b: &ArrayView2<f32>) -> Array2<f32> {
+        let ((m, k), n) = (a.dim(), b.ncols());
+        assert_eq!(b.nrows(), k, "inner dimensions");
+        let bt = b.t();
+        let (a, b) = (a.as_standard_layout(), bt.as_standard_layout());
+        let (a, b) = (
+            a.as_slice().expect("standard layout"),
+            b.as_slice().expect("standard layout"),
+        );
+        Array2::from_shape_fn((m, n), |(i, j)| {
+            dot_product(&a[i * k..(i + 1) * k], &b[j * k..(j + 1) * k])
+        })
+    }
+
+    fn dot_product(p: &[f32], q: &[f32]) -> f32 {
+        let body = p.len() / LANES * LANES;
+        let mut partial = [0.0f32; LANES];
+        for (p, q) in p[..body]
+            .chunks_exact(LANES)
+            .zip(q[..body].chunks_exact(LANES))
+        {
+            for l in 0..LANES {
+                partial[l] += p[l] * q[l];
+            }
+        }
+        let mut sum = 0.0f32;
+        for s in partial {
+            sum += s;
+        }
+        for (p, q) in p[body..].iter().zip(&q[body..]) {
+            sum += p * q;
+        }
+        sum
     }
 }
 
@@ -273,19 +434,55 @@ mod tests {
     }
 
     #[test]
-    fn kernels_agree_with_ndarray_on_every_edge() {
+    fn every_set_agrees_with_ndarray_on_every_edge() {
         // Row and column remainders of every block size, a k with a tail.
-        for (m, k) in [(30, 784), (7, 784), (1, 13), (5, 37), (100, 784)] {
-            for n in [1, 2, 3, 4, 5, 6, 7, 10, 11, 64, 65] {
-                let w = random((m, k), false);
-                let x = random((k, n), true);
-                close(&w_dot_x(&w, &x.view()), &w.dot(&x));
-                let d = random((m, n), false);
-                close(&delta_dot_xt(&d, &x.view()), &d.dot(&x.t()));
-                // Row-major inputs take the ndarray path, with the same result.
-                let xr = x.as_standard_layout().to_owned();
-                close(&w_dot_x(&w, &xr.view()), &w.dot(&x));
+        for set in KernelSet::supported() {
+            for (m, k) in [(30, 784), (7, 784), (1, 13), (5, 37), (100, 784)] {
+                for n in [1, 2, 3, 4, 5, 6, 7, 10, 11, 64, 65] {
+                    let w = random((m, k), false);
+                    let x = random((k, n), true);
+                    close(&w_dot_x(set, &w, &x.view()), &w.dot(&x));
+                    let d = random((m, n), false);
+                    close(&delta_dot_xt(set, &d, &x.view()), &d.dot(&x.t()));
+                    let e = random((m, n), true);
+                    close(&wt_dot_delta(set, &w, &e), &w.t().dot(&e));
+                    // Row-major inputs take another path, with the same result.
+                    let xr = x.as_standard_layout().to_owned();
+                    close(&w_dot_x(set, &w, &xr.view()), &w.dot(&x));
+                }
             }
         }
+    }
+
+    #[test]
+    fn portable_products_add_in_the_documented_order() {
+        // Written out by hand for k = 11: eight partial sums, then the tail.
+        let a: Vec<f32> = (0..11).map(|i| 1.0 / (i as f32 + 3.0)).collect();
+        let b: Vec<f32> = (0..11).map(|i| (i as f32 + 0.5).sqrt()).collect();
+        let mut partial = [0.0f32; 8];
+        for i in 0..8 {
+            partial[i] += a[i] * b[i];
+        }
+        let mut want = 0.0f32;
+        for p in partial {
+            want += p;
+        }
+        for i in 8..11 {
+            want += a[i] * b[i];
+        }
+        let w = Array2::from_shape_vec((1, 11), a).unwrap();
+        let x = Array2::from_shape_vec((11, 1), b).unwrap();
+        let got = w_dot_x(KernelSet::Portable, &w, &x.view())[(0, 0)];
+        assert_eq!(got.to_bits(), want.to_bits());
+    }
+
+    #[test]
+    fn kernel_sets_round_trip_their_names() {
+        for set in KernelSet::ALL {
+            assert_eq!(KernelSet::from_name(set.name()), Some(set));
+        }
+        assert_eq!(KernelSet::from_name("avx512"), None);
+        assert!(KernelSet::supported().contains(&KernelSet::Portable));
+        assert!(KernelSet::supported().contains(&KernelSet::best()));
     }
 }

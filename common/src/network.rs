@@ -22,7 +22,7 @@ use rand_distr::StandardNormal;
 
 use crate::cost::Cost;
 use crate::gradients::Gradients;
-use crate::kernels;
+use crate::kernels::{self, KernelSet};
 
 /// How the initial weights are drawn (chapter 3, "Weight initialization").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -126,11 +126,17 @@ impl Network {
         }
     }
 
-    /// Output activations `(sizes[L-1], n)` for inputs `a` `(sizes[0], n)`.
+    /// Output activations `(sizes[L-1], n)` for inputs `a` `(sizes[0], n)`,
+    /// with this CPU's fastest kernels.
     pub fn feedforward(&self, a: ArrayView2<f32>) -> Array2<f32> {
+        self.feedforward_with(a, KernelSet::best())
+    }
+
+    /// [`Network::feedforward`] with the kernel set `k`.
+    pub fn feedforward_with(&self, a: ArrayView2<f32>, k: KernelSet) -> Array2<f32> {
         let mut a = a.to_owned();
         for (w, b) in self.weights.iter().zip(&self.biases) {
-            a = sigmoid(weighted_input(w, b, a.view()));
+            a = kernels::sigmoid(k, weighted_input(k, w, b, a.view()));
         }
         a
     }
@@ -142,15 +148,22 @@ impl Network {
     /// If the shapes of `x` and `y` do not fit the network (the wire layer
     /// validates everything that comes from outside first).
     pub fn backprop(&self, x: ArrayView2<f32>, y: ArrayView2<f32>) -> Gradients {
-        self.backprop_with(x, y, Cost::Quadratic)
+        self.backprop_with(x, y, Cost::Quadratic, KernelSet::best())
     }
 
-    /// [`Network::backprop`] for any cost: only the output error differs
-    /// (`cost.delta`, network2.py's `(self.cost).delta(zs[-1], activations[-1], y)`).
+    /// [`Network::backprop`] for any cost, with the kernel set `k`: only the
+    /// output error depends on the cost (`cost.delta`, network2.py's
+    /// `(self.cost).delta(zs[-1], activations[-1], y)`).
     ///
     /// # Panics
-    /// As [`Network::backprop`].
-    pub fn backprop_with(&self, x: ArrayView2<f32>, y: ArrayView2<f32>, cost: Cost) -> Gradients {
+    /// As [`Network::backprop`], and if this CPU cannot run `k`.
+    pub fn backprop_with(
+        &self,
+        x: ArrayView2<f32>,
+        y: ArrayView2<f32>,
+        cost: Cost,
+        k: KernelSet,
+    ) -> Gradients {
         assert_eq!(x.nrows(), self.sizes[0], "input rows");
         assert_eq!(y.nrows(), *self.sizes.last().unwrap_or(&0), "target rows");
         assert_eq!(x.ncols(), y.ncols(), "one target column per input column");
@@ -158,8 +171,8 @@ impl Network {
         // feedforward; activation(l) feeds weights[l] (activation(0) is x, not copied)
         let mut activations: Vec<Array2<f32>> = Vec::with_capacity(layers);
         for (l, (w, b)) in self.weights.iter().zip(&self.biases).enumerate() {
-            let z = weighted_input(w, b, activation(&x, &activations, l));
-            activations.push(sigmoid(z));
+            let z = weighted_input(k, w, b, activation(&x, &activations, l));
+            activations.push(kernels::sigmoid(k, z));
         }
         // backward pass, from the last layer down
         let (mut nabla_w, mut nabla_b) = (Vec::with_capacity(layers), Vec::with_capacity(layers));
@@ -167,11 +180,13 @@ impl Network {
         for l in (0..layers).rev() {
             nabla_b.push(delta.sum_axis(Axis(1)));
             nabla_w.push(kernels::delta_dot_xt(
+                k,
                 &delta,
                 &activation(&x, &activations, l),
             ));
             if l > 0 {
-                delta = self.weights[l].t().dot(&delta) * sigmoid_prime(&activations[l - 1]);
+                delta = kernels::wt_dot_delta(k, &self.weights[l], &delta)
+                    * sigmoid_prime(&activations[l - 1]);
             }
         }
         nabla_w.reverse();
@@ -207,7 +222,12 @@ impl Network {
 
     /// The class of each column of `x`: the index of the most active output neuron.
     pub fn predict(&self, x: ArrayView2<f32>) -> Vec<usize> {
-        self.feedforward(x)
+        self.predict_with(x, KernelSet::best())
+    }
+
+    /// [`Network::predict`] with the kernel set `k`.
+    pub fn predict_with(&self, x: ArrayView2<f32>, k: KernelSet) -> Vec<usize> {
+        self.feedforward_with(x, k)
             .columns()
             .into_iter()
             .map(|out| argmax(out.iter().copied()))
@@ -225,18 +245,20 @@ impl Network {
 
     /// Total cost `Σ_x C_x` of `cost` over the columns of `x`, and the
     /// outputs `(sizes[L-1], n)` it was computed from (to count right answers
-    /// in the same pass). No regularisation term: see [`Network::weight_norm2`].
+    /// in the same pass), with the kernel set `k`. No regularisation term:
+    /// see [`Network::weight_norm2`].
     pub fn cost_and_outputs(
         &self,
         x: ArrayView2<f32>,
         y: ArrayView2<f32>,
         cost: Cost,
+        k: KernelSet,
     ) -> (f64, Array2<f32>) {
         let mut a = x.to_owned();
         let mut z = Array2::zeros((0, 0));
         for (w, b) in self.weights.iter().zip(&self.biases) {
-            z = weighted_input(w, b, a.view());
-            a = sigmoid(z.clone());
+            z = weighted_input(k, w, b, a.view());
+            a = kernels::sigmoid(k, z.clone());
         }
         (cost.total(&z, &a, y), a)
     }
@@ -277,8 +299,13 @@ pub fn checked_parameter_count(sizes: &[usize], max: usize) -> Option<usize> {
 }
 
 /// `z = w·a + b`, `b` broadcast over the columns: `(out, in)·(in, n) + (out,)`.
-fn weighted_input(w: &Array2<f32>, b: &Array1<f32>, a: ArrayView2<f32>) -> Array2<f32> {
-    let mut z = kernels::w_dot_x(w, &a);
+fn weighted_input(
+    k: KernelSet,
+    w: &Array2<f32>,
+    b: &Array1<f32>,
+    a: ArrayView2<f32>,
+) -> Array2<f32> {
+    let mut z = kernels::w_dot_x(k, w, &a);
     z += &b.view().insert_axis(Axis(1));
     z
 }
@@ -306,12 +333,6 @@ pub fn argmax(values: impl Iterator<Item = f32>) -> usize {
         }
     }
     best.0
-}
-
-/// The sigmoid function, elementwise.
-fn sigmoid(mut z: Array2<f32>) -> Array2<f32> {
-    z.mapv_inplace(|z| 1.0 / (1.0 + (-z).exp()));
-    z
 }
 
 /// Derivative of the sigmoid function, elementwise, from `s = σ(z)`:

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::cost::Cost;
 use crate::dataset::{Mnist, Samples};
 use crate::gradients::Gradients;
+use crate::kernels::KernelSet;
 use crate::metrics::{StepSummary, StepTiming};
 use crate::network::{Init, Network};
 use crate::optimizer::{Update, Velocity};
@@ -43,7 +44,8 @@ impl Default for Monitor {
 
 /// What to train and how; validated by whoever builds it. The
 /// [`Default`] is network.py's run: `[784, 30, 10]`, 30 epochs, batch 10,
-/// η 3.0, quadratic cost, N(0, 1) init, no L2, no momentum, seed 2, one shard.
+/// η 3.0, quadratic cost, N(0, 1) init, no L2, no momentum, seed 2, one
+/// shard, and this CPU's fastest kernel set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainingPlan {
     /// Layer sizes, e.g. `[784, 30, 10]`.
@@ -72,6 +74,9 @@ pub struct TrainingPlan {
     pub eta_schedule: Option<EtaSchedule>,
     /// What to evaluate after each epoch (never changes the weights).
     pub monitor: Monitor,
+    /// The code every shard and evaluation of the run is computed with
+    /// (workers are told it in `Welcome`).
+    pub kernels: KernelSet,
 }
 
 impl Default for TrainingPlan {
@@ -90,6 +95,7 @@ impl Default for TrainingPlan {
             early_stop: None,
             eta_schedule: None,
             monitor: Monitor::default(),
+            kernels: KernelSet::best(),
         }
     }
 }
@@ -268,12 +274,18 @@ pub fn step_shards(training: &Samples, batch: &[usize], shards: usize) -> Vec<Sa
 
 /// The summed gradient of one shard for the quadratic cost (network.py's).
 pub fn shard_gradients(network: &Network, shard: &Samples) -> Gradients {
-    shard_gradients_with(network, shard, Cost::Quadratic)
+    shard_gradients_with(network, shard, Cost::Quadratic, KernelSet::best())
 }
 
-/// The summed gradient of one shard for `cost`, as a worker computes it.
-pub fn shard_gradients_with(network: &Network, shard: &Samples, cost: Cost) -> Gradients {
-    network.backprop_with(shard.inputs().view(), shard.targets().view(), cost)
+/// The summed gradient of one shard for `cost` with the kernel set
+/// `kernels`, as a worker computes it.
+pub fn shard_gradients_with(
+    network: &Network,
+    shard: &Samples,
+    cost: Cost,
+    kernels: KernelSet,
+) -> Gradients {
+    network.backprop_with(shard.inputs().view(), shard.targets().view(), cost, kernels)
 }
 
 /// Adds the shard gradients in shard order and applies `update` with `len`
@@ -299,13 +311,18 @@ pub fn apply_step(
 }
 
 /// Samples classified right, evaluated in chunks to bound memory.
-pub fn correct_count(network: &Network, samples: &Samples) -> usize {
+pub fn correct_count(network: &Network, samples: &Samples, kernels: KernelSet) -> usize {
     const CHUNK: usize = 1000;
     (0..samples.len())
         .step_by(CHUNK)
         .map(|start| {
             let part = samples.slice(start..(start + CHUNK).min(samples.len()));
-            network.evaluate(part.inputs().view(), &part.labels)
+            network
+                .predict_with(part.inputs().view(), kernels)
+                .into_iter()
+                .zip(&part.labels)
+                .filter(|&(digit, &label)| digit == usize::from(label))
+                .count()
         })
         .sum()
 }
@@ -329,18 +346,24 @@ pub fn confusion_matrix(network: &Network, samples: &Samples) -> [[usize; 10]; 1
 
 /// Mean quadratic cost over `samples`, evaluated in chunks to bound memory.
 pub fn mean_cost(network: &Network, samples: &Samples) -> f64 {
-    cost_and_correct(network, samples, Cost::Quadratic).0 / samples.len().max(1) as f64
+    cost_and_correct(network, samples, Cost::Quadratic, KernelSet::best()).0
+        / samples.len().max(1) as f64
 }
 
 /// Total cost `Σ_x C_x` of `cost` over `samples` and the count classified
 /// right, in one feedforward pass (in chunks to bound memory).
-pub fn cost_and_correct(network: &Network, samples: &Samples, cost: Cost) -> (f64, usize) {
+pub fn cost_and_correct(
+    network: &Network,
+    samples: &Samples,
+    cost: Cost,
+    kernels: KernelSet,
+) -> (f64, usize) {
     const CHUNK: usize = 1000;
     let (mut total, mut correct) = (0.0, 0);
     for start in (0..samples.len()).step_by(CHUNK) {
         let part = samples.slice(start..(start + CHUNK).min(samples.len()));
         let (c, outputs) =
-            network.cost_and_outputs(part.inputs().view(), part.targets().view(), cost);
+            network.cost_and_outputs(part.inputs().view(), part.targets().view(), cost, kernels);
         total += c;
         correct += outputs
             .columns()
@@ -384,7 +407,7 @@ pub fn epoch_report(
     let m = plan.monitor;
     let (mut training_cost, mut training_correct) = (None, None);
     if m.training_cost || m.training_accuracy {
-        let (total, correct) = cost_and_correct(network, &data.training, plan.cost);
+        let (total, correct) = cost_and_correct(network, &data.training, plan.cost, plan.kernels);
         let n = data.training.len();
         training_cost = m
             .training_cost
@@ -392,19 +415,19 @@ pub fn epoch_report(
         training_correct = m.training_accuracy.then_some(correct);
     }
     let (validation_correct, validation_cost) = if m.validation_cost {
-        let (total, correct) = cost_and_correct(network, &data.validation, plan.cost);
+        let (total, correct) = cost_and_correct(network, &data.validation, plan.cost, plan.kernels);
         let n = data.validation.len();
         (
             correct,
             Some(regularised_mean(total, n, network, plan.lambda)),
         )
     } else {
-        (correct_count(network, &data.validation), None)
+        (correct_count(network, &data.validation, plan.kernels), None)
     };
     EpochReport {
         epoch,
         steps,
-        test_correct: correct_count(network, &data.test),
+        test_correct: correct_count(network, &data.test, plan.kernels),
         test_total: data.test.len(),
         validation_correct,
         validation_total: data.validation.len(),
@@ -487,7 +510,7 @@ pub fn train_with_state(
             let shards = step_shards(&data.training, batch, plan.shards);
             let results: Vec<Gradients> = shards
                 .iter()
-                .map(|s| shard_gradients_with(network, s, plan.cost))
+                .map(|s| shard_gradients_with(network, s, plan.cost, plan.kernels))
                 .collect();
             let computed = step_start.elapsed();
             apply_step(

@@ -13,6 +13,7 @@ use ndarray::{Array1, Array2};
 use crate::cost::Cost;
 use crate::dataset::{Samples, CLASSES, IMAGE_SIZE};
 use crate::gradients::Gradients;
+use crate::kernels::KernelSet;
 use crate::network::{checked_parameter_count, parameter_count, Network};
 use crate::pb;
 use crate::schedule::ShardId;
@@ -48,6 +49,20 @@ pub enum WireError {
     UnknownCost {
         /// The enum value received.
         value: i32,
+    },
+    /// A `Welcome` names a kernel set this build does not know.
+    #[error("unknown kernel set {value} in Welcome; this build knows portable (1) and avx2 (2)")]
+    UnknownKernels {
+        /// The enum value received.
+        value: i32,
+    },
+    /// A worker cannot compute with the run's kernel set.
+    #[error("this run computes with kernel set {run}, which this worker does not offer (it offers: {offered}); start it with --kernels auto on a CPU that has the set's features")]
+    Kernels {
+        /// The run's set.
+        run: KernelSet,
+        /// The sets the worker offered, by name.
+        offered: String,
     },
     /// The peer speaks another protocol version.
     #[error("protocol version mismatch: peer speaks v{theirs}, this build speaks v{ours}")]
@@ -153,6 +168,7 @@ impl From<WireError> for tonic::Status {
     fn from(e: WireError) -> Self {
         match e {
             WireError::ProtocolVersion { .. }
+            | WireError::Kernels { .. }
             | WireError::SizesMismatch { .. }
             | WireError::Unexpected { .. } => tonic::Status::failed_precondition(e.to_string()),
             _ => tonic::Status::invalid_argument(e.to_string()),
@@ -311,6 +327,70 @@ impl From<Cost> for pb::Cost {
         match cost {
             Cost::Quadratic => pb::Cost::Quadratic,
             Cost::CrossEntropy => pb::Cost::CrossEntropy,
+        }
+    }
+}
+
+/// The kernel sets a worker offers in its `Hello`.
+pub fn hello_kernels(offered: &[KernelSet]) -> Vec<i32> {
+    offered
+        .iter()
+        .map(|&k| pb::Kernels::from(k).into())
+        .collect()
+}
+
+/// Checks that a worker's `Hello` offers the run's kernel set `run` (an
+/// empty list states nothing and is accepted).
+///
+/// # Errors
+/// [`WireError::Kernels`] naming the run's set and the ones offered.
+pub fn check_kernels(hello: &pb::Hello, run: KernelSet) -> Result<(), WireError> {
+    let offered: Vec<KernelSet> = hello
+        .kernels
+        .iter()
+        .filter_map(|&k| kernel_set(k))
+        .collect();
+    if hello.kernels.is_empty() || offered.contains(&run) {
+        return Ok(());
+    }
+    Err(WireError::Kernels {
+        run,
+        offered: offered
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// The kernel set a `Welcome` names (`None`: not stated, as before the field existed).
+///
+/// # Errors
+/// [`WireError::UnknownKernels`] for a value this build does not know.
+pub fn welcome_kernels(welcome: &pb::Welcome) -> Result<Option<KernelSet>, WireError> {
+    if welcome.kernels == i32::from(pb::Kernels::Unspecified) {
+        return Ok(None);
+    }
+    kernel_set(welcome.kernels)
+        .map(Some)
+        .ok_or(WireError::UnknownKernels {
+            value: welcome.kernels,
+        })
+}
+
+fn kernel_set(value: i32) -> Option<KernelSet> {
+    match pb::Kernels::try_from(value).ok()? {
+        pb::Kernels::Unspecified => None,
+        pb::Kernels::Portable => Some(KernelSet::Portable),
+        pb::Kernels::Avx2 => Some(KernelSet::Avx2),
+    }
+}
+
+impl From<KernelSet> for pb::Kernels {
+    fn from(set: KernelSet) -> Self {
+        match set {
+            KernelSet::Portable => pb::Kernels::Portable,
+            KernelSet::Avx2 => pb::Kernels::Avx2,
         }
     }
 }
@@ -536,6 +616,7 @@ mod tests {
         let err = check_hello(&pb::Hello {
             name: "w".into(),
             protocol_version: 2,
+            ..Default::default()
         })
         .unwrap_err();
         assert_eq!(
@@ -551,7 +632,7 @@ mod tests {
             sizes,
             run_id: String::new(),
             protocol_version: 1,
-            cost: 0,
+            ..Default::default()
         };
         assert_eq!(
             decode_welcome(&welcome(vec![784, 30, 10])).unwrap(),

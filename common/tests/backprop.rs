@@ -5,6 +5,7 @@
 //! "generator" field). Our math is f32, so we compare with a relative
 //! tolerance of 1e-5 (about 100 f32 ulps), not bitwise.
 
+use common::kernels::KernelSet;
 use common::schedule::init_rng;
 use common::Network;
 use ndarray::{Array1, Array2};
@@ -319,13 +320,17 @@ fn gradients_costs_and_l2_update_match_network2_py() {
         f["lmbda"].as_f64().unwrap() as f32,
         f["n"].as_u64().unwrap() as usize,
     );
-    for (cost, key) in [
-        (Cost::CrossEntropy, "cross_entropy"),
-        (Cost::Quadratic, "quadratic"),
-    ] {
+    // Every kernel set this CPU can run, each against network2.py.
+    let cases = KernelSet::supported().into_iter().flat_map(|k| {
+        [
+            (Cost::CrossEntropy, "cross_entropy", k),
+            (Cost::Quadratic, "quadratic", k),
+        ]
+    });
+    for (cost, key, kernels) in cases {
         let want = &f[key];
         let mut net = network_from(&f);
-        let g = net.backprop_with(x.view(), y.view(), cost);
+        let g = net.backprop_with(x.view(), y.view(), cost, kernels);
         for l in 0..3 {
             assert_close(
                 &format!("{key} sum_nabla_b{l}"),
@@ -340,7 +345,7 @@ fn gradients_costs_and_l2_update_match_network2_py() {
         }
         // network2's total_cost(data, lmbda): mean cost + 0.5·(λ/len(data))·Σ‖w‖².
         let m = samples.len() as f64;
-        let (total, _) = net.cost_and_outputs(x.view(), y.view(), cost);
+        let (total, _) = net.cost_and_outputs(x.view(), y.view(), cost, kernels);
         let got = total / m + 0.5 * (f64::from(lmbda) / m) * net.weight_norm2();
         let expected = want["total_cost_with_l2"].as_f64().unwrap();
         assert!(
@@ -490,7 +495,12 @@ fn cross_entropy_backprop_matches_finite_differences() {
     let sizes = [6, 5, 4, 3];
     let net = Network::with_init(&sizes, common::network::Init::Scaled, &mut init_rng(11));
     let (x, y, xm, ym) = fd_samples();
-    let g = net.backprop_with(xm.view(), ym.view(), common::cost::Cost::CrossEntropy);
+    let g = net.backprop_with(
+        xm.view(),
+        ym.view(),
+        common::cost::Cost::CrossEntropy,
+        KernelSet::best(),
+    );
     let checked = check_finite_differences(
         "cross-entropy",
         &net,
@@ -514,7 +524,7 @@ fn l2_update_is_a_gradient_step_on_the_regularised_cost() {
     let (eta, lambda, n) = (0.5f32, 5.0f32, 40usize);
     let m = x.len() as f64;
     for cost in Cost::ALL {
-        let g = net.backprop_with(xm.view(), ym.view(), cost);
+        let g = net.backprop_with(xm.view(), ym.view(), cost, KernelSet::best());
         let mut after = net.clone();
         let update = common::optimizer::Update {
             eta,

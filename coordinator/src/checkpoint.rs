@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use common::cost::Cost;
+use common::kernels::KernelSet;
 use common::model_file::{self, ModelFileError};
 use common::network::Init;
 use common::optimizer::Velocity;
@@ -99,6 +100,7 @@ pub fn save(
         ("epochs", plan.epochs.to_string()),
         ("cost", plan.cost.name().to_string()),
         ("init", plan.init.name().to_string()),
+        ("kernels", plan.kernels.name().to_string()),
         ("lambda_bits", plan.lambda.to_bits().to_string()),
         ("momentum_bits", plan.momentum.to_bits().to_string()),
         (
@@ -185,6 +187,11 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
         early_stop,
         eta_schedule,
         monitor: Default::default(),
+        // Checkpoints from before kernel sets: computed with this CPU's best.
+        kernels: match meta.get("kernels") {
+            None => KernelSet::best(),
+            Some(k) => KernelSet::from_name(k).ok_or(bad("kernels"))?,
+        },
     };
     let velocity =
         model_file::load_part(path, "velocity.", &network.sizes)?.map(Velocity::from_network);
@@ -259,6 +266,13 @@ impl Checkpoint {
         }
         if ours.shards != plan.shards {
             return mismatch("--shards", ours.shards.to_string(), plan.shards.to_string());
+        }
+        if ours.kernels != plan.kernels {
+            return mismatch(
+                "--kernels",
+                ours.kernels.to_string(),
+                plan.kernels.to_string(),
+            );
         }
         if ours.cost != plan.cost {
             return mismatch("--cost", ours.cost.to_string(), plan.cost.to_string());

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::cost::Cost;
 use common::dataset::{CLASSES, IMAGE_SIZE};
+use common::kernels::KernelSet;
 use common::network::Init;
 use common::stopping::EtaSchedule;
 use common::trainer::{Monitor, TrainingPlan};
@@ -64,6 +65,13 @@ pub struct Args {
     /// [default: large, or the preset's]
     #[arg(long, value_parser = parse_init, value_name = "large|scaled", conflicts_with = "init")]
     pub init_weights: Option<Init>,
+    /// The code every shard and evaluation is computed with, chosen once for
+    /// the whole run and sent to every worker: avx2 (AVX2+FMA, the fastest;
+    /// the same bits on every CPU that has both), portable (plain loops and a
+    /// pure-Rust exp: the same bits on any CPU, several times slower), or
+    /// auto (this machine's fastest). Workers that cannot run it are refused.
+    #[arg(long, value_parser = parse_kernels, value_name = "auto|portable|avx2", default_value = "auto")]
+    pub kernels: KernelChoice,
     /// L2 regularisation lambda >= 0: w <- (1 - eta*lambda/n) w - (eta/m) sum dC/dw,
     /// n = training-set size; biases are not decayed [default: 0, or the preset's].
     #[arg(long, allow_negative_numbers = true, value_name = "LAMBDA")]
@@ -202,6 +210,14 @@ pub enum ConfigError {
     /// A bad or missing token.
     #[error("--token: {0}")]
     Token(String),
+    /// `--kernels` names a set this CPU cannot run.
+    #[error("--kernels {set}: this CPU lacks {feature}; use --kernels portable (or auto)")]
+    Kernels {
+        /// The set asked for.
+        set: KernelSet,
+        /// The CPU feature it needs that this CPU lacks.
+        feature: &'static str,
+    },
     /// `--listen` is not an address.
     #[error("--listen {value:?}: {why}")]
     Listen {
@@ -378,6 +394,41 @@ impl Preset {
 /// Parses `--cost`.
 fn parse_cost(s: &str) -> Result<Cost, String> {
     Cost::from_name(s).ok_or_else(|| format!("{s:?} is not a cost; use quadratic or cross-entropy"))
+}
+
+/// `--kernels`: a kernel set, or the fastest this machine has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelChoice {
+    /// This machine's fastest set ([`KernelSet::best`]).
+    Auto,
+    /// Exactly this set.
+    Set(KernelSet),
+}
+
+impl KernelChoice {
+    /// The set this choice means on this machine.
+    ///
+    /// # Errors
+    /// [`ConfigError::Kernels`] if this CPU cannot run the set chosen.
+    pub fn resolve(self) -> Result<KernelSet, ConfigError> {
+        match self {
+            KernelChoice::Auto => Ok(KernelSet::best()),
+            KernelChoice::Set(set) => match set.missing_feature() {
+                None => Ok(set),
+                Some(feature) => Err(ConfigError::Kernels { set, feature }),
+            },
+        }
+    }
+}
+
+/// Parses `--kernels`.
+fn parse_kernels(s: &str) -> Result<KernelChoice, String> {
+    if s == "auto" {
+        return Ok(KernelChoice::Auto);
+    }
+    KernelSet::from_name(s)
+        .map(KernelChoice::Set)
+        .ok_or_else(|| format!("{s:?} is not a kernel set; use auto, portable or avx2"))
 }
 
 /// Parses `--init-weights`.
@@ -603,6 +654,7 @@ impl Args {
                 early_stop,
                 eta_schedule,
                 monitor,
+                kernels: self.kernels.resolve()?,
             },
             workers: self.workers,
             wait_timeout: Duration::from_secs_f64(self.wait_timeout),

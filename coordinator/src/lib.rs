@@ -145,7 +145,8 @@ pub async fn serve(
     let run_id = format!("seed{}-pid{}", plan.seed, std::process::id());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let service = TrainerService::new(events_tx, &plan.sizes, &run_id, HANDSHAKE_TIMEOUT)
-        .with_cost(plan.cost);
+        .with_cost(plan.cost)
+        .with_kernels(plan.kernels);
     // A worker sends only Hello and ShardResults, whose largest legitimate
     // size is known exactly from the model's sizes.
     let trainer = TrainerServer::new(service)

@@ -220,4 +220,3 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
     }
 }
-

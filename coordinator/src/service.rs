@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::auth::{Token, METADATA_KEY};
+use common::kernels::KernelSet;
 use common::pb::{self, coordinator_message, worker_message};
 use common::wire::{self, WireError, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
@@ -27,6 +28,8 @@ pub struct TrainerService {
     hello_timeout: Duration,
     /// The run's cost, told to every worker in `Welcome` (its output delta depends on it).
     cost: common::cost::Cost,
+    /// The run's kernel set, told in `Welcome`; workers that do not offer it are refused.
+    kernels: KernelSet,
 }
 
 impl TrainerService {
@@ -45,12 +48,18 @@ impl TrainerService {
             next_id: Arc::new(AtomicU32::new(0)),
             hello_timeout,
             cost: common::cost::Cost::Quadratic,
+            kernels: KernelSet::best(),
         }
     }
 
     /// The same service announcing `cost` in `Welcome` (quadratic unless set).
     pub fn with_cost(self, cost: common::cost::Cost) -> Self {
         Self { cost, ..self }
+    }
+
+    /// The same service computing with `kernels` (this CPU's best unless set).
+    pub fn with_kernels(self, kernels: KernelSet) -> Self {
+        Self { kernels, ..self }
     }
 }
 
@@ -141,7 +150,9 @@ impl pb::trainer_server::Trainer for TrainerService {
             }
             None => return Err(Status::cancelled("stream closed before Hello")),
         };
-        if let Err(e) = wire::check_hello(&hello) {
+        if let Err(e) =
+            wire::check_hello(&hello).and_then(|()| wire::check_kernels(&hello, self.kernels))
+        {
             // The name is not logged: it may be what was wrong (control characters).
             warn!(?peer, error = %e, "worker refused");
             return Err(e.into());
@@ -156,6 +167,7 @@ impl pb::trainer_server::Trainer for TrainerService {
             run_id: self.run_id.to_string(),
             protocol_version: PROTOCOL_VERSION,
             cost: pb::Cost::from(self.cost).into(),
+            kernels: pb::Kernels::from(self.kernels).into(),
         };
         outbox
             .try_send(Ok(step_message(coordinator_message::Kind::Welcome(

@@ -185,7 +185,9 @@ mod tests {
             Ok(StepOutput {
                 gradients: shards
                     .iter()
-                    .map(|s| shard_gradients_with(network, s, self.0))
+                    .map(|s| {
+                        shard_gradients_with(network, s, self.0, common::kernels::KernelSet::best())
+                    })
                     .collect(),
                 timing: Default::default(),
                 workers: 1,

@@ -168,6 +168,7 @@ pub fn worker_config(addr: std::net::SocketAddr, name: &str) -> WorkerConfig {
         tls_domain: None,
         keepalive: Duration::from_secs(10),
         health: None,
+        kernels: None,
     }
 }
 

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tracing::{debug, info, warn};
 
+use common::kernels::KernelSet;
+
 pub use session::SessionError;
 
 /// How a worker connects.
@@ -45,6 +47,9 @@ pub struct WorkerConfig {
     /// Set SERVING while joined to a coordinator and NOT_SERVING otherwise
     /// (the worker's `--health-port`).
     pub health: Option<tonic_health::server::HealthReporter>,
+    /// `--kernels`: compute only with this set (`None`: any set this CPU
+    /// can run, whichever the run chooses).
+    pub kernels: Option<KernelSet>,
 }
 
 impl WorkerConfig {
@@ -71,6 +76,33 @@ pub enum Fault {
     /// (a silent worker; the coordinator's shard deadline catches it); exit
     /// once the coordinator drops the connection.
     StallAtStep(u64),
+    /// On this step, flip the lowest mantissa bit of one gradient value
+    /// (silent data corruption: the result stays finite and plausible, so
+    /// only an audit can tell).
+    CorruptAtStep(u64),
+    /// The same on every step from this one on: a persistently faulty CPU.
+    CorruptFromStep(u64),
+}
+
+impl Fault {
+    /// Whether this fault corrupts the results of step `step`.
+    pub fn corrupts(self, step: u64) -> bool {
+        match self {
+            Fault::CorruptAtStep(n) => step == n,
+            Fault::CorruptFromStep(n) => step >= n,
+            Fault::ExitAtStep(_) | Fault::StallAtStep(_) => false,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// The kernel sets this worker offers in its Hello.
+    pub fn offered_kernels(&self) -> Vec<KernelSet> {
+        match self.kernels {
+            Some(set) => vec![set],
+            None => KernelSet::supported(),
+        }
+    }
 }
 
 /// Why a worker stopped without being told to.

@@ -45,8 +45,31 @@ struct Args {
     exit_at_step: Option<u64>,
     /// Fault injection: on receiving step N, stop answering but keep the connection open;
     /// exit with status 3 once the coordinator drops this worker (see its --shard-timeout).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with_all = ["corrupt_at_step", "corrupt_from_step"])]
     stall_at_step: Option<u64>,
+    /// Fault injection: on step N, flip the lowest mantissa bit of one gradient value
+    /// (silent data corruption; only the coordinator's --audit-rate can catch it).
+    #[arg(long, value_name = "N", conflicts_with_all = ["exit_at_step", "corrupt_from_step"])]
+    corrupt_at_step: Option<u64>,
+    /// Fault injection: the same on every step from N on (a persistently faulty CPU).
+    #[arg(long, value_name = "N", conflicts_with = "exit_at_step")]
+    corrupt_from_step: Option<u64>,
+    /// Compute only with this kernel set: portable or avx2 [default: any this
+    /// CPU can run; the coordinator's --kernels chooses]. A run that uses
+    /// another set refuses this worker.
+    #[arg(long, value_name = "portable|avx2", value_parser = parse_kernels)]
+    kernels: Option<common::kernels::KernelSet>,
+}
+
+fn parse_kernels(s: &str) -> Result<common::kernels::KernelSet, String> {
+    let set = common::kernels::KernelSet::from_name(s)
+        .ok_or_else(|| format!("{s:?} is not a kernel set; use portable or avx2"))?;
+    match set.missing_feature() {
+        None => Ok(set),
+        Some(feature) => Err(format!(
+            "this CPU lacks {feature}, which kernel set {set} needs"
+        )),
+    }
 }
 
 // One thread: the runtime only moves bytes; backprop runs on spawn_blocking's thread.
@@ -104,7 +127,10 @@ async fn run() -> anyhow::Result<()> {
         fault: args
             .exit_at_step
             .map(worker::Fault::ExitAtStep)
-            .or(args.stall_at_step.map(worker::Fault::StallAtStep)),
+            .or(args.stall_at_step.map(worker::Fault::StallAtStep))
+            .or(args.corrupt_at_step.map(worker::Fault::CorruptAtStep))
+            .or(args.corrupt_from_step.map(worker::Fault::CorruptFromStep)),
+        kernels: args.kernels,
         health: match args.health_port {
             Some(port) => {
                 let all = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));

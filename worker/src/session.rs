@@ -42,6 +42,7 @@ impl SessionError {
             SessionError::Status(s) => matches!(
                 s.code(),
                 Code::FailedPrecondition
+                    | Code::DataLoss
                     | Code::InvalidArgument
                     | Code::Unauthenticated
                     | Code::PermissionDenied
@@ -49,6 +50,8 @@ impl SessionError {
             SessionError::Wire(
                 WireError::ProtocolVersion { .. }
                 | WireError::Sizes { .. }
+                | WireError::Kernels { .. }
+                | WireError::UnknownKernels { .. }
                 | WireError::SizesMismatch { .. },
             ) => true,
             SessionError::Wire(_) | SessionError::Closed | SessionError::InjectedExit(_) => false,
@@ -60,6 +63,18 @@ impl From<Status> for SessionError {
     fn from(s: Status) -> Self {
         SessionError::Status(s)
     }
+}
+
+/// Silent data corruption, on purpose: flips the lowest mantissa bit of
+/// the first output-layer bias gradient; returns the value it now has.
+fn corrupt(g: &mut common::Gradients) -> f32 {
+    let v = g
+        .nabla_b
+        .last_mut()
+        .and_then(|b| b.iter_mut().next())
+        .expect("a network has an output bias");
+    *v = f32::from_bits(v.to_bits() ^ 1);
+    *v
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -103,6 +118,7 @@ pub async fn run(
     let hello = pb::Hello {
         name: name.to_string(),
         protocol_version: PROTOCOL_VERSION,
+        kernels: wire::hello_kernels(&config.offered_kernels()),
     };
     tx.send(pb::WorkerMessage {
         kind: Some(worker_message::Kind::Hello(hello)),
@@ -126,7 +142,21 @@ pub async fn run(
     };
     let sizes = wire::decode_welcome(&welcome)?;
     let cost = wire::welcome_cost(&welcome)?;
-    info!(worker = welcome.worker_id, run = %welcome.run_id, ?sizes, %cost, "joined");
+    let kernels = wire::welcome_kernels(&welcome)?.unwrap_or(config.offered_kernels()[0]);
+    if !config.offered_kernels().contains(&kernels) {
+        // A coordinator that ignored this worker's Hello.
+        return Err(WireError::Kernels {
+            run: kernels,
+            offered: config
+                .offered_kernels()
+                .iter()
+                .map(|k| k.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+        .into());
+    }
+    info!(worker = welcome.worker_id, run = %welcome.run_id, ?sizes, %cost, %kernels, "joined");
     *joined = true;
     config.set_joined(true).await;
     let mut network = Network::zeros(&sizes);
@@ -166,8 +196,20 @@ pub async fn run(
                 // Each result carries its share of the Step's decoding.
                 let decode_share = decode_start.elapsed() / shards.len().max(1) as u32;
                 debug!(step = step.step_id, shards = shards.len(), "step");
-                let (net, outputs) = shard_gradients_blocking(network, shards, cost).await;
+                let (net, mut outputs) =
+                    shard_gradients_blocking(network, shards, cost, kernels).await;
                 network = net;
+                if let (Some(f), Some((shard, _, g, _))) = (fault, outputs.first_mut()) {
+                    if f.corrupts(step.step_id) {
+                        let flipped = corrupt(g);
+                        warn!(
+                            step = step.step_id,
+                            shard = shard.0,
+                            flipped,
+                            "injected fault: one gradient bit flipped"
+                        );
+                    }
+                }
                 for (id, samples, g, compute) in outputs {
                     let encode_start = Instant::now();
                     let mut result = wire::encode_shard_result(step.step_id, id, samples, &g);

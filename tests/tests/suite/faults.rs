@@ -46,7 +46,9 @@ async fn worker_dying_or_going_silent_mid_run_gives_the_same_weights() {
             fault: Some(fault),
             ..cluster.worker_config("faulty")
         });
-        let (Fault::ExitAtStep(n) | Fault::StallAtStep(n)) = fault;
+        let (Fault::ExitAtStep(n) | Fault::StallAtStep(n)) = fault else {
+            unreachable!("the cases above stop the worker")
+        };
         let exit = cluster.worker_exit(faulty, LIMIT).await.unwrap();
         assert!(
             matches!(exit, Err(WorkerError::InjectedExit(s)) if s == n),

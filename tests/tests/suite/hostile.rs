@@ -83,6 +83,7 @@ fn hello(name: &str) -> pb::WorkerMessage {
         kind: Some(worker_message::Kind::Hello(pb::Hello {
             name: name.into(),
             protocol_version: wire::PROTOCOL_VERSION,
+            ..Default::default()
         })),
     }
 }

@@ -28,6 +28,7 @@ fn hello(version: u32) -> pb::WorkerMessage {
         kind: Some(worker_message::Kind::Hello(pb::Hello {
             name: "raw".into(),
             protocol_version: version,
+            ..Default::default()
         })),
     }
 }
@@ -323,6 +324,7 @@ async fn unparseable_messages_get_invalid_argument() {
         hello: Some(pb::Hello {
             name: "raw".into(),
             protocol_version: 1,
+            ..Default::default()
         }),
         result: 0,
     };
@@ -366,6 +368,7 @@ async fn names_that_could_forge_log_lines_are_refused() {
                 kind: Some(worker_message::Kind::Hello(pb::Hello {
                     name,
                     protocol_version: 1,
+                    ..Default::default()
                 })),
             },
         )
