@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use common::kernels::{delta_dot_xt, w_dot_x};
+use common::kernels::{delta_dot_xt, w_dot_x, KernelSet};
 use ndarray::{Array2, ShapeBuilder};
 
 fn micros(mut f: impl FnMut() -> f32) -> f64 {
@@ -33,9 +33,9 @@ fn main() {
         println!(
             "{n:<4} {:>11.2} {:>11.2} {:>14.2} {:>12.2}",
             micros(|| w.dot(x)[[0, 0]]),
-            micros(|| w_dot_x(w, &x.view())[[0, 0]]),
+            micros(|| w_dot_x(KernelSet::best(), w, &x.view())[[0, 0]]),
             micros(|| d.dot(&x.t())[[0, 0]]),
-            micros(|| delta_dot_xt(d, &x.view())[[0, 0]]),
+            micros(|| delta_dot_xt(KernelSet::best(), d, &x.view())[[0, 0]]),
         );
     }
 }

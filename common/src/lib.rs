@@ -18,6 +18,7 @@
 //! - [`dataset`]: IDX parsing, Nielsen's split, fetching MNIST;
 //! - [`metrics`]: step timings and their per-epoch percentiles;
 //! - [`model_file`]: safetensors save/load;
+//! - [`chain`]: the hash chain of a run's weights, for its verifiable record;
 //! - [`logging`]: `RUST_LOG` filtering, text or JSON lines;
 //! - [`wire`]: the only conversion between [`pb`] messages and math types,
 //!   with all validation;
@@ -34,6 +35,7 @@
 //! with the same CPU features.
 
 pub mod auth;
+pub mod chain;
 pub mod cost;
 pub mod dataset;
 pub mod gradients;

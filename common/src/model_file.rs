@@ -125,7 +125,35 @@ pub fn to_bytes_with_parts(
     let sizes: Vec<String> = network.sizes.iter().map(|s| s.to_string()).collect();
     let mut metadata = HashMap::from([("sizes".to_string(), sizes.join(","))]);
     metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    safetensors::serialize(views, Some(metadata)).expect("valid tensors serialise")
+    let bytes = safetensors::serialize(views, Some(metadata)).expect("valid tensors serialise");
+    canonical_header(bytes)
+}
+
+/// The same file with its JSON header's keys sorted (the metadata included),
+/// so equal models with equal metadata are equal bytes: safetensors writes
+/// its metadata map in hash order.
+fn canonical_header(bytes: Vec<u8>) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).expect("safetensors writes JSON");
+    let header: std::collections::BTreeMap<String, serde_json::Value> = header
+        .into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::Object(map) => {
+                let sorted: std::collections::BTreeMap<_, _> = map.into_iter().collect();
+                (k, serde_json::json!(sorted))
+            }
+            v => (k, v),
+        })
+        .collect();
+    let mut json = serde_json::to_vec(&header).expect("JSON serialises");
+    // The data starts 8-byte aligned, as safetensors pads it.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
 }
 
 /// Writes [`to_bytes_with_parts`] atomically, as [`save_with`] does.
@@ -326,6 +354,27 @@ mod tests {
         save(&path, &net).unwrap();
         assert_eq!(load(&path).unwrap(), net);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn equal_models_with_equal_metadata_are_equal_bytes() {
+        let net = Network::new(&[6, 3, 2], &mut init_rng(2));
+        let extra: Vec<(&str, String)> = (0..12).map(|i| ("k", i.to_string())).collect();
+        let keys = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"];
+        let extra: Vec<(&str, String)> =
+            keys.iter().zip(extra).map(|(k, (_, v))| (*k, v)).collect();
+        let mut reversed = extra.clone();
+        reversed.reverse();
+        let bytes = to_bytes_with(&net, &extra);
+        assert_eq!(bytes, to_bytes_with(&net, &reversed));
+        let (back, meta) = {
+            let loaded = from_bytes(Path::new("m"), &bytes).unwrap();
+            let st = safetensors::SafeTensors::read_metadata(&bytes).unwrap().1;
+            (loaded, st.metadata().clone().unwrap())
+        };
+        assert_eq!(back, net);
+        assert_eq!(meta["l"], "11");
+        assert_eq!((bytes.len() - 8 - back.parameter_count() * 4) % 8, 0);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::chain::Chain;
 use crate::cost::Cost;
 use crate::dataset::{Mnist, Samples};
 use crate::gradients::Gradients;
@@ -77,6 +78,9 @@ pub struct TrainingPlan {
     /// The code every shard and evaluation of the run is computed with
     /// (workers are told it in `Welcome`).
     pub kernels: KernelSet,
+    /// `--record-every K`: link the weights into the run's hash chain every
+    /// K steps too (besides the initial weights and every epoch's end).
+    pub record_every: Option<u64>,
 }
 
 impl Default for TrainingPlan {
@@ -96,6 +100,7 @@ impl Default for TrainingPlan {
             eta_schedule: None,
             monitor: Monitor::default(),
             kernels: KernelSet::best(),
+            record_every: None,
         }
     }
 }
@@ -128,6 +133,8 @@ pub struct RunState {
     pub stopping: Stopping,
     /// The model after the best validation epoch so far.
     pub best: Option<BestEpoch>,
+    /// The hash chain of the weights so far (the run record's links).
+    pub chain: Chain,
 }
 
 /// The epoch with the best validation accuracy so far, and its model.
@@ -150,6 +157,7 @@ impl RunState {
             velocity: (plan.momentum > 0.0).then(|| Velocity::zeros(&plan.sizes)),
             stopping: Stopping::default(),
             best: None,
+            chain: Chain::default(),
         }
     }
 
@@ -495,6 +503,7 @@ pub fn train_with_state(
 ) -> Vec<EpochReport> {
     let mut reports = Vec::with_capacity(plan.epochs);
     let mut step = StepId(0);
+    state.chain.start(0, network);
     for epoch in 0..plan.epochs {
         if state.stopping.stopped {
             break;
@@ -520,6 +529,8 @@ pub fn train_with_state(
                 batch.len(),
                 state.velocity.as_mut(),
             );
+            step.0 += 1;
+            state.chain.after_step(step.0, plan.record_every, network);
             let total_time = step_start.elapsed();
             let timing = StepTiming {
                 total: total_time,
@@ -528,7 +539,6 @@ pub fn train_with_state(
                 reduce: total_time - computed,
             };
             timings.push(timing);
-            step.0 += 1;
             progress.step(&StepProgress {
                 epoch,
                 done: done + 1,
@@ -539,6 +549,7 @@ pub fn train_with_state(
         }
         let summary = StepSummary::of(&timings);
         let train_time = start.elapsed();
+        state.chain.after_epoch(epoch, step.0, network);
         let mut report = epoch_report(network, data, plan, eta, epoch, step.0, train_time, summary);
         end_epoch(plan, state, network, &mut report);
         progress.epoch(&report);

@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
+use common::chain::Chain;
 use common::cost::Cost;
 use common::kernels::KernelSet;
 use common::model_file::{self, ModelFileError};
@@ -101,6 +102,11 @@ pub fn save(
         ("cost", plan.cost.name().to_string()),
         ("init", plan.init.name().to_string()),
         ("kernels", plan.kernels.name().to_string()),
+        (
+            "record_every",
+            plan.record_every.map_or("none".into(), |n| n.to_string()),
+        ),
+        ("chain", state.chain.to_text()),
         ("lambda_bits", plan.lambda.to_bits().to_string()),
         ("momentum_bits", plan.momentum.to_bits().to_string()),
         (
@@ -192,6 +198,10 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
             None => KernelSet::best(),
             Some(k) => KernelSet::from_name(k).ok_or(bad("kernels"))?,
         },
+        record_every: match optional("record_every", "none").as_str() {
+            "none" => None,
+            n => Some(n.parse().map_err(|_| bad("record_every"))?),
+        },
     };
     let velocity =
         model_file::load_part(path, "velocity.", &network.sizes)?.map(Velocity::from_network);
@@ -224,6 +234,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
             velocity,
             stopping,
             best,
+            chain: Chain::from_text(&optional("chain", "")).ok_or(bad("chain"))?,
         },
     })
 }
@@ -244,6 +255,7 @@ impl Checkpoint {
             })
         };
         let ours = &self.plan;
+        let show = |v: Option<String>| v.unwrap_or_else(|| "none".to_string());
         if ours.sizes != plan.sizes {
             return mismatch(
                 "--sizes",
@@ -274,6 +286,13 @@ impl Checkpoint {
                 plan.kernels.to_string(),
             );
         }
+        if ours.record_every != plan.record_every {
+            return mismatch(
+                "--record-every",
+                show(ours.record_every.map(|n| n.to_string())),
+                show(plan.record_every.map(|n| n.to_string())),
+            );
+        }
         if ours.cost != plan.cost {
             return mismatch("--cost", ours.cost.to_string(), plan.cost.to_string());
         }
@@ -294,7 +313,6 @@ impl Checkpoint {
                 plan.momentum.to_string(),
             );
         }
-        let show = |v: Option<String>| v.unwrap_or_else(|| "none".to_string());
         if ours.early_stop != plan.early_stop {
             return mismatch(
                 "--early-stop",

@@ -189,6 +189,24 @@ pub struct Args {
     /// Seconds: the backup threshold never goes below this.
     #[arg(long, default_value_t = 0.002, value_name = "SECONDS")]
     pub backup_floor: f64,
+    /// Fraction of shards (0 to 1) the coordinator recomputes itself and
+    /// compares bit for bit with the worker's result; a worker whose result
+    /// differs is dropped and the recomputed gradients are used. A worker
+    /// that corrupts every shard is caught after 1/p of them on average; the
+    /// coordinator's extra CPU is p times a step's compute.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub audit_rate: f64,
+    /// Where the run record goes: the flags that determine the weights, the
+    /// data files' SHA-256, the kernel set, and a hash chain of the weights
+    /// (`coordinator verify` replays and checks it) [default: --out with
+    /// the extension .record.json].
+    #[arg(long, value_name = "PATH")]
+    pub record: Option<PathBuf>,
+    /// Link the weights into the record's hash chain every K steps too
+    /// (besides every epoch's end), so `verify` can name the first step
+    /// that differs to within K. Costs one SHA-256 of the weights per link.
+    #[arg(long, value_name = "K")]
+    pub record_every: Option<u64>,
     /// Seconds between HTTP/2 keepalive pings to each worker; a worker that
     /// does not answer within twice this is dropped (catches dead peers whose
     /// connection stays half-open).
@@ -261,6 +279,8 @@ pub struct Config {
     pub shard_timeout: Duration,
     /// When a late shard gets a backup copy on an idle worker.
     pub backup: crate::pool::backup::BackupPolicy,
+    /// Fraction of shards the coordinator recomputes and compares.
+    pub audit_rate: f64,
     /// HTTP/2 keepalive interval; the ping timeout is twice this.
     pub keepalive: Duration,
     /// Where and how often to checkpoint, if at all.
@@ -618,6 +638,16 @@ impl Args {
                 "must be a number of seconds > 0, at most a year",
             ));
         }
+        if self.record_every == Some(0) {
+            return Err(range("record-every", &0, "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.audit_rate) {
+            return Err(range(
+                "audit-rate",
+                &self.audit_rate,
+                "must be a fraction from 0 to 1",
+            ));
+        }
         if !(self.shard_timeout > 0.0 && self.shard_timeout <= MAX_SECONDS) {
             return Err(range(
                 "shard-timeout",
@@ -655,6 +685,7 @@ impl Args {
                 eta_schedule,
                 monitor,
                 kernels: self.kernels.resolve()?,
+                record_every: self.record_every,
             },
             workers: self.workers,
             wait_timeout: Duration::from_secs_f64(self.wait_timeout),
@@ -663,6 +694,7 @@ impl Args {
                 factor: self.backup_factor,
                 floor: Duration::from_secs_f64(self.backup_floor),
             },
+            audit_rate: self.audit_rate,
             keepalive: Duration::from_secs_f64(self.keepalive),
             checkpoint: self.checkpoint.clone().map(|path| Checkpointing {
                 path,

@@ -11,6 +11,7 @@
 //!   that spreads shards over workers and gathers results in shard order;
 //! - [`training`]: the loop: epoch → batch → shards → pool → add in shard order → update → evaluate → checkpoint;
 //! - [`checkpoint`]: checkpoint files and the position a run resumes from;
+//! - [`record`]: the run record (flags, data digests, hash chain) and `verify`;
 //! - [`run`]: one training run from flags to summary (what `coordinator train` does);
 //! - [`launch`]: local worker processes for the one-command cluster;
 //! - [`listen`], [`incoming`]: where it listens (TCP, or a Unix socket for
@@ -30,6 +31,7 @@ pub mod incoming;
 pub mod launch;
 pub mod listen;
 pub mod pool;
+pub mod record;
 pub mod report;
 pub mod run;
 pub mod service;
@@ -221,7 +223,8 @@ pub async fn serve(
             RunState::new(plan),
         ),
     };
-    let mut pool = RemotePool::new(events_rx, plan.sizes.clone(), timeouts, position.step);
+    let mut pool = RemotePool::new(events_rx, plan.sizes.clone(), timeouts, position.step)
+        .with_audit(pool::Audit::new(config.audit_rate, plan.cost, plan.kernels));
     health
         .set_service_status(TRAINER_SERVICE, ServingStatus::Serving)
         .await;

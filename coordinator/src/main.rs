@@ -23,6 +23,7 @@ use coordinator::Args;
                   coordinator --workers 4 --spawn-workers\n  \
                   coordinator --workers 4 --spawn-workers --preset ch3-l2\n  \
                   coordinator evaluate --model model.safetensors\n  \
+                  coordinator verify model.record.json --model model.safetensors\n  \
                   coordinator export --format network2-json --model model.safetensors --out model.json\n  \
                   coordinator predict --model model.safetensors digit.png",
     args_conflicts_with_subcommands = true
@@ -76,6 +77,22 @@ enum Command {
         /// record it; it matters only to continue training in network2.py.
         #[arg(long, value_name = "quadratic|cross-entropy")]
         cost: Option<String>,
+    },
+    /// Replay a run from its record in this process and check every hash of
+    /// its weights; exits 0 only if all match. With --model, also check that
+    /// the model file holds the run's final weights.
+    Verify {
+        /// The run record (`<out>.record.json`, or the run's --record).
+        record: PathBuf,
+        /// A model file the run wrote, to check against the record.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Directory with the IDX files [default: $MNIST_DATA_DIR or ~/.cache/nielsen-ddp/mnist].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The --init model the run started from, if it is not at the path the record names.
+        #[arg(long)]
+        init: Option<PathBuf>,
     },
     /// Draw several runs' accuracy per epoch on one chart, from their --metrics CSVs.
     PlotRuns {
@@ -173,6 +190,38 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let text = commands::export(&model, &out, format, cost)?;
             println!("{text}");
             Ok(ok)
+        }
+        Command::Verify {
+            record,
+            model,
+            data_dir,
+            init,
+        } => {
+            common::logging::init(cli.log_format, std::io::stderr);
+            let start = std::time::Instant::now();
+            let (verdict, notes) = tokio::task::spawn_blocking(move || {
+                let run = coordinator::record::RunRecord::load(&record)?;
+                let dir = data_dir.unwrap_or_else(common::dataset::fetch::default_data_dir);
+                coordinator::record::verify(&run, &dir, model.as_deref(), init.as_deref())
+            })
+            .await??;
+            for note in &notes {
+                println!("note: {note}");
+            }
+            let took = start.elapsed().as_secs_f64();
+            match verdict {
+                coordinator::record::Verdict::Verified { hashes, head } => {
+                    println!(
+                        "verified: {hashes} hashes match, replayed in {took:.1} s; final chain value {}",
+                        common::chain::hex(&head)
+                    );
+                    Ok(ok)
+                }
+                coordinator::record::Verdict::Differs { what } => {
+                    println!("DIFFERS: {what} (replayed in {took:.1} s)");
+                    Ok(std::process::ExitCode::FAILURE)
+                }
+            }
         }
         Command::PlotRuns {
             out,

@@ -15,6 +15,7 @@ use crate::commands;
 use crate::launch::{sibling_worker_binary, Credentials, LocalWorkers};
 use crate::listen::Listener;
 use crate::pool::PoolStats;
+use crate::record::{self, RunRecord};
 use crate::ui::Ui;
 use crate::Args;
 
@@ -44,12 +45,26 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
         .checkpoint
         .as_ref()
         .filter(|p| args.auto_resume && p.exists());
+    let mut record = Recording {
+        path: args
+            .record
+            .clone()
+            .unwrap_or_else(|| args.out.with_extension("record.json")),
+        data_dir: args
+            .data_dir
+            .clone()
+            .unwrap_or_else(common::dataset::fetch::default_data_dir),
+        init: None,
+    };
     if let Some(path) = args.resume.as_ref().or(auto) {
         let c = crate::checkpoint::load(path)?;
         c.check_matches(path, &config.plan)?;
+        // The model the run started from is in the record it has written so far.
+        record.init = RunRecord::load(&record.path).ok().and_then(|r| r.init);
         if c.position.epoch >= config.plan.epochs || c.state.stopping.stopped {
             // A supervisor restarted a finished run: keep the result, train nothing.
-            model_file::save(&args.out, &c.network)?;
+            record.write(&config.plan, &c.state)?;
+            record::save_model(&args.out, &c.network, &c.state.chain)?;
             save_best(&args, &config.plan, &c.state)?;
             println!(
                 "Done: {} already holds all {} epochs; model saved to {}",
@@ -70,6 +85,10 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
             network.sizes,
             config.plan.sizes
         );
+        record.init = Some(record::InitModel {
+            path: path.clone(),
+            weights: common::chain::weights_digest(&network),
+        });
         config.init = Some(network);
     }
     let ui = Ui::new(
@@ -104,6 +123,7 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
         .await?;
         return finish(
             &args,
+            &record,
             &config.plan,
             network,
             &state,
@@ -172,6 +192,7 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
     let summary = summary?;
     finish(
         &args,
+        &record,
         &config_plan,
         summary.network,
         &summary.state,
@@ -209,9 +230,27 @@ fn save_best(
     }
 }
 
-/// Saves the model (and the best validation epoch's) and prints the run's summary.
+/// Where the run record goes, and what it needs besides the run's state.
+struct Recording {
+    path: PathBuf,
+    data_dir: PathBuf,
+    init: Option<record::InitModel>,
+}
+
+impl Recording {
+    /// Writes the record of a run of `plan` that has reached `state`.
+    fn write(&self, plan: &common::trainer::TrainingPlan, state: &RunState) -> anyhow::Result<()> {
+        let digests = record::data_digests(&self.data_dir)?;
+        record::of_run(plan, digests, self.init.clone(), &state.chain).save(&self.path)
+    }
+}
+
+/// Saves the model (and the best validation epoch's) and the run record,
+/// and prints the run's summary.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     args: &Args,
+    recording: &Recording,
     plan: &common::trainer::TrainingPlan,
     network: Network,
     state: &RunState,
@@ -224,7 +263,8 @@ fn finish(
         .iter()
         .max_by_key(|r| (r.test_correct, std::cmp::Reverse(r.epoch)))
         .unwrap_or(last);
-    model_file::save(&args.out, &network)?;
+    record::save_model(&args.out, &network, &state.chain)?;
+    recording.write(plan, state)?;
     // Per epoch of training samples: an epoch resumed mid-way counts for the part that ran.
     let epochs_run: f64 = reports
         .iter()
@@ -250,6 +290,12 @@ fn finish(
         args.out.display(),
         best_saved.map_or(String::new(), |p| format!(", best validation epoch's to {}", p.display()))
     );
+    println!(
+        "Run record: {} ({} hashes; check it with `coordinator verify {}`)",
+        recording.path.display(),
+        state.chain.links.len(),
+        recording.path.display()
+    );
     if let Some(s) =
         stats.filter(|s| s.reassigned + s.rejected + s.refused + s.late + s.duplicate > 0)
     {
@@ -262,6 +308,12 @@ fn finish(
         println!(
             "Stragglers: {} late shards copied to idle workers, {} of the copies answered first",
             s.backups, s.backups_won
+        );
+    }
+    if let Some(s) = stats.filter(|s| s.audited > 0) {
+        println!(
+            "Audits: {} results recomputed, {} differed (their workers were dropped; the recomputed gradients were used)",
+            s.audited, s.audit_failures
         );
     }
     Ok(())

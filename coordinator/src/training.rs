@@ -71,6 +71,7 @@ pub async fn run(
     mut progress: impl Progress,
 ) -> Result<Vec<EpochReport>, CoordinatorError> {
     let mut reports = Vec::new();
+    state.chain.start(position.step, network);
     while position.epoch < plan.epochs && !state.stopping.stopped {
         let epoch = position.epoch;
         let eta = state.eta(plan);
@@ -110,6 +111,9 @@ pub async fn run(
             samples += batch.len();
             position.batch += 1;
             position.step += 1;
+            state
+                .chain
+                .after_step(position.step, plan.record_every, network);
             (recomputed, workers) = (recomputed + output.reassigned, output.workers);
             backups += output.backups;
             let mut timing = output.timing;
@@ -130,6 +134,7 @@ pub async fn run(
             }
         }
         let train_time = start.elapsed();
+        state.chain.after_epoch(epoch, position.step, network);
         // Evaluation is ~70k feedforwards: CPU work, kept off the async threads.
         let (net, data_ref, steps, plan_ref) = (
             network.clone(),

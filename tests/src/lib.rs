@@ -147,6 +147,7 @@ pub fn test_config(plan: common::trainer::TrainingPlan, workers: usize) -> Confi
         wait_timeout: Duration::from_secs(30),
         shard_timeout: Duration::from_secs(30),
         backup: coordinator::pool::backup::BackupPolicy::DEFAULT,
+        audit_rate: 0.0,
         keepalive: Duration::from_secs(10),
         checkpoint: None,
         resume: None,

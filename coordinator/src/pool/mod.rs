@@ -15,6 +15,7 @@
 //! [`backup`] is copied to an idle worker: the first result wins. A paused
 //! or slow worker therefore costs the run about one threshold, not its pause.
 
+pub mod audit;
 pub mod backlog;
 pub mod backup;
 pub mod step;
@@ -35,6 +36,7 @@ use tracing::{info, warn};
 
 use backlog::Backlog;
 use backup::{BackupPolicy, ShardTimes};
+pub use audit::Audit;
 use step::{judge_step_id, StepState, Verdict, Violation};
 
 /// Id the coordinator gives a worker's stream; unique within a run.
@@ -159,6 +161,11 @@ pub struct PoolStats {
     pub backups: u64,
     /// Shards whose backup copy answered first.
     pub backups_won: u64,
+    /// Results the coordinator recomputed and compared (`--audit-rate`).
+    pub audited: u64,
+    /// Audited results that differed from the recomputation: the recomputed
+    /// gradients were used and the sender dropped.
+    pub audit_failures: u64,
 }
 
 struct Handle {
@@ -179,6 +186,8 @@ pub struct RemotePool {
     backlog: Backlog,
     /// Recent shard times: when a shard is late enough for a backup.
     times: ShardTimes,
+    /// Which results to recompute and compare.
+    audit: Audit,
 }
 
 /// How long the pool waits, and for what.
@@ -196,6 +205,8 @@ pub struct Timeouts {
 /// One step in flight: the pure state plus what the pool needs to act on it.
 struct Step<'a> {
     state: StepState,
+    /// The weights the step's shards are computed at (for audits).
+    network: &'a Network,
     weights: bytes::Bytes,
     shards: &'a [Samples],
     results: Vec<Option<Gradients>>,
@@ -229,7 +240,13 @@ impl RemotePool {
             next_step: first_step,
             backlog: Backlog::default(),
             times: ShardTimes::new(timeouts.backup),
+            audit: Audit::off(),
         }
+    }
+
+    /// The same pool, auditing results as `audit` says.
+    pub fn with_audit(self, audit: Audit) -> Self {
+        Self { audit, ..self }
     }
 
     /// Counters so far.
@@ -455,17 +472,38 @@ impl RemotePool {
         step.codec += decode_start.elapsed();
         match decoded {
             Ok(g) => {
-                step.results[i] = Some(g);
-                if let Some(since) = step.state.held_since(i, id) {
-                    self.times.record(now().saturating_duration_since(since));
-                }
-                if step.state.holders(i).first() != Some(&id) {
-                    self.stats.backups_won += 1;
-                }
+                let verdict = if self.audit.selects(step.state.id(), i) {
+                    self.stats.audited += 1;
+                    self.audit.check(step.network, &step.shards[i], &g)
+                } else {
+                    Ok(())
+                };
                 step.state.complete(i);
-                let work = step.work.entry(id).or_default();
-                work.0 += Duration::from_nanos(result.compute_nanos);
-                work.1 += Duration::from_nanos(result.codec_nanos);
+                match verdict {
+                    Ok(()) => {
+                        step.results[i] = Some(g);
+                        if let Some(since) = step.state.held_since(i, id) {
+                            self.times.record(now().saturating_duration_since(since));
+                        }
+                        if step.state.holders(i).first() != Some(&id) {
+                            self.stats.backups_won += 1;
+                        }
+                        let work = step.work.entry(id).or_default();
+                        work.0 += Duration::from_nanos(result.compute_nanos);
+                        work.1 += Duration::from_nanos(result.codec_nanos);
+                    }
+                    Err(verified) => {
+                        step.results[i] = Some(verified);
+                        self.stats.audit_failures += 1;
+                        let msg = format!(
+                            "step {} shard {i}: the gradients differ from the coordinator's recomputation (audit); \
+                             this worker computes wrong results (a faulty CPU or a dishonest peer)",
+                            step.state.id()
+                        );
+                        self.evict(id, Status::data_loss(msg));
+                        self.release(step, id);
+                    }
+                }
             }
             Err(e) => {
                 self.stats.rejected += 1;
@@ -486,6 +524,7 @@ impl WorkerPool for RemotePool {
         let encode_start = Instant::now();
         let mut step = Step {
             state: StepState::new(id.0, shards.len()),
+            network,
             weights: wire::encode_network(network),
             shards,
             results: vec![None; shards.len()],

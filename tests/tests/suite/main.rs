@@ -7,6 +7,7 @@
 //! - `protocol`: malformed and hostile messages from a raw gRPC client
 //! - `hostile`: generated scripts of hostile peers against a real cluster
 //! - `auth`, `tls`: who may join
+//! - `trust`: one kernel set per run; audits catch workers with wrong results
 //! - `operations`: health and reflection
 //! - `processes`, `model_use`, `netns`: the real binaries as processes
 //! - `sockets`: workers over a Unix domain socket (`--listen unix:PATH`, `--spawn-workers`)
@@ -25,3 +26,4 @@ mod protocol;
 mod sockets;
 mod stragglers;
 mod tls;
+mod trust;

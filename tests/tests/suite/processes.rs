@@ -82,6 +82,28 @@ pub(crate) fn assert_same_as_local(
     );
 }
 
+/// `coordinator verify` replays the run of model file `out` from its record
+/// (`<out>.record.json`) and every hash matches, the model file's included.
+fn assert_verifies(out: &std::path::Path) {
+    let record = out.with_extension("record.json");
+    let verify = Command::new(binary("coordinator"))
+        .arg("verify")
+        .arg(&record)
+        .arg("--model")
+        .arg(out)
+        .arg("--data-dir")
+        .arg(fixture_dir())
+        .output()
+        .expect("run coordinator verify");
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && stdout.contains("verified: "),
+        "verify {}: {stdout}{}",
+        verify.status,
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
 #[test]
 fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
     let dir = tempdir("four-workers");
@@ -143,6 +165,7 @@ fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
     assert_eq!(model.sizes, vec![784, 30, 10]);
 
     assert_same_as_local(&dir, &out, 4, 3, "cluster and --local model files differ");
+    assert_verifies(&out);
 }
 
 pub(crate) fn worker_process(addr: &str, name: &str, extra: &[&str]) -> Guard {
@@ -220,6 +243,7 @@ fn sigkilled_and_exiting_worker_processes_cost_only_time() {
         4,
         "disturbed run differs from the undisturbed one",
     );
+    assert_verifies(&out);
 }
 
 /// Kill -9 the coordinator mid-epoch, restart it with --resume on the same
@@ -312,6 +336,7 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
         epochs,
         "resumed run differs from the uninterrupted one",
     );
+    assert_verifies(&out);
 
     // Resuming with other flags is refused, naming the difference.
     let refused = Command::new(binary("coordinator"))
@@ -387,7 +412,13 @@ fn one_command_cluster_with_spawned_workers() {
             .any(|l| l.contains("already holds all 1 epochs")),
         "{output:?}"
     );
-    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+    let meta = |p: &std::path::Path| common::model_file::load_with_metadata(p).unwrap().1;
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(&again).unwrap(),
+        "the restart saved another model: {:?} vs {:?}",
+        meta(&out),
+        meta(&again)
+    );
 }
 
 #[test]
@@ -559,6 +590,7 @@ fn sigterm_checkpoints_and_the_run_resumes_exactly() {
         epochs,
         "resumed run differs from the uninterrupted one",
     );
+    assert_verifies(&out);
 }
 
 /// `--spawn-workers` hands the run's secret to its children: with a token

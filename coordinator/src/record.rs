@@ -1,0 +1,581 @@
+//! The run record (`--record`, default `<out>.record.json`) and
+//! `coordinator verify`, which replays a run in one process and checks it.
+//!
+//! A record holds everything that determines the weights: the flags, the
+//! SHA-256 of the four MNIST files' IDX contents (after gunzip, so `.gz` or
+//! not does not matter), the hash of the `--init` model if one was used, the
+//! kernel set and the code version; and the hash chain of the weights
+//! ([`common::chain`]). Because a run is exact, replaying it must reproduce
+//! every link, whatever the number of workers, the faults it absorbed, or the
+//! resumes it went through.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use common::chain::{self, Chain, Digest32};
+use common::cost::Cost;
+use common::dataset::{find_file, idx, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS};
+use common::kernels::KernelSet;
+use common::network::Init;
+use common::stopping::EtaSchedule;
+use common::trainer::{train_with_state, Quiet, RunState, TrainingPlan};
+use common::{model_file, Network};
+use serde_json::{json, Value};
+
+/// What a record's `format` field says.
+pub const FORMAT: &str = "nielsen-ddp run record 1";
+
+/// The model file metadata keys that tie a model to its record.
+pub const MODEL_CHAIN_KEY: &str = "record_chain";
+
+/// The `--init` model a run started from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitModel {
+    /// Its path, as given.
+    pub path: PathBuf,
+    /// SHA-256 of its packed weights.
+    pub weights: Digest32,
+}
+
+/// A run's record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    /// The settings that determine the weights (`monitor` is not recorded).
+    pub plan: TrainingPlan,
+    /// SHA-256 of each MNIST file's IDX contents, by canonical name.
+    pub data: Vec<(String, String)>,
+    /// The model the run started from, if not the seed's.
+    pub init: Option<InitModel>,
+    /// The version of the code that trained.
+    pub code_version: String,
+    /// The hash chain of the weights.
+    pub chain: Chain,
+}
+
+/// SHA-256 of the IDX contents of the four MNIST files in `dir`, by name.
+///
+/// # Errors
+/// If a file is missing or unreadable.
+pub fn data_digests(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS]
+        .into_iter()
+        .map(|name| {
+            let path = find_file(dir, name)?;
+            let bytes = idx::read_maybe_gz(&path)?;
+            Ok((name.to_string(), common::dataset::fetch::sha256_hex(&bytes)))
+        })
+        .collect()
+}
+
+/// An f32 as the shortest decimal that reads back as the same f32.
+fn number(x: f32) -> Value {
+    json!(x.to_string().parse::<f64>().unwrap_or(f64::NAN))
+}
+
+impl RunRecord {
+    /// The record as JSON.
+    pub fn to_json(&self) -> Value {
+        let p = &self.plan;
+        let links: Vec<Value> = self
+            .chain
+            .links
+            .iter()
+            .map(|l| {
+                json!({
+                    "step": l.step,
+                    "epoch": l.epoch,
+                    "weights_sha256": chain::hex(&l.weights),
+                    "chain": chain::hex(&l.chain),
+                })
+            })
+            .collect();
+        json!({
+            "format": FORMAT,
+            "code_version": self.code_version,
+            "flags": {
+                "sizes": p.sizes,
+                "epochs": p.epochs,
+                "batch_size": p.batch_size,
+                "eta": number(p.eta),
+                "shards": p.shards,
+                "seed": p.seed,
+                "cost": p.cost.name(),
+                "init_weights": p.init.name(),
+                "lambda": number(p.lambda),
+                "momentum": number(p.momentum),
+                "early_stop": p.early_stop,
+                "eta_schedule": p.eta_schedule.map(|s| s.to_string()),
+                "kernels": p.kernels.name(),
+                "record_every": p.record_every,
+            },
+            "init_model": self.init.as_ref().map(|i| json!({
+                "path": i.path.display().to_string(),
+                "weights_sha256": chain::hex(&i.weights),
+            })),
+            "data_sha256": self
+                .data
+                .iter()
+                .map(|(name, digest)| (name.clone(), json!(digest)))
+                .collect::<serde_json::Map<String, Value>>(),
+            "links": links,
+        })
+    }
+
+    /// Reads a record from JSON.
+    ///
+    /// # Errors
+    /// Naming the first field that is missing or malformed.
+    pub fn from_json(v: &Value) -> anyhow::Result<RunRecord> {
+        if v["format"] != FORMAT {
+            bail!(
+                "not a run record (format is {}, expected {FORMAT:?})",
+                v["format"]
+            );
+        }
+        let f = &v["flags"];
+        let field = |key: &str| -> anyhow::Result<&Value> {
+            f.get(key)
+                .with_context(|| format!("flags.{key} is missing"))
+        };
+        let uint = |key: &str| -> anyhow::Result<u64> {
+            field(key)?
+                .as_u64()
+                .with_context(|| format!("flags.{key} is not a whole number"))
+        };
+        let float = |key: &str| -> anyhow::Result<f32> {
+            let n = field(key)?;
+            n.as_f64()
+                .and_then(|_| n.to_string().parse::<f32>().ok())
+                .with_context(|| format!("flags.{key} is not a number"))
+        };
+        let text = |key: &str| -> anyhow::Result<&str> {
+            field(key)?
+                .as_str()
+                .with_context(|| format!("flags.{key} is not a string"))
+        };
+        let optional_uint = |key: &str| -> anyhow::Result<Option<u64>> {
+            match field(key)? {
+                Value::Null => Ok(None),
+                n => n
+                    .as_u64()
+                    .map(Some)
+                    .with_context(|| format!("flags.{key} is not a whole number")),
+            }
+        };
+        let sizes = field("sizes")?
+            .as_array()
+            .context("flags.sizes is not a list")?
+            .iter()
+            .map(|s| s.as_u64().map(|s| s as usize))
+            .collect::<Option<Vec<_>>>()
+            .context("flags.sizes holds something other than whole numbers")?;
+        anyhow::ensure!(
+            common::network::checked_parameter_count(&sizes, common::wire::MAX_PARAMETERS)
+                .is_some(),
+            "flags.sizes {sizes:?} is not a network this build trains"
+        );
+        let plan = TrainingPlan {
+            sizes,
+            epochs: uint("epochs")? as usize,
+            batch_size: uint("batch_size")? as usize,
+            eta: float("eta")?,
+            shards: uint("shards")? as usize,
+            seed: uint("seed")?,
+            cost: Cost::from_name(text("cost")?).context("flags.cost is not a cost")?,
+            init: Init::from_name(text("init_weights")?)
+                .context("flags.init_weights is not an initialiser")?,
+            lambda: float("lambda")?,
+            momentum: float("momentum")?,
+            early_stop: optional_uint("early_stop")?.map(|n| n as usize),
+            eta_schedule: match field("eta_schedule")? {
+                Value::Null => None,
+                s => Some(
+                    s.as_str()
+                        .context("flags.eta_schedule is not a string")?
+                        .parse::<EtaSchedule>()
+                        .map_err(|e| anyhow::anyhow!("flags.eta_schedule: {e}"))?,
+                ),
+            },
+            monitor: Default::default(),
+            kernels: KernelSet::from_name(text("kernels")?)
+                .context("flags.kernels is not a kernel set")?,
+            record_every: optional_uint("record_every")?,
+        };
+        anyhow::ensure!(
+            plan.epochs > 0 && plan.batch_size > 0 && plan.shards > 0,
+            "flags: epochs, batch_size and shards must be positive"
+        );
+        let data = v["data_sha256"]
+            .as_object()
+            .context("data_sha256 is missing")?
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    k.clone(),
+                    v.as_str().context("a data digest is not text")?.to_string(),
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let init = match &v["init_model"] {
+            Value::Null => None,
+            i => Some(InitModel {
+                path: PathBuf::from(i["path"].as_str().context("init_model.path is missing")?),
+                weights: i["weights_sha256"]
+                    .as_str()
+                    .and_then(chain::from_hex)
+                    .context("init_model.weights_sha256 is not 64 hex digits")?,
+            }),
+        };
+        let mut links = Vec::new();
+        for (i, l) in v["links"]
+            .as_array()
+            .context("links is missing")?
+            .iter()
+            .enumerate()
+        {
+            let digest = |key: &str| {
+                l[key]
+                    .as_str()
+                    .and_then(chain::from_hex)
+                    .with_context(|| format!("links[{i}].{key} is not 64 hex digits"))
+            };
+            links.push(chain::Link {
+                step: l["step"]
+                    .as_u64()
+                    .with_context(|| format!("links[{i}].step is missing"))?,
+                epoch: l["epoch"].as_u64().map(|e| e as usize),
+                weights: digest("weights_sha256")?,
+                chain: digest("chain")?,
+            });
+        }
+        Ok(RunRecord {
+            plan,
+            data,
+            init,
+            code_version: v["code_version"].as_str().unwrap_or("unknown").to_string(),
+            chain: Chain { links },
+        })
+    }
+
+    /// Writes the record (atomically: a temporary file, then a rename).
+    ///
+    /// # Errors
+    /// If the file cannot be written.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(&self.to_json())? + "\n";
+        let tmp = path.with_extension("record.tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Reads a record file.
+    ///
+    /// # Errors
+    /// If it cannot be read or is not a valid record.
+    pub fn load(path: &Path) -> anyhow::Result<RunRecord> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not JSON", path.display()))?;
+        RunRecord::from_json(&v).with_context(|| format!("{}", path.display()))
+    }
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Every link of the record was reproduced.
+    Verified {
+        /// Hashes compared (links, plus the model file's if given).
+        hashes: usize,
+        /// The final chain value.
+        head: Digest32,
+    },
+    /// The replay differs.
+    Differs {
+        /// What differs, in words, naming the step.
+        what: String,
+    },
+}
+
+/// Replays `record`'s run on the data in `data_dir` in this process and
+/// compares every link; with `model`, also checks that the model file holds
+/// the record's final weights and chain value. `init` overrides the path of
+/// the record's `--init` model. Data files that differ from the record's are
+/// reported, and the replay still names the first step that differs.
+///
+/// # Errors
+/// If the replay cannot run at all (unreadable files, a kernel set this CPU
+/// lacks).
+pub fn verify(
+    record: &RunRecord,
+    data_dir: &Path,
+    model: Option<&Path>,
+    init: Option<&Path>,
+) -> anyhow::Result<(Verdict, Vec<String>)> {
+    let mut notes = Vec::new();
+    if let Some(feature) = record.plan.kernels.missing_feature() {
+        bail!(
+            "the run used kernel set {}, which needs {feature}; this CPU lacks it, so it cannot replay the run",
+            record.plan.kernels
+        );
+    }
+    if record.code_version != env!("CARGO_PKG_VERSION") {
+        notes.push(format!(
+            "the run was trained by version {}, this is {}",
+            record.code_version,
+            env!("CARGO_PKG_VERSION")
+        ));
+    }
+    let digests = data_digests(data_dir)?;
+    for (name, digest) in &digests {
+        match record.data.iter().find(|(n, _)| n == name) {
+            Some((_, want)) if want == digest => {}
+            Some((_, want)) => notes.push(format!(
+                "data file {name} in {} differs from the run's (SHA-256 {digest}, the record says {want})",
+                data_dir.display()
+            )),
+            None => notes.push(format!("the record has no digest for {name}")),
+        }
+    }
+    let mut network = match &record.init {
+        None => record.plan.initial_network(),
+        Some(i) => {
+            let path = init.unwrap_or(&i.path);
+            let network = model_file::load(path)?;
+            if chain::weights_digest(&network) != i.weights {
+                return Ok((
+                    Verdict::Differs {
+                        what: format!(
+                            "the --init model {} is not the one the run started from",
+                            path.display()
+                        ),
+                    },
+                    notes,
+                ));
+            }
+            network
+        }
+    };
+    let data = common::dataset::Mnist::load(data_dir)?;
+    let mut state = RunState::new(&record.plan);
+    train_with_state(&mut network, &mut state, &data, &record.plan, Quiet);
+    let verdict = compare(&record.chain, &state.chain);
+    let Verdict::Verified { hashes, head } = verdict else {
+        return Ok((verdict, notes));
+    };
+    let Some(model) = model else {
+        return Ok((Verdict::Verified { hashes, head }, notes));
+    };
+    let (saved, meta) = model_file::load_with_metadata(model)?;
+    let last = record
+        .chain
+        .links
+        .last()
+        .context("the record has no links")?;
+    if chain::weights_digest(&saved) != last.weights {
+        return Ok((
+            Verdict::Differs {
+                what: format!(
+                    "{} does not hold the run's final weights (step {})",
+                    model.display(),
+                    last.step
+                ),
+            },
+            notes,
+        ));
+    }
+    match meta.get(MODEL_CHAIN_KEY) {
+        Some(c) if *c == chain::hex(&head) => {}
+        Some(c) => {
+            return Ok((
+                Verdict::Differs {
+                    what: format!(
+                        "{}'s chain value {c} is not the record's {}",
+                        model.display(),
+                        chain::hex(&head)
+                    ),
+                },
+                notes,
+            ))
+        }
+        None => notes.push(format!(
+            "{} carries no chain value (saved by another tool?); its weights match",
+            model.display()
+        )),
+    }
+    Ok((
+        Verdict::Verified {
+            hashes: hashes + 1,
+            head,
+        },
+        notes,
+    ))
+}
+
+/// Compares the record's links with the replay's, in order.
+fn compare(recorded: &Chain, replayed: &Chain) -> Verdict {
+    let mut last_good: Option<u64> = None;
+    for (i, want) in recorded.links.iter().enumerate() {
+        let Some(got) = replayed.links.get(i) else {
+            return Verdict::Differs {
+                what: format!(
+                    "the replay stopped at step {} but the record goes on to step {} (early stopping decided otherwise)",
+                    replayed.links.last().map_or(0, |l| l.step),
+                    want.step
+                ),
+            };
+        };
+        if got.step != want.step {
+            return Verdict::Differs {
+                what: format!(
+                    "link {i}: the record has step {}, the replay step {} (the flags or the data changed the run's length)",
+                    want.step, got.step
+                ),
+            };
+        }
+        if got.weights != want.weights || got.chain != want.chain {
+            let at = match want.epoch {
+                Some(e) => format!("step {} (the end of epoch {e})", want.step),
+                None => format!("step {}", want.step),
+            };
+            let what = match last_good {
+                None if want.step == 0 => {
+                    "the initial weights differ (seed, sizes or initialiser)".to_string()
+                }
+                None => format!("the weights differ from the first recorded link on, at {at}"),
+                Some(_) if got.weights == want.weights => format!(
+                    "the weights at {at} match but the chain does not: the record's earlier links were altered"
+                ),
+                Some(good) if want.step == good + 1 => {
+                    format!("the weights first differ at step {}", want.step)
+                }
+                Some(good) => format!(
+                    "the weights first differ at {at}: the first differing step is one of {}..={} (record with --record-every to pinpoint it)",
+                    good + 1,
+                    want.step
+                ),
+            };
+            return Verdict::Differs { what };
+        }
+        last_good = Some(want.step);
+    }
+    if replayed.links.len() > recorded.links.len() {
+        return Verdict::Differs {
+            what: format!(
+                "the record ends at step {} but the replay goes on to step {}",
+                recorded.links.last().map_or(0, |l| l.step),
+                replayed.links.last().map_or(0, |l| l.step)
+            ),
+        };
+    }
+    Verdict::Verified {
+        hashes: recorded.links.len(),
+        head: recorded.head(),
+    }
+}
+
+/// The record a run writes: its plan, data digests, init model and chain.
+pub fn of_run(
+    plan: &TrainingPlan,
+    data: Vec<(String, String)>,
+    init: Option<InitModel>,
+    chain: &Chain,
+) -> RunRecord {
+    RunRecord {
+        plan: TrainingPlan {
+            monitor: Default::default(),
+            ..plan.clone()
+        },
+        data,
+        init,
+        code_version: env!("CARGO_PKG_VERSION").to_string(),
+        chain: chain.clone(),
+    }
+}
+
+/// Saves `network` with the chain value that ties it to its record.
+///
+/// # Errors
+/// If the file cannot be written.
+pub fn save_model(path: &Path, network: &Network, chain: &Chain) -> anyhow::Result<()> {
+    model_file::save_with(
+        path,
+        network,
+        &[(MODEL_CHAIN_KEY, chain::hex(&chain.head()))],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain_of(steps: &[(u64, Option<usize>, u8)]) -> Chain {
+        let mut c = Chain::default();
+        for &(step, epoch, w) in steps {
+            let weights = [w; 32];
+            let value = chain::link_value(&c.head(), step, &weights);
+            c.links.push(chain::Link {
+                step,
+                epoch,
+                weights,
+                chain: value,
+            });
+        }
+        c
+    }
+
+    #[test]
+    fn the_first_differing_link_is_named_with_its_step_range() {
+        let recorded = chain_of(&[(0, None, 1), (100, Some(0), 2), (200, Some(1), 3)]);
+        assert!(matches!(
+            compare(&recorded, &recorded),
+            Verdict::Verified { hashes: 3, .. }
+        ));
+        let replayed = chain_of(&[(0, None, 1), (100, Some(0), 2), (200, Some(1), 9)]);
+        let Verdict::Differs { what } = compare(&recorded, &replayed) else {
+            panic!("not found")
+        };
+        assert!(
+            what.contains("101..=200") && what.contains("epoch 1"),
+            "{what}"
+        );
+        let every_step = chain_of(&[(0, None, 1), (1, None, 2), (2, None, 4)]);
+        let replayed = chain_of(&[(0, None, 1), (1, None, 2), (2, None, 5)]);
+        let Verdict::Differs { what } = compare(&every_step, &replayed) else {
+            panic!("not found")
+        };
+        assert_eq!(what, "the weights first differ at step 2");
+        let Verdict::Differs { what } = compare(&recorded, &chain_of(&[(0, None, 7)])) else {
+            panic!("not found")
+        };
+        assert!(what.contains("initial weights"), "{what}");
+    }
+
+    #[test]
+    fn records_round_trip_through_json_exactly() {
+        let plan = TrainingPlan {
+            eta: 0.1,
+            lambda: 5.0,
+            momentum: 0.3,
+            early_stop: Some(3),
+            eta_schedule: Some("halve:2:8".parse().unwrap()),
+            record_every: Some(50),
+            kernels: KernelSet::Portable,
+            ..TrainingPlan::default()
+        };
+        let record = of_run(
+            &plan,
+            vec![("train-images-idx3-ubyte".into(), "ab".repeat(32))],
+            Some(InitModel {
+                path: "start.safetensors".into(),
+                weights: [7; 32],
+            }),
+            &chain_of(&[(0, None, 1), (50, None, 2)]),
+        );
+        let text = serde_json::to_string(&record.to_json()).unwrap();
+        let back = RunRecord::from_json(&serde_json::from_str(&text).unwrap()).unwrap();
+        assert_eq!(back, record);
+        assert_eq!(back.plan.eta.to_bits(), 0.1f32.to_bits());
+    }
+}
