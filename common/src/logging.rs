@@ -90,3 +90,19 @@ mod tests {
         );
     }
 }
+
+/// A duration as people read it in messages: `3.2 s`, or `250.0 ms` under a
+/// second (where `{:?}` would print `3.157857399s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub std::time::Duration);
+
+impl std::fmt::Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.0.as_secs_f64();
+        if s >= 1.0 {
+            write!(f, "{s:.1} s")
+        } else {
+            write!(f, "{:.1} ms", s * 1000.0)
+        }
+    }
+}

@@ -132,8 +132,8 @@ impl pb::trainer_server::Trainer for TrainerService {
             .await
             .map_err(|_| {
                 Status::deadline_exceeded(format!(
-                    "no Hello within {:?} of opening the stream",
-                    self.hello_timeout
+                    "no Hello within {} of opening the stream",
+                    common::logging::Seconds(self.hello_timeout)
                 ))
             })?
             .map_err(inbound_error)?;

@@ -117,7 +117,7 @@ pub enum WorkerError {
         reason: String,
     },
     /// The coordinator could not be reached within the retry budget.
-    #[error("coordinator at {endpoint} unreachable for {waited:?}: {last_error}")]
+    #[error("coordinator at {endpoint} unreachable for {}: {last_error}", common::logging::Seconds(*.waited))]
     Unreachable {
         /// The address.
         endpoint: String,

@@ -21,7 +21,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     /// The coordinator ended the stream with a status.
-    #[error("coordinator said {}: {}", .0.code(), .0.message())]
+    #[error("coordinator said {:?}: {}", .0.code(), .0.message())]
     Status(Status),
     /// The coordinator sent something this worker cannot accept.
     #[error("bad message from the coordinator: {0}")]

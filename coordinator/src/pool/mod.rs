@@ -98,7 +98,7 @@ impl From<Violation> for Status {
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// No worker was left and none joined in time.
-    #[error("step {step}: no worker left and none joined within {waited:?}")]
+    #[error("step {step}: no worker left and none joined within {}", common::logging::Seconds(*.waited))]
     NoWorkers {
         /// The step that could not complete.
         step: StepId,
@@ -445,9 +445,9 @@ impl RemotePool {
     fn expire(&mut self, step: &mut Step<'_>) {
         for id in self.backlog.overdue(now(), self.timeouts.shard) {
             let msg = format!(
-                "no result for step {} within {:?}",
+                "no result for step {} within {}",
                 step.state.id(),
-                self.timeouts.shard
+                common::logging::Seconds(self.timeouts.shard)
             );
             self.evict(id, Status::deadline_exceeded(msg));
             self.release(step, id);
@@ -542,7 +542,7 @@ impl WorkerPool for RemotePool {
                 let wait = self.timeouts.wait_for_worker;
                 warn!(
                     step = id.0,
-                    ?wait,
+                    wait = %common::logging::Seconds(wait),
                     "no worker left; waiting for one to join"
                 );
                 match tokio::time::timeout(wait, self.events.recv()).await {
@@ -579,7 +579,7 @@ impl WorkerPool for RemotePool {
             self.assign(&mut step);
         }
         if step.reassigned > 0 {
-            info!(step = id.0, took = ?started.elapsed(), "step completed despite lost shards");
+            info!(step = id.0, took = %common::logging::Seconds(started.elapsed()), "step completed despite lost shards");
         }
         // The critical path: the worker that was busiest with this step.
         let (compute, worker_codec) = step
