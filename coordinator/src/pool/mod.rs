@@ -1017,7 +1017,7 @@ mod tests {
         let err = pool.run_step(StepId(7), &net, &shards()).await.unwrap_err();
         assert_eq!(
             err.to_string(),
-            "step 7: no worker left and none joined within 3s"
+            "step 7: no worker left and none joined within 3.0 s"
         );
     }
 }
