@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
 use common::chain::{self, Chain, Digest32};
 use common::cost::Cost;
 use common::dataset::{find_file, idx, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS};
@@ -21,6 +20,44 @@ use common::stopping::EtaSchedule;
 use common::trainer::{train_with_state, Quiet, RunState, TrainingPlan};
 use common::{model_file, Network};
 use serde_json::{json, Value};
+
+/// Why a record cannot be read, written or replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The record is not valid JSON or a field is missing or malformed.
+    #[error("{}: {why}", path.display())]
+    Malformed {
+        /// The record.
+        path: PathBuf,
+        /// Which field, and what is wrong.
+        why: String,
+    },
+    /// A data file is missing or unreadable.
+    #[error(transparent)]
+    Data(#[from] common::dataset::DataError),
+    /// A data file cannot be read.
+    #[error(transparent)]
+    Idx(#[from] common::dataset::IdxError),
+    /// A model file cannot be read or written.
+    #[error(transparent)]
+    Model(#[from] common::model_file::ModelFileError),
+    /// The run's kernel set cannot run on this CPU.
+    #[error("the run used kernel set {set}, which needs {feature}; this CPU lacks it, so it cannot replay the run")]
+    Kernels {
+        /// The run's set.
+        set: KernelSet,
+        /// The feature this CPU lacks.
+        feature: &'static str,
+    },
+}
 
 /// What a record's `format` field says.
 pub const FORMAT: &str = "nielsen-ddp run record 1";
@@ -56,7 +93,7 @@ pub struct RunRecord {
 ///
 /// # Errors
 /// If a file is missing or unreadable.
-pub fn data_digests(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+pub fn data_digests(dir: &Path) -> Result<Vec<(String, String)>, RecordError> {
     [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS]
         .into_iter()
         .map(|name| {
@@ -125,55 +162,55 @@ impl RunRecord {
     ///
     /// # Errors
     /// Naming the first field that is missing or malformed.
-    pub fn from_json(v: &Value) -> anyhow::Result<RunRecord> {
+    pub fn from_json(v: &Value) -> Result<RunRecord, String> {
         if v["format"] != FORMAT {
-            bail!(
+            return Err(format!(
                 "not a run record (format is {}, expected {FORMAT:?})",
                 v["format"]
-            );
+            ));
         }
         let f = &v["flags"];
-        let field = |key: &str| -> anyhow::Result<&Value> {
-            f.get(key)
-                .with_context(|| format!("flags.{key} is missing"))
+        let field = |key: &str| -> Result<&Value, String> {
+            f.get(key).ok_or_else(|| format!("flags.{key} is missing"))
         };
-        let uint = |key: &str| -> anyhow::Result<u64> {
+        let uint = |key: &str| -> Result<u64, String> {
             field(key)?
                 .as_u64()
-                .with_context(|| format!("flags.{key} is not a whole number"))
+                .ok_or_else(|| format!("flags.{key} is not a whole number"))
         };
-        let float = |key: &str| -> anyhow::Result<f32> {
+        let float = |key: &str| -> Result<f32, String> {
             let n = field(key)?;
             n.as_f64()
                 .and_then(|_| n.to_string().parse::<f32>().ok())
-                .with_context(|| format!("flags.{key} is not a number"))
+                .ok_or_else(|| format!("flags.{key} is not a number"))
         };
-        let text = |key: &str| -> anyhow::Result<&str> {
+        let text = |key: &str| -> Result<&str, String> {
             field(key)?
                 .as_str()
-                .with_context(|| format!("flags.{key} is not a string"))
+                .ok_or_else(|| format!("flags.{key} is not a string"))
         };
-        let optional_uint = |key: &str| -> anyhow::Result<Option<u64>> {
+        let optional_uint = |key: &str| -> Result<Option<u64>, String> {
             match field(key)? {
                 Value::Null => Ok(None),
                 n => n
                     .as_u64()
                     .map(Some)
-                    .with_context(|| format!("flags.{key} is not a whole number")),
+                    .ok_or_else(|| format!("flags.{key} is not a whole number")),
             }
         };
         let sizes = field("sizes")?
             .as_array()
-            .context("flags.sizes is not a list")?
+            .ok_or("flags.sizes is not a list".to_string())?
             .iter()
             .map(|s| s.as_u64().map(|s| s as usize))
             .collect::<Option<Vec<_>>>()
-            .context("flags.sizes holds something other than whole numbers")?;
-        anyhow::ensure!(
-            common::network::checked_parameter_count(&sizes, common::wire::MAX_PARAMETERS)
-                .is_some(),
-            "flags.sizes {sizes:?} is not a network this build trains"
-        );
+            .ok_or("flags.sizes holds something other than whole numbers".to_string())?;
+        if common::network::checked_parameter_count(&sizes, common::wire::MAX_PARAMETERS).is_none()
+        {
+            return Err(format!(
+                "flags.sizes {sizes:?} is not a network this build trains"
+            ));
+        }
         let plan = TrainingPlan {
             sizes,
             epochs: uint("epochs")? as usize,
@@ -181,9 +218,9 @@ impl RunRecord {
             eta: float("eta")?,
             shards: uint("shards")? as usize,
             seed: uint("seed")?,
-            cost: Cost::from_name(text("cost")?).context("flags.cost is not a cost")?,
+            cost: Cost::from_name(text("cost")?).ok_or("flags.cost is not a cost".to_string())?,
             init: Init::from_name(text("init_weights")?)
-                .context("flags.init_weights is not an initialiser")?,
+                .ok_or("flags.init_weights is not an initialiser".to_string())?,
             lambda: float("lambda")?,
             momentum: float("momentum")?,
             early_stop: optional_uint("early_stop")?.map(|n| n as usize),
@@ -191,45 +228,50 @@ impl RunRecord {
                 Value::Null => None,
                 s => Some(
                     s.as_str()
-                        .context("flags.eta_schedule is not a string")?
+                        .ok_or("flags.eta_schedule is not a string".to_string())?
                         .parse::<EtaSchedule>()
-                        .map_err(|e| anyhow::anyhow!("flags.eta_schedule: {e}"))?,
+                        .map_err(|e| format!("flags.eta_schedule: {e}"))?,
                 ),
             },
             monitor: Default::default(),
             kernels: KernelSet::from_name(text("kernels")?)
-                .context("flags.kernels is not a kernel set")?,
+                .ok_or("flags.kernels is not a kernel set".to_string())?,
             record_every: optional_uint("record_every")?,
         };
-        anyhow::ensure!(
-            plan.epochs > 0 && plan.batch_size > 0 && plan.shards > 0,
-            "flags: epochs, batch_size and shards must be positive"
-        );
+        if plan.epochs == 0 || plan.batch_size == 0 || plan.shards == 0 {
+            return Err("flags: epochs, batch_size and shards must be positive".into());
+        }
         let data = v["data_sha256"]
             .as_object()
-            .context("data_sha256 is missing")?
+            .ok_or("data_sha256 is missing".to_string())?
             .iter()
             .map(|(k, v)| {
                 Ok((
                     k.clone(),
-                    v.as_str().context("a data digest is not text")?.to_string(),
+                    v.as_str()
+                        .ok_or("a data digest is not text".to_string())?
+                        .to_string(),
                 ))
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, String>>()?;
         let init = match &v["init_model"] {
             Value::Null => None,
             i => Some(InitModel {
-                path: PathBuf::from(i["path"].as_str().context("init_model.path is missing")?),
+                path: PathBuf::from(
+                    i["path"]
+                        .as_str()
+                        .ok_or("init_model.path is missing".to_string())?,
+                ),
                 weights: i["weights_sha256"]
                     .as_str()
                     .and_then(chain::from_hex)
-                    .context("init_model.weights_sha256 is not 64 hex digits")?,
+                    .ok_or("init_model.weights_sha256 is not 64 hex digits".to_string())?,
             }),
         };
         let mut links = Vec::new();
         for (i, l) in v["links"]
             .as_array()
-            .context("links is missing")?
+            .ok_or("links is missing".to_string())?
             .iter()
             .enumerate()
         {
@@ -237,12 +279,12 @@ impl RunRecord {
                 l[key]
                     .as_str()
                     .and_then(chain::from_hex)
-                    .with_context(|| format!("links[{i}].{key} is not 64 hex digits"))
+                    .ok_or_else(|| format!("links[{i}].{key} is not 64 hex digits"))
             };
             links.push(chain::Link {
                 step: l["step"]
                     .as_u64()
-                    .with_context(|| format!("links[{i}].step is missing"))?,
+                    .ok_or_else(|| format!("links[{i}].step is missing"))?,
                 epoch: l["epoch"].as_u64().map(|e| e as usize),
                 weights: digest("weights_sha256")?,
                 chain: digest("chain")?,
@@ -261,22 +303,33 @@ impl RunRecord {
     ///
     /// # Errors
     /// If the file cannot be written.
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let text = serde_json::to_string_pretty(&self.to_json())? + "\n";
+    pub fn save(&self, path: &Path) -> Result<(), RecordError> {
+        let text = serde_json::to_string_pretty(&self.to_json()).expect("JSON serialises") + "\n";
+        let io = |source| RecordError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let tmp = path.with_extension("record.tmp");
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
     }
 
     /// Reads a record file.
     ///
     /// # Errors
     /// If it cannot be read or is not a valid record.
-    pub fn load(path: &Path) -> anyhow::Result<RunRecord> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let v: Value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{}: not JSON", path.display()))?;
-        RunRecord::from_json(&v).with_context(|| format!("{}", path.display()))
+    pub fn load(path: &Path) -> Result<RunRecord, RecordError> {
+        let malformed = |why: String| RecordError::Malformed {
+            path: path.to_path_buf(),
+            why,
+        };
+        let bytes = std::fs::read(path).map_err(|source| RecordError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let v: Value =
+            serde_json::from_slice(&bytes).map_err(|e| malformed(format!("not JSON: {e}")))?;
+        RunRecord::from_json(&v).map_err(malformed)
     }
 }
 
@@ -311,13 +364,13 @@ pub fn verify(
     data_dir: &Path,
     model: Option<&Path>,
     init: Option<&Path>,
-) -> anyhow::Result<(Verdict, Vec<String>)> {
+) -> Result<(Verdict, Vec<String>), RecordError> {
     let mut notes = Vec::new();
     if let Some(feature) = record.plan.kernels.missing_feature() {
-        bail!(
-            "the run used kernel set {}, which needs {feature}; this CPU lacks it, so it cannot replay the run",
-            record.plan.kernels
-        );
+        return Err(RecordError::Kernels {
+            set: record.plan.kernels,
+            feature,
+        });
     }
     if record.code_version != env!("CARGO_PKG_VERSION") {
         notes.push(format!(
@@ -371,7 +424,10 @@ pub fn verify(
         .chain
         .links
         .last()
-        .context("the record has no links")?;
+        .ok_or_else(|| RecordError::Malformed {
+            path: model.to_path_buf(),
+            why: "the record has no links".into(),
+        })?;
     if chain::weights_digest(&saved) != last.weights {
         return Ok((
             Verdict::Differs {
@@ -497,7 +553,7 @@ pub fn of_run(
 ///
 /// # Errors
 /// If the file cannot be written.
-pub fn save_model(path: &Path, network: &Network, chain: &Chain) -> anyhow::Result<()> {
+pub fn save_model(path: &Path, network: &Network, chain: &Chain) -> Result<(), RecordError> {
     model_file::save_with(
         path,
         network,

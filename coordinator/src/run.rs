@@ -241,7 +241,7 @@ impl Recording {
     /// Writes the record of a run of `plan` that has reached `state`.
     fn write(&self, plan: &common::trainer::TrainingPlan, state: &RunState) -> anyhow::Result<()> {
         let digests = record::data_digests(&self.data_dir)?;
-        record::of_run(plan, digests, self.init.clone(), &state.chain).save(&self.path)
+        Ok(record::of_run(plan, digests, self.init.clone(), &state.chain).save(&self.path)?)
     }
 }
 

@@ -1020,4 +1020,75 @@ mod tests {
             "step 7: no worker left and none joined within 3.0 s"
         );
     }
+
+    /// A worker whose every result is wrong, rejoining after each time it
+    /// is caught: the fraction of its results caught is the audit rate
+    /// (Binomial(n, p): within 4.5 standard deviations with probability
+    /// 1 − 7·10⁻⁶), and each step's gradients are the honest ones exactly
+    /// where it was caught.
+    #[tokio::test]
+    async fn audits_catch_a_fraction_p_of_corrupt_results() {
+        use common::kernels::KernelSet;
+        let (steps, p) = (1500u64, 0.1);
+        let net = Network::new(&SIZES, &mut init_rng(3));
+        let (tx, rx) = mpsc::channel(64);
+        let audit = Audit::with_key(p, common::cost::Cost::Quadratic, KernelSet::best(), 42);
+        let mut pool = RemotePool::new(rx, SIZES.to_vec(), timeouts(60), 0).with_audit(audit);
+        let liar = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut id = 0;
+                let mut inbox = join(&tx, 0..1).await.remove(0);
+                let mut caught = 0u64;
+                loop {
+                    match inbox.recv().await {
+                        Some(Ok(pb::CoordinatorMessage {
+                            kind: Some(Kind::Step(step)),
+                        })) => {
+                            for mut r in results_for(step) {
+                                let mut g = r.gradients.to_vec();
+                                g[0] ^= 1; // the lowest mantissa bit of the first value
+                                r.gradients = g.into();
+                                send(&tx, id, r).await;
+                            }
+                        }
+                        Some(Err(status)) => {
+                            assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
+                            caught += 1;
+                            id += 1;
+                            inbox = join(&tx, id..id + 1).await.remove(0);
+                        }
+                        _ => return caught,
+                    }
+                }
+            })
+        };
+        pool.wait_for_workers(1).await.unwrap();
+        let (shards, honest) = (shards(), expected(&net));
+        for s in 0..steps {
+            let out = pool.run_step(StepId(s), &net, &shards).await.unwrap();
+            for (i, g) in out.gradients.iter().enumerate() {
+                assert_eq!(
+                    g == &honest[i],
+                    audit.selects(s, i),
+                    "step {s} shard {i}: honest exactly where audited"
+                );
+            }
+        }
+        pool.shutdown("done");
+        drop(tx);
+        let caught = liar.await.unwrap();
+        let n = (steps * shards.len() as u64) as f64;
+        let stats = pool.stats();
+        assert_eq!(
+            stats.audited, stats.audit_failures,
+            "every result was wrong"
+        );
+        assert_eq!(stats.audit_failures, caught);
+        let (mean, sd) = (n * p, (n * p * (1.0 - p)).sqrt());
+        assert!(
+            (caught as f64 - mean).abs() <= 4.5 * sd,
+            "{caught} of {n} corrupt results caught; expected {mean} ± {sd:.1}"
+        );
+    }
 }
