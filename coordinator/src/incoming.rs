@@ -41,7 +41,11 @@ pub fn incoming(
             Ok(Guarded::new(Conn::Tcp(stream), deadline, stopping.clone()))
         })),
         Listener::Unix(l, _) => Box::pin(UnixListenerStream::new(l).map(move |accepted| {
-            Ok(Guarded::new(Conn::Unix(accepted?), deadline, stopping.clone()))
+            Ok(Guarded::new(
+                Conn::Unix(accepted?),
+                deadline,
+                stopping.clone(),
+            ))
         })),
     }
 }
@@ -76,7 +80,11 @@ impl AsyncRead for Conn {
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         on_conn!(self, s => Pin::new(s).poll_write(cx, buf))
     }
 

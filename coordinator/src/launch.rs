@@ -68,12 +68,7 @@ impl LocalWorkers {
         let mut children = Vec::with_capacity(count);
         for i in 0..count {
             let mut command = Command::new(binary);
-            command.args([
-                "--connect",
-                address,
-                "--name",
-                &format!("local-{i}"),
-            ]);
+            command.args(["--connect", address, "--name", &format!("local-{i}")]);
             match &credentials.token {
                 Some(token) => command.env("DDP_TOKEN", token),
                 None => command.env_remove("DDP_TOKEN"),

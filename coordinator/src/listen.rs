@@ -97,10 +97,9 @@ impl Listener {
     /// If the address cannot be bound.
     pub async fn bind(addr: &ListenAddr) -> io::Result<(Listener, SocketFile)> {
         match addr {
-            ListenAddr::Tcp(a) => Ok((
-                Listener::Tcp(TcpListener::bind(a).await?),
-                SocketFile(None),
-            )),
+            ListenAddr::Tcp(a) => {
+                Ok((Listener::Tcp(TcpListener::bind(a).await?), SocketFile(None)))
+            }
             ListenAddr::Unix(path) => {
                 remove_stale(path).await?;
                 let listener = UnixListener::bind(path)?;

@@ -214,7 +214,9 @@ pub async fn run(
             return Err(bad("expected unix:PATH, e.g. unix:/tmp/ddp.sock".into()));
         }
         if config.tls_ca.is_some() {
-            return Err(bad("TLS is not offered over a Unix socket; use https://HOST:PORT".into()));
+            return Err(bad(
+                "TLS is not offered over a Unix socket; use https://HOST:PORT".into(),
+            ));
         }
     } else {
         match endpoint.uri().scheme_str() {

@@ -56,7 +56,11 @@ impl Backlog {
 
     /// When the next worker becomes [`overdue`](Self::overdue), if any has work.
     pub fn deadline(&self, limit: Duration) -> Option<Instant> {
-        self.sent.values().filter_map(|q| q.front()).min().map(|&t| t + limit)
+        self.sent
+            .values()
+            .filter_map(|q| q.front())
+            .min()
+            .map(|&t| t + limit)
     }
 }
 
@@ -81,7 +85,11 @@ mod tests {
         assert_eq!(b.overdue(t0 + limit, limit), vec![A]);
         b.answered(A);
         b.answered(A);
-        assert_eq!(b.overdue(t0 + limit, limit), Vec::<WorkerId>::new(), "A's oldest is now 1 s old");
+        assert_eq!(
+            b.overdue(t0 + limit, limit),
+            Vec::<WorkerId>::new(),
+            "A's oldest is now 1 s old"
+        );
         assert_eq!(b.overdue(t0 + 2 * limit, limit), vec![A, B]);
         b.answered(A);
         b.answered(A); // an extra answer (a dishonest peer) changes nothing

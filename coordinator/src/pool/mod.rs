@@ -34,9 +34,9 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use tracing::{info, warn};
 
+pub use audit::Audit;
 use backlog::Backlog;
 use backup::{BackupPolicy, ShardTimes};
-pub use audit::Audit;
 use step::{judge_step_id, StepState, Verdict, Violation};
 
 /// Id the coordinator gives a worker's stream; unique within a run.
@@ -997,9 +997,16 @@ mod tests {
         let (got, ()) = tokio::join!(pool.run_step(StepId(STEP + 1), &net, &shards), answer);
         assert!(got.unwrap().gradients == expected(&net));
         let stats = pool.stats();
-        assert_eq!((stats.late, stats.refused, stats.rejected), (2, 0, 0), "{stats:?}");
+        assert_eq!(
+            (stats.late, stats.refused, stats.rejected),
+            (2, 0, 0),
+            "{stats:?}"
+        );
         assert_eq!(pool.live_workers(), 2);
-        assert!(inboxes[0].try_recv().is_err(), "the busy worker was sent nothing");
+        assert!(
+            inboxes[0].try_recv().is_err(),
+            "the busy worker was sent nothing"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -426,13 +426,19 @@ mod tests {
         s.complete(3); // B is done and idle; A still holds shard 2
         let now = t0 + after;
         assert_eq!(s.late(now, after), vec![2]);
-        assert!(s.plan_backups(now, after, &[A]).is_empty(), "never to its own holder");
+        assert!(
+            s.plan_backups(now, after, &[A]).is_empty(),
+            "never to its own holder"
+        );
         let plan = s.plan_backups(now, after, &[A, B, C]);
         assert_eq!(plan.len(), 1);
         assert_eq!(plan[&B], vec![2]);
         s.assign(B, &[2], now);
         assert_eq!(s.holders(2), vec![A, B]);
-        assert!(s.late(now + after, after).is_empty(), "one backup per shard");
+        assert!(
+            s.late(now + after, after).is_empty(),
+            "one backup per shard"
+        );
         assert_eq!(s.backup_due(after), None);
         // Either holder may answer; the first wins, the other is a duplicate.
         assert_eq!(s.judge(B, true, 5, 2), Verdict::Accept(2));

@@ -22,7 +22,8 @@ fn worker_processes_over_a_unix_socket_train_exactly_and_the_socket_is_removed()
     );
     let rx = lines(&mut coord);
     assert_eq!(address(&rx), listen);
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "only this user may connect");
     // worker_process prefixes http://; a Unix address is passed as it is.
     let mut workers: Vec<Guard> = (0..2)
@@ -38,13 +39,23 @@ fn worker_processes_over_a_unix_socket_train_exactly_and_the_socket_is_removed()
         .collect();
     let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
     let output = drain(&rx);
-    assert!(status.success(), "{status}: {output:?} {}", stderr_of(&mut coord));
+    assert!(
+        status.success(),
+        "{status}: {output:?} {}",
+        stderr_of(&mut coord)
+    );
     for w in &mut workers {
         let status = wait_exit(w, Duration::from_secs(30), "worker");
         assert!(status.success(), "worker exited {status}: {}", stderr_of(w));
     }
     assert!(!socket.exists(), "the coordinator removes its socket file");
-    assert_same_as_local(&dir, &out, 2, 2, "the Unix-socket cluster differs from --local");
+    assert_same_as_local(
+        &dir,
+        &out,
+        2,
+        2,
+        "the Unix-socket cluster differs from --local",
+    );
 }
 
 #[test]
@@ -53,7 +64,15 @@ fn spawned_workers_use_a_private_unix_socket_by_default() {
     let out = dir.join("model.safetensors");
     let mut coord = Guard(
         Command::new(binary("coordinator"))
-            .args(["--workers", "2", "--spawn-workers", "--epochs", "1", "--seed", "3"])
+            .args([
+                "--workers",
+                "2",
+                "--spawn-workers",
+                "--epochs",
+                "1",
+                "--seed",
+                "3",
+            ])
             .arg("--data-dir")
             .arg(fixture_dir())
             .arg("--out")
@@ -72,5 +91,11 @@ fn spawned_workers_use_a_private_unix_socket_by_default() {
     assert!(status.success(), "{status}: {output:?} {stderr}");
     assert!(stderr.contains("local workers exited clean=2"), "{stderr}");
     assert!(!std::path::Path::new(&addr["unix:".len()..]).exists());
-    assert_same_as_local(&dir, &out, 2, 1, "the spawned Unix-socket cluster differs from --local");
+    assert_same_as_local(
+        &dir,
+        &out,
+        2,
+        1,
+        "the spawned Unix-socket cluster differs from --local",
+    );
 }

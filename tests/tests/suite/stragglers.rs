@@ -27,10 +27,7 @@ fn a_paused_worker_process_is_backed_up_and_the_run_does_not_wait_for_it() {
     const EPOCHS: usize = 6;
     let dir = tempdir("pause");
     let out = dir.join("model.safetensors");
-    let mut coord = coordinator(
-        &["--workers", "4", "--epochs", &EPOCHS.to_string()],
-        &out,
-    );
+    let mut coord = coordinator(&["--workers", "4", "--epochs", &EPOCHS.to_string()], &out);
     let rx = lines(&mut coord);
     let addr = address(&rx);
     let mut paused = worker_process(&addr, "paused", &[]);
@@ -52,7 +49,9 @@ fn a_paused_worker_process_is_backed_up_and_the_run_does_not_wait_for_it() {
             Ok(line) => seen.push(line),
             Err(e) => {
                 signal(&paused, "CONT");
-                panic!("no line for the last epoch while a worker was paused ({e}); so far {seen:?}")
+                panic!(
+                    "no line for the last epoch while a worker was paused ({e}); so far {seen:?}"
+                )
             }
         }
     }
@@ -72,7 +71,11 @@ fn a_paused_worker_process_is_backed_up_and_the_run_does_not_wait_for_it() {
     // Woken up, the paused worker answers late (harmlessly) and exits with the others.
     for (i, w) in std::iter::once(&mut paused).chain(&mut steady).enumerate() {
         let status = wait_exit(w, Duration::from_secs(30), "worker");
-        assert!(status.success(), "worker {i} exited {status}: {}", stderr_of(w));
+        assert!(
+            status.success(),
+            "worker {i} exited {status}: {}",
+            stderr_of(w)
+        );
     }
     assert_same_as_local(
         &dir,
