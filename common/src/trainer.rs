@@ -206,6 +206,8 @@ pub struct EpochReport {
     pub workers: usize,
     /// Shards recomputed by another worker during the epoch (lost or rejected results).
     pub recomputed: u64,
+    /// Backup copies of late shards sent to idle workers during the epoch.
+    pub backups: u64,
 }
 
 impl EpochReport {
@@ -454,6 +456,7 @@ pub fn epoch_report(
         step_times,
         workers: 0,
         recomputed: 0,
+        backups: 0,
     }
 }
 

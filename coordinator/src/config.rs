@@ -14,6 +14,7 @@ use common::trainer::{Monitor, TrainingPlan};
 use common::auth::Token;
 
 use crate::checkpoint::Checkpoint;
+use crate::listen::ListenAddr;
 use crate::training::Checkpointing;
 
 /// Flags of `coordinator train` (also accepted with no subcommand).
@@ -21,9 +22,12 @@ use crate::training::Checkpointing;
 /// `[784,30,10]`, batch 10, eta 3.0, about 95% test accuracy.
 #[derive(Debug, Clone, clap::Parser)]
 pub struct Args {
-    /// Address to serve gRPC on: IP:PORT or HOST:PORT (`localhost:50051`).
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    pub listen: String,
+    /// Address to serve gRPC on: IP:PORT or HOST:PORT (`localhost:50051`),
+    /// or a Unix socket for workers on this host, unix:PATH (created 0600)
+    /// [default: 127.0.0.1:50051; with --spawn-workers and no TLS, a Unix
+    /// socket in the temporary directory].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
     /// Workers to wait for before training starts.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -186,6 +190,16 @@ pub struct Args {
     /// its shards are recomputed by the others (catches silent workers).
     #[arg(long, default_value_t = 30.0)]
     pub shard_timeout: f64,
+    /// Stragglers: a shard unanswered for max(--backup-floor, FACTOR x the
+    /// p99 of the last 512 shard round trips) is late, and a copy goes to an
+    /// idle worker; the first result wins (the copies are bitwise identical,
+    /// so the model cannot change). Busy workers get no new shards. 0 turns
+    /// backups off (a straggler is then waited for, up to --shard-timeout).
+    #[arg(long, default_value_t = 4.0, value_name = "FACTOR")]
+    pub backup_factor: f64,
+    /// Seconds: the backup threshold never goes below this.
+    #[arg(long, default_value_t = 0.002, value_name = "SECONDS")]
+    pub backup_floor: f64,
     /// Fraction of shards (0 to 1) the coordinator recomputes itself and
     /// compares bit for bit with the worker's result; a worker whose result
     /// differs is dropped and the recomputed gradients are used. A worker
@@ -274,6 +288,8 @@ pub struct Config {
     pub wait_timeout: Duration,
     /// How long a worker may take for a shard before its shards go to others.
     pub shard_timeout: Duration,
+    /// When a late shard gets a backup copy on an idle worker.
+    pub backup: crate::pool::backup::BackupPolicy,
     /// Fraction of shards the coordinator recomputes and compares.
     pub audit_rate: f64,
     /// HTTP/2 keepalive interval; the ping timeout is twice this.
@@ -527,21 +543,23 @@ const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 
 impl Args {
     /// The address `--listen` names, resolved (a host name resolves to its
-    /// first address).
+    /// first address), or its default.
     ///
     /// # Errors
     /// [`ConfigError::Listen`] if it is not HOST:PORT or does not resolve.
-    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        use std::net::ToSocketAddrs;
-        let unresolved = |why: String| ConfigError::Listen {
-            value: self.listen.clone(),
-            why,
-        };
-        self.listen
-            .to_socket_addrs()
-            .map_err(|e| unresolved(format!("expected IP:PORT or HOST:PORT ({e})")))?
-            .next()
-            .ok_or_else(|| unresolved("the host name has no address".into()))
+    pub fn listen_addr(&self) -> Result<ListenAddr, ConfigError> {
+        match &self.listen {
+            Some(value) => ListenAddr::parse(value).map_err(|why| ConfigError::Listen {
+                value: value.clone(),
+                why,
+            }),
+            // Spawned workers share this host: a private Unix socket, unless
+            // they must speak TLS (which tonic does not offer over Unix sockets).
+            None if self.spawn_workers && self.tls_cert.is_none() => {
+                Ok(ListenAddr::private_socket())
+            }
+            None => Ok(ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 50051)))),
+        }
     }
 
     /// Checks every flag and builds the run configuration.
@@ -615,9 +633,10 @@ impl Args {
             .transpose()
             .map_err(|e| ConfigError::Token(e.to_string()))?;
         let listen = self.listen_addr()?;
-        if token.is_none() && !listen.ip().is_loopback() && !self.insecure_no_token && !self.local {
+        if token.is_none() && !listen.is_local() && !self.insecure_no_token && !self.local {
             return Err(ConfigError::Token(format!(
-                "listening on {listen} (beyond loopback) needs a token (--token or DDP_TOKEN), or --insecure-no-token to accept anyone",
+                "listening on {} (beyond loopback) needs a token (--token or DDP_TOKEN), or --insecure-no-token to accept anyone",
+                self.listen.as_deref().unwrap_or_default()
             )));
         }
         if self.checkpoint_every == Some(0) {
@@ -647,6 +666,20 @@ impl Args {
                 "must be a number of seconds > 0, at most a year",
             ));
         }
+        if !(self.backup_factor.is_finite() && (0.0..=1e6).contains(&self.backup_factor)) {
+            return Err(range(
+                "backup-factor",
+                &self.backup_factor,
+                "must be 0 (off) or a positive multiple of the p99, at most 1e6",
+            ));
+        }
+        if !(0.0..=MAX_SECONDS).contains(&self.backup_floor) {
+            return Err(range(
+                "backup-floor",
+                &self.backup_floor,
+                "must be a number of seconds from 0 to a year",
+            ));
+        }
         Ok(Config {
             plan: TrainingPlan {
                 sizes,
@@ -668,6 +701,10 @@ impl Args {
             workers: self.workers,
             wait_timeout: Duration::from_secs_f64(self.wait_timeout),
             shard_timeout: Duration::from_secs_f64(self.shard_timeout),
+            backup: crate::pool::backup::BackupPolicy {
+                factor: self.backup_factor,
+                floor: Duration::from_secs_f64(self.backup_floor),
+            },
             audit_rate: self.audit_rate,
             keepalive: Duration::from_secs_f64(self.keepalive),
             checkpoint: self.checkpoint.clone().map(|path| Checkpointing {

@@ -1,4 +1,4 @@
-//! Accepted connections, with a deadline for their first bytes.
+//! Accepted connections (TCP or Unix socket), with a deadline for their first bytes.
 //!
 //! hyper waits for a new connection's HTTP/2 preface with no time limit, and
 //! a graceful stop waits for connections still in that handshake. So one
@@ -14,36 +14,119 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::listen::Listener;
 
 /// Length of the HTTP/2 client connection preface.
 pub const PREFACE_BYTES: usize = 24;
 
-/// Every connection accepted on `listener`, with `TCP_NODELAY` set (without
-/// it, Nagle turns a 0.3 ms round trip into tens of ms) and a `deadline` for
-/// its first bytes. When `stopping` turns true, connections that have not
-/// sent them yet are closed.
+/// Every connection accepted on `listener`, TCP ones with `TCP_NODELAY` set
+/// (without it, Nagle turns a 0.3 ms round trip into tens of ms), with a
+/// `deadline` for its first bytes. When `stopping` turns true, connections
+/// that have not sent them yet are closed.
 pub fn incoming(
-    listener: TcpListener,
+    listener: Listener,
     deadline: Duration,
     stopping: watch::Receiver<bool>,
-) -> impl Stream<Item = io::Result<Guarded>> {
-    TcpListenerStream::new(listener).map(move |accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(Guarded::new(stream, deadline, stopping.clone()))
-    })
+) -> Pin<Box<dyn Stream<Item = io::Result<Guarded>> + Send>> {
+    match listener {
+        Listener::Tcp(l) => Box::pin(TcpListenerStream::new(l).map(move |accepted| {
+            let stream = accepted?;
+            stream.set_nodelay(true)?;
+            Ok(Guarded::new(Conn::Tcp(stream), deadline, stopping.clone()))
+        })),
+        Listener::Unix(l, _) => Box::pin(UnixListenerStream::new(l).map(move |accepted| {
+            Ok(Guarded::new(
+                Conn::Unix(accepted?),
+                deadline,
+                stopping.clone(),
+            ))
+        })),
+    }
+}
+
+/// An accepted connection of either kind.
+#[derive(Debug)]
+pub enum Conn {
+    /// Over TCP.
+    Tcp(TcpStream),
+    /// Over a Unix socket.
+    Unix(UnixStream),
+}
+
+/// Forwards a poll to the stream inside a [`Conn`].
+macro_rules! on_conn {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Conn::Tcp($s) => $e,
+            Conn::Unix($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        on_conn!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        on_conn!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        on_conn!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Tcp(s) => s.is_write_vectored(),
+            Conn::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_conn!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_conn!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+impl Conn {
+    /// The peer, for logs: its address over TCP, none over a Unix socket.
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Conn::Tcp(s) => s.peer_addr().ok(),
+            Conn::Unix(_) => None,
+        }
+    }
 }
 
 type Expiry = Pin<Box<dyn std::future::Future<Output = &'static str> + Send>>;
 
-/// A TCP stream that fails its reads if its first bytes come too late.
+/// A connection that fails its reads if its first bytes come too late.
 pub struct Guarded {
-    inner: TcpStream,
+    inner: Conn,
     /// Bytes still expected before the peer counts as speaking; 0 once it has.
     awaiting: usize,
     /// Resolves, with the reason, when the wait for those bytes is over.
@@ -51,7 +134,7 @@ pub struct Guarded {
 }
 
 impl Guarded {
-    fn new(inner: TcpStream, deadline: Duration, mut stopping: watch::Receiver<bool>) -> Self {
+    fn new(inner: Conn, deadline: Duration, mut stopping: watch::Receiver<bool>) -> Self {
         let expiry: Expiry = Box::pin(async move {
             tokio::select! {
                 () = tokio::time::sleep(deadline) => "no handshake bytes within the deadline",
@@ -67,10 +150,17 @@ impl Guarded {
 }
 
 impl Connected for Guarded {
+    /// The TCP addresses (none over a Unix socket): what interceptors log.
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        match &self.inner {
+            Conn::Tcp(s) => s.connect_info(),
+            Conn::Unix(_) => TcpConnectInfo {
+                local_addr: None,
+                remote_addr: None,
+            },
+        }
     }
 }
 
@@ -84,7 +174,7 @@ impl AsyncRead for Guarded {
             if let Poll::Ready(why) = expiry.as_mut().poll(cx) {
                 self.expiry = None;
                 self.awaiting = usize::MAX; // stays failed
-                tracing::debug!(peer = ?self.inner.peer_addr().ok(), why, "connection closed");
+                tracing::debug!(peer = ?self.inner.peer(), why, "connection closed");
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
             }
         } else if self.awaiting == usize::MAX {

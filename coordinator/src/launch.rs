@@ -2,7 +2,6 @@
 //! Children are killed if the coordinator drops them (`kill_on_drop`), so an
 //! error or Ctrl-C never leaves orphans behind.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,33 +61,23 @@ pub fn sibling_worker_binary() -> Result<PathBuf, LaunchError> {
 }
 
 impl LocalWorkers {
-    /// Starts `count` workers of `binary` connecting to `addr` with
-    /// `credentials`; their stderr goes line by line to `log` if given,
-    /// else to this process's stderr.
+    /// Starts `count` workers of `binary` connecting to `address` (as
+    /// `worker --connect` takes it) with `credentials`; their stderr goes
+    /// line by line to `log` if given, else to this process's stderr.
     ///
     /// # Errors
     /// [`LaunchError::Spawn`]; workers already started are killed.
     pub fn spawn(
         binary: &PathBuf,
         count: usize,
-        addr: SocketAddr,
+        address: &str,
         credentials: &Credentials,
         log: Option<LogSink>,
     ) -> Result<Self, LaunchError> {
         let mut children = Vec::with_capacity(count);
-        let scheme = if credentials.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
         for i in 0..count {
             let mut command = Command::new(binary);
-            command.args([
-                "--connect",
-                &format!("{scheme}://{addr}"),
-                "--name",
-                &format!("local-{i}"),
-            ]);
+            command.args(["--connect", address, "--name", &format!("local-{i}")]);
             match &credentials.token {
                 Some(token) => command.env("DDP_TOKEN", token),
                 None => command.env_remove("DDP_TOKEN"),
@@ -121,7 +110,7 @@ impl LocalWorkers {
             }
             children.push(child);
         }
-        info!(count, %addr, "started local workers");
+        info!(count, address, "started local workers");
         Ok(Self { children })
     }
 

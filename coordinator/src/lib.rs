@@ -14,6 +14,8 @@
 //! - [`record`]: the run record (flags, data digests, hash chain) and `verify`;
 //! - [`run`]: one training run from flags to summary (what `coordinator train` does);
 //! - [`launch`]: local worker processes for the one-command cluster;
+//! - [`listen`], [`incoming`]: where it listens (TCP, or a Unix socket for
+//!   workers on this host) and the connections it accepts;
 //! - [`ui`], [`report`]: progress bar, epoch lines, metrics CSV, accuracy plot;
 //! - [`dashboard`]: the live page (`--dashboard`), `/metrics` for Prometheus,
 //!   and [`trace`], the `--trace` step timeline, all fed by the pool's
@@ -31,6 +33,7 @@ pub mod dashboard;
 pub mod digits;
 pub mod incoming;
 pub mod launch;
+pub mod listen;
 pub mod pool;
 pub mod record;
 pub mod report;
@@ -51,7 +54,6 @@ use common::dataset::Mnist;
 use common::pb::trainer_server::TrainerServer;
 use common::trainer::{EpochReport, Progress, RunState};
 use common::{wire, Network};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
@@ -122,7 +124,7 @@ pub enum CoordinatorError {
     Data(anyhow::Error),
 }
 
-/// Serves the trainer on `listener` until the run in `config` finishes or
+/// Serves the trainer on `listener` (TCP or a Unix socket) until the run in `config` finishes or
 /// `shutdown` completes, then tells the workers to exit and stops the server.
 ///
 /// The server answers health checks and reflection from the start; the
@@ -134,13 +136,21 @@ pub enum CoordinatorError {
 /// # Errors
 /// [`CoordinatorError`] if the run cannot finish.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<listen::Listener>,
     config: Config,
     data: impl Future<Output = anyhow::Result<Arc<Mnist>>>,
     shutdown: impl Future<Output = ()>,
     progress: impl Progress,
 ) -> Result<RunSummary, CoordinatorError> {
-    serve_with(listener, config, data, shutdown, progress, pool::Observer::none()).await
+    serve_with(
+        listener,
+        config,
+        data,
+        shutdown,
+        progress,
+        pool::Observer::none(),
+    )
+    .await
 }
 
 /// [`serve`], with the worker pool reporting what it does to `observer`
@@ -149,7 +159,7 @@ pub async fn serve(
 /// # Errors
 /// [`CoordinatorError`] if the run cannot finish.
 pub async fn serve_with(
-    listener: TcpListener,
+    listener: impl Into<listen::Listener>,
     config: Config,
     data: impl Future<Output = anyhow::Result<Arc<Mnist>>>,
     shutdown: impl Future<Output = ()>,
@@ -176,7 +186,7 @@ pub async fn serve_with(
     // The health service stays open to probes; the trainer checks the token.
     let trainer = InterceptedService::new(trainer, service::authenticate(config.token.clone()));
     let (stopping_tx, stopping) = watch::channel(false);
-    let incoming = incoming::incoming(listener, HANDSHAKE_TIMEOUT, stopping);
+    let incoming = incoming::incoming(listener.into(), HANDSHAKE_TIMEOUT, stopping);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {
@@ -221,6 +231,7 @@ pub async fn serve_with(
     let timeouts = pool::Timeouts {
         wait_for_worker: config.wait_timeout,
         shard: config.shard_timeout,
+        backup: config.backup,
     };
     let (mut network, mut position, mut state) = match config.resume.clone() {
         Some(c) => {

@@ -12,7 +12,7 @@ use plotters::prelude::*;
 /// The CSV columns, in order.
 /// `training_cost`, `training_accuracy` and `validation_cost` are empty when
 /// not monitored (`--monitor`); `eta` is the rate the epoch trained at.
-pub const CSV_HEADER: &str = "epoch,test_accuracy,validation_accuracy,training_cost,seconds,samples_per_sec,step_p50_ms,step_p99_ms,compute_p50_ms,codec_p50_ms,transport_p50_ms,reduce_p50_ms,workers,recomputed,training_accuracy,validation_cost,eta";
+pub const CSV_HEADER: &str = "epoch,test_accuracy,validation_accuracy,training_cost,seconds,samples_per_sec,step_p50_ms,step_p99_ms,compute_p50_ms,codec_p50_ms,transport_p50_ms,reduce_p50_ms,workers,recomputed,training_accuracy,validation_cost,eta,backups";
 
 /// A metrics file being written, one row per epoch, flushed after each.
 pub struct MetricsCsv {
@@ -53,7 +53,7 @@ pub fn csv_row(r: &EpochReport) -> String {
     let opt = |v: Option<f64>, digits: usize| v.map_or(String::new(), |v| format!("{v:.digits$}"));
     let s = &r.step_times;
     format!(
-        "{},{:.2},{:.2},{},{:.3},{:.0},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{},{}",
+        "{},{:.2},{:.2},{},{:.3},{:.0},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{},{},{}",
         r.epoch,
         r.test_accuracy(),
         r.validation_accuracy(),
@@ -70,7 +70,8 @@ pub fn csv_row(r: &EpochReport) -> String {
         r.recomputed,
         opt(r.training_accuracy(), 2),
         opt(r.validation_cost, 6),
-        r.eta
+        r.eta,
+        r.backups
     )
 }
 

@@ -10,11 +10,11 @@ use anyhow::Context;
 use common::model_file;
 use common::trainer::{EpochReport, RunState};
 use common::Network;
-use tokio::net::TcpListener;
 
 use crate::commands;
 use crate::dashboard::{self, Dashboard, Feed, Watched};
 use crate::launch::{sibling_worker_binary, Credentials, LocalWorkers};
+use crate::listen::Listener;
 use crate::pool::PoolStats;
 use crate::record::{self, RunRecord};
 use crate::ui::Ui;
@@ -140,10 +140,10 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
     }
 
     let listen = args.listen_addr()?;
-    let listener = TcpListener::bind(listen)
+    let (listener, _socket_file) = Listener::bind(&listen)
         .await
-        .with_context(|| format!("binding {listen}"))?;
-    let addr = listener.local_addr()?;
+        .with_context(|| format!("binding {listen:?}"))?;
+    let addr = listener.address()?;
     // First line of stdout, so scripts and tests can find a port chosen with :0.
     println!("Listening on {addr}");
     let dashboard = start_dashboard(&args, &config)?;
@@ -159,10 +159,15 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
         // Their log lines go through the bar, so they never tear it.
         let bar = bar.clone();
         let log = move |line: &str| bar.suspend(|| eprintln!("{line}"));
+        let scheme = if credentials.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Some(LocalWorkers::spawn(
             &sibling_worker_binary()?,
             config.workers,
-            addr,
+            &listener.worker_address(scheme)?,
             &credentials,
             Some(Arc::new(log)),
         )?)
@@ -379,6 +384,12 @@ fn finish(
         println!(
             "Faults absorbed: {} shards reassigned, {} results rejected, {} refused (protocol violations), {} late, {} duplicate",
             s.reassigned, s.rejected, s.refused, s.late, s.duplicate
+        );
+    }
+    if let Some(s) = stats.filter(|s| s.backups > 0) {
+        println!(
+            "Stragglers: {} late shards copied to idle workers, {} of the copies answered first",
+            s.backups, s.backups_won
         );
     }
     if let Some(s) = stats.filter(|s| s.audited > 0) {

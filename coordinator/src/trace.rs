@@ -197,7 +197,13 @@ impl TraceRecorder {
         for (&step, r) in &self.steps {
             if let Some((start, end, reduce)) = r.done {
                 let (s, e) = (self.us(start), self.us(end));
-                events.push(span(&format!("step {step}"), 0, s, e, json!({"step": step})));
+                events.push(span(
+                    &format!("step {step}"),
+                    0,
+                    s,
+                    e,
+                    json!({"step": step}),
+                ));
                 let first_send = r.messages.values().flatten().filter_map(|m| m.sent).min();
                 let last_result = r
                     .messages
@@ -211,7 +217,13 @@ impl TraceRecorder {
                     let b = self.us(b).clamp(a, reduce_start);
                     events.push(span("wait for results", 0, a, b, json!({"step": step})));
                 }
-                events.push(span("reduce/update", 0, reduce_start, e, json!({"step": step})));
+                events.push(span(
+                    "reduce/update",
+                    0,
+                    reduce_start,
+                    e,
+                    json!({"step": step}),
+                ));
             }
             for &(shard, from, at) in &r.reassigned {
                 events.push(json!({"ph": "i", "s": "t", "name": "reassign", "pid": 1, "tid": 0,
@@ -233,13 +245,30 @@ impl TraceRecorder {
                         .max(start);
                     track_end.insert(*id, end);
                     let shards = m.shards.clone();
-                    events.push(span(&format!("step {step}"), tid, start, end, json!({"step": step, "shards": shards})));
+                    events.push(span(
+                        &format!("step {step}"),
+                        tid,
+                        start,
+                        end,
+                        json!({"step": step, "shards": shards}),
+                    ));
                     if m.results.is_empty() {
-                        events.push(span("lost", tid, start, end, json!({"step": step, "shards": shards})));
+                        events.push(span(
+                            "lost",
+                            tid,
+                            start,
+                            end,
+                            json!({"step": step, "shards": shards}),
+                        ));
                         continue;
                     }
                     let window = end - start;
-                    let compute: u64 = m.results.iter().map(|x| x.2.as_micros() as u64).sum::<u64>().min(window);
+                    let compute: u64 = m
+                        .results
+                        .iter()
+                        .map(|x| x.2.as_micros() as u64)
+                        .sum::<u64>()
+                        .min(window);
                     let send_end = start + (window - compute) / 2;
                     events.push(span("send", tid, start, send_end, json!({"step": step})));
                     let mut t = send_end;

@@ -78,6 +78,7 @@ pub async fn run(
         let update = plan.update(eta, data.training.len());
         let start = Instant::now();
         let mut recomputed = 0;
+        let mut backups = 0;
         let mut workers = 0;
         let order = epoch_order(plan.seed, epoch, data.training.len());
         let total = order.len().div_ceil(plan.batch_size);
@@ -114,6 +115,7 @@ pub async fn run(
                 .chain
                 .after_step(position.step, plan.record_every, network);
             (recomputed, workers) = (recomputed + output.reassigned, output.workers);
+            backups += output.backups;
             let mut timing = output.timing;
             timing.codec += gathered;
             timing.reduce = reduce_start.elapsed();
@@ -163,6 +165,7 @@ pub async fn run(
         report.trained = samples;
         report.workers = workers;
         report.recomputed = recomputed;
+        report.backups = backups;
         progress.epoch(&report);
         reports.push(report);
     }
@@ -197,6 +200,7 @@ mod tests {
                 timing: Default::default(),
                 workers: 1,
                 reassigned: 0,
+                backups: 0,
             })
         }
     }

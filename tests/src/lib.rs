@@ -142,14 +142,15 @@ pub fn plan_for(epochs: usize, shards: usize, seed: u64) -> common::trainer::Tra
     }
 }
 
-/// A run configuration for tests: `plan` on `workers` workers, 30 s timeouts, 10 s keepalive,
-/// no checkpoint, token or TLS (override fields with struct update syntax).
+/// A run configuration for tests: `plan` on `workers` workers, 30 s timeouts,
+/// the default backups for stragglers, 10 s keepalive, no checkpoint, token or TLS (override fields with struct update syntax).
 pub fn test_config(plan: common::trainer::TrainingPlan, workers: usize) -> Config {
     Config {
         plan,
         workers,
         wait_timeout: Duration::from_secs(30),
         shard_timeout: Duration::from_secs(30),
+        backup: coordinator::pool::backup::BackupPolicy::DEFAULT,
         audit_rate: 0.0,
         keepalive: Duration::from_secs(10),
         checkpoint: None,

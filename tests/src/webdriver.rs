@@ -43,7 +43,9 @@ pub struct Browser {
 fn free_port() -> anyhow::Result<u16> {
     // chromedriver takes a port, not a listener: find a free one (a race
     // with other processes is possible but harmless: starting would fail loudly).
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl Browser {
@@ -51,7 +53,12 @@ impl Browser {
     ///
     /// # Errors
     /// If chromedriver does not come up within a minute or refuses the session.
-    pub fn start(chromium: &Path, driver: &Path, width: u32, height: u32) -> anyhow::Result<Browser> {
+    pub fn start(
+        chromium: &Path,
+        driver: &Path,
+        width: u32,
+        height: u32,
+    ) -> anyhow::Result<Browser> {
         let port = free_port()?;
         let child = std::process::Command::new(driver)
             .arg(format!("--port={port}"))
@@ -70,7 +77,10 @@ impl Browser {
             if ready {
                 break;
             }
-            anyhow::ensure!(Instant::now() < deadline, "chromedriver did not become ready");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "chromedriver did not become ready"
+            );
             // Polling chromedriver's readiness: it offers nothing to wait on.
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -82,7 +92,14 @@ impl Browser {
                          format!("--window-size={width},{height}")],
             },
         }}});
-        let r = http::request(addr, "POST", "/session", &[], Some(&caps.to_string()), TIMEOUT)?;
+        let r = http::request(
+            addr,
+            "POST",
+            "/session",
+            &[],
+            Some(&caps.to_string()),
+            TIMEOUT,
+        )?;
         let v: Value = serde_json::from_slice(&r.body).context("session answer")?;
         let Some(session) = v["value"]["sessionId"].as_str() else {
             bail!("no session: {v}");
@@ -98,7 +115,8 @@ impl Browser {
         let path = format!("/session/{}{path}", self.session);
         let body = body.map(|b| b.to_string());
         let r = http::request(self.addr, method, &path, &[], body.as_deref(), TIMEOUT)?;
-        let v: Value = serde_json::from_slice(&r.body).with_context(|| format!("{method} {path}"))?;
+        let v: Value =
+            serde_json::from_slice(&r.body).with_context(|| format!("{method} {path}"))?;
         if r.status != 200 {
             bail!("{method} {path}: {}: {v}", r.status);
         }
@@ -173,6 +191,13 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         let path = format!("/session/{}", self.session);
-        let _ = http::request(self.addr, "DELETE", &path, &[], None, Duration::from_secs(10));
+        let _ = http::request(
+            self.addr,
+            "DELETE",
+            &path,
+            &[],
+            None,
+            Duration::from_secs(10),
+        );
     }
 }

@@ -25,7 +25,8 @@ pub use session::SessionError;
 /// How a worker connects.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Coordinator address, e.g. `http://127.0.0.1:50051`.
+    /// Coordinator address, e.g. `http://127.0.0.1:50051`, or `unix:/path`
+    /// for a coordinator on this host listening on a Unix socket.
     pub endpoint: String,
     /// Name sent in Hello, for the coordinator's logs.
     pub name: String,
@@ -197,25 +198,39 @@ pub async fn run(
         endpoint: config.endpoint.clone(),
         reason,
     };
+    // unix:PATH is a coordinator on this host (its `--listen unix:PATH`).
+    let unix = config.endpoint.starts_with("unix:");
     // A bare HOST:PORT means plain HTTP/2, as `--listen` takes it.
-    let address = if config.endpoint.contains("://") {
+    let address = if config.endpoint.contains("://") || unix {
         config.endpoint.clone()
     } else {
         format!("http://{}", config.endpoint)
     };
     let mut endpoint = Endpoint::from_shared(address).map_err(|e| bad(e.to_string()))?;
     // Caught here, not after a minute of retries.
-    match endpoint.uri().scheme_str() {
-        Some("http" | "https") => {}
-        other => {
-            return Err(bad(format!(
-                "scheme {:?}: use http://HOST:PORT, https://HOST:PORT or HOST:PORT",
-                other.unwrap_or("")
-            )))
+    if unix {
+        let path = config.endpoint["unix:".len()..].trim_start_matches("//");
+        if path.is_empty() {
+            return Err(bad("expected unix:PATH, e.g. unix:/tmp/ddp.sock".into()));
         }
-    }
-    if endpoint.uri().host().is_none_or(str::is_empty) || endpoint.uri().port_u16().is_none() {
-        return Err(bad("expected HOST:PORT, e.g. 127.0.0.1:50051".into()));
+        if config.tls_ca.is_some() {
+            return Err(bad(
+                "TLS is not offered over a Unix socket; use https://HOST:PORT".into(),
+            ));
+        }
+    } else {
+        match endpoint.uri().scheme_str() {
+            Some("http" | "https") => {}
+            other => {
+                return Err(bad(format!(
+                    "scheme {:?}: use http://HOST:PORT, https://HOST:PORT, HOST:PORT or unix:PATH",
+                    other.unwrap_or("")
+                )))
+            }
+        }
+        if endpoint.uri().host().is_none_or(str::is_empty) || endpoint.uri().port_u16().is_none() {
+            return Err(bad("expected HOST:PORT, e.g. 127.0.0.1:50051".into()));
+        }
     }
     if let Some(ca) = &config.tls_ca {
         if endpoint.uri().scheme_str() != Some("https") {

@@ -10,7 +10,9 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "worker", version, about)]
 struct Args {
-    /// Coordinator address.
+    /// Coordinator address: http://HOST:PORT, https://HOST:PORT (with
+    /// --tls-ca), HOST:PORT, or unix:PATH for a coordinator on this host
+    /// listening on a Unix socket.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     connect: String,
     /// Name for the coordinator's logs [default: worker-<pid>].

@@ -98,7 +98,10 @@ impl Access {
         let Access::Token(t) = self else {
             return None;
         };
-        let mut slot = t.code.lock().expect("the login code lock is never poisoned");
+        let mut slot = t
+            .code
+            .lock()
+            .expect("the login code lock is never poisoned");
         if slot.as_deref().is_some_and(|c| same(c, code)) {
             *slot = None;
             Some(t.session.clone())
@@ -131,7 +134,10 @@ fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -252,7 +258,9 @@ fn unauthorized() -> Response<Body> {
 }
 
 fn sse(event: &str, data: &str) -> Result<Frame<Bytes>, Infallible> {
-    Ok(Frame::data(Bytes::from(format!("event: {event}\ndata: {data}\n\n"))))
+    Ok(Frame::data(Bytes::from(format!(
+        "event: {event}\ndata: {data}\n\n"
+    ))))
 }
 
 /// The event stream: the current documents at once, then each change, then
@@ -288,7 +296,10 @@ fn events(published: &Published) -> Response<Body> {
     });
     let mut r = Response::new(StreamBody::new(ReceiverStream::new(rx)).boxed());
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }

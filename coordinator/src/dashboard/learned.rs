@@ -6,8 +6,8 @@
 
 use base64::Engine;
 use common::cost::Cost;
-use common::kernels::KernelSet;
 use common::dataset::{Mnist, Samples, IMAGE_SIZE};
+use common::kernels::KernelSet;
 use common::network::argmax;
 use common::Network;
 
@@ -60,7 +60,8 @@ pub struct Learned {
 
 /// Mean `cost` of `network` over `samples`.
 pub fn mean_cost(network: &Network, samples: &Samples, cost: Cost, kernels: KernelSet) -> f64 {
-    common::trainer::cost_and_correct(network, samples, cost, kernels).0 / samples.len().max(1) as f64
+    common::trainer::cost_and_correct(network, samples, cost, kernels).0
+        / samples.len().max(1) as f64
 }
 
 /// The training samples the running cost is measured on.
@@ -174,7 +175,10 @@ mod tests {
         let total: u32 = l.confusion.iter().flatten().sum();
         assert_eq!(total as usize, data.test.len());
         let wrong = total - (0..10).map(|i| l.confusion[i][i]).sum::<u32>();
-        assert_eq!(l.misclassified.len(), (wrong as usize).min(MISCLASSIFIED_SHOWN));
+        assert_eq!(
+            l.misclassified.len(),
+            (wrong as usize).min(MISCLASSIFIED_SHOWN)
+        );
         assert!(l.misclassified.iter().all(|m| m.label != m.predicted));
     }
 }

@@ -97,9 +97,7 @@ impl Dashboard {
         let collector = Collector {
             state,
             metrics,
-            trace: options
-                .trace
-                .map(|t| TraceRecorder::new(t, Instant::now())),
+            trace: options.trace.map(|t| TraceRecorder::new(t, Instant::now())),
             run: options.run,
             data: None,
             sample: None,
@@ -206,9 +204,7 @@ impl Collector {
 
     fn publish(&mut self) {
         self.dirty = false;
-        let _ = self
-            .state_tx
-            .send(self.state.to_json().to_string().into());
+        let _ = self.state_tx.send(self.state.to_json().to_string().into());
     }
 
     fn write_trace(&mut self) {
@@ -290,8 +286,11 @@ impl Collector {
                 self.state.running_cost(step, cost);
             }
             Feed::Epoch(report) => {
-                self.metrics
-                    .epoch(report.epoch, report.test_accuracy() / 100.0, report.validation_accuracy() / 100.0);
+                self.metrics.epoch(
+                    report.epoch,
+                    report.test_accuracy() / 100.0,
+                    report.validation_accuracy() / 100.0,
+                );
                 self.state.epoch(&report);
             }
             Feed::Learned(l) => {

@@ -71,7 +71,11 @@ impl Metrics {
             m.step_seconds.clone(),
         );
         r.register("steps", "Steps applied", m.steps.clone());
-        r.register("samples", "Training samples in the applied steps", m.samples.clone());
+        r.register(
+            "samples",
+            "Training samples in the applied steps",
+            m.samples.clone(),
+        );
         r.register(
             "shards_reassigned",
             "Shards given to another worker after their owner left or failed",
@@ -133,7 +137,9 @@ impl Metrics {
     pub fn epoch(&self, epoch: usize, test: f64, validation: f64) {
         let label = vec![("epoch".to_string(), epoch.to_string())];
         self.test_accuracy.get_or_create(&label).set(test);
-        self.validation_accuracy.get_or_create(&label).set(validation);
+        self.validation_accuracy
+            .get_or_create(&label)
+            .set(validation);
         self.epochs.set(epoch as i64 + 1);
     }
 
@@ -215,8 +221,14 @@ mod tests {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         let classic = m.encode_text();
-        assert!(classic.contains("# TYPE ddp_steps_total counter\n"), "{classic}");
-        assert!(classic.contains("# HELP ddp_steps_total Steps applied.\n"), "{classic}");
+        assert!(
+            classic.contains("# TYPE ddp_steps_total counter\n"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# HELP ddp_steps_total Steps applied.\n"),
+            "{classic}"
+        );
         assert!(!classic.contains("# EOF"), "{classic}");
     }
 }

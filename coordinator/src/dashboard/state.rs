@@ -413,7 +413,8 @@ impl State {
             .iter()
             .map(|(id, w)| {
                 let busy = w.outstanding > 0
-                    || w.last_result.is_some_and(|t| now.duration_since(t) < BUSY_WINDOW);
+                    || w.last_result
+                        .is_some_and(|t| now.duration_since(t) < BUSY_WINDOW);
                 let state = w.gone.unwrap_or(if busy {
                     WorkerState::Computing
                 } else {

@@ -5,10 +5,19 @@
 //! came in. [`RemotePool`] is the registry of connected workers, fed by the
 //! gRPC service's [`WorkerEvent`]s. Its decisions (who gets which shard,
 //! whether a result may be applied, who is overdue) are made by the pure
-//! per-step state machine in [`step`]; this file turns them into messages,
-//! validates result payloads (through `wire`), and evicts workers.
+//! per-step state machine in [`step`], the cross-step record of what each
+//! worker has yet to answer in [`backlog`], and the straggler threshold in
+//! [`backup`]; this file turns them into messages, validates result payloads
+//! (through `wire`), and evicts workers.
+//!
+//! **Stragglers.** New shards go only to idle workers (nothing unanswered),
+//! and a shard unanswered for longer than the adaptive threshold of
+//! [`backup`] is copied to an idle worker: the first result wins. A paused
+//! or slow worker therefore costs the run about one threshold, not its pause.
 
 pub mod audit;
+pub mod backlog;
+pub mod backup;
 pub mod observer;
 pub mod step;
 
@@ -27,6 +36,8 @@ use tonic::Status;
 use tracing::{info, warn};
 
 pub use audit::Audit;
+use backlog::Backlog;
+use backup::{BackupPolicy, ShardTimes};
 pub use observer::{Observer, PoolEvent};
 use step::{judge_step_id, StepState, Verdict, Violation};
 
@@ -116,6 +127,8 @@ pub struct StepOutput {
     /// Shards handed to another worker during this step because their owner
     /// left or failed.
     pub reassigned: u64,
+    /// Backup copies of late shards sent during this step.
+    pub backups: u64,
 }
 
 /// Computes the shards of steps somewhere.
@@ -148,6 +161,10 @@ pub struct PoolStats {
     pub refused: u64,
     /// Shards given to another worker after theirs left or failed.
     pub reassigned: u64,
+    /// Backup copies of late shards sent to idle workers.
+    pub backups: u64,
+    /// Shards whose backup copy answered first.
+    pub backups_won: u64,
     /// Results the coordinator recomputed and compared (`--audit-rate`).
     pub audited: u64,
     /// Audited results that differed from the recomputation: the recomputed
@@ -169,6 +186,10 @@ pub struct RemotePool {
     stats: PoolStats,
     /// The id of the next step to be issued: results for it or later are violations.
     next_step: u64,
+    /// What each worker has yet to answer, across steps.
+    backlog: Backlog,
+    /// Recent shard times: when a shard is late enough for a backup.
+    times: ShardTimes,
     /// Which results to recompute and compare.
     audit: Audit,
     /// Who hears about joins, sends, results and reassignments.
@@ -176,13 +197,15 @@ pub struct RemotePool {
 }
 
 /// How long the pool waits, and for what.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timeouts {
     /// When no worker is left mid-step: how long to wait for one to join.
     pub wait_for_worker: Duration,
     /// How long a worker may take for a shard before it is dropped and its
     /// shards are given to others.
     pub shard: Duration,
+    /// When a late shard gets a backup copy on an idle worker.
+    pub backup: BackupPolicy,
 }
 
 /// One step in flight: the pure state plus what the pool needs to act on it.
@@ -198,6 +221,7 @@ struct Step<'a> {
     /// Per worker, its reported (compute, codec) time on accepted results.
     work: BTreeMap<WorkerId, (Duration, Duration)>,
     reassigned: u64,
+    backups: u64,
 }
 
 fn now() -> std::time::Instant {
@@ -220,6 +244,8 @@ impl RemotePool {
             timeouts,
             stats: PoolStats::default(),
             next_step: first_step,
+            backlog: Backlog::default(),
+            times: ShardTimes::new(timeouts.backup),
             audit: Audit::off(),
             observer: Observer::none(),
         }
@@ -316,6 +342,7 @@ impl RemotePool {
                 None
             }
             WorkerEvent::Left { id, reason } => {
+                self.backlog.forget(id);
                 if let Some(h) = self.workers.remove(&id) {
                     warn!(worker = %id, name = %h.name, %reason, live = self.workers.len(), "worker lost");
                     self.observer.emit(|| PoolEvent::Lost {
@@ -326,7 +353,11 @@ impl RemotePool {
                 }
                 None
             }
-            WorkerEvent::Result { id, result } => Some((id, result)),
+            WorkerEvent::Result { id, result } => {
+                // Whatever its verdict, it answers the worker's oldest copy.
+                self.backlog.answered(id);
+                Some((id, result))
+            }
         }
     }
 
@@ -355,6 +386,7 @@ impl RemotePool {
 
     /// Drops a worker, ending its stream with `status`.
     fn evict(&mut self, id: WorkerId, status: Status) {
+        self.backlog.forget(id);
         if let Some(h) = self.workers.remove(&id) {
             warn!(worker = %id, name = %h.name, code = ?status.code(), error = %status.message(), "worker evicted");
             self.observer.emit(|| PoolEvent::Evicted {
@@ -367,48 +399,91 @@ impl RemotePool {
     }
 
     /// Sends every open shard of `step` to a live worker, round-robin in
-    /// worker-id order, one `Step` message per worker.
+    /// worker-id order over the idle workers (over all of them when none is
+    /// idle), one `Step` message per worker.
     fn assign(&mut self, step: &mut Step<'_>) {
         loop {
-            let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+            let idle = self.idle_workers();
+            let ids = if idle.is_empty() {
+                self.workers.keys().copied().collect()
+            } else {
+                idle
+            };
             let plan = step.state.plan(&ids);
             if plan.is_empty() {
                 return;
             }
             for (id, shards) in plan {
-                let encode_start = Instant::now();
-                let msg = pb::Step {
-                    step_id: step.state.id(),
-                    weights: step.weights.clone(), // one buffer shared by all workers
-                    shards: shards
-                        .iter()
-                        .map(|&i| wire::encode_shard(ShardId(i as u32), &step.shards[i]))
-                        .collect(),
-                };
-                let msg = pb::CoordinatorMessage {
-                    kind: Some(coordinator_message::Kind::Step(msg)),
-                };
-                step.codec += encode_start.elapsed();
-                match self.workers[&id].outbox.try_send(Ok(msg)) {
-                    Ok(()) => {
-                        let at = now();
-                        self.observer.emit(|| PoolEvent::Sent {
-                            step: step.state.id(),
-                            worker: id,
-                            shards: shards.iter().map(|&i| i as u32).collect(),
-                            at,
-                        });
-                        step.state.assign(id, &shards, at);
-                    }
-                    Err(_) => {
-                        // Closed, or so far behind that its queue is full: treat it as gone.
-                        self.evict(
-                            id,
-                            Status::resource_exhausted("worker is not reading its stream"),
-                        );
-                        self.release(step, id);
-                    }
-                }
+                self.send(step, id, &shards);
+            }
+        }
+    }
+
+    /// Copies each late shard of `step` to an idle worker (see [`backup`]).
+    fn back_up(&mut self, step: &mut Step<'_>) {
+        let Some(after) = self.times.threshold() else {
+            return;
+        };
+        let idle = self.idle_workers();
+        if idle.is_empty() {
+            return;
+        }
+        for (id, shards) in step.state.plan_backups(now(), after, &idle) {
+            let holders: Vec<_> = shards.iter().map(|&i| step.state.holders(i)).collect();
+            if self.send(step, id, &shards) {
+                self.stats.backups += shards.len() as u64;
+                step.backups += shards.len() as u64;
+                tracing::debug!(step = step.state.id(), ?shards, ?holders, worker = %id, ?after, "late shards copied to an idle worker");
+            }
+        }
+    }
+
+    /// Live workers with nothing left to answer, in worker-id order.
+    fn idle_workers(&self) -> Vec<WorkerId> {
+        self.workers
+            .keys()
+            .copied()
+            .filter(|&w| self.backlog.is_idle(w))
+            .collect()
+    }
+
+    /// Sends `shards` of `step` to `id` in one `Step` message and records
+    /// it; a worker that cannot take it is evicted. Returns whether it was sent.
+    fn send(&mut self, step: &mut Step<'_>, id: WorkerId, shards: &[usize]) -> bool {
+        let encode_start = Instant::now();
+        let msg = pb::Step {
+            step_id: step.state.id(),
+            weights: step.weights.clone(), // one buffer shared by all workers
+            shards: shards
+                .iter()
+                .map(|&i| wire::encode_shard(ShardId(i as u32), &step.shards[i]))
+                .collect(),
+        };
+        let msg = pb::CoordinatorMessage {
+            kind: Some(coordinator_message::Kind::Step(msg)),
+        };
+        step.codec += encode_start.elapsed();
+        match self.workers[&id].outbox.try_send(Ok(msg)) {
+            Ok(()) => {
+                let now = now();
+                self.observer.emit(|| PoolEvent::Sent {
+                    step: step.state.id(),
+                    worker: id,
+                    shards: shards.iter().map(|&i| i as u32).collect(),
+                    at: now,
+                });
+                step.state.assign(id, shards, now);
+                self.backlog.sent(id, shards.len(), now);
+                true
+            }
+            Err(_) => {
+                // Closed, or so far behind that its queue is full: treat it as gone.
+                self.evict(
+                    id,
+                    Status::resource_exhausted("worker is not reading its stream"),
+                );
+                self.release(step, id);
+                false
             }
         }
     }
@@ -428,9 +503,10 @@ impl RemotePool {
         }
     }
 
-    /// Drops every worker holding a shard past its deadline; their shards go to others.
+    /// Drops every worker with a shard copy unanswered past the shard
+    /// timeout (of this step or an earlier one); their shards go to others.
     fn expire(&mut self, step: &mut Step<'_>) {
-        for id in step.state.overdue(now(), self.timeouts.shard) {
+        for id in self.backlog.overdue(now(), self.timeouts.shard) {
             let msg = format!(
                 "no result for step {} within {}",
                 step.state.id(),
@@ -476,6 +552,12 @@ impl RemotePool {
                             at: now(),
                         });
                         step.results[i] = Some(g);
+                        if let Some(since) = step.state.held_since(i, id) {
+                            self.times.record(now().saturating_duration_since(since));
+                        }
+                        if step.state.holders(i).first() != Some(&id) {
+                            self.stats.backups_won += 1;
+                        }
                         let work = step.work.entry(id).or_default();
                         work.0 += Duration::from_nanos(result.compute_nanos);
                         work.1 += Duration::from_nanos(result.codec_nanos);
@@ -527,6 +609,7 @@ impl WorkerPool for RemotePool {
             codec: Duration::ZERO,
             work: BTreeMap::new(),
             reassigned: 0,
+            backups: 0,
         };
         step.codec = encode_start.elapsed();
         self.next_step = id.0.saturating_add(1);
@@ -550,14 +633,11 @@ impl WorkerPool for RemotePool {
                     }
                 }
             } else {
-                let deadline = step
-                    .state
-                    .deadline(self.timeouts.shard)
-                    .map_or_else(Instant::now, Instant::from_std);
-                match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                match tokio::time::timeout_at(self.wake_at(&step), self.events.recv()).await {
                     Ok(event) => event,
                     Err(_) => {
                         self.expire(&mut step);
+                        self.back_up(&mut step);
                         self.assign(&mut step);
                         continue;
                     }
@@ -600,7 +680,27 @@ impl WorkerPool for RemotePool {
             },
             workers: self.workers.len(),
             reassigned: step.reassigned,
+            backups: step.backups,
         })
+    }
+}
+
+impl RemotePool {
+    /// When the step loop must act without an event: the first worker
+    /// becomes overdue, or (with an idle worker to take it) a shard becomes late.
+    fn wake_at(&self, step: &Step<'_>) -> Instant {
+        let overdue = self.backlog.deadline(self.timeouts.shard);
+        let late = match self.times.threshold() {
+            Some(after) if self.workers.keys().any(|&w| self.backlog.is_idle(w)) => {
+                step.state.backup_due(after)
+            }
+            _ => None,
+        };
+        let at = match (overdue, late) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or_else(|| now() + self.timeouts.shard),
+        };
+        Instant::from_std(at)
     }
 }
 
@@ -622,10 +722,12 @@ mod tests {
     /// The step every case runs; 6 is the step just finished.
     const STEP: u64 = 7;
 
+    /// No backups: these cases are about who may answer, not about time.
     fn timeouts(secs: u64) -> Timeouts {
         Timeouts {
             wait_for_worker: Duration::from_secs(secs),
             shard: Duration::from_secs(60),
+            backup: BackupPolicy::OFF,
         }
     }
 
@@ -888,6 +990,7 @@ mod tests {
             Timeouts {
                 wait_for_worker: Duration::from_secs(5),
                 shard: Duration::from_secs(2),
+                backup: BackupPolicy::OFF,
             },
             0,
         );
@@ -912,6 +1015,77 @@ mod tests {
         let got = got.unwrap();
         assert!(got.gradients == expected(&net));
         assert_eq!((pool.stats().reassigned, got.workers), (2, 1));
+    }
+
+    /// A worker that stalls (a paused process) past the backup threshold:
+    /// its shards are copied to the idle worker, the step completes with the
+    /// exact gradients and nobody is dropped; the next step goes to the idle
+    /// worker only, and the straggler's answers, when they come, are late,
+    /// not violations. Paused time: the threshold passes by advancing the clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_worker_is_backed_up_not_waited_for() {
+        let (tx, rx) = mpsc::channel(64);
+        let mut pool = RemotePool::new(
+            rx,
+            SIZES.to_vec(),
+            Timeouts {
+                wait_for_worker: Duration::from_secs(5),
+                shard: Duration::from_secs(30),
+                backup: BackupPolicy::DEFAULT,
+            },
+            STEP,
+        );
+        let mut inboxes = join(&tx, 0..2).await;
+        pool.wait_for_workers(2).await.unwrap();
+        let net = Network::new(&SIZES, &mut init_rng(1));
+        let shards = shards();
+        let (stalled, backups) = {
+            let (slow, fast) = inboxes.split_at_mut(1);
+            let answer = async {
+                let stalled = compute_next(&mut slow[0]).await; // worker 0 stalls with shards 0 and 2
+                for r in compute_next(&mut fast[0]).await {
+                    send(&tx, 1, r).await;
+                }
+                // After the threshold, worker 1 (idle) gets copies of 0 and 2.
+                let backups = compute_next(&mut fast[0]).await;
+                for r in backups.clone() {
+                    send(&tx, 1, r).await;
+                }
+                (stalled, backups)
+            };
+            let (got, out) = tokio::join!(pool.run_step(StepId(STEP), &net, &shards), answer);
+            let got = got.unwrap();
+            assert!(got.gradients == expected(&net));
+            assert_eq!((got.backups, got.reassigned, got.workers), (2, 0, 2));
+            out
+        };
+        assert_eq!(
+            backups.iter().map(|r| r.shard_id).collect::<Vec<_>>(),
+            vec![0, 2]
+        );
+        assert_eq!((pool.stats().backups, pool.stats().backups_won), (2, 2));
+        // The next step: worker 0 still owes two answers, so it gets nothing.
+        let answer = async {
+            for r in stalled {
+                send(&tx, 0, r).await; // it wakes up: late, harmless
+            }
+            for r in compute_next(&mut inboxes[1]).await {
+                send(&tx, 1, r).await;
+            }
+        };
+        let (got, ()) = tokio::join!(pool.run_step(StepId(STEP + 1), &net, &shards), answer);
+        assert!(got.unwrap().gradients == expected(&net));
+        let stats = pool.stats();
+        assert_eq!(
+            (stats.late, stats.refused, stats.rejected),
+            (2, 0, 0),
+            "{stats:?}"
+        );
+        assert_eq!(pool.live_workers(), 2);
+        assert!(
+            inboxes[0].try_recv().is_err(),
+            "the busy worker was sent nothing"
+        );
     }
 
     #[tokio::test(start_paused = true)]

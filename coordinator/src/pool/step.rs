@@ -1,14 +1,17 @@
-//! One step in flight, as a pure state machine: which worker owns each
-//! shard, which shards are done, which are overdue, and whether a result may
-//! be applied. No tokio, no protobuf, no gRPC status: time comes in as an
+//! One step in flight, as a pure state machine: which workers hold each
+//! shard, which shards are done, which are late enough for a backup copy,
+//! and whether a result may be applied. No tokio, no protobuf, no gRPC status: time comes in as an
 //! argument and decisions go out as values, so every rule is tested with a
 //! table of cases (see the tests below) and the pool (`mod.rs`) only turns
 //! decisions into messages.
 //!
 //! **The ownership rule** lives in [`StepState::judge`]: a result is applied
-//! only if it is for the step in flight, for one of its shards, from the
-//! worker that shard is assigned to now, and the shard is not done yet. A
-//! worker that left or was evicted owns nothing ([`StepState::release`]).
+//! only if it is for the step in flight, for one of its shards, from a
+//! worker that holds that shard now, and the shard is not done yet. A shard
+//! has one holder, its owner, or two once a straggler's shard has been
+//! copied to an idle worker ([`StepState::plan_backups`]): either may answer,
+//! the first valid result wins, and the copies are bitwise identical. A
+//! worker that left or was evicted holds nothing ([`StepState::release`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -80,13 +83,12 @@ pub fn judge_step_id(step: u64, current: u64) -> Option<Verdict> {
 #[derive(Debug, Clone)]
 pub struct StepState {
     id: u64,
-    /// Per shard, the worker it is assigned to now (`None`: not assigned, or
-    /// its owner left before answering).
-    owner: Vec<Option<WorkerId>>,
+    /// Per shard, the workers holding a copy now and when each got it: none
+    /// (not assigned, or every holder left before answering), one (its
+    /// owner), or two (its owner and a backup, see [`StepState::plan_backups`]).
+    holders: Vec<Vec<(WorkerId, Instant)>>,
     /// Per shard, whether its result has been kept.
     done: Vec<bool>,
-    /// Per shard, when it was last handed out.
-    assigned_at: Vec<Option<Instant>>,
 }
 
 impl StepState {
@@ -94,9 +96,8 @@ impl StepState {
     pub fn new(id: u64, shards: usize) -> Self {
         Self {
             id,
-            owner: vec![None; shards],
+            holders: vec![Vec::new(); shards],
             done: vec![false; shards],
-            assigned_at: vec![None; shards],
         }
     }
 
@@ -110,15 +111,24 @@ impl StepState {
         self.done.iter().all(|&d| d)
     }
 
-    /// The current owner of `shard`.
-    pub fn owner(&self, shard: usize) -> Option<WorkerId> {
-        self.owner[shard]
+    /// The workers that hold `shard` now (a done shard keeps its record), in
+    /// the order they got it.
+    pub fn holders(&self, shard: usize) -> Vec<WorkerId> {
+        self.holders[shard].iter().map(|&(w, _)| w).collect()
+    }
+
+    /// When `worker` was handed `shard`, if it holds it.
+    pub fn held_since(&self, shard: usize, worker: WorkerId) -> Option<Instant> {
+        self.holders[shard]
+            .iter()
+            .find(|&&(w, _)| w == worker)
+            .map(|&(_, t)| t)
     }
 
     /// Shards that are neither done nor assigned.
     pub fn open(&self) -> Vec<usize> {
         (0..self.done.len())
-            .filter(|&i| !self.done[i] && self.owner[i].is_none())
+            .filter(|&i| !self.done[i] && self.holders[i].is_empty())
             .collect()
     }
 
@@ -139,17 +149,71 @@ impl StepState {
         batches
     }
 
-    /// Records that `shards` were sent to `worker` at `now`.
+    /// Unfinished shards held by one worker only since `after` or more
+    /// before `now`: the stragglers' shards, due a backup copy.
+    pub fn late(&self, now: Instant, after: Duration) -> Vec<usize> {
+        (0..self.done.len())
+            .filter(|&i| !self.done[i])
+            .filter(|&i| matches!(self.holders[i][..], [(_, t)] if now >= t + after))
+            .collect()
+    }
+
+    /// When the next shard held by one worker only becomes [`late`](Self::late), if any.
+    pub fn backup_due(&self, after: Duration) -> Option<Instant> {
+        (0..self.done.len())
+            .filter(|&i| !self.done[i])
+            .filter_map(|i| match self.holders[i][..] {
+                [(_, t)] => Some(t + after),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Pairs each late shard with one of `idle` (workers with nothing to
+    /// compute), round-robin, never with the worker that already holds it:
+    /// worker → the shards it is to copy. Changes nothing; [`StepState::assign`]
+    /// records what was sent. A shard gets at most one backup.
+    pub fn plan_backups(
+        &self,
+        now: Instant,
+        after: Duration,
+        idle: &[WorkerId],
+    ) -> BTreeMap<WorkerId, Vec<usize>> {
+        let mut batches: BTreeMap<WorkerId, Vec<usize>> = BTreeMap::new();
+        let mut next = 0;
+        for shard in self.late(now, after) {
+            let holder = self.holders[shard][0].0;
+            let candidates = idle.iter().filter(|&&w| w != holder).count();
+            if candidates == 0 {
+                continue;
+            }
+            let pick = idle
+                .iter()
+                .copied()
+                .filter(|&w| w != holder)
+                .nth(next % candidates)
+                .expect("a candidate exists");
+            next += 1;
+            batches.entry(pick).or_default().push(shard);
+        }
+        batches
+    }
+
+    /// Records that `shards` were sent to `worker` at `now`: as their owner
+    /// if they were open, as a backup if another worker holds them.
     pub fn assign(&mut self, worker: WorkerId, shards: &[usize], now: Instant) {
         for &i in shards {
             debug_assert!(!self.done[i], "a done shard is never handed out");
-            self.owner[i] = Some(worker);
-            self.assigned_at[i] = Some(now);
+            if self.held_since(i, worker).is_none() {
+                self.holders[i].push((worker, now));
+            }
         }
     }
 
     /// The ownership rule: what to do with a result for (`step`, `shard`)
     /// from `from`, where `live` says whether `from` is still in the pool.
+    /// Any holder of a shard may answer it (its owner or its backup); the
+    /// first valid result wins and the other copy's is a duplicate.
     pub fn judge(&self, from: WorkerId, live: bool, step: u64, shard: u32) -> Verdict {
         if let Some(verdict) = judge_step_id(step, self.id) {
             return verdict;
@@ -165,7 +229,7 @@ impl StepState {
         if !live {
             return Verdict::Departed;
         }
-        if self.owner[i] != Some(from) {
+        if self.held_since(i, from).is_none() {
             return Verdict::Violation(Violation::NotOwner { step, shard });
         }
         if self.done[i] {
@@ -179,40 +243,21 @@ impl StepState {
         self.done[shard] = true;
     }
 
-    /// `worker` left or was evicted: it gives up its unfinished shards, which
-    /// become open again. Returns them.
+    /// `worker` left or was evicted: it gives up its copies of unfinished
+    /// shards. Shards no one holds any more become open again; returns them.
     pub fn release(&mut self, worker: WorkerId) -> Vec<usize> {
         let mut freed = Vec::new();
-        for i in 0..self.owner.len() {
-            if self.owner[i] == Some(worker) && !self.done[i] {
-                self.owner[i] = None;
-                self.assigned_at[i] = None;
+        for i in 0..self.holders.len() {
+            if self.done[i] {
+                continue;
+            }
+            let before = self.holders[i].len();
+            self.holders[i].retain(|&(w, _)| w != worker);
+            if before > 0 && self.holders[i].is_empty() {
                 freed.push(i);
             }
         }
         freed
-    }
-
-    /// When the longest-waiting unfinished shard passes `limit`, if any is assigned.
-    pub fn deadline(&self, limit: Duration) -> Option<Instant> {
-        (0..self.done.len())
-            .filter(|&i| !self.done[i])
-            .filter_map(|i| self.assigned_at[i])
-            .min()
-            .map(|t| t + limit)
-    }
-
-    /// Workers holding an unfinished shard handed out `limit` or more before
-    /// `now`, in worker-id order, each once.
-    pub fn overdue(&self, now: Instant, limit: Duration) -> Vec<WorkerId> {
-        let mut late: Vec<WorkerId> = (0..self.done.len())
-            .filter(|&i| !self.done[i])
-            .filter(|&i| self.assigned_at[i].is_some_and(|t| now >= t + limit))
-            .filter_map(|i| self.owner[i])
-            .collect();
-        late.sort_unstable();
-        late.dedup();
-        late
     }
 }
 
@@ -337,7 +382,7 @@ mod tests {
         let (mut s, t0) = step();
         assert_eq!(s.release(A), vec![2], "done shard 0 stays done");
         assert_eq!(s.open(), vec![2]);
-        assert_eq!(s.owner(0), Some(A), "a done shard keeps its record");
+        assert_eq!(s.holders(0), vec![A], "a done shard keeps its record");
         // Reassigned to C, only C may answer it; A, even if it came back, may not.
         let plan = s.plan(&[B, C]);
         assert_eq!(plan.len(), 1);
@@ -368,26 +413,61 @@ mod tests {
         assert!(s.is_done());
         assert!(s.open().is_empty());
         assert!(s.plan(&[A, B, C]).is_empty());
-        assert_eq!(s.deadline(Duration::from_secs(1)), None);
+        assert_eq!(s.backup_due(Duration::from_secs(1)), None);
     }
 
     #[test]
-    fn overdue_names_each_late_owner_once() {
+    fn late_shards_get_one_backup_on_an_idle_worker_and_either_copy_may_answer() {
         let (mut s, t0) = step();
-        let limit = Duration::from_secs(2);
-        assert_eq!(s.deadline(limit), Some(t0 + limit));
-        assert!(s.overdue(t0 + Duration::from_secs(1), limit).is_empty());
-        assert_eq!(s.overdue(t0 + limit, limit), vec![A, B]);
-        s.complete(2);
-        assert_eq!(s.overdue(t0 + limit, limit), vec![B], "A's shards are done");
-        s.release(B);
+        let after = Duration::from_millis(4);
+        assert_eq!(s.backup_due(after), Some(t0 + after));
+        assert!(s.late(t0 + Duration::from_millis(3), after).is_empty());
+        s.complete(1);
+        s.complete(3); // B is done and idle; A still holds shard 2
+        let now = t0 + after;
+        assert_eq!(s.late(now, after), vec![2]);
         assert!(
-            s.overdue(t0 + limit, limit).is_empty(),
-            "open shards have no owner"
+            s.plan_backups(now, after, &[A]).is_empty(),
+            "never to its own holder"
         );
-        assert_eq!(s.deadline(limit), None);
-        s.assign(C, &[1, 3], t0 + limit);
-        assert_eq!(s.deadline(limit), Some(t0 + 2 * limit));
+        let plan = s.plan_backups(now, after, &[A, B, C]);
+        assert_eq!(plan.len(), 1);
+        assert_eq!(plan[&B], vec![2]);
+        s.assign(B, &[2], now);
+        assert_eq!(s.holders(2), vec![A, B]);
+        assert!(
+            s.late(now + after, after).is_empty(),
+            "one backup per shard"
+        );
+        assert_eq!(s.backup_due(after), None);
+        // Either holder may answer; the first wins, the other is a duplicate.
+        assert_eq!(s.judge(B, true, 5, 2), Verdict::Accept(2));
+        assert_eq!(s.judge(A, true, 5, 2), Verdict::Accept(2));
+        assert!(matches!(
+            s.judge(C, true, 5, 2),
+            Verdict::Violation(Violation::NotOwner { .. })
+        ));
+        s.complete(2);
+        assert_eq!(s.judge(A, true, 5, 2), Verdict::Duplicate);
+        assert_eq!(s.judge(B, true, 5, 2), Verdict::Duplicate);
+        assert!(s.is_done());
+    }
+
+    #[test]
+    fn a_shard_reopens_only_when_every_holder_left() {
+        let (mut s, t0) = step();
+        s.assign(C, &[2], t0); // a backup of A's shard 2
+        assert!(s.release(A).is_empty(), "C still holds shard 2");
+        assert_eq!(s.holders(2), vec![C]);
+        assert_eq!(s.judge(C, true, 5, 2), Verdict::Accept(2));
+        assert!(matches!(
+            s.judge(A, true, 5, 2),
+            Verdict::Violation(Violation::NotOwner { .. })
+        ));
+        assert_eq!(s.release(C), vec![2]);
+        assert_eq!(s.open(), vec![2]);
+        assert_eq!(s.held_since(1, B), Some(t0));
+        assert_eq!(s.held_since(1, A), None);
     }
 
     #[test]

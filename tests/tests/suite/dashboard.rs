@@ -34,7 +34,12 @@ fn run_info(config: &Config) -> RunInfo {
     }
 }
 
-fn start(config: &Config, listener: Option<std::net::TcpListener>, access: Access, trace: Option<TraceOptions>) -> Dashboard {
+fn start(
+    config: &Config,
+    listener: Option<std::net::TcpListener>,
+    access: Access,
+    trace: Option<TraceOptions>,
+) -> Dashboard {
     Dashboard::start(dashboard::Options {
         listener,
         access,
@@ -49,10 +54,17 @@ fn loopback() -> std::net::TcpListener {
 }
 
 /// GET `path` from the dashboard at `addr` on a blocking thread.
-async fn get(addr: SocketAddr, path: &str, headers: Vec<(String, String)>) -> integration_tests::http::Response {
+async fn get(
+    addr: SocketAddr,
+    path: &str,
+    headers: Vec<(String, String)>,
+) -> integration_tests::http::Response {
     let path = path.to_string();
     tokio::task::spawn_blocking(move || {
-        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         request(addr, "GET", &path, &h, None, HTTP)
     })
     .await
@@ -73,14 +85,19 @@ async fn metrics_pass_promtool_and_count_the_run() {
     let config = test_config(plan_for(2, 2, 3), 2);
     let d = start(&config, Some(loopback()), Access::Open, None);
     let addr = d.local_addr().unwrap();
-    let cluster = Cluster::start_watched(config, fixture_data(), 2, &d).await.unwrap();
+    let cluster = Cluster::start_watched(config, fixture_data(), 2, &d)
+        .await
+        .unwrap();
     let (summary, _) = cluster.finish(LIMIT).await.unwrap();
     summary.unwrap();
     d.finish("finished").await;
 
     let text = get(addr, "/metrics", vec![]).await;
     assert_eq!(text.status, 200);
-    assert!(text.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(text
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     let body = text.text();
     // 1,000 training samples in batches of 10, two epochs.
     for line in [
@@ -96,13 +113,19 @@ async fn metrics_pass_promtool_and_count_the_run() {
     let om = get(
         addr,
         "/metrics",
-        vec![("Accept".into(), "application/openmetrics-text; version=1.0.0".into())],
+        vec![(
+            "Accept".into(),
+            "application/openmetrics-text; version=1.0.0".into(),
+        )],
     )
     .await;
     assert!(om.text().ends_with("# EOF\n"), "{}", om.text());
 
     let Some(promtool) = which("promtool") else {
-        return skip("metrics_pass_promtool_and_count_the_run", "promtool is not installed (Debian: prometheus)");
+        return skip(
+            "metrics_pass_promtool_and_count_the_run",
+            "promtool is not installed (Debian: prometheus)",
+        );
     };
     let mut child = std::process::Command::new(promtool)
         .args(["check", "metrics"])
@@ -112,7 +135,12 @@ async fn metrics_pass_promtool_and_count_the_run() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -129,21 +157,28 @@ fn assert_well_nested(events: &[Value]) {
     for e in events.iter().filter(|e| e["ph"] == "X") {
         let ts = e["ts"].as_u64().unwrap();
         let dur = e["dur"].as_u64().unwrap();
-        tracks
-            .entry(e["tid"].as_u64().unwrap())
-            .or_default()
-            .push((ts, ts + dur, e["name"].as_str().unwrap().to_string()));
+        tracks.entry(e["tid"].as_u64().unwrap()).or_default().push((
+            ts,
+            ts + dur,
+            e["name"].as_str().unwrap().to_string(),
+        ));
     }
     for (tid, mut spans) in tracks {
         // Parents first: by start, then the longer one.
         spans.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         let mut open: Vec<(u64, u64, String)> = Vec::new();
         for s in spans {
-            while open.last().is_some_and(|p| s.0 >= p.1 && !(s.0 == p.1 && s.1 == p.1)) {
+            while open
+                .last()
+                .is_some_and(|p| s.0 >= p.1 && !(s.0 == p.1 && s.1 == p.1))
+            {
                 open.pop();
             }
             if let Some(p) = open.last() {
-                assert!(s.1 <= p.1, "track {tid}: {s:?} overlaps {p:?} without nesting");
+                assert!(
+                    s.1 <= p.1,
+                    "track {tid}: {s:?} overlaps {p:?} without nesting"
+                );
             }
             open.push(s);
         }
@@ -167,13 +202,18 @@ async fn trace_spans_nest_and_reassigned_shards_show_on_the_worker_that_computed
             steps: 0..60,
         }),
     );
-    let mut cluster = Cluster::start_watched(config, fixture_data(), 2, &d).await.unwrap();
+    let mut cluster = Cluster::start_watched(config, fixture_data(), 2, &d)
+        .await
+        .unwrap();
     cluster.add_worker_config(WorkerConfig {
         fault: Some(Fault::ExitAtStep(30)),
         ..cluster.worker_config("dies-at-30")
     });
     let (summary, _) = cluster.finish(LIMIT).await.unwrap();
-    assert!(summary.unwrap().stats.reassigned > 0, "the fault moved no shard");
+    assert!(
+        summary.unwrap().stats.reassigned > 0,
+        "the fault moved no shard"
+    );
     d.finish("finished").await;
 
     let trace: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -182,15 +222,26 @@ async fn trace_spans_nest_and_reassigned_shards_show_on_the_worker_that_computed
     let names: std::collections::BTreeMap<u64, String> = events
         .iter()
         .filter(|e| e["ph"] == "M" && e["name"] == "thread_name")
-        .map(|e| (e["tid"].as_u64().unwrap(), e["args"]["name"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["tid"].as_u64().unwrap(),
+                e["args"]["name"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(names.len(), 4, "coordinator and three workers: {names:?}");
     let steps: std::collections::BTreeSet<u64> = events
         .iter()
-        .filter(|e| e["tid"] == 0 && e["ph"] == "X" && e["name"].as_str().unwrap().starts_with("step "))
+        .filter(|e| {
+            e["tid"] == 0 && e["ph"] == "X" && e["name"].as_str().unwrap().starts_with("step ")
+        })
         .map(|e| e["args"]["step"].as_u64().unwrap())
         .collect();
-    assert_eq!(steps, (0..60).collect(), "one coordinator span per traced step");
+    assert_eq!(
+        steps,
+        (0..60).collect(),
+        "one coordinator span per traced step"
+    );
     let moved: Vec<&Value> = events.iter().filter(|e| e["name"] == "reassign").collect();
     assert!(!moved.is_empty(), "no reassignment in the trace");
     for r in moved {
@@ -198,15 +249,25 @@ async fn trace_spans_nest_and_reassigned_shards_show_on_the_worker_that_computed
         let from = r["args"]["from"].as_str().unwrap();
         let computed: Vec<&Value> = events
             .iter()
-            .filter(|e| e["name"] == "compute" && &e["args"]["step"] == step && &e["args"]["shard"] == shard)
+            .filter(|e| {
+                e["name"] == "compute" && &e["args"]["step"] == step && &e["args"]["shard"] == shard
+            })
             .collect();
-        assert_eq!(computed.len(), 1, "shard {shard} of step {step} computed once: {computed:?}");
+        assert_eq!(
+            computed.len(),
+            1,
+            "shard {shard} of step {step} computed once: {computed:?}"
+        );
         let c = computed[0];
         let on = &names[&c["tid"].as_u64().unwrap()];
-        assert!(!on.starts_with(&format!("{from}:")), "shard {shard} of step {step} shows on {on}, which lost it");
+        assert!(
+            !on.starts_with(&format!("{from}:")),
+            "shard {shard} of step {step} shows on {on}, which lost it"
+        );
         assert_eq!(c["args"]["reassigned_from"].as_str(), Some(from));
         assert!(
-            names[&(from.trim_start_matches("worker ").parse::<u64>().unwrap() + 1)].ends_with("dies-at-30"),
+            names[&(from.trim_start_matches("worker ").parse::<u64>().unwrap() + 1)]
+                .ends_with("dies-at-30"),
             "{from} is not the worker that died"
         );
     }
@@ -221,7 +282,10 @@ async fn beyond_loopback_the_dashboard_needs_the_token_and_never_shows_it() {
         dashboard::access_rule(any, None, false),
         Err(dashboard::DashboardError::NeedsToken(_))
     ));
-    assert!(matches!(dashboard::access_rule(any, None, true), Ok((Access::Open, None))));
+    assert!(matches!(
+        dashboard::access_rule(any, None, true),
+        Ok((Access::Open, None))
+    ));
     assert!(matches!(
         dashboard::access_rule("127.0.0.1:0".parse().unwrap(), None, false),
         Ok((Access::Open, None))
@@ -235,15 +299,25 @@ async fn beyond_loopback_the_dashboard_needs_the_token_and_never_shows_it() {
     let port = listener.local_addr().unwrap().port();
     let d = start(&config, Some(listener), access, None);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let cluster = Cluster::start_watched(config, fixture_data(), 1, &d).await.unwrap();
+    let cluster = Cluster::start_watched(config, fixture_data(), 1, &d)
+        .await
+        .unwrap();
     cluster.finish(LIMIT).await.unwrap().0.unwrap();
     d.finish("finished").await;
 
     let bearer = vec![("Authorization".to_string(), format!("Bearer {secret}"))];
     for path in ["/", "/metrics", "/state.json", "/learned.json", "/events"] {
-        assert_eq!(get(addr, path, vec![]).await.status, 401, "{path} without the token");
+        assert_eq!(
+            get(addr, path, vec![]).await.status,
+            401,
+            "{path} without the token"
+        );
         let wrong = vec![("Authorization".to_string(), "Bearer nope".to_string())];
-        assert_eq!(get(addr, path, wrong).await.status, 401, "{path} with a wrong token");
+        assert_eq!(
+            get(addr, path, wrong).await.status,
+            401,
+            "{path} with a wrong token"
+        );
     }
     for path in ["/", "/metrics", "/state.json", "/learned.json", "/events"] {
         let r = get(addr, path, bearer.clone()).await;
@@ -251,31 +325,53 @@ async fn beyond_loopback_the_dashboard_needs_the_token_and_never_shows_it() {
         assert!(!r.text().contains(secret), "{path} shows the token");
     }
     // Read-only.
-    let post = tokio::task::spawn_blocking(move || request(addr, "POST", "/", &[], Some("{}"), HTTP))
-        .await
-        .unwrap()
-        .unwrap();
+    let post =
+        tokio::task::spawn_blocking(move || request(addr, "POST", "/", &[], Some("{}"), HTTP))
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(post.status, 405);
 
     // The one-time link: a wrong code fails, the right one sets a cookie once.
     assert_eq!(get(addr, "/login?code=0000", vec![]).await.status, 401);
     let login = get(addr, &format!("/login?code={code}"), vec![]).await;
     assert_eq!(login.status, 303);
-    let cookie = login.header("set-cookie").unwrap().split(';').next().unwrap().to_string();
+    let cookie = login
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     assert!(!cookie.contains(secret), "the cookie carries the token");
     assert!(login.header("set-cookie").unwrap().contains("HttpOnly"));
     let page = get(addr, "/", vec![("Cookie".into(), cookie.clone())]).await;
     assert_eq!(page.status, 200);
     assert!(!page.text().contains(secret));
     let events = tokio::task::spawn_blocking(move || {
-        read_stream(addr, "/events", &[("Cookie", &cookie)], |s| s.contains("event: end"), HTTP)
+        read_stream(
+            addr,
+            "/events",
+            &[("Cookie", &cookie)],
+            |s| s.contains("event: end"),
+            HTTP,
+        )
     })
     .await
     .unwrap()
     .unwrap();
-    assert!(events.contains("event: state") && events.contains("event: end"), "{events}");
+    assert!(
+        events.contains("event: state") && events.contains("event: end"),
+        "{events}"
+    );
     assert!(!events.contains(secret));
-    assert_eq!(get(addr, &format!("/login?code={code}"), vec![]).await.status, 401, "the code works once");
+    assert_eq!(
+        get(addr, &format!("/login?code={code}"), vec![])
+            .await
+            .status,
+        401,
+        "the code works once"
+    );
 }
 
 /// What the test reads off the page, in one WebDriver round trip.
@@ -307,15 +403,19 @@ async fn a_browser_sees_the_run_learn_and_a_worker_die() {
     let browser = tokio::task::spawn_blocking(move || {
         let b = Browser::start(&chromium, &driver, 1400, 2000)?;
         b.open(&url)?;
-        b.wait_for("return document.getElementById('phase').textContent", LIMIT, |v| {
-            v.as_str().is_some_and(|s| s.starts_with("waiting"))
-        })?;
+        b.wait_for(
+            "return document.getElementById('phase').textContent",
+            LIMIT,
+            |v| v.as_str().is_some_and(|s| s.starts_with("waiting")),
+        )?;
         anyhow::Ok(b)
     })
     .await
     .unwrap()
     .unwrap();
-    let mut cluster = Cluster::start_watched(config, fixture_data(), 2, &d).await.unwrap();
+    let mut cluster = Cluster::start_watched(config, fixture_data(), 2, &d)
+        .await
+        .unwrap();
     // 100 steps per epoch: this worker dies in epoch 6.
     cluster.add_worker_config(WorkerConfig {
         fault: Some(Fault::ExitAtStep(650)),
@@ -333,16 +433,26 @@ async fn a_browser_sees_the_run_learn_and_a_worker_die() {
 
     // The curves gained points as epochs finished, not all at the end.
     let points: Vec<u64> = seen.iter().map(|v| v["points"].as_u64().unwrap()).collect();
-    assert!(points.windows(2).all(|w| w[0] <= w[1]), "points went back: {points:?}");
+    assert!(
+        points.windows(2).all(|w| w[0] <= w[1]),
+        "points went back: {points:?}"
+    );
     let mut distinct = points.clone();
     distinct.dedup();
-    assert!(distinct.len() >= 4, "the accuracy curve grew in too few steps: {distinct:?}");
+    assert!(
+        distinct.len() >= 4,
+        "the accuracy curve grew in too few steps: {distinct:?}"
+    );
     assert_eq!(last["points"], EPOCHS as u64, "{last}");
     // The worker table: three workers; the doomed one was computing, then lost.
     let rows = last["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 3, "{rows:?}");
     let state_of = |v: &Value| -> Option<String> {
-        v["rows"].as_array()?.iter().find(|r| r[0].as_str().unwrap_or("").ends_with("doomed")).map(|r| r[1].as_str().unwrap().to_string())
+        v["rows"]
+            .as_array()?
+            .iter()
+            .find(|r| r[0].as_str().unwrap_or("").ends_with("doomed"))
+            .map(|r| r[1].as_str().unwrap().to_string())
     };
     let states: Vec<String> = seen.iter().filter_map(state_of).collect();
     assert!(

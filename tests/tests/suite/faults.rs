@@ -60,9 +60,11 @@ async fn worker_dying_or_going_silent_mid_run_gives_the_same_weights() {
             bits(&summary.network) == want,
             "case {i} ({name}): weights differ from the undisturbed run"
         );
+        // Its shard went to another worker: reassigned after the loss, or
+        // copied before it as a straggler's (whichever came first).
         assert!(
-            summary.stats.reassigned >= 1,
-            "case {i} ({name}): nothing was reassigned: {:?}",
+            summary.stats.reassigned + summary.stats.backups >= 1,
+            "case {i} ({name}): nothing was recomputed: {:?}",
             summary.stats
         );
         let healthy = workers.iter().filter(|w| w.is_ok()).count();

@@ -11,6 +11,8 @@
 //! - `operations`: health and reflection
 //! - `dashboard`: the live page in headless Chromium, `/metrics` through promtool, `--trace`, the page's access rule
 //! - `processes`, `model_use`, `netns`: the real binaries as processes
+//! - `sockets`: workers over a Unix domain socket (`--listen unix:PATH`, `--spawn-workers`)
+//! - `stragglers`: a worker process paused with SIGSTOP is backed up, not waited for
 
 mod auth;
 mod book;
@@ -23,5 +25,7 @@ mod netns;
 mod operations;
 mod processes;
 mod protocol;
+mod sockets;
+mod stragglers;
 mod tls;
 mod trust;

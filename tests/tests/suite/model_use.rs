@@ -88,7 +88,7 @@ fn local_run_writes_metrics_and_a_plot() {
         .collect();
     assert_eq!(rows.len(), 4);
     for (i, (row, &(correct, total))) in rows.iter().zip(&epochs).enumerate() {
-        assert_eq!(row.len(), 17, "row {i}");
+        assert_eq!(row.len(), 18, "row {i}");
         assert_eq!(row[0], i as f64, "epoch column");
         let accuracy = 100.0 * correct as f64 / total as f64;
         assert!(
@@ -110,9 +110,9 @@ fn local_run_writes_metrics_and_a_plot() {
         assert!(row[5] > 0.0, "samples/s");
         assert!(row[7] >= row[6], "p99 >= p50");
         assert_eq!(
-            (row[12], row[13]),
-            (0.0, 0.0),
-            "no workers, nothing recomputed"
+            (row[12], row[13], row[17]),
+            (0.0, 0.0, 0.0),
+            "no workers, nothing recomputed, no backups"
         );
     }
     // The cost falls as the network learns.

@@ -9,7 +9,7 @@ use integration_tests::{binary, fixture_dir, TempDir};
 
 /// The real coordinator on the MNIST slice with seed 3, on 127.0.0.1:0
 /// unless `args` has its own `--listen`.
-fn coordinator(args: &[&str], out: &std::path::Path) -> Guard {
+pub(crate) fn coordinator(args: &[&str], out: &std::path::Path) -> Guard {
     let listen: &[&str] = if args.contains(&"--listen") {
         &[]
     } else {
@@ -31,7 +31,7 @@ fn coordinator(args: &[&str], out: &std::path::Path) -> Guard {
 }
 
 /// The address from the coordinator's first stdout line, `Listening on ADDR`.
-fn address(rx: &std::sync::mpsc::Receiver<String>) -> String {
+pub(crate) fn address(rx: &std::sync::mpsc::Receiver<String>) -> String {
     let first = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("coordinator prints its address");
@@ -44,7 +44,7 @@ fn address(rx: &std::sync::mpsc::Receiver<String>) -> String {
 /// Every line still to come from an exited process's stdout, up to its end
 /// (when every process holding the pipe, spawned workers included, has
 /// exited); the timeout only bounds a hang.
-fn drain(rx: &std::sync::mpsc::Receiver<String>) -> Vec<String> {
+pub(crate) fn drain(rx: &std::sync::mpsc::Receiver<String>) -> Vec<String> {
     let mut out = Vec::new();
     loop {
         match rx.recv_timeout(Duration::from_secs(60)) {
@@ -57,7 +57,7 @@ fn drain(rx: &std::sync::mpsc::Receiver<String>) -> Vec<String> {
 
 /// Replays the run in one process (`--local`) and checks the cluster's model
 /// file `out` is byte-identical to the replay's.
-fn assert_same_as_local(
+pub(crate) fn assert_same_as_local(
     dir: &std::path::Path,
     out: &std::path::Path,
     shards: usize,
@@ -168,7 +168,7 @@ fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
     assert_verifies(&out);
 }
 
-fn worker_process(addr: &str, name: &str, extra: &[&str]) -> Guard {
+pub(crate) fn worker_process(addr: &str, name: &str, extra: &[&str]) -> Guard {
     Guard(
         Command::new(binary("worker"))
             .args(["--connect", &format!("http://{addr}"), "--name", name])
@@ -494,7 +494,7 @@ fn bad_flags_and_bad_data_give_clear_errors_and_exit_nonzero() {
     );
 }
 
-fn tempdir(name: &str) -> TempDir {
+pub(crate) fn tempdir(name: &str) -> TempDir {
     TempDir::new(name)
 }
 
