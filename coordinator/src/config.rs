@@ -157,12 +157,12 @@ pub struct Args {
     #[arg(long, value_name = "JSON")]
     pub trace: Option<PathBuf>,
     /// The steps --trace covers, A..B (B excluded).
-    #[arg(long, value_name = "A..B", default_value = "0..200", value_parser = crate::trace::parse_steps)]
+    #[arg(long, value_name = "A..B", default_value = "0..200", value_parser = crate::app::trace::parse_steps)]
     pub trace_steps: std::ops::Range<u64>,
     /// Progress display: auto (a bar when stderr is a terminal), bar, or none.
     /// Per-epoch lines go to stdout either way.
-    #[arg(long, value_enum, default_value_t = crate::ui::BarMode::Auto)]
-    pub progress: crate::ui::BarMode,
+    #[arg(long, value_enum, default_value_t = crate::app::ui::BarMode::Auto)]
+    pub progress: crate::app::ui::BarMode,
     /// Shared secret workers must present (never logged). Required to listen
     /// on a non-loopback address unless --insecure-no-token.
     #[arg(long, env = "DDP_TOKEN", hide_env_values = true)]

@@ -3,45 +3,34 @@
 //! connect to it over gRPC.
 //!
 //! # Layout
-//! The major components are:
+//! The server, in this crate's top-level modules:
 //! - [`config`]: flags and the validated [`Config`];
+//! - [`listen`], [`incoming`]: where it listens (TCP, or a Unix socket for
+//!   workers on this host) and the connections it accepts;
 //! - [`service`]: the `ddp.v1.Trainer` gRPC service: handshake, then forwarding
 //!   each worker's stream as registry events; no training logic;
 //! - [`pool`]: the [`pool::WorkerPool`] seam and [`pool::RemotePool`], the registry
-//!   that spreads shards over workers and gathers results in shard order;
+//!   that spreads shards over workers and gathers results in shard order
+//!   (its per-step rules in [`pool::step`]; audits, backups and the
+//!   observer beside it);
 //! - [`training`]: the loop: epoch → batch → shards → pool → add in shard order → update → evaluate → checkpoint;
-//! - [`checkpoint`]: checkpoint files and the position a run resumes from;
-//! - [`record`]: the run record (flags, data digests, hash chain) and `verify`;
-//! - [`run`]: one training run from flags to summary (what `coordinator train` does);
-//! - [`launch`]: local worker processes for the one-command cluster;
-//! - [`listen`], [`incoming`]: where it listens (TCP, or a Unix socket for
-//!   workers on this host) and the connections it accepts;
-//! - [`ui`], [`report`]: progress bar, epoch lines, metrics CSV, accuracy plot;
-//! - [`dashboard`]: the live page (`--dashboard`), `/metrics` for Prometheus,
-//!   and [`trace`], the `--trace` step timeline, all fed by the pool's
-//!   [`pool::observer`] and the loop's [`Progress`] without holding up a step;
-//! - [`commands`], [`digits`]: `evaluate`, `predict` (with MNIST-style
-//!   preprocessing of a user's image) and the `health` probe.
+//! - [`checkpoint`]: checkpoint files and the position a run resumes from.
+//!
+//! The application around it, in [`app`]: one run from flags to summary,
+//! the local worker launcher, progress bar and reports, the dashboard and
+//! trace, the run record and `verify`, and the other subcommands.
 //!
 //! [`serve`] wires them together on a bound listener, with the standard
 //! `grpc.health.v1` service beside the trainer.
 
+pub mod app;
 pub mod checkpoint;
-pub mod commands;
 pub mod config;
-pub mod dashboard;
-pub mod digits;
 pub mod incoming;
-pub mod launch;
 pub mod listen;
 pub mod pool;
-pub mod record;
-pub mod report;
-pub mod run;
 pub mod service;
-pub mod trace;
 pub mod training;
-pub mod ui;
 
 #[cfg(test)]
 mod input_fuzz;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use common::logging::LogFormat;
-use coordinator::commands;
-use coordinator::ui::{progress_bar, BarWriter};
+use coordinator::app::ui::{progress_bar, BarWriter};
+use coordinator::app::{health, model_use};
 use coordinator::Args;
 
 #[derive(Debug, Parser)]
@@ -64,8 +64,8 @@ enum Command {
     /// network2.py's `load` reads (sizes, weights, biases, cost).
     Export {
         /// Output format.
-        #[arg(long, value_enum, default_value_t = commands::ExportFormat::Network2Json)]
-        format: commands::ExportFormat,
+        #[arg(long, value_enum, default_value_t = model_use::ExportFormat::Network2Json)]
+        format: model_use::ExportFormat,
         /// The model file (safetensors; a checkpoint also works).
         #[arg(long)]
         model: PathBuf,
@@ -152,13 +152,13 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Train(args) => {
             let bar = progress_bar();
             common::logging::init(cli.log_format, BarWriter(bar.clone()));
-            coordinator::run::train(args, bar).await?;
+            coordinator::app::run::train(args, bar).await?;
             Ok(ok)
         }
         Command::Evaluate { model, data_dir } => {
             common::logging::init(cli.log_format, std::io::stderr);
             let text = tokio::task::spawn_blocking(move || {
-                commands::evaluate(&model, data_dir.as_deref())
+                model_use::evaluate(&model, data_dir.as_deref())
             })
             .await??;
             print!("{text}");
@@ -166,7 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Predict { model, images } => {
             common::logging::init(cli.log_format, std::io::stderr);
-            let (text, failed) = commands::predict(&model, &images)?;
+            let (text, failed) = model_use::predict(&model, &images)?;
             print!("{text}");
             Ok(if failed == 0 {
                 ok
@@ -187,7 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         .with_context(|| format!("--cost {c:?}: use quadratic or cross-entropy"))
                 })
                 .transpose()?;
-            let text = commands::export(&model, &out, format, cost)?;
+            let text = model_use::export(&model, &out, format, cost)?;
             println!("{text}");
             Ok(ok)
         }
@@ -200,9 +200,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             common::logging::init(cli.log_format, std::io::stderr);
             let start = std::time::Instant::now();
             let (verdict, notes) = tokio::task::spawn_blocking(move || {
-                let run = coordinator::record::RunRecord::load(&record)?;
+                let run = coordinator::app::record::RunRecord::load(&record)?;
                 let dir = data_dir.unwrap_or_else(common::dataset::fetch::default_data_dir);
-                coordinator::record::verify(&run, &dir, model.as_deref(), init.as_deref())
+                coordinator::app::record::verify(&run, &dir, model.as_deref(), init.as_deref())
             })
             .await??;
             for note in &notes {
@@ -210,14 +210,14 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
             let took = start.elapsed().as_secs_f64();
             match verdict {
-                coordinator::record::Verdict::Verified { hashes, head } => {
+                coordinator::app::record::Verdict::Verified { hashes, head } => {
                     println!(
                         "verified: {hashes} hashes match, replayed in {took:.1} s; final chain value {}",
                         common::chain::hex(&head)
                     );
                     Ok(ok)
                 }
-                coordinator::record::Verdict::Differs { what } => {
+                coordinator::app::record::Verdict::Differs { what } => {
                     println!("DIFFERS: {what} (replayed in {took:.1} s)");
                     Ok(std::process::ExitCode::FAILURE)
                 }
@@ -236,11 +236,19 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 let (label, csv) = run
                     .split_once('=')
                     .with_context(|| format!("{run:?}: expected LABEL=CSV"))?;
-                let points =
-                    coordinator::report::read_metrics_column(std::path::Path::new(csv), &column)?;
+                let points = coordinator::app::report::read_metrics_column(
+                    std::path::Path::new(csv),
+                    &column,
+                )?;
                 curves.push((label.to_string(), points));
             }
-            coordinator::report::plot_runs(&out, &title, &format!("{column} (%)"), &curves, floor)?;
+            coordinator::app::report::plot_runs(
+                &out,
+                &title,
+                &format!("{column} (%)"),
+                &curves,
+                floor,
+            )?;
             println!("{} runs drawn to {}", curves.len(), out.display());
             Ok(ok)
         }
@@ -259,7 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 .map(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
                 .transpose()?;
             let (serving, status) =
-                commands::health(&addr, &service, Duration::from_secs_f64(timeout), ca).await?;
+                health::health(&addr, &service, Duration::from_secs_f64(timeout), ca).await?;
             println!("{status}");
             Ok(if serving {
                 ok

@@ -206,11 +206,11 @@ impl Cluster {
         config: Config,
         data: Arc<Mnist>,
         workers: usize,
-        dashboard: &coordinator::dashboard::Dashboard,
+        dashboard: &coordinator::app::dashboard::Dashboard,
     ) -> anyhow::Result<Cluster> {
         dashboard
             .feed()
-            .send(coordinator::dashboard::Feed::Data(Arc::clone(&data)));
+            .send(coordinator::app::dashboard::Feed::Data(Arc::clone(&data)));
         Self::start_observed(
             config,
             data,

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::auth::Token;
-use coordinator::dashboard::{self, Access, Dashboard, RunInfo};
-use coordinator::trace::TraceOptions;
+use coordinator::app::dashboard::{self, Access, Dashboard, RunInfo};
+use coordinator::app::trace::TraceOptions;
 use coordinator::Config;
 use integration_tests::http::{read_stream, request};
 use integration_tests::webdriver::{find_browser, Browser};

@@ -82,7 +82,7 @@ fn local_run_writes_metrics_and_a_plot() {
 
     let csv = std::fs::read_to_string(&csv).unwrap();
     let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some(coordinator::report::CSV_HEADER));
+    assert_eq!(lines.next(), Some(coordinator::app::report::CSV_HEADER));
     let rows: Vec<Vec<f64>> = lines
         .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
         .collect();

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use coordinator::commands::health;
+use coordinator::app::health::health;
 use integration_tests::{fixture_data, plan_for, test_config, worker_config};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

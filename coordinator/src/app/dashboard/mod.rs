@@ -33,8 +33,8 @@ pub use feed::{Feed, FeedTx, Watched};
 pub use http::Access;
 pub use state::RunInfo;
 
+use crate::app::trace::{TraceOptions, TraceRecorder};
 use crate::pool::{Observer, PoolEvent};
-use crate::trace::{TraceOptions, TraceRecorder};
 
 /// How often, at most, the page's state is pushed (4 times a second).
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
