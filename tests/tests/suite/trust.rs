@@ -107,6 +107,10 @@ async fn audited_run(
 ) -> (RunSummary, Result<(), WorkerError>) {
     let config = Config {
         audit_rate: rate,
+        // No backup copies: one answered first would make the faulty
+        // worker's result a duplicate, never applied and never audited, and
+        // the counts below would depend on the machine's load.
+        backup: coordinator::pool::backup::BackupPolicy::OFF,
         ..test_config(plan.clone(), 3)
     };
     let mut cluster = Cluster::start(config, fixture_data(), 2).await.unwrap();
