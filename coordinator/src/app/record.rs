@@ -59,6 +59,10 @@ pub enum RecordError {
     },
 }
 
+/// The largest record `verify` reads: a million epochs of links with room
+/// to spare (a link is about 200 bytes of JSON).
+pub const MAX_RECORD_BYTES: u64 = 1 << 30;
+
 /// What a record's `format` field says.
 pub const FORMAT: &str = "nielsen-ddp run record 1";
 
@@ -238,8 +242,37 @@ impl RunRecord {
                 .ok_or("flags.kernels is not a kernel set".to_string())?,
             record_every: optional_uint("record_every")?,
         };
-        if plan.epochs == 0 || plan.batch_size == 0 || plan.shards == 0 {
-            return Err("flags: epochs, batch_size and shards must be positive".into());
+        // The ranges the coordinator's flags accept: a crafted record must
+        // not make a replay allocate or loop beyond what a run could.
+        let checks: [(bool, &str); 7] = [
+            (
+                (1..=1_000_000).contains(&plan.epochs),
+                "flags.epochs must be 1..=1000000",
+            ),
+            (plan.batch_size > 0, "flags.batch_size must be at least 1"),
+            (
+                (1..=4096).contains(&plan.shards),
+                "flags.shards must be 1..=4096",
+            ),
+            (
+                plan.eta.is_finite() && plan.eta > 0.0,
+                "flags.eta must be finite and > 0",
+            ),
+            (
+                plan.lambda.is_finite() && plan.lambda >= 0.0,
+                "flags.lambda must be finite and >= 0",
+            ),
+            (
+                (0.0..1.0).contains(&plan.momentum),
+                "flags.momentum must be in [0, 1)",
+            ),
+            (
+                plan.early_stop != Some(0) && plan.record_every != Some(0),
+                "flags.early_stop and flags.record_every must be at least 1",
+            ),
+        ];
+        if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err(why.to_string());
         }
         let data = v["data_sha256"]
             .as_object()
@@ -323,10 +356,24 @@ impl RunRecord {
             path: path.to_path_buf(),
             why,
         };
-        let bytes = std::fs::read(path).map_err(|source| RecordError::Io {
+        let io = |source| RecordError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        // Read at most one byte past the bound, so a huge file is refused
+        // without being read into memory.
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::fs::File::open(path).map_err(io)?, MAX_RECORD_BYTES + 1),
+            &mut bytes,
+        )
+        .map_err(io)?;
+        if bytes.len() as u64 > MAX_RECORD_BYTES {
+            return Err(malformed(format!(
+                "larger than {} MiB; not a record this build writes",
+                MAX_RECORD_BYTES >> 20
+            )));
+        }
         let v: Value =
             serde_json::from_slice(&bytes).map_err(|e| malformed(format!("not JSON: {e}")))?;
         RunRecord::from_json(&v).map_err(malformed)
@@ -633,5 +680,29 @@ mod tests {
         let back = RunRecord::from_json(&serde_json::from_str(&text).unwrap()).unwrap();
         assert_eq!(back, record);
         assert_eq!(back.plan.eta.to_bits(), 0.1f32.to_bits());
+    }
+
+    #[test]
+    fn crafted_flags_are_refused_before_any_replay() {
+        let record = of_run(&TrainingPlan::default(), vec![], None, &Chain::default());
+        for (key, value, why) in [
+            ("epochs", json!(1e18 as u64), "flags.epochs"),
+            ("epochs", json!(0), "flags.epochs"),
+            ("shards", json!(1u64 << 40), "flags.shards"),
+            ("batch_size", json!(0), "flags.batch_size"),
+            ("eta", json!(-1.0), "flags.eta"),
+            ("momentum", json!(1.0), "flags.momentum"),
+            (
+                "record_every",
+                json!(0),
+                "flags.early_stop and flags.record_every",
+            ),
+            ("sizes", json!([784, 1u64 << 40, 10]), "flags.sizes"),
+        ] {
+            let mut v = record.to_json();
+            v["flags"][key] = value;
+            let err = RunRecord::from_json(&v).unwrap_err();
+            assert!(err.starts_with(why), "{key}: {err}");
+        }
     }
 }
