@@ -345,21 +345,22 @@ pub fn hello_kernels(offered: &[KernelSet]) -> Vec<i32> {
 /// # Errors
 /// [`WireError::Kernels`] naming the run's set and the ones offered.
 pub fn check_kernels(hello: &pb::Hello, run: KernelSet) -> Result<(), WireError> {
-    let offered: Vec<KernelSet> = hello
-        .kernels
-        .iter()
-        .filter_map(|&k| kernel_set(k))
-        .collect();
-    if hello.kernels.is_empty() || offered.contains(&run) {
+    if hello.kernels.is_empty() || hello.kernels.iter().any(|&k| kernel_set(k) == Some(run)) {
         return Ok(());
     }
+    // Each known set named once, however long the list a peer sent.
+    let offered: Vec<&str> = KernelSet::ALL
+        .into_iter()
+        .filter(|&set| hello.kernels.iter().any(|&k| kernel_set(k) == Some(set)))
+        .map(KernelSet::name)
+        .collect();
     Err(WireError::Kernels {
         run,
-        offered: offered
-            .iter()
-            .map(|k| k.name())
-            .collect::<Vec<_>>()
-            .join(", "),
+        offered: if offered.is_empty() {
+            "none this build knows".to_string()
+        } else {
+            offered.join(", ")
+        },
     })
 }
 
@@ -650,6 +651,35 @@ mod tests {
             decode_welcome(&welcome(vec![784, 1 << 30, 10])),
             Err(WireError::Sizes { .. })
         ));
+    }
+
+    #[test]
+    fn kernel_offers_are_checked_and_named_once() {
+        let hello = |kernels: Vec<i32>| pb::Hello {
+            protocol_version: 1,
+            kernels,
+            ..Default::default()
+        };
+        let (portable, avx2) = (pb::Kernels::Portable as i32, pb::Kernels::Avx2 as i32);
+        assert!(check_kernels(&hello(vec![]), KernelSet::Avx2).is_ok());
+        assert!(check_kernels(&hello(vec![99, avx2]), KernelSet::Avx2).is_ok());
+        let err = check_kernels(&hello(vec![portable; 20_000]), KernelSet::Avx2).unwrap_err();
+        assert_eq!(
+            err,
+            WireError::Kernels {
+                run: KernelSet::Avx2,
+                offered: "portable".into()
+            }
+        );
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::FailedPrecondition
+        );
+        let err = check_kernels(&hello(vec![7, 8]), KernelSet::Portable).unwrap_err();
+        assert!(
+            err.to_string().contains("it offers: none this build knows"),
+            "{err}"
+        );
     }
 
     #[test]
