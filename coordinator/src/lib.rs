@@ -29,6 +29,7 @@ pub mod config;
 pub mod incoming;
 pub mod listen;
 pub mod pool;
+pub mod refusal;
 pub mod service;
 pub mod training;
 
@@ -109,9 +110,13 @@ pub enum CoordinatorError {
     #[error("interrupted before training finished")]
     Interrupted,
     /// The training data could not be loaded.
-    #[error("loading the data: {0:#}")]
-    Data(anyhow::Error),
+    #[error("loading the data: {}", common::logging::error_chain(.0.as_ref()))]
+    Data(DataLoadError),
 }
+
+/// Why the data a served run trains on could not be loaded (whatever the
+/// loader's own error type).
+pub type DataLoadError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serves the trainer on `listener` (TCP or a Unix socket) until the run in `config` finishes or
 /// `shutdown` completes, then tells the workers to exit and stops the server.
@@ -127,7 +132,7 @@ pub enum CoordinatorError {
 pub async fn serve(
     listener: impl Into<listen::Listener>,
     config: Config,
-    data: impl Future<Output = anyhow::Result<Arc<Mnist>>>,
+    data: impl Future<Output = Result<Arc<Mnist>, DataLoadError>>,
     shutdown: impl Future<Output = ()>,
     progress: impl Progress,
 ) -> Result<RunSummary, CoordinatorError> {
@@ -150,7 +155,7 @@ pub async fn serve(
 pub async fn serve_with(
     listener: impl Into<listen::Listener>,
     config: Config,
-    data: impl Future<Output = anyhow::Result<Arc<Mnist>>>,
+    data: impl Future<Output = Result<Arc<Mnist>, DataLoadError>>,
     shutdown: impl Future<Output = ()>,
     progress: impl Progress,
     observer: pool::Observer,

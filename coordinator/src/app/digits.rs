@@ -5,9 +5,10 @@
 
 use std::path::Path;
 
-use anyhow::Context;
 use image::imageops::FilterType;
 use image::{GrayImage, Luma};
+
+use super::{AppError, AppResult};
 
 /// Side of an MNIST image.
 pub const SIDE: u32 = 28;
@@ -23,8 +24,12 @@ const INK: f32 = 0.05;
 ///
 /// # Errors
 /// If the file cannot be read or decoded, or shows no digit.
-pub fn load(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let img = image::open(path).with_context(|| format!("reading {}", path.display()))?;
+pub fn load(path: &Path) -> AppResult<Vec<u8>> {
+    let image_error = |why: String| AppError::Image {
+        path: path.to_path_buf(),
+        why,
+    };
+    let img = image::open(path).map_err(|e| image_error(e.to_string()))?;
     // Transparent pixels count as white paper.
     let rgba = img.to_rgba8();
     let grey = GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
@@ -33,16 +38,18 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<u8>> {
         let alpha = f32::from(a) / 255.0;
         Luma([(alpha * luma + (1.0 - alpha) * 255.0).round() as u8])
     });
-    to_mnist(&grey).with_context(|| path.display().to_string())
+    to_mnist(&grey).map_err(|why| image_error(why.to_string()))
 }
 
 /// The MNIST-style 28×28 version of a grey image.
 ///
 /// # Errors
-/// If the image shows no digit (it is blank or uniform).
-pub fn to_mnist(grey: &GrayImage) -> anyhow::Result<Vec<u8>> {
+/// If the image shows no digit (it is blank or uniform): what it lacks.
+pub fn to_mnist(grey: &GrayImage) -> Result<Vec<u8>, &'static str> {
     let (w, h) = grey.dimensions();
-    anyhow::ensure!(w > 0 && h > 0, "the image is empty");
+    if w == 0 || h == 0 {
+        return Err("the image is empty");
+    }
     // The border tells paper from ink: a light border means dark ink.
     let border: Vec<u8> = (0..w)
         .flat_map(|x| [(x, 0), (x, h - 1)])
@@ -75,7 +82,9 @@ pub fn to_mnist(grey: &GrayImage) -> anyhow::Result<Vec<u8>> {
             (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
         }
     }
-    anyhow::ensure!(x0 <= x1, "no digit found: the image is blank");
+    if x0 > x1 {
+        return Err("no digit found: the image is blank");
+    }
     let (bw, bh) = (x1 - x0 + 1, y1 - y0 + 1);
     let crop = GrayImage::from_fn(bw, bh, |x, y| {
         Luma([(ink[((y0 + y) * w + x0 + x) as usize] * 255.0).round() as u8])

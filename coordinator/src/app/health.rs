@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
-
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
+
+use super::{AppError, AppResult};
 
 /// `health`: asks a `grpc.health.v1` server for `service`'s status.
 /// Returns the status name; `Ok(true)` only for SERVING.
@@ -19,27 +19,40 @@ pub async fn health(
     service: &str,
     timeout: Duration,
     tls_ca: Option<Vec<u8>>,
-) -> anyhow::Result<(bool, String)> {
+) -> AppResult<(bool, String)> {
+    let failed = |why: String| AppError::Health {
+        addr: addr.to_string(),
+        why,
+    };
     let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .with_context(|| format!("invalid address {addr:?}"))?
+        .map_err(|e| {
+            failed(format!(
+                "not an address: {}",
+                common::logging::error_chain(&e)
+            ))
+        })?
         .connect_timeout(timeout)
         .timeout(timeout);
     if let Some(ca) = tls_ca {
-        endpoint = endpoint.tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-        )?;
+        endpoint = endpoint
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            )
+            .map_err(|e| failed(format!("TLS: {}", common::logging::error_chain(&e))))?;
     }
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach {addr}"))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        failed(format!(
+            "cannot reach it: {}",
+            common::logging::error_chain(&e)
+        ))
+    })?;
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: service.to_string(),
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{addr}: {:?}: {}", s.code(), s.message()))?;
+        .map_err(|s| failed(format!("{:?}: {}", s.code(), s.message())))?;
     let status =
         ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown);
     Ok((

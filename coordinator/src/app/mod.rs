@@ -13,11 +13,13 @@
 //! - [`data`]: fetching and loading MNIST;
 //! - [`model_use`], [`digits`]: `evaluate`, `predict` (with MNIST-style
 //!   preprocessing of a user's image) and `export`;
-//! - [`health`]: the `health` probe.
+//! - [`health`]: the `health` probe;
+//! - [`error`]: [`AppError`], why any of them failed.
 
 pub mod dashboard;
 pub mod data;
 pub mod digits;
+pub mod error;
 pub mod health;
 pub mod launch;
 pub mod model_use;
@@ -26,3 +28,5 @@ pub mod report;
 pub mod run;
 pub mod trace;
 pub mod ui;
+
+pub use error::{AppError, AppResult};

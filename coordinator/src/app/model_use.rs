@@ -3,26 +3,27 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use common::dataset::IMAGE_SIZE;
 use common::{model_file, Network};
 use ndarray::Array2;
 
 use super::data::load_test_set;
-use super::digits;
+use super::{digits, AppError, AppResult};
 
 /// Loads a model file that fits MNIST (784 inputs, 10 outputs).
 ///
 /// # Errors
 /// If the file cannot be read or its shape does not fit MNIST.
-pub fn load_model(path: &Path) -> anyhow::Result<Network> {
+pub fn load_model(path: &Path) -> AppResult<Network> {
     let network = model_file::load(path)?;
     let sizes = &network.sizes;
-    anyhow::ensure!(
-        sizes.first() == Some(&IMAGE_SIZE) && sizes.last() == Some(&10),
-        "{}: layer sizes {sizes:?} do not fit MNIST (784 inputs, 10 outputs)",
-        path.display()
-    );
+    if sizes.first() != Some(&IMAGE_SIZE) || sizes.last() != Some(&10) {
+        return Err(AppError::ModelShape {
+            path: path.to_path_buf(),
+            sizes: sizes.clone(),
+            why: "do not fit MNIST (784 inputs, 10 outputs)".into(),
+        });
+    }
     Ok(network)
 }
 
@@ -44,7 +45,7 @@ pub fn export(
     out: &Path,
     format: ExportFormat,
     cost: Option<common::cost::Cost>,
-) -> anyhow::Result<String> {
+) -> AppResult<String> {
     let (network, metadata) = model_file::load_with_metadata(model)?;
     let recorded = metadata
         .get("cost")
@@ -53,7 +54,7 @@ pub fn export(
     match format {
         ExportFormat::Network2Json => {
             let json = common::network2_json::to_json(&network, cost);
-            std::fs::write(out, json).with_context(|| format!("writing {}", out.display()))?;
+            std::fs::write(out, json).map_err(AppError::write(out))?;
         }
     }
     Ok(format!(
@@ -69,7 +70,7 @@ pub fn export(
 ///
 /// # Errors
 /// If the model or the data cannot be loaded.
-pub fn evaluate(model: &Path, data_dir: Option<&Path>) -> anyhow::Result<String> {
+pub fn evaluate(model: &Path, data_dir: Option<&Path>) -> AppResult<String> {
     let network = load_model(model)?;
     let test = load_test_set(data_dir)?;
     let m = common::trainer::confusion_matrix(&network, &test);
@@ -131,7 +132,7 @@ pub fn predict_pixels(network: &Network, pixels: &[u8]) -> Prediction {
 /// # Errors
 /// If the model cannot be loaded. A bad image gives an error line, and the
 /// others are still predicted; the count of failures is returned.
-pub fn predict(model: &Path, images: &[PathBuf]) -> anyhow::Result<(String, usize)> {
+pub fn predict(model: &Path, images: &[PathBuf]) -> AppResult<(String, usize)> {
     let network = load_model(model)?;
     let (mut out, mut failed) = (String::new(), 0);
     for path in images {
@@ -156,7 +157,7 @@ pub fn predict(model: &Path, images: &[PathBuf]) -> anyhow::Result<(String, usiz
                 out.push_str(&format!(
                     "{}: error: {}\n",
                     path.display(),
-                    common::logging::error_chain(e.as_ref())
+                    common::logging::error_chain(&e)
                 ));
             }
         }

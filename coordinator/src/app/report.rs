@@ -5,9 +5,10 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use common::trainer::EpochReport;
 use plotters::prelude::*;
+
+use super::{AppError, AppResult};
 
 /// The CSV columns, in order.
 /// `training_cost`, `training_accuracy` and `validation_cost` are empty when
@@ -25,25 +26,23 @@ impl MetricsCsv {
     ///
     /// # Errors
     /// If the file cannot be created.
-    pub fn create(path: PathBuf) -> anyhow::Result<Self> {
-        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        let mut csv = MetricsCsv {
-            path,
-            out: BufWriter::new(file),
-        };
-        writeln!(csv.out, "{CSV_HEADER}")?;
-        csv.out.flush()?;
-        Ok(csv)
+    pub fn create(path: PathBuf) -> AppResult<Self> {
+        let file = File::create(&path).map_err(AppError::write(&path))?;
+        let mut out = BufWriter::new(file);
+        writeln!(out, "{CSV_HEADER}")
+            .and_then(|()| out.flush())
+            .map_err(AppError::write(&path))?;
+        Ok(MetricsCsv { path, out })
     }
 
     /// Appends the row of `r`.
     ///
     /// # Errors
     /// If writing fails.
-    pub fn append(&mut self, r: &EpochReport) -> anyhow::Result<()> {
+    pub fn append(&mut self, r: &EpochReport) -> AppResult<()> {
         writeln!(self.out, "{}", csv_row(r))
             .and_then(|()| self.out.flush())
-            .with_context(|| format!("writing {}", self.path.display()))
+            .map_err(AppError::write(&self.path))
     }
 }
 
@@ -96,8 +95,10 @@ fn register_font() {
 ///
 /// # Errors
 /// If there is nothing to draw, drawing fails or the file cannot be written.
-pub fn plot_accuracy(path: &Path, reports: &[EpochReport]) -> anyhow::Result<()> {
-    anyhow::ensure!(!reports.is_empty(), "no epoch to plot");
+pub fn plot_accuracy(path: &Path, reports: &[EpochReport]) -> AppResult<()> {
+    if reports.is_empty() {
+        return Err(AppError::Plot("no epoch to plot".into()));
+    }
     register_font();
     let mut pixels = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
     {
@@ -178,13 +179,24 @@ pub fn plot_accuracy(path: &Path, reports: &[EpochReport]) -> anyhow::Result<()>
         image::ColorType::Rgb8,
         image::ImageFormat::Png,
     )
-    .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    .map_err(|e| image_write_error(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(AppError::write(path))?;
     Ok(())
 }
 
-fn draw_error(e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::anyhow!("drawing the plot: {e}")
+fn draw_error(e: impl std::fmt::Display) -> AppError {
+    AppError::Plot(e.to_string())
+}
+
+/// A PNG that could not be encoded or written to `path`.
+fn image_write_error(path: &Path, e: image::ImageError) -> AppError {
+    match e {
+        image::ImageError::IoError(source) => AppError::Write {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => AppError::Plot(other.to_string()),
+    }
 }
 
 /// One curve of [`plot_runs`]: a label and `(epoch, accuracy %)` points.
@@ -194,15 +206,18 @@ pub type Curve = (String, Vec<(usize, f64)>);
 ///
 /// # Errors
 /// If the file cannot be read or lacks the column.
-pub fn read_metrics_column(path: &Path, column: &str) -> anyhow::Result<Vec<(usize, f64)>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+pub fn read_metrics_column(path: &Path, column: &str) -> AppResult<Vec<(usize, f64)>> {
+    let text = std::fs::read_to_string(path).map_err(AppError::read(path))?;
+    let bad = |why: String| AppError::Metrics {
+        path: path.to_path_buf(),
+        why,
+    };
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
     let col = header
         .iter()
         .position(|h| *h == column)
-        .with_context(|| format!("{}: no column {column:?}", path.display()))?;
+        .ok_or_else(|| bad(format!("no column {column:?}")))?;
     lines
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -210,7 +225,7 @@ pub fn read_metrics_column(path: &Path, column: &str) -> anyhow::Result<Vec<(usi
             let parse = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
             match (parse(0), parse(col)) {
                 (Some(e), Some(v)) => Ok((e as usize, v)),
-                _ => anyhow::bail!("{}: bad row {l:?}", path.display()),
+                _ => Err(bad(format!("bad row {l:?}"))),
             }
         })
         .collect()
@@ -227,8 +242,10 @@ pub fn plot_runs(
     y_desc: &str,
     curves: &[Curve],
     floor: f64,
-) -> anyhow::Result<()> {
-    anyhow::ensure!(curves.iter().any(|c| !c.1.is_empty()), "no run to plot");
+) -> AppResult<()> {
+    if curves.iter().all(|c| c.1.is_empty()) {
+        return Err(AppError::Plot("no run to plot".into()));
+    }
     register_font();
     let palette = [
         RGBColor(31, 119, 180),
@@ -299,6 +316,6 @@ pub fn plot_runs(
         image::ColorType::Rgb8,
         image::ImageFormat::Png,
     )
-    .with_context(|| format!("writing {}", path.display()))?;
+    .map_err(|e| image_write_error(path, e))?;
     Ok(())
 }

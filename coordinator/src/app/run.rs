@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use common::model_file;
 use common::trainer::{EpochReport, RunState};
 use common::Network;
@@ -15,13 +14,13 @@ use crate::app::dashboard::{self, Dashboard, Feed, Watched};
 use crate::app::launch::{sibling_worker_binary, Credentials, LocalWorkers};
 use crate::app::record::{self, RunRecord};
 use crate::app::ui::Ui;
-use crate::app::{data, model_use};
+use crate::app::{data, model_use, AppError, AppResult};
 use crate::listen::Listener;
 use crate::pool::PoolStats;
 use crate::Args;
 
 /// Trains as the flags say, saves the model and prints the summary.
-pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()> {
+pub async fn train(args: Args, bar: indicatif::ProgressBar) -> AppResult<()> {
     let mut config = args.validate()?;
     if let Some(preset) = args.preset {
         // The flags the preset stands for; explicit flags have overridden any of them.
@@ -34,9 +33,7 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
         );
     }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        let read = |p: &std::path::PathBuf| {
-            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
-        };
+        let read = |p: &std::path::PathBuf| std::fs::read(p).map_err(AppError::read(p));
         config.tls = Some(crate::config::TlsPem {
             cert: read(cert)?,
             key: read(key)?,
@@ -79,13 +76,14 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
     }
     if let Some(path) = &args.init {
         let network = model_use::load_model(path)?;
-        anyhow::ensure!(
-            network.sizes == config.plan.sizes,
-            "--init {}: the model has layer sizes {:?}, but --sizes is {:?}",
-            path.display(),
-            network.sizes,
-            config.plan.sizes
-        );
+        if network.sizes != config.plan.sizes {
+            return Err(AppError::Usage(format!(
+                "--init {}: the model has layer sizes {:?}, but --sizes is {:?}",
+                path.display(),
+                network.sizes,
+                config.plan.sizes
+            )));
+        }
         record.init = Some(record::InitModel {
             path: path.clone(),
             weights: common::chain::weights_digest(&network),
@@ -104,15 +102,18 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
     let load = || async move {
         tokio::task::spawn_blocking(move || data::load_mnist(data_dir.as_deref()))
             .await
-            .context("data loading panicked")?
+            .map_err(|_| AppError::Panicked {
+                what: "loading the data",
+            })?
             .map(Arc::new)
     };
 
     if args.local {
-        anyhow::ensure!(
-            args.dashboard.is_none() && args.trace.is_none(),
-            "--dashboard and --trace watch a cluster run; drop --local"
-        );
+        if args.dashboard.is_some() || args.trace.is_some() {
+            return Err(AppError::Usage(
+                "--dashboard and --trace watch a cluster run; drop --local".into(),
+            ));
+        }
         let data = load().await?;
         let start = std::time::Instant::now();
         let mut network = config
@@ -126,7 +127,8 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
                 common::trainer::train_with_state(&mut network, &mut state, &data, &plan, ui);
             (network, state, reports)
         })
-        .await?;
+        .await
+        .map_err(|_| AppError::Panicked { what: "training" })?;
         return finish(
             &args,
             &record,
@@ -140,10 +142,13 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
     }
 
     let listen = args.listen_addr()?;
+    let bind_error = |what: String| move |source| AppError::Bind { what, source };
     let (listener, _socket_file) = Listener::bind(&listen)
         .await
-        .with_context(|| format!("binding {listen:?}"))?;
-    let addr = listener.address()?;
+        .map_err(bind_error(format!("{listen:?}")))?;
+    let addr = listener
+        .address()
+        .map_err(bind_error(format!("{listen:?}")))?;
     // First line of stdout, so scripts and tests can find a port chosen with :0.
     println!("Listening on {addr}");
     let dashboard = start_dashboard(&args, &config)?;
@@ -167,7 +172,9 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
         Some(LocalWorkers::spawn(
             &sibling_worker_binary()?,
             config.workers,
-            &listener.worker_address(scheme)?,
+            &listener
+                .worker_address(scheme)
+                .map_err(bind_error(format!("{listen:?}")))?,
             &credentials,
             Some(Arc::new(log)),
         )?)
@@ -192,7 +199,7 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
     };
     let config_plan = config.plan.clone();
     let data = async {
-        let data = load().await?;
+        let data = load().await.map_err(crate::DataLoadError::from)?;
         if let Some(feed) = &feed {
             feed.send(Feed::Data(Arc::clone(&data)));
         }
@@ -215,9 +222,9 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
         d.finish(&outcome).await;
     }
     if workers_gone && summary.is_err() {
-        anyhow::bail!(
-            "every spawned worker exited before training finished; their errors are above"
-        );
+        return Err(AppError::Usage(
+            "every spawned worker exited before training finished; their errors are above".into(),
+        ));
     }
     if let Some(local) = local {
         let clean = local.wait(Duration::from_secs(10)).await;
@@ -238,7 +245,7 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> anyhow::Result<()
 
 /// Starts the dashboard and trace recorder the flags ask for, printing
 /// where the page is.
-fn start_dashboard(args: &Args, config: &crate::Config) -> anyhow::Result<Option<Dashboard>> {
+fn start_dashboard(args: &Args, config: &crate::Config) -> AppResult<Option<Dashboard>> {
     if args.dashboard.is_none() && args.trace.is_none() {
         return Ok(None);
     }
@@ -247,9 +254,12 @@ fn start_dashboard(args: &Args, config: &crate::Config) -> anyhow::Result<Option
             let addr = dashboard::parse_addr(value)?;
             let (access, code) =
                 dashboard::access_rule(addr, config.token.as_ref(), args.insecure_no_token)?;
-            let listener = std::net::TcpListener::bind(addr)
-                .with_context(|| format!("binding the dashboard on {addr}"))?;
-            let bound = listener.local_addr()?;
+            let dashboard_error = |source| AppError::Bind {
+                what: format!("the dashboard on {addr}"),
+                source,
+            };
+            let listener = std::net::TcpListener::bind(addr).map_err(dashboard_error)?;
+            let bound = listener.local_addr().map_err(dashboard_error)?;
             match code {
                 None => println!("Dashboard on http://{bound}/"),
                 // The token itself is never printed: the code works once and
@@ -283,6 +293,10 @@ fn start_dashboard(args: &Args, config: &crate::Config) -> anyhow::Result<Option
             cost: plan.cost,
             kernels: plan.kernels,
         },
+    })
+    .map_err(|source| AppError::Bind {
+        what: "the dashboard".into(),
+        source,
     })?;
     Ok(Some(d))
 }
@@ -305,7 +319,7 @@ fn save_best(
     args: &Args,
     plan: &common::trainer::TrainingPlan,
     state: &RunState,
-) -> anyhow::Result<Option<PathBuf>> {
+) -> AppResult<Option<PathBuf>> {
     match (best_path(args, plan), &state.best) {
         (Some(path), Some(best)) => {
             model_file::save(&path, &best.network)?;
@@ -324,7 +338,7 @@ struct Recording {
 
 impl Recording {
     /// Writes the record of a run of `plan` that has reached `state`.
-    fn write(&self, plan: &common::trainer::TrainingPlan, state: &RunState) -> anyhow::Result<()> {
+    fn write(&self, plan: &common::trainer::TrainingPlan, state: &RunState) -> AppResult<()> {
         let digests = record::data_digests(&self.data_dir)?;
         Ok(record::of_run(plan, digests, self.init.clone(), &state.chain).save(&self.path)?)
     }
@@ -342,8 +356,10 @@ fn finish(
     reports: &[EpochReport],
     elapsed: Duration,
     stats: Option<&PoolStats>,
-) -> anyhow::Result<()> {
-    let last = reports.last().context("no epoch ran")?;
+) -> AppResult<()> {
+    let last = reports
+        .last()
+        .ok_or_else(|| AppError::Usage("no epoch ran".into()))?;
     let best = reports
         .iter()
         .max_by_key(|r| (r.test_correct, std::cmp::Reverse(r.epoch)))

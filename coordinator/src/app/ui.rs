@@ -145,7 +145,7 @@ impl Ui {
         batch_size: usize,
         metrics: Option<PathBuf>,
         plot: Option<PathBuf>,
-    ) -> anyhow::Result<Self> {
+    ) -> super::AppResult<Self> {
         Ok(Ui {
             bar,
             show,

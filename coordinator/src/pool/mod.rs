@@ -33,6 +33,8 @@ use common::schedule::{ShardId, StepId};
 use common::{wire, Gradients, Network};
 use tokio::sync::mpsc;
 use tonic::Status;
+
+use crate::refusal::Refusal;
 use tracing::{info, warn};
 
 pub use audit::Audit;
@@ -82,20 +84,6 @@ pub enum WorkerEvent {
         /// Why, for the log.
         reason: String,
     },
-}
-
-/// The status a worker is dropped with for a protocol violation: ids that
-/// were never issued are INVALID_ARGUMENT; a shard that is someone else's is
-/// PERMISSION_DENIED (the documented codes, see `proto/trainer.proto`).
-impl From<Violation> for Status {
-    fn from(v: Violation) -> Self {
-        match v {
-            Violation::NotOwner { .. } => Status::permission_denied(v.to_string()),
-            Violation::UnissuedStep { .. } | Violation::UnknownShard { .. } => {
-                Status::invalid_argument(v.to_string())
-            }
-        }
-    }
 }
 
 /// Why a step could not be completed.
@@ -379,13 +367,14 @@ impl RemotePool {
             Verdict::Duplicate => self.stats.duplicate += 1,
             Verdict::Violation(v) => {
                 self.stats.refused += 1;
-                self.evict(id, v.into());
+                self.evict(id, v);
             }
         }
     }
 
-    /// Drops a worker, ending its stream with `status`.
-    fn evict(&mut self, id: WorkerId, status: Status) {
+    /// Drops a worker, ending its stream with the status of `why`.
+    fn evict(&mut self, id: WorkerId, why: impl Into<Refusal>) {
+        let status = Status::from(why.into());
         self.backlog.forget(id);
         if let Some(h) = self.workers.remove(&id) {
             warn!(worker = %id, name = %h.name, code = ?status.code(), error = %status.message(), "worker evicted");
@@ -478,10 +467,7 @@ impl RemotePool {
             }
             Err(_) => {
                 // Closed, or so far behind that its queue is full: treat it as gone.
-                self.evict(
-                    id,
-                    Status::resource_exhausted("worker is not reading its stream"),
-                );
+                self.evict(id, Refusal::NotReading);
                 self.release(step, id);
                 false
             }
@@ -507,12 +493,11 @@ impl RemotePool {
     /// timeout (of this step or an earlier one); their shards go to others.
     fn expire(&mut self, step: &mut Step<'_>) {
         for id in self.backlog.overdue(now(), self.timeouts.shard) {
-            let msg = format!(
-                "no result for step {} within {}",
-                step.state.id(),
-                common::logging::Seconds(self.timeouts.shard)
-            );
-            self.evict(id, Status::deadline_exceeded(msg));
+            let why = Refusal::TooSlow {
+                step: step.state.id(),
+                timeout: self.timeouts.shard,
+            };
+            self.evict(id, why);
             self.release(step, id);
         }
     }
@@ -569,12 +554,11 @@ impl RemotePool {
                             worker: id,
                             why: observer::Ignored::AuditFailed,
                         });
-                        let msg = format!(
-                            "step {} shard {i}: the gradients differ from the coordinator's recomputation (audit); \
-                             this worker computes wrong results (a faulty CPU or a dishonest peer)",
-                            step.state.id()
-                        );
-                        self.evict(id, Status::data_loss(msg));
+                        let why = Refusal::AuditFailed {
+                            step: step.state.id(),
+                            shard: i,
+                        };
+                        self.evict(id, why);
                         self.release(step, id);
                     }
                 }
@@ -585,7 +569,7 @@ impl RemotePool {
                     worker: id,
                     why: observer::Ignored::Rejected,
                 });
-                self.evict(id, e.into());
+                self.evict(id, e);
                 self.release(step, id);
             }
         }

@@ -223,7 +223,7 @@ async fn health_follows_the_run_and_reflection_lists_the_services() {
 async fn data_that_fails_to_load_stops_the_server_with_the_reason() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let plan = plan_for(1, 1, 1);
-    let failing = async { Err::<Arc<common::dataset::Mnist>, _>(anyhow::anyhow!("disk on fire")) };
+    let failing = async { Err::<Arc<common::dataset::Mnist>, _>("disk on fire".into()) };
     let result = coordinator::serve(
         listener,
         test_config(plan, 1),
