@@ -63,6 +63,16 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
+/// Prints `program: error: …` (the whole chain, each cause once) on stderr
+/// and returns the failure exit code: how both binaries end on an error.
+pub fn report_error(
+    program: &str,
+    err: &(dyn std::error::Error + 'static),
+) -> std::process::ExitCode {
+    eprintln!("{program}: error: {}", error_chain(err));
+    std::process::ExitCode::FAILURE
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -127,32 +127,12 @@ pub type DataLoadError = Box<dyn std::error::Error + Send + Sync>;
 /// The overall service (`""`) is SERVING for as long as the server runs: a
 /// liveness check, where `ddp.v1.Trainer` is a readiness check.
 ///
-/// # Errors
-/// [`CoordinatorError`] if the run cannot finish.
-pub async fn serve(
-    listener: impl Into<listen::Listener>,
-    config: Config,
-    data: impl Future<Output = Result<Arc<Mnist>, DataLoadError>>,
-    shutdown: impl Future<Output = ()>,
-    progress: impl Progress,
-) -> Result<RunSummary, CoordinatorError> {
-    serve_with(
-        listener,
-        config,
-        data,
-        shutdown,
-        progress,
-        pool::Observer::none(),
-    )
-    .await
-}
-
-/// [`serve`], with the worker pool reporting what it does to `observer`
-/// (the [`dashboard`] and `--trace` listen there).
+/// The worker pool reports what it does to `observer` (the dashboard and
+/// `--trace` listen there; [`pool::Observer::none`] for nobody).
 ///
 /// # Errors
 /// [`CoordinatorError`] if the run cannot finish.
-pub async fn serve_with(
+pub async fn serve(
     listener: impl Into<listen::Listener>,
     config: Config,
     data: impl Future<Output = Result<Arc<Mnist>, DataLoadError>>,

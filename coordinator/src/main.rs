@@ -134,13 +134,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!(
-                "coordinator: error: {}",
-                common::logging::error_chain(e.as_ref())
-            );
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => common::logging::report_error("coordinator", e.as_ref()),
     }
 }
 

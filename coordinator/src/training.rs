@@ -248,19 +248,28 @@ mod tests {
         ]
     }
 
+    /// The single-process reference trainer's run of `plan` from its start.
+    fn reference_run(
+        plan: &TrainingPlan,
+        data: &Mnist,
+    ) -> (Network, RunState, Vec<common::trainer::EpochReport>) {
+        let mut network = plan.initial_network();
+        let mut state = RunState::new(plan);
+        let reports = common::trainer::train_with_state(
+            &mut network,
+            &mut state,
+            data,
+            plan,
+            common::trainer::Quiet,
+        );
+        (network, state, reports)
+    }
+
     #[tokio::test]
     async fn loop_equals_reference_trainer_bitwise() {
         let data = Arc::new(synthetic(95));
         for (i, plan) in plans(4).iter().enumerate() {
-            let mut reference = plan.initial_network();
-            let mut ref_state = RunState::new(plan);
-            let ref_reports = common::trainer::train_with_state(
-                &mut reference,
-                &mut ref_state,
-                &data,
-                plan,
-                common::trainer::Quiet,
-            );
+            let (reference, ref_state, ref_reports) = reference_run(plan, &data);
             let mut net = plan.initial_network();
             let mut state = RunState::new(plan);
             let reports = run(
@@ -291,15 +300,7 @@ mod tests {
     fn the_chapter3_test_plan_halves_and_stops() {
         let data = synthetic(95);
         let plan = &plans(3)[1];
-        let mut net = plan.initial_network();
-        let mut state = RunState::new(plan);
-        let reports = common::trainer::train_with_state(
-            &mut net,
-            &mut state,
-            &data,
-            plan,
-            common::trainer::Quiet,
-        );
+        let (_, state, reports) = reference_run(plan, &data);
         assert!(reports.iter().any(|r| r.verdict.halved), "{reports:?}");
         assert!(
             reports.len() < plan.epochs,
@@ -332,15 +333,7 @@ mod tests {
         let data = Arc::new(synthetic(95));
         let dir = std::env::temp_dir().join(format!("resume-{}", std::process::id()));
         for (i, plan) in plans(3).iter().enumerate() {
-            let mut reference = plan.initial_network();
-            let mut ref_state = RunState::new(plan);
-            common::trainer::train_with_state(
-                &mut reference,
-                &mut ref_state,
-                &data,
-                plan,
-                common::trainer::Quiet,
-            );
+            let (reference, ref_state, _) = reference_run(plan, &data);
             for stop_after in [1u64, 9, 10, 13, 19] {
                 let c = Checkpointing {
                     path: dir.join(format!("c{i}-{stop_after}.safetensors")),

@@ -234,7 +234,7 @@ impl Cluster {
             .context("binding 127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let coordinator = tokio::spawn(coordinator::serve_with(
+        let coordinator = tokio::spawn(coordinator::serve(
             listener,
             config,
             async { Ok(data) },

@@ -80,13 +80,7 @@ fn main() -> std::process::ExitCode {
             eprintln!("worker: {e:#}");
             std::process::ExitCode::from(3)
         }
-        Err(e) => {
-            eprintln!(
-                "worker: error: {}",
-                common::logging::error_chain(e.as_ref())
-            );
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => common::logging::report_error("worker", e.as_ref()),
     }
 }
 

@@ -74,9 +74,6 @@ pub fn csv_row(r: &EpochReport) -> String {
     )
 }
 
-const WIDTH: u32 = 900;
-const HEIGHT: u32 = 560;
-
 /// Registers the embedded DejaVu Sans as plotters' "sans-serif", once: the
 /// plot needs no system fonts.
 fn register_font() {
@@ -91,97 +88,42 @@ fn register_font() {
 }
 
 /// Draws test and validation accuracy per epoch into a PNG at `path`
-/// (written to a temporary file, then renamed over `path`).
+/// (written to a temporary file, then renamed over `path`, so a viewer never
+/// sees half a file while the run rewrites it each epoch).
 ///
 /// # Errors
 /// If there is nothing to draw, drawing fails or the file cannot be written.
 pub fn plot_accuracy(path: &Path, reports: &[EpochReport]) -> AppResult<()> {
-    if reports.is_empty() {
+    let Some(r) = reports.first() else {
         return Err(AppError::Plot("no epoch to plot".into()));
-    }
-    register_font();
-    let mut pixels = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut pixels, (WIDTH, HEIGHT)).into_drawing_area();
-        root.fill(&WHITE).map_err(draw_error)?;
-        let lowest = reports
-            .iter()
-            .flat_map(|r| [r.test_accuracy(), r.validation_accuracy()])
-            .fold(100.0_f64, f64::min);
-        // A floor at a round number below the lowest point, so the curve fills the plot.
-        let floor = ((lowest - 1.0) / 5.0).floor().max(0.0) * 5.0;
-        let first = reports[0].epoch as i32;
-        let last = (reports[reports.len() - 1].epoch as i32).max(first + 1);
-        let mut chart = ChartBuilder::on(&root)
-            .caption("Accuracy per epoch", ("sans-serif", 26))
-            .margin(16)
-            .x_label_area_size(46)
-            .y_label_area_size(60)
-            .build_cartesian_2d(first..last, floor..100.0)
-            .map_err(draw_error)?;
-        chart
-            .configure_mesh()
-            .x_desc("epoch")
-            .y_desc("accuracy (%)")
-            .x_labels(((last - first + 1) as usize).min(16))
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .label_style(("sans-serif", 16))
-            .axis_desc_style(("sans-serif", 18))
-            .draw()
-            .map_err(draw_error)?;
-        let r = &reports[0];
-        let series: [(String, RGBColor, fn(&EpochReport) -> f64); 2] = [
-            (
-                format!("test ({} images)", r.test_total),
-                RGBColor(31, 119, 180),
-                EpochReport::test_accuracy,
-            ),
-            (
-                format!("validation ({} images)", r.validation_total),
-                RGBColor(255, 127, 14),
-                EpochReport::validation_accuracy,
-            ),
-        ];
-        for (label, color, value) in series {
-            let points: Vec<(i32, f64)> =
-                reports.iter().map(|r| (r.epoch as i32, value(r))).collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                .map_err(draw_error)?
-                .label(label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
-                });
-            chart
-                .draw_series(
-                    points
-                        .into_iter()
-                        .map(|p| Circle::new(p, 3, color.filled())),
-                )
-                .map_err(draw_error)?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 16))
-            .draw()
-            .map_err(draw_error)?;
-        root.present().map_err(draw_error)?;
-    }
+    };
+    let curve = |label: String, value: fn(&EpochReport) -> f64| -> Curve {
+        (label, reports.iter().map(|r| (r.epoch, value(r))).collect())
+    };
+    let curves = [
+        curve(
+            format!("test ({} images)", r.test_total),
+            EpochReport::test_accuracy,
+        ),
+        curve(
+            format!("validation ({} images)", r.validation_total),
+            EpochReport::validation_accuracy,
+        ),
+    ];
+    let lowest = curves
+        .iter()
+        .flat_map(|c| c.1.iter().map(|p| p.1))
+        .fold(100.0_f64, f64::min);
+    // A floor at a round number below the lowest point, so the curves fill the plot.
+    let floor = ((lowest - 1.0) / 5.0).floor().max(0.0) * 5.0;
     let tmp = path.with_extension("png.tmp");
-    image::save_buffer_with_format(
-        &tmp,
-        &pixels,
-        WIDTH,
-        HEIGHT,
-        image::ColorType::Rgb8,
-        image::ImageFormat::Png,
-    )
-    .map_err(|e| image_write_error(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(AppError::write(path))?;
-    Ok(())
+    let chart = Chart {
+        title: "Accuracy per epoch",
+        y_desc: "accuracy (%)",
+        size: (900, 560),
+    };
+    draw(&tmp, &chart, &curves, floor)?;
+    std::fs::rename(&tmp, path).map_err(AppError::write(path))
 }
 
 fn draw_error(e: impl std::fmt::Display) -> AppError {
@@ -246,6 +188,29 @@ pub fn plot_runs(
     if curves.iter().all(|c| c.1.is_empty()) {
         return Err(AppError::Plot("no run to plot".into()));
     }
+    let chart = Chart {
+        title,
+        y_desc,
+        size: (1000, 620),
+    };
+    draw(path, &chart, curves, floor)
+}
+
+/// What tells one chart from another.
+struct Chart<'a> {
+    title: &'a str,
+    y_desc: &'a str,
+    size: (u32, u32),
+}
+
+/// The one chart both plots draw: `curves` per epoch (points marked),
+/// `floor..100` on the y axis, a legend, written as a PNG to `path`.
+fn draw(path: &Path, chart: &Chart<'_>, curves: &[Curve], floor: f64) -> AppResult<()> {
+    let Chart {
+        title,
+        y_desc,
+        size: (width, height),
+    } = *chart;
     register_font();
     let palette = [
         RGBColor(31, 119, 180),
@@ -257,13 +222,9 @@ pub fn plot_runs(
         RGBColor(227, 119, 194),
         RGBColor(127, 127, 127),
     ];
-    let last = curves
-        .iter()
-        .flat_map(|c| c.1.iter().map(|p| p.0))
-        .max()
-        .unwrap_or(1)
-        .max(1) as i32;
-    let (width, height) = (1000u32, 620u32);
+    let epochs = || curves.iter().flat_map(|c| c.1.iter().map(|p| p.0 as i32));
+    let first = epochs().min().unwrap_or(0);
+    let last = epochs().max().unwrap_or(1).max(first + 1);
     let mut pixels = vec![0u8; (width * height * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
@@ -273,12 +234,13 @@ pub fn plot_runs(
             .margin(16)
             .x_label_area_size(46)
             .y_label_area_size(60)
-            .build_cartesian_2d(0..last, floor..100.0)
+            .build_cartesian_2d(first..last, floor..100.0)
             .map_err(draw_error)?;
         chart
             .configure_mesh()
             .x_desc("epoch")
             .y_desc(y_desc)
+            .x_labels(((last - first + 1) as usize).min(16))
             .y_label_formatter(&|y| format!("{y:.1}"))
             .label_style(("sans-serif", 16))
             .axis_desc_style(("sans-serif", 18))
@@ -291,12 +253,19 @@ pub fn plot_runs(
                 .map(|&(e, v)| (e as i32, v.max(floor)))
                 .collect();
             chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
                 .map_err(draw_error)?
                 .label(label.clone())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
                 });
+            chart
+                .draw_series(
+                    points
+                        .into_iter()
+                        .map(|p| Circle::new(p, 3, color.filled())),
+                )
+                .map_err(draw_error)?;
         }
         chart
             .configure_series_labels()
@@ -316,6 +285,5 @@ pub fn plot_runs(
         image::ColorType::Rgb8,
         image::ImageFormat::Png,
     )
-    .map_err(|e| image_write_error(path, e))?;
-    Ok(())
+    .map_err(|e| image_write_error(path, e))
 }

@@ -209,7 +209,7 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> AppResult<()> {
         .as_ref()
         .map_or_else(crate::pool::Observer::none, Dashboard::observer);
     let progress = Watched::new(ui, feed.clone());
-    let summary = crate::serve_with(listener, config, data, shutdown, progress, observer).await;
+    let summary = crate::serve(listener, config, data, shutdown, progress, observer).await;
     // Whatever ended the run, the bar goes: no half-drawn bar under the last
     // lines, and none redrawn around the workers' last log lines either.
     bar.finish_and_clear();

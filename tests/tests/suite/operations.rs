@@ -120,6 +120,7 @@ async fn health_follows_the_run_and_reflection_lists_the_services() {
         loading,
         std::future::pending(),
         common::trainer::Quiet,
+        coordinator::pool::Observer::none(),
     ));
     let url = format!("http://{addr}");
     let timeout = Duration::from_secs(10);
@@ -230,6 +231,7 @@ async fn data_that_fails_to_load_stops_the_server_with_the_reason() {
         failing,
         std::future::pending(),
         common::trainer::Quiet,
+        coordinator::pool::Observer::none(),
     )
     .await;
     let err = result.unwrap_err().to_string();
