@@ -53,3 +53,52 @@ pub fn stderr_of(child: &mut Guard) -> String {
     }
     s
 }
+
+/// Waits for a child and asserts that it succeeded; a failure shows its stderr.
+pub fn expect_success(child: &mut Guard, limit: Duration, what: &str) {
+    let status = wait_exit(child, limit, what);
+    assert!(
+        status.success(),
+        "{what} exited {status}: {}",
+        stderr_of(child)
+    );
+}
+
+/// [`expect_success`] for each child of `children`, named `what` and its index.
+pub fn expect_all_success(children: &mut [Guard], limit: Duration, what: &str) {
+    for (i, child) in children.iter_mut().enumerate() {
+        expect_success(child, limit, &format!("{what} {i}"));
+    }
+}
+
+/// Waits for a child whose stdout `rx` reads ([`lines`]) and asserts that it
+/// succeeded; returns the rest of its stdout. A failure shows both streams.
+pub fn expect_success_with_output(
+    child: &mut Guard,
+    rx: &mpsc::Receiver<String>,
+    limit: Duration,
+    what: &str,
+) -> Vec<String> {
+    let status = wait_exit(child, limit, what);
+    let output = drain(rx);
+    assert!(
+        status.success(),
+        "{what} exited {status}; stdout {output:?}; stderr {}",
+        stderr_of(child)
+    );
+    output
+}
+
+/// Every line still to come from an exited process's stdout, up to its end
+/// (when every process holding the pipe, spawned workers included, has
+/// exited); the timeout only bounds a hang.
+pub fn drain(rx: &mpsc::Receiver<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => out.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return out,
+            Err(e) => panic!("stdout still open a minute after exit: {e}"),
+        }
+    }
+}

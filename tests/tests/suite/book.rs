@@ -11,7 +11,9 @@ use std::time::Duration;
 use common::cost::Cost;
 use common::network::Init;
 use common::trainer::{train_with_state, RunState, TrainingPlan};
-use integration_tests::process::{lines, stderr_of, wait_exit, Guard};
+use integration_tests::process::{
+    expect_all_success, expect_success, lines, stderr_of, wait_exit, Guard,
+};
 use integration_tests::{
     binary, bits, fixture_data, fixture_dir, max_abs_diff, test_config, Cluster,
 };
@@ -287,32 +289,15 @@ fn momentum_run_killed_and_resumed_equals_local_byte_for_byte() {
 
     let args = run(&["--listen", &addr, "--resume", ck.to_str().unwrap()]);
     let mut second = coordinator(&args.iter().map(String::as_str).collect::<Vec<_>>(), &out);
-    let status = wait_exit(&mut second, Duration::from_secs(120), "resumed coordinator");
-    assert!(
-        status.success(),
-        "resumed coordinator exited {status}: {}",
-        stderr_of(&mut second)
-    );
-    for (i, w) in workers.iter_mut().enumerate() {
-        let status = wait_exit(w, Duration::from_secs(60), "worker");
-        assert!(
-            status.success(),
-            "worker {i} exited {status}: {}",
-            stderr_of(w)
-        );
-    }
+    expect_success(&mut second, Duration::from_secs(120), "resumed coordinator");
+    expect_all_success(&mut workers, Duration::from_secs(60), "worker");
 
     let replay = dir.join("replay.safetensors");
     let mut local = coordinator(
         &[CH3, &["--local", "--shards", "4", "--epochs", "6"]].concat(),
         &replay,
     );
-    let status = wait_exit(&mut local, Duration::from_secs(120), "coordinator --local");
-    assert!(
-        status.success(),
-        "--local exited {status}: {}",
-        stderr_of(&mut local)
-    );
+    expect_success(&mut local, Duration::from_secs(120), "coordinator --local");
     for (a, b) in [
         ("model.safetensors", "replay.safetensors"),
         ("model.best.safetensors", "replay.best.safetensors"),

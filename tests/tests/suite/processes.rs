@@ -4,7 +4,10 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use integration_tests::process::{lines, stderr_of, wait_exit, Guard};
+use integration_tests::process::{
+    drain, expect_all_success, expect_success, expect_success_with_output, lines, stderr_of,
+    wait_exit, Guard,
+};
 use integration_tests::{binary, fixture_dir, TempDir};
 
 /// The real coordinator on the MNIST slice with seed 3, on 127.0.0.1:0
@@ -41,20 +44,6 @@ pub(crate) fn address(rx: &std::sync::mpsc::Receiver<String>) -> String {
     addr.to_string()
 }
 
-/// Every line still to come from an exited process's stdout, up to its end
-/// (when every process holding the pipe, spawned workers included, has
-/// exited); the timeout only bounds a hang.
-pub(crate) fn drain(rx: &std::sync::mpsc::Receiver<String>) -> Vec<String> {
-    let mut out = Vec::new();
-    loop {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => out.push(line),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return out,
-            Err(e) => panic!("stdout still open a minute after exit: {e}"),
-        }
-    }
-}
-
 /// Replays the run in one process (`--local`) and checks the cluster's model
 /// file `out` is byte-identical to the replay's.
 pub(crate) fn assert_same_as_local(
@@ -70,12 +59,7 @@ pub(crate) fn assert_same_as_local(
         &["--local", "--shards", &shards, "--epochs", &epochs],
         &replay,
     );
-    let status = wait_exit(&mut local, Duration::from_secs(120), "coordinator --local");
-    assert!(
-        status.success(),
-        "--local exited {status}: {}",
-        stderr_of(&mut local)
-    );
+    expect_success(&mut local, Duration::from_secs(120), "coordinator --local");
     assert!(
         std::fs::read(out).unwrap() == std::fs::read(&replay).unwrap(),
         "{what}"
@@ -127,13 +111,8 @@ fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
             )
         })
         .collect();
-    let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
-    let output: Vec<String> = drain(&rx);
-    assert!(
-        status.success(),
-        "coordinator exited {status}; stdout {output:?}; stderr {}",
-        stderr_of(&mut coord)
-    );
+    let output =
+        expect_success_with_output(&mut coord, &rx, Duration::from_secs(120), "coordinator");
     let epoch = output
         .iter()
         .find(|l| l.starts_with("Epoch 2: "))
@@ -153,14 +132,7 @@ fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
             .any(|l| l.starts_with("Done: best test accuracy")),
         "{output:?}"
     );
-    for (i, w) in workers.iter_mut().enumerate() {
-        let status = wait_exit(w, Duration::from_secs(30), "worker");
-        assert!(
-            status.success(),
-            "worker {i} exited {status}: {}",
-            stderr_of(w)
-        );
-    }
+    expect_all_success(&mut workers, Duration::from_secs(30), "worker");
     let model = common::model_file::load(&out).expect("saved model loads");
     assert_eq!(model.sizes, vec![784, 30, 10]);
 
@@ -210,13 +182,8 @@ fn sigkilled_and_exiting_worker_processes_cost_only_time() {
         .expect("a second epoch line");
     assert!(epoch1.starts_with("Epoch 1: "), "{epoch1}");
     second_victim.0.kill().expect("SIGKILL the second victim");
-    let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
-    let output: Vec<String> = drain(&rx);
-    assert!(
-        status.success(),
-        "coordinator exited {status}; stdout {output:?}; stderr {}",
-        stderr_of(&mut coord)
-    );
+    let output =
+        expect_success_with_output(&mut coord, &rx, Duration::from_secs(120), "coordinator");
     assert!(
         output.iter().any(|l| l.starts_with("Faults absorbed: ")),
         "the summary reports the recovery: {output:?}"
@@ -228,14 +195,7 @@ fn sigkilled_and_exiting_worker_processes_cost_only_time() {
         "--exit-at-step exits with status 3: {}",
         stderr_of(&mut quitter)
     );
-    for (i, w) in healthy.iter_mut().enumerate() {
-        let status = wait_exit(w, Duration::from_secs(30), "healthy worker");
-        assert!(
-            status.success(),
-            "healthy worker {i} exited {status}: {}",
-            stderr_of(w)
-        );
-    }
+    expect_all_success(&mut healthy, Duration::from_secs(30), "healthy worker");
     assert_same_as_local(
         &dir,
         &out,
@@ -298,12 +258,7 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
         &out,
     );
     let rx = lines(&mut second);
-    let status = wait_exit(&mut second, Duration::from_secs(120), "resumed coordinator");
-    assert!(
-        status.success(),
-        "resumed coordinator exited {status}: {}",
-        stderr_of(&mut second)
-    );
+    expect_success(&mut second, Duration::from_secs(120), "resumed coordinator");
     // The resume path ran: only the epochs from the checkpoint's on were
     // trained, not a fresh run from epoch 0 (which would give the same bytes).
     let trained: Vec<String> = drain(&rx)
@@ -321,14 +276,7 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
         expected.iter().map(String::as_str).collect::<Vec<_>>(),
         "{trained:?}"
     );
-    for (i, w) in workers.iter_mut().enumerate() {
-        let status = wait_exit(w, Duration::from_secs(60), "worker");
-        assert!(
-            status.success(),
-            "worker {i} (reconnected after the crash) exited {status}: {}",
-            stderr_of(w)
-        );
-    }
+    expect_all_success(&mut workers, Duration::from_secs(60), "worker");
     assert_same_as_local(
         &dir,
         &out,

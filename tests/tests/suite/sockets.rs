@@ -8,7 +8,8 @@ use std::time::Duration;
 use integration_tests::process::{lines, stderr_of, wait_exit, Guard};
 use integration_tests::{binary, fixture_dir};
 
-use crate::processes::{address, assert_same_as_local, coordinator, drain, tempdir};
+use crate::processes::{address, assert_same_as_local, coordinator, tempdir};
+use integration_tests::process::drain;
 
 #[test]
 fn worker_processes_over_a_unix_socket_train_exactly_and_the_socket_is_removed() {

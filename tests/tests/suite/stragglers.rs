@@ -6,11 +6,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use integration_tests::process::{lines, stderr_of, wait_exit, Guard};
+use integration_tests::process::{expect_success_with_output, lines, stderr_of, wait_exit, Guard};
 
-use crate::processes::{
-    address, assert_same_as_local, coordinator, drain, tempdir, worker_process,
-};
+use crate::processes::{address, assert_same_as_local, coordinator, tempdir, worker_process};
 
 /// Sends `signal` (`STOP`, `CONT`) to the worker's process.
 fn signal(worker: &Guard, signal: &str) {
@@ -56,13 +54,8 @@ fn a_paused_worker_process_is_backed_up_and_the_run_does_not_wait_for_it() {
         }
     }
     signal(&paused, "CONT");
-    let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
-    let output: Vec<String> = drain(&rx);
-    assert!(
-        status.success(),
-        "coordinator exited {status}; stdout {output:?}; stderr {}",
-        stderr_of(&mut coord)
-    );
+    let output =
+        expect_success_with_output(&mut coord, &rx, Duration::from_secs(120), "coordinator");
     let stragglers = output
         .iter()
         .find(|l| l.starts_with("Stragglers: "))
