@@ -354,6 +354,19 @@ mod tests {
         }
     }
 
+    /// Saves the checkpoint of `plan` before its first step at `path`.
+    fn save_fresh(path: &Path, plan: &TrainingPlan) {
+        let network = plan.initial_network();
+        save(
+            path,
+            &network,
+            Position::default(),
+            plan,
+            &RunState::new(plan),
+        )
+        .unwrap();
+    }
+
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("ckpt-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
@@ -381,14 +394,7 @@ mod tests {
     fn mismatched_flags_are_named() {
         let d = dir("mm");
         let path = d.join("c.safetensors");
-        save(
-            &path,
-            &plan().initial_network(),
-            Position::default(),
-            &plan(),
-            &RunState::new(&plan()),
-        )
-        .unwrap();
+        save_fresh(&path, &plan());
         let c = load(&path).unwrap();
         let other = TrainingPlan { eta: 0.5, ..plan() };
         let err = c.check_matches(&path, &other).unwrap_err().to_string();
@@ -473,14 +479,7 @@ mod tests {
             eta_schedule: Some("halve:10:128".parse().unwrap()),
             ..plan()
         };
-        save(
-            &path,
-            &plan.initial_network(),
-            Position::default(),
-            &plan,
-            &RunState::new(&plan),
-        )
-        .unwrap();
+        save_fresh(&path, &plan);
         let c = load(&path).unwrap();
         let cases = [
             (
@@ -537,14 +536,7 @@ mod tests {
     fn truncated_or_plain_model_is_a_clear_error_and_the_old_file_survives() {
         let d = dir("bad");
         let path = d.join("c.safetensors");
-        save(
-            &path,
-            &plan().initial_network(),
-            Position::default(),
-            &plan(),
-            &RunState::new(&plan()),
-        )
-        .unwrap();
+        save_fresh(&path, &plan());
         let good = std::fs::read(&path).unwrap();
         let cut = d.join("cut.safetensors");
         std::fs::write(&cut, &good[..good.len() - 100]).unwrap();

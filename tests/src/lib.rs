@@ -52,6 +52,13 @@ pub struct Cluster {
     stop: Option<oneshot::Sender<()>>,
 }
 
+/// A `WorkerMessage` carrying the shard result `result`, as a raw peer sends it.
+pub fn result_message(result: common::pb::ShardResult) -> common::pb::WorkerMessage {
+    common::pb::WorkerMessage {
+        kind: Some(common::pb::worker_message::Kind::Result(result)),
+    }
+}
+
 /// Opens a `ddp.v1.Trainer/Train` stream to `addr` as a raw peer would:
 /// sends `first`, of any message type that encodes where a `WorkerMessage`
 /// goes (the real one, or one crafted to be malformed), with `token` as the

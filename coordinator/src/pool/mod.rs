@@ -972,9 +972,8 @@ mod tests {
             rx,
             SIZES.to_vec(),
             Timeouts {
-                wait_for_worker: Duration::from_secs(5),
                 shard: Duration::from_secs(2),
-                backup: BackupPolicy::OFF,
+                ..timeouts(5)
             },
             0,
         );
@@ -1013,9 +1012,9 @@ mod tests {
             rx,
             SIZES.to_vec(),
             Timeouts {
-                wait_for_worker: Duration::from_secs(5),
                 shard: Duration::from_secs(30),
                 backup: BackupPolicy::DEFAULT,
+                ..timeouts(5)
             },
             STEP,
         );

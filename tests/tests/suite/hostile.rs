@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::pb::{self, coordinator_message, worker_message};
 use common::trainer::{shard_gradients, train, TrainingPlan};
 use common::{wire, Network};
-use integration_tests::{bits, fixture_data, open_stream, test_config, Cluster};
+use integration_tests::{bits, fixture_data, open_stream, result_message, test_config, Cluster};
 use proptest::prelude::*;
 
 const SHARDS: usize = 3;
@@ -88,12 +88,6 @@ fn hello(name: &str) -> pb::WorkerMessage {
     }
 }
 
-fn result(msg: pb::ShardResult) -> pb::WorkerMessage {
-    pb::WorkerMessage {
-        kind: Some(worker_message::Kind::Result(msg)),
-    }
-}
-
 /// A raw peer: joins, then plays `script` one move per Step, then answers
 /// honestly until it is dropped or the run ends.
 async fn raw_peer(addr: std::net::SocketAddr, script: Vec<Move>) {
@@ -161,7 +155,7 @@ async fn raw_peer(addr: std::net::SocketAddr, script: Vec<Move>) {
             Move::Leave => return,
         };
         for r in sends {
-            if tx.send(result(r)).await.is_err() {
+            if tx.send(result_message(r)).await.is_err() {
                 return;
             }
         }
@@ -296,7 +290,7 @@ async fn flooder(addr: std::net::SocketAddr) {
                 let next = late.lock().await.clone();
                 match next {
                     Some(r) => {
-                        if tx.send(result(r)).await.is_err() {
+                        if tx.send(result_message(r)).await.is_err() {
                             return;
                         }
                     }
@@ -321,7 +315,7 @@ async fn flooder(addr: std::net::SocketAddr) {
             let mut stale = r.clone();
             stale.step_id = step.step_id.saturating_sub(1);
             *late.lock().await = Some(stale);
-            if tx.send(result(r)).await.is_err() {
+            if tx.send(result_message(r)).await.is_err() {
                 break;
             }
         }

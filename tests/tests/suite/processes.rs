@@ -45,7 +45,8 @@ pub(crate) fn address(rx: &std::sync::mpsc::Receiver<String>) -> String {
 }
 
 /// Replays the run in one process (`--local`) and checks the cluster's model
-/// file `out` is byte-identical to the replay's.
+/// file `out` is byte-identical to the replay's; then checks that `coordinator
+/// verify` accepts the cluster run's record ([`assert_verifies`]).
 pub(crate) fn assert_same_as_local(
     dir: &std::path::Path,
     out: &std::path::Path,
@@ -64,6 +65,7 @@ pub(crate) fn assert_same_as_local(
         std::fs::read(out).unwrap() == std::fs::read(&replay).unwrap(),
         "{what}"
     );
+    assert_verifies(out);
 }
 
 /// `coordinator verify` replays the run of model file `out` from its record
@@ -203,7 +205,6 @@ fn sigkilled_and_exiting_worker_processes_cost_only_time() {
         4,
         "disturbed run differs from the undisturbed one",
     );
-    assert_verifies(&out);
 }
 
 /// Kill -9 the coordinator mid-epoch, restart it with --resume on the same
@@ -284,7 +285,6 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
         epochs,
         "resumed run differs from the uninterrupted one",
     );
-    assert_verifies(&out);
 
     // Resuming with other flags is refused, naming the difference.
     let refused = Command::new(binary("coordinator"))
@@ -538,7 +538,6 @@ fn sigterm_checkpoints_and_the_run_resumes_exactly() {
         epochs,
         "resumed run differs from the uninterrupted one",
     );
-    assert_verifies(&out);
 }
 
 /// `--spawn-workers` hands the run's secret to its children: with a token

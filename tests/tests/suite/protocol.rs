@@ -6,7 +6,9 @@ use std::time::Duration;
 use common::pb::{self, coordinator_message, worker_message};
 use common::trainer::{train, TrainingPlan};
 use coordinator::Config;
-use integration_tests::{bits, fixture_data, open_stream, plan_for, test_config, Cluster};
+use integration_tests::{
+    bits, fixture_data, open_stream, plan_for, result_message, test_config, Cluster,
+};
 use tokio::sync::mpsc;
 use tonic::Code;
 
@@ -62,13 +64,7 @@ async fn handshake_violations_get_failed_precondition_with_both_versions() {
         gradients: Default::default(),
         ..Default::default()
     };
-    let (_tx, response) = open(
-        cluster.addr,
-        pb::WorkerMessage {
-            kind: Some(worker_message::Kind::Result(result)),
-        },
-    )
-    .await;
+    let (_tx, response) = open(cluster.addr, result_message(result)).await;
     let status = response.unwrap_err();
     assert_eq!(
         (status.code(), status.message()),
@@ -150,11 +146,7 @@ async fn bad_results_are_rejected_with_the_reason_and_never_applied() {
             ..Default::default()
         };
         corrupt(&mut result);
-        tx.send(pb::WorkerMessage {
-            kind: Some(worker_message::Kind::Result(result)),
-        })
-        .await
-        .unwrap();
+        tx.send(result_message(result)).await.unwrap();
         let status = final_status(&mut inbound).await;
         assert_eq!(status.code(), Code::InvalidArgument, "case {i} ({name})");
         assert!(
@@ -215,19 +207,11 @@ async fn oversized_message_is_rejected() {
         ..Default::default()
     };
     // Grow it until its encoding is exactly one byte over the limit.
-    let over = |r: &pb::ShardResult| {
-        prost::Message::encoded_len(&pb::WorkerMessage {
-            kind: Some(worker_message::Kind::Result(r.clone())),
-        })
-    };
+    let over = |r: &pb::ShardResult| prost::Message::encoded_len(&result_message(r.clone()));
     let excess = over(&huge) - limit;
     huge.gradients = vec![0; limit - excess + 1].into();
     assert_eq!(over(&huge), limit + 1);
-    tx.send(pb::WorkerMessage {
-        kind: Some(worker_message::Kind::Result(huge)),
-    })
-    .await
-    .unwrap();
+    tx.send(result_message(huge)).await.unwrap();
     let status = final_status(&mut inbound).await;
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(status.message().contains("too large"), "{status:?}");
@@ -275,11 +259,7 @@ async fn a_result_for_someone_elses_shard_is_refused() {
             gradients,
             ..Default::default()
         };
-        tx.send(pb::WorkerMessage {
-            kind: Some(worker_message::Kind::Result(result)),
-        })
-        .await
-        .unwrap();
+        tx.send(result_message(result)).await.unwrap();
         let status = final_status(&mut inbound).await;
         assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
         assert_eq!(
