@@ -154,11 +154,12 @@ pub fn predict(model: &Path, images: &[PathBuf]) -> AppResult<(String, usize)> {
             }
             Err(e) => {
                 failed += 1;
-                out.push_str(&format!(
-                    "{}: error: {}\n",
-                    path.display(),
-                    common::logging::error_chain(&e)
-                ));
+                // The line starts with the path; the error need not repeat it.
+                let why = match e {
+                    AppError::Image { why, .. } => why,
+                    other => common::logging::error_chain(&other),
+                };
+                out.push_str(&format!("{}: error: {why}\n", path.display()));
             }
         }
     }
