@@ -14,9 +14,7 @@ use common::trainer::{train_with_state, RunState, TrainingPlan};
 use integration_tests::process::{
     expect_all_success, expect_success, lines, stderr_of, wait_exit, Guard,
 };
-use integration_tests::{
-    binary, bits, fixture_data, fixture_dir, max_abs_diff, test_config, Cluster,
-};
+use integration_tests::{binary, bits, fixture_data, max_abs_diff, test_config, Cluster};
 
 /// One plan per option (and one with all of them), on the MNIST slice.
 fn plans() -> Vec<(&'static str, TrainingPlan)> {
@@ -172,21 +170,7 @@ const CH3: &[&str] = &[
 ];
 
 fn coordinator(args: &[&str], out: &Path) -> Guard {
-    let child = Command::new(binary("coordinator"))
-        .args([
-            "--data-dir",
-            fixture_dir().to_str().unwrap(),
-            "--progress",
-            "none",
-        ])
-        .arg("--out")
-        .arg(out)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start coordinator");
-    Guard(child)
+    crate::processes::spawn_coordinator(&[&["--progress", "none"], args].concat(), out)
 }
 
 fn worker(addr: &str) -> Guard {

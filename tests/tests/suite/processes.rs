@@ -18,9 +18,13 @@ pub(crate) fn coordinator(args: &[&str], out: &std::path::Path) -> Guard {
     } else {
         &["--listen", "127.0.0.1:0"]
     };
+    spawn_coordinator(&[listen, &["--seed", "3"], args].concat(), out)
+}
+
+/// The real coordinator on the MNIST slice with `args`, writing its model to
+/// `out`, both output streams piped.
+pub(crate) fn spawn_coordinator(args: &[&str], out: &std::path::Path) -> Guard {
     let child = Command::new(binary("coordinator"))
-        .args(listen)
-        .args(["--seed", "3"])
         .arg("--data-dir")
         .arg(fixture_dir())
         .arg("--out")
