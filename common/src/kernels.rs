@@ -25,7 +25,7 @@
 //! platform's. Only IEEE-754 `+ − × ÷` on f32 remain, so it gives the same
 //! bits on any CPU and operating system, at several times the cost.
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 /// Rows of `w` per block of the forward kernel.
 const ROWS: usize = 2;
@@ -197,6 +197,144 @@ pub fn sigmoid(set: KernelSet, mut z: Array2<f32>) -> Array2<f32> {
         KernelSet::Avx2 => z.mapv_inplace(|z| 1.0 / (1.0 + (-z).exp())),
     }
     z
+}
+
+/// Inner dimensions up to this take [`chain`] instead of matrixmultiply in
+/// the `_into` products of the `avx2` set: matrixmultiply's FMA kernel
+/// computes such a product (one `kc` block) as one FMA chain per output over
+/// the inner index in ascending order, starting from 0.0, which is what
+/// [`chain`] computes (the tests check it bit for bit against `dot`).
+pub const CHAIN_MAX_INNER: usize = 256;
+
+/// `m × n` row-major output view over `out`.
+fn out_view(out: &mut [f32], m: usize, n: usize) -> ArrayViewMut2<'_, f32> {
+    ArrayViewMut2::from_shape((m, n), &mut out[..m * n]).expect("output holds m × n values")
+}
+
+/// [`w_dot_x`] into `z` (`m × n`, row-major), allocating nothing in the
+/// `avx2` set: the same bits. `scratch` holds copies some products need.
+pub fn w_dot_x_into(
+    set: KernelSet,
+    w: &Array2<f32>,
+    x: &ArrayView2<f32>,
+    z: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let ((m, k), n) = (w.dim(), x.ncols());
+    if set == KernelSet::Portable {
+        let p = portable::dot(&w.view(), x);
+        out_view(z, m, n).assign(&p);
+        return;
+    }
+    require(set);
+    match (set.fast_path(n), w.as_slice(), columns(x)) {
+        // SAFETY: AVX2 and FMA are present (`require`); `fma::w_dot_x` checks the sizes.
+        #[cfg(target_arch = "x86_64")]
+        (true, Some(ws), Some(xs)) if x.nrows() == k => unsafe {
+            fma::w_dot_x(ws, xs, m, k, n, &mut z[..m * n])
+        },
+        _ => product_into(&w.view(), x, z, scratch),
+    }
+}
+
+/// [`delta_dot_xt`] into `out` (`m × k`, row-major): the same bits.
+pub fn delta_dot_xt_into(
+    set: KernelSet,
+    delta: &ArrayView2<f32>,
+    x: &ArrayView2<f32>,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let ((m, n), k) = (delta.dim(), x.nrows());
+    if set == KernelSet::Portable {
+        let p = portable::dot(delta, &x.t());
+        out_view(out, m, k).assign(&p);
+        return;
+    }
+    require(set);
+    match (delta.as_slice(), columns(x)) {
+        // The fast path of `delta_dot_xt`, and beyond it up to
+        // CHAIN_MAX_INNER samples, where matrixmultiply gives these bits too
+        // (each output one FMA chain over the samples in order).
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        (Some(ds), Some(xs)) if x.ncols() == n && n <= MAX_SAMPLES.max(CHAIN_MAX_INNER) => unsafe {
+            fma::delta_dot_xt(ds, xs, m, k, n, &mut out[..m * k])
+        },
+        _ => product_into(delta, &x.t(), out, scratch),
+    }
+}
+
+/// [`wt_dot_delta`] into `out` (`k × n`, row-major): the same bits.
+pub fn wt_dot_delta_into(
+    set: KernelSet,
+    w: &Array2<f32>,
+    delta: &ArrayView2<f32>,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let (k, n) = (w.ncols(), delta.ncols());
+    match set {
+        KernelSet::Portable => {
+            let p = portable::dot(&w.t(), delta);
+            out_view(out, k, n).assign(&p);
+        }
+        KernelSet::Avx2 => {
+            require(set);
+            product_into(&w.t(), delta, out, scratch);
+        }
+    }
+}
+
+/// [`sigmoid`] in place on a buffer: the same bits.
+pub fn sigmoid_in_place(set: KernelSet, z: &mut [f32]) {
+    match set {
+        KernelSet::Portable => z
+            .iter_mut()
+            .for_each(|z| *z = 1.0 / (1.0 + libm::expf(-*z))),
+        KernelSet::Avx2 => z.iter_mut().for_each(|z| *z = 1.0 / (1.0 + (-*z).exp())),
+    }
+}
+
+/// `a (m, k) · b (k, n)` into `out` (`m × n`, row-major) as `a.dot(b)`
+/// computes it in the `avx2` set (FMA present): [`chain`] for inner
+/// dimensions up to [`CHAIN_MAX_INNER`], matrixmultiply beyond.
+fn product_into(a: &ArrayView2<f32>, b: &ArrayView2<f32>, out: &mut [f32], scratch: &mut Vec<f32>) {
+    let ((m, k), n) = (a.dim(), b.ncols());
+    #[cfg(target_arch = "x86_64")]
+    if k <= CHAIN_MAX_INNER {
+        let rows = match b.as_slice() {
+            Some(rows) => rows,
+            None => {
+                scratch.clear();
+                scratch.extend(b.iter());
+                scratch.as_slice()
+            }
+        };
+        // SAFETY: callers checked FMA (`require`); `chain` checks the sizes.
+        unsafe { chain(a, rows, m, k, n, &mut out[..m * n]) };
+        return;
+    }
+    let _ = scratch;
+    ndarray::linalg::general_mat_mul(1.0, a, b, 0.0, &mut out_view(out, m, n));
+}
+
+/// `out (m, n) = a (m, k) · b`, `b` as `k` contiguous rows of `n`: each
+/// output one FMA chain over `p = 0..k` in order from 0.0 (vectorised
+/// across the outputs of a row, never within one output's sum).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn chain(a: &ArrayView2<f32>, b: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
+    assert!(a.dim() == (m, k) && b.len() >= k * n && out.len() >= m * n);
+    for (i, row) in out.chunks_exact_mut(n.max(1)).take(m).enumerate() {
+        row.fill(0.0);
+        for (p, b_row) in b.chunks_exact(n.max(1)).take(k).enumerate() {
+            let s = a[[i, p]];
+            for (o, &v) in row.iter_mut().zip(b_row) {
+                *o = s.mul_add(v, *o);
+            }
+        }
+    }
 }
 
 mod portable {
