@@ -592,6 +592,78 @@ mod tests {
         }
     }
 
+    fn same_bits(a: &[f32], b: &Array2<f32>, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
+            assert_eq!(x.to_bits(), y.to_bits(), "{what}: element {i}: {x} vs {y}");
+        }
+    }
+
+    /// The claim `product_into` rests on: matrixmultiply's bits for an inner
+    /// dimension up to CHAIN_MAX_INNER are one FMA chain per output.
+    #[test]
+    fn chain_equals_ndarray_dot_bit_for_bit() {
+        if KernelSet::Avx2.missing_feature().is_some() {
+            return;
+        }
+        let mut rng = init_rng(14);
+        let mut scratch = Vec::new();
+        for case in 0..1500 {
+            let m = rng.random_range(1..40);
+            let n = rng.random_range(1..40);
+            let k = match case % 4 {
+                0 => rng.random_range(1..9),
+                1 => rng.random_range(1..=CHAIN_MAX_INNER),
+                2 => CHAIN_MAX_INNER - rng.random_range(0..3),
+                _ => rng.random_range(1..64),
+            };
+            let scale: f32 = [1e-3, 1.0, 30.0][case % 3];
+            let mut fill = |shape: (usize, usize), f: bool| {
+                let v: Vec<f32> = (0..shape.0 * shape.1)
+                    .map(|_| scale * rng.random_range(-1.0f32..1.0))
+                    .collect();
+                if f {
+                    Array2::from_shape_vec(shape.f(), v).unwrap()
+                } else {
+                    Array2::from_shape_vec(shape, v).unwrap()
+                }
+            };
+            let a = fill((m, k), case % 2 == 0);
+            let b = fill((k, n), case % 3 == 0);
+            let mut out = vec![f32::NAN; m * n];
+            product_into(&a.view(), &b.view(), &mut out, &mut scratch);
+            same_bits(&out, &a.dot(&b), &format!("{m}x{k}x{n}"));
+        }
+    }
+
+    #[test]
+    fn into_products_equal_the_allocating_ones_bit_for_bit() {
+        let mut scratch = Vec::new();
+        for set in KernelSet::supported() {
+            for (m, k) in [(30, 784), (10, 30), (7, 784), (1, 13), (5, 37), (300, 20)] {
+                for n in [1, 2, 5, 10, 11, 64, 65, 100, 256, 257, 300] {
+                    let w = random((m, k), false);
+                    let x = random((k, n), true);
+                    let d = random((m, n), false);
+                    let xr = x.as_standard_layout().to_owned();
+                    let mut out = vec![f32::NAN; m * n.max(k)];
+                    for x in [x.view(), xr.view()] {
+                        w_dot_x_into(set, &w, &x, &mut out, &mut scratch);
+                        same_bits(&out[..m * n], &w_dot_x(set, &w, &x), "w·x");
+                        delta_dot_xt_into(set, &d.view(), &x, &mut out, &mut scratch);
+                        same_bits(&out[..m * k], &delta_dot_xt(set, &d, &x), "δ·xᵀ");
+                    }
+                    let mut out = vec![f32::NAN; k * n];
+                    wt_dot_delta_into(set, &w, &d.view(), &mut out, &mut scratch);
+                    same_bits(&out, &wt_dot_delta(set, &w, &d), "wᵀ·δ");
+                    let mut z = d.clone();
+                    sigmoid_in_place(set, z.as_slice_mut().unwrap());
+                    same_bits(z.as_slice().unwrap(), &sigmoid(set, d.clone()), "σ");
+                }
+            }
+        }
+    }
+
     #[test]
     fn portable_products_add_in_the_documented_order() {
         // Written out by hand for k = 11: eight partial sums, then the tail.

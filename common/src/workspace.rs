@@ -206,3 +206,131 @@ impl Workspace {
         self.gradients.take()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::Init;
+    use crate::schedule::init_rng;
+    use crate::trainer::{apply_step, shard_gradients_with, step_shards, StepBuffers};
+    use rand::Rng;
+
+    fn samples(len: usize, seed: u64) -> Samples {
+        let mut rng = init_rng(seed);
+        Samples {
+            pixels: (0..len * IMAGE_SIZE)
+                .map(|i| match i % 5 {
+                    0 | 1 => 0,
+                    2 => 255,
+                    _ => rng.random(),
+                })
+                .collect(),
+            labels: (0..len)
+                .map(|_| rng.random_range(0..CLASSES as u8))
+                .collect(),
+        }
+    }
+
+    fn same_bits(a: &Gradients, b: &Gradients, what: &str) {
+        let bits = |g: &Gradients| -> Vec<u32> {
+            g.nabla_w
+                .iter()
+                .flat_map(|w| w.iter())
+                .chain(g.nabla_b.iter().flat_map(|b| b.iter()))
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert!(bits(a) == bits(b), "{what}: gradients differ");
+    }
+
+    #[test]
+    fn loads_what_inputs_and_targets_build() {
+        let set = samples(20, 3);
+        let indices = [7, 3, 3, 19, 0];
+        let mut ws = Workspace::new();
+        ws.load(&set, &indices);
+        let shard = set.gather(&indices);
+        assert_eq!(ws.inputs(), shard.inputs());
+        assert_eq!(ws.targets(), shard.targets());
+        let bits = |a: ArrayView2<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(ws.inputs()), bits(shard.inputs().view()));
+        for p in 0..=255u8 {
+            assert_eq!(
+                SCALE[usize::from(p)].to_bits(),
+                (f32::from(p) / 255.0).to_bits()
+            );
+        }
+    }
+
+    /// The fast path is the readable backprop, bit for bit, whatever the
+    /// shapes (including layers past CHAIN_MAX_INNER and shards past
+    /// MAX_SAMPLES), the cost, the initial weights and the kernel set; one
+    /// workspace serves every case in turn (buffers of other shapes).
+    #[test]
+    fn backprop_equals_the_reference_bit_for_bit() {
+        let mut ws = Workspace::new();
+        let mut rng = init_rng(7);
+        let cases: &[(&[usize], &[usize])] = &[
+            (
+                &[784, 30, 10],
+                &[1, 2, 3, 5, 8, 9, 10, 16, 17, 64, 65, 100, 257],
+            ),
+            (&[784, 100, 10], &[1, 10, 33, 100]),
+            (&[784, 10], &[1, 7, 10]),
+            (&[784, 300, 20, 10], &[1, 4, 10, 70]),
+            (&[784, 1, 10], &[1, 3, 10]),
+            (&[784, 257, 10], &[2, 10]),
+        ];
+        for &(sizes, lens) in cases {
+            for &n in lens {
+                let set = samples(n, rng.random());
+                for (i, k) in KernelSet::supported().into_iter().enumerate() {
+                    for cost in Cost::ALL {
+                        let init = Init::ALL[(n + i) % 2];
+                        let net = Network::with_init(sizes, init, &mut init_rng(rng.random()));
+                        let want =
+                            net.backprop_with(set.inputs().view(), set.targets().view(), cost, k);
+                        ws.load_all(&set);
+                        let got = ws.backprop(&net, cost, k);
+                        same_bits(got, &want, &format!("{sizes:?} n={n} {k} {cost}"));
+                        same_bits(&shard_gradients_with(&net, &set, cost, k), &want, "thread");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A step's shards through [`StepBuffers`] sum to what the shards of
+    /// [`step_shards`] give through [`apply_step`].
+    #[test]
+    fn step_buffers_sum_the_shards_as_apply_step_does() {
+        let training = samples(60, 11);
+        let net = Network::new(&[784, 30, 10], &mut init_rng(2));
+        let mut buffers = StepBuffers::default();
+        for (len, shards) in [(10, 1), (10, 4), (7, 3), (60, 5), (1, 1), (3, 8)] {
+            let batch: Vec<usize> = (0..len).map(|i| (i * 7) % 60).collect();
+            for k in KernelSet::supported() {
+                let results: Vec<Gradients> = step_shards(&training, &batch, shards)
+                    .iter()
+                    .map(|s| {
+                        net.backprop_with(s.inputs().view(), s.targets().view(), Cost::Quadratic, k)
+                    })
+                    .collect();
+                let got =
+                    buffers.step_gradients(&net, &training, &batch, shards, Cost::Quadratic, k);
+                same_bits(got, &Gradients::sum_in_shard_order(&results), "sum");
+                // and the update is the same
+                let update = crate::optimizer::Update {
+                    eta: 3.0,
+                    lambda: 0.0,
+                    n: 60,
+                    momentum: 0.0,
+                };
+                let (mut a, mut b) = (net.clone(), net.clone());
+                update.apply(&mut a, got, len, None);
+                apply_step(&mut b, &results, update, len, None);
+                assert_eq!(a, b);
+            }
+        }
+    }
+}
