@@ -302,39 +302,31 @@ pub fn sigmoid_in_place(set: KernelSet, z: &mut [f32]) {
 fn product_into(a: &ArrayView2<f32>, b: &ArrayView2<f32>, out: &mut [f32], scratch: &mut Vec<f32>) {
     let ((m, k), n) = (a.dim(), b.ncols());
     #[cfg(target_arch = "x86_64")]
-    if k <= CHAIN_MAX_INNER {
-        let rows = match b.as_slice() {
-            Some(rows) => rows,
-            None => {
+    if k <= CHAIN_MAX_INNER && m * n > 0 {
+        let rows = match (b.as_slice(), b.t().as_slice()) {
+            (Some(rows), _) => rows,
+            (None, Some(columns)) => {
+                // b is column-major: transpose it into rows
+                scratch.resize(k * n, 0.0);
+                for (p, row) in scratch.chunks_exact_mut(n).enumerate() {
+                    for (v, column) in row.iter_mut().zip(columns.chunks_exact(k)) {
+                        *v = column[p];
+                    }
+                }
+                scratch.as_slice()
+            }
+            (None, None) => {
                 scratch.clear();
                 scratch.extend(b.iter());
                 scratch.as_slice()
             }
         };
         // SAFETY: callers checked FMA (`require`); `chain` checks the sizes.
-        unsafe { chain(a, rows, m, k, n, &mut out[..m * n]) };
+        unsafe { fma::chain(a, rows, &mut out[..m * n]) };
         return;
     }
     let _ = scratch;
     ndarray::linalg::general_mat_mul(1.0, a, b, 0.0, &mut out_view(out, m, n));
-}
-
-/// `out (m, n) = a (m, k) · b`, `b` as `k` contiguous rows of `n`: each
-/// output one FMA chain over `p = 0..k` in order from 0.0 (vectorised
-/// across the outputs of a row, never within one output's sum).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn chain(a: &ArrayView2<f32>, b: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
-    assert!(a.dim() == (m, k) && b.len() >= k * n && out.len() >= m * n);
-    for (i, row) in out.chunks_exact_mut(n.max(1)).take(m).enumerate() {
-        row.fill(0.0);
-        for (p, b_row) in b.chunks_exact(n.max(1)).take(k).enumerate() {
-            let s = a[[i, p]];
-            for (o, &v) in row.iter_mut().zip(b_row) {
-                *o = s.mul_add(v, *o);
-            }
-        }
-    }
 }
 
 mod portable {
@@ -391,9 +383,12 @@ mod fma {
     //! The kernels, with AVX2 + FMA intrinsics: register-blocked so each
     //! loaded vector feeds several multiply-adds. Sums run in a fixed order.
     use std::arch::x86_64::{
-        __m256, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps,
-        _mm256_storeu_ps,
+        __m256, __m256i, _mm256_broadcast_ss, _mm256_cmpgt_epi32, _mm256_fmadd_ps, _mm256_loadu_ps,
+        _mm256_maskload_ps, _mm256_maskstore_ps, _mm256_set1_epi32, _mm256_setr_epi32,
+        _mm256_setzero_ps, _mm256_storeu_ps,
     };
+
+    use ndarray::ArrayView2;
 
     use super::{COLS, LANES, ROWS};
 
@@ -473,6 +468,81 @@ mod fma {
                 z[(j + r) * n + s + q] = sum;
             }
         }
+    }
+
+    /// `out (m, n) = a (m, k) · b`, `b` as `k` contiguous rows of `n`:
+    /// each output one FMA chain over `p = 0..k` in order from 0.0
+    /// (vectorised across 8 outputs of a row, never within one output's
+    /// sum), 4 rows of `a` at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn chain(a: &ArrayView2<f32>, b: &[f32], out: &mut [f32]) {
+        let ((m, k), n) = (a.dim(), out.len() / a.nrows().max(1));
+        assert!(b.len() >= k * n && out.len() >= m * n);
+        let (rs, cs) = (a.strides()[0], a.strides()[1]);
+        for i in (0..m).step_by(CHAIN_ROWS) {
+            let a = a.as_ptr().offset(i as isize * rs);
+            let out = out.as_mut_ptr().add(i * n);
+            match CHAIN_ROWS.min(m - i) {
+                4 => chain_rows::<4>(a, rs, cs, b, k, n, out),
+                3 => chain_rows::<3>(a, rs, cs, b, k, n, out),
+                2 => chain_rows::<2>(a, rs, cs, b, k, n, out),
+                _ => chain_rows::<1>(a, rs, cs, b, k, n, out),
+            }
+        }
+    }
+
+    /// Rows of `a` per block of [`chain`].
+    const CHAIN_ROWS: usize = 4;
+
+    /// `R` rows of [`chain`]'s output from `a`'s rows at `a` (strides `rs`,
+    /// `cs`), 8 columns at a time, the last ones masked.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn chain_rows<const R: usize>(
+        a: *const f32,
+        rs: isize,
+        cs: isize,
+        b: &[f32],
+        k: usize,
+        n: usize,
+        out: *mut f32,
+    ) {
+        let bp = b.as_ptr();
+        let mut j = 0;
+        while j < n {
+            let width = LANES.min(n - j);
+            let mask = lane_mask(width);
+            let mut acc = [_mm256_setzero_ps(); R];
+            for p in 0..k {
+                let row = bp.add(p * n + j);
+                let v = if width == LANES {
+                    _mm256_loadu_ps(row)
+                } else {
+                    _mm256_maskload_ps(row, mask)
+                };
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let s = _mm256_broadcast_ss(&*a.offset(r as isize * rs + p as isize * cs));
+                    *acc_r = _mm256_fmadd_ps(s, v, *acc_r);
+                }
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                let o = out.add(r * n + j);
+                if width == LANES {
+                    _mm256_storeu_ps(o, *acc_r);
+                } else {
+                    _mm256_maskstore_ps(o, mask, *acc_r);
+                }
+            }
+            j += LANES;
+        }
+    }
+
+    /// The first `width` lanes set.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn lane_mask(width: usize) -> __m256i {
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(width as i32), lanes)
     }
 
     /// Rows of `δ` per block of the gradient kernel.

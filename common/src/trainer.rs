@@ -582,8 +582,12 @@ pub fn train_with_state(
         let order = epoch_order(plan.seed, epoch, data.training.len());
         let total = order.len().div_ceil(plan.batch_size);
         let mut timings = Vec::with_capacity(total);
-        for (done, batch) in order.chunks(plan.batch_size).enumerate() {
+        let mut batches = order.chunks(plan.batch_size).enumerate().peekable();
+        while let Some((done, batch)) = batches.next() {
             let step_start = Instant::now();
+            if let Some((_, next)) = batches.peek() {
+                Workspace::prefetch(&data.training, next);
+            }
             let gradients = buffers.step_gradients(
                 network,
                 &data.training,

@@ -73,6 +73,27 @@ impl Workspace {
         });
     }
 
+    /// Asks the CPU to bring the pixels of `set` at `indices` into its
+    /// caches (the next step's samples, while this step computes): the
+    /// training set is far larger than the caches, and a step's samples are
+    /// scattered across it. Changes nothing; indices out of range are skipped.
+    pub fn prefetch(set: &Samples, indices: &[usize]) {
+        #[cfg(target_arch = "x86_64")]
+        for &i in indices {
+            let Some(pixels) = set.pixels.get(i * IMAGE_SIZE..(i + 1) * IMAGE_SIZE) else {
+                continue;
+            };
+            for line in pixels.chunks(64) {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                // SAFETY: a prefetch reads nothing and never faults; the
+                // address is inside `pixels` anyway.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (set, indices);
+    }
+
     /// Loads all the samples of `shard`, in order.
     ///
     /// # Panics
