@@ -1,6 +1,6 @@
 //! Times one training step of the reference loop on real MNIST, the
 //! allocating path (`step_shards`, `backprop_with`, `apply_step`) against
-//! the workspace path (`StepBuffers`, `Update::apply`), in blocks of 500
+//! the workspace path (`StepBuffers::step`), in blocks of 500
 //! steps taken in turn so both see the same machine; prints each path's
 //! median and best block median per step, and checks the weights agree.
 //!
@@ -8,12 +8,10 @@
 
 use std::time::Instant;
 
-use common::cost::Cost;
 use common::dataset::{fetch::default_data_dir, Mnist};
-use common::kernels::KernelSet;
 use common::network::Network;
 use common::schedule::{epoch_order, init_rng};
-use common::trainer::{apply_step, step_shards, StepBuffers};
+use common::trainer::{apply_step, step_shards, StepBuffers, TrainingPlan};
 use common::Gradients;
 
 fn main() {
@@ -24,7 +22,12 @@ fn main() {
         Ok(d) => d,
         Err(e) => return eprintln!("no MNIST: {e}"),
     };
-    let (k, cost) = (KernelSet::best(), Cost::Quadratic);
+    let plan = TrainingPlan {
+        batch_size: batch,
+        shards,
+        ..TrainingPlan::default()
+    };
+    let (k, cost) = (plan.kernels, plan.cost);
     let update = common::optimizer::Update {
         eta: 3.0,
         lambda: 0.0,
@@ -62,8 +65,7 @@ fn main() {
             if let Some(next) = steps.get(i + 1) {
                 common::workspace::Workspace::prefetch(&data.training, next);
             }
-            let g = buffers.step_gradients(&new, &data.training, b, shards, cost, k);
-            update.apply(&mut new, g, b.len(), None);
+            buffers.step(&mut new, &data.training, b, &plan, update, None);
             times.push(start.elapsed().as_secs_f64());
         }
         t_new.push(median(&mut times));

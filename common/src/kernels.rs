@@ -171,7 +171,7 @@ pub fn delta_dot_xt(set: KernelSet, delta: &Array2<f32>, x: &ArrayView2<f32>) ->
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                fma::delta_dot_xt(ds, xs, m, k, n, &mut out)
+                fma::delta_dot_xt(ds, xs, m, k, n, &mut out, None)
             };
             Array2::from_shape_vec((m, k), out).expect("m × k values")
         }
@@ -259,9 +259,38 @@ pub fn delta_dot_xt_into(
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         (Some(ds), Some(xs)) if x.ncols() == n && n <= MAX_SAMPLES.max(CHAIN_MAX_INNER) => unsafe {
-            fma::delta_dot_xt(ds, xs, m, k, n, &mut out[..m * k])
+            fma::delta_dot_xt(ds, xs, m, k, n, &mut out[..m * k], None)
         },
         _ => product_into(delta, &x.t(), out, scratch),
+    }
+}
+
+/// `w ← decay·w − rate·(δ · xᵀ)` (see [`Descend`]) without storing the
+/// gradient, where [`delta_dot_xt_into`] would take the register-blocked
+/// kernel; returns false, changing nothing, where it would not (the caller
+/// then computes the gradient and updates as usual).
+pub fn delta_dot_xt_descend(
+    set: KernelSet,
+    delta: &ArrayView2<f32>,
+    x: &ArrayView2<f32>,
+    w: &mut Array2<f32>,
+    descend: Descend,
+) -> bool {
+    let ((m, n), k) = (delta.dim(), x.nrows());
+    if set == KernelSet::Portable || w.dim() != (m, k) {
+        return false;
+    }
+    require(set);
+    match (delta.as_slice(), columns(x), w.as_slice_mut()) {
+        // SAFETY: as in `delta_dot_xt_into`.
+        #[cfg(target_arch = "x86_64")]
+        (Some(ds), Some(xs), Some(ws))
+            if x.ncols() == n && n <= MAX_SAMPLES.max(CHAIN_MAX_INNER) =>
+        {
+            unsafe { fma::delta_dot_xt(ds, xs, m, k, n, ws, Some(descend)) };
+            true
+        }
+        _ => false,
     }
 }
 
@@ -384,13 +413,13 @@ mod fma {
     //! loaded vector feeds several multiply-adds. Sums run in a fixed order.
     use std::arch::x86_64::{
         __m256, __m256i, _mm256_broadcast_ss, _mm256_cmpgt_epi32, _mm256_fmadd_ps, _mm256_loadu_ps,
-        _mm256_maskload_ps, _mm256_maskstore_ps, _mm256_set1_epi32, _mm256_setr_epi32,
-        _mm256_setzero_ps, _mm256_storeu_ps,
+        _mm256_maskload_ps, _mm256_maskstore_ps, _mm256_mul_ps, _mm256_set1_epi32, _mm256_set1_ps,
+        _mm256_setr_epi32, _mm256_setzero_ps, _mm256_storeu_ps, _mm256_sub_ps,
     };
 
     use ndarray::ArrayView2;
 
-    use super::{COLS, LANES, ROWS};
+    use super::{Descend, COLS, LANES, ROWS};
 
     /// `z (m, n) = w (m, k) · x`, `x` as `n` contiguous columns of `k`.
     #[target_feature(enable = "avx2,fma")]
@@ -551,7 +580,9 @@ mod fma {
     const WIDE: usize = 2 * LANES;
 
     /// `out (m, k) = δ (m, n) · xᵀ`, `x` as `n` contiguous columns of `k`;
-    /// each output is summed over the samples in order.
+    /// each output is summed over the samples in order. With `descend`,
+    /// `out` holds weights and each sum `g` goes straight into the update
+    /// instead (see [`Descend`]).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn delta_dot_xt(
         d: &[f32],
@@ -560,14 +591,15 @@ mod fma {
         k: usize,
         n: usize,
         out: &mut [f32],
+        descend: Option<Descend>,
     ) {
         assert!(d.len() >= m * n && x.len() >= n * k && out.len() >= m * k);
         for j in (0..m).step_by(GRAD_ROWS) {
             match GRAD_ROWS.min(m - j) {
-                4 => rows::<4>(d, x, k, n, j, out),
-                3 => rows::<3>(d, x, k, n, j, out),
-                2 => rows::<2>(d, x, k, n, j, out),
-                _ => rows::<1>(d, x, k, n, j, out),
+                4 => rows::<4>(d, x, k, n, j, out, descend),
+                3 => rows::<3>(d, x, k, n, j, out, descend),
+                2 => rows::<2>(d, x, k, n, j, out, descend),
+                _ => rows::<1>(d, x, k, n, j, out, descend),
             }
         }
     }
@@ -582,6 +614,7 @@ mod fma {
         n: usize,
         j: usize,
         out: &mut [f32],
+        descend: Option<Descend>,
     ) {
         let (dp, xp, op) = (d.as_ptr(), x.as_ptr(), out.as_mut_ptr());
         let body = k / WIDE * WIDE;
@@ -598,8 +631,8 @@ mod fma {
                 }
             }
             for (r, acc_r) in acc.iter().enumerate() {
-                _mm256_storeu_ps(op.add((j + r) * k + i), acc_r[0]);
-                _mm256_storeu_ps(op.add((j + r) * k + i + LANES), acc_r[1]);
+                put(op.add((j + r) * k + i), acc_r[0], descend);
+                put(op.add((j + r) * k + i + LANES), acc_r[1], descend);
             }
             i += WIDE;
         }
@@ -609,8 +642,52 @@ mod fma {
                 for s in 0..n {
                     sum = d[(j + r) * n + s].mul_add(x[s * k + i], sum);
                 }
-                out[(j + r) * k + i] = sum;
+                let o = &mut out[(j + r) * k + i];
+                *o = match descend {
+                    None => sum,
+                    Some(u) => u.scalar(*o, sum),
+                };
             }
+        }
+    }
+
+    /// Stores the 8 sums `g` at `o`, or applies them to the weights there.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn put(o: *mut f32, g: __m256, descend: Option<Descend>) {
+        let v = match descend {
+            None => g,
+            Some(Descend { rate, decay }) => {
+                let step = _mm256_mul_ps(_mm256_set1_ps(rate), g);
+                let w = _mm256_loadu_ps(o);
+                match decay {
+                    None => _mm256_sub_ps(w, step),
+                    Some(decay) => _mm256_sub_ps(_mm256_mul_ps(_mm256_set1_ps(decay), w), step),
+                }
+            }
+        };
+        _mm256_storeu_ps(o, v);
+    }
+}
+
+/// The plain update of one weight tensor, applied as its gradient is
+/// computed: `w ← w − rate·g` ([`crate::network::Network::apply`]), or with
+/// L2 `w ← decay·w − rate·g` ([`crate::optimizer::Update::apply`]): the
+/// same multiplies and subtraction, in the same order, so the same bits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Descend {
+    /// `η / m`.
+    pub rate: f32,
+    /// `1 − η·λ/n`, or `None` without L2.
+    pub decay: Option<f32>,
+}
+
+impl Descend {
+    /// One weight `w` after the step with gradient `g`.
+    pub fn scalar(self, w: f32, g: f32) -> f32 {
+        match self.decay {
+            None => w - self.rate * g,
+            Some(decay) => decay * w - self.rate * g,
         }
     }
 }

@@ -320,6 +320,38 @@ pub struct StepBuffers {
 }
 
 impl StepBuffers {
+    /// One step of the reference loop: the mini-batch `batch` (indices into
+    /// `training`) split into `shards` logical shards, their gradients added
+    /// in shard order and `update` applied, as [`step_shards`],
+    /// [`shard_gradients_with`] and [`apply_step`] do it, bit for bit. One
+    /// shard without momentum updates the first layer's weights as their
+    /// gradient is computed ([`Workspace::step`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        network: &mut Network,
+        training: &Samples,
+        batch: &[usize],
+        plan: &TrainingPlan,
+        update: Update,
+        velocity: Option<&mut Velocity>,
+    ) {
+        let (cost, kernels) = (plan.cost, plan.kernels);
+        match (
+            shard_ranges(batch.len(), plan.shards).len(),
+            update.descend(batch.len()),
+        ) {
+            (1, Some(descend)) => {
+                self.workspace.load(training, batch);
+                self.workspace.step(network, cost, kernels, descend);
+            }
+            _ => {
+                let g = self.step_gradients(network, training, batch, plan.shards, cost, kernels);
+                update.apply(network, g, batch.len(), velocity);
+            }
+        }
+    }
+
     /// The summed gradient of the mini-batch `batch` (indices into
     /// `training`) split into `shards` logical shards, added in shard order:
     /// what [`step_shards`], [`shard_gradients_with`] and [`apply_step`]'s
@@ -588,16 +620,11 @@ pub fn train_with_state(
             if let Some((_, next)) = batches.peek() {
                 Workspace::prefetch(&data.training, next);
             }
-            let gradients = buffers.step_gradients(
-                network,
-                &data.training,
-                batch,
-                plan.shards,
-                plan.cost,
-                plan.kernels,
-            );
+            let velocity = state.velocity.as_mut();
+            buffers.step(network, &data.training, batch, plan, update, velocity);
+            // compute and update are one pass (the first layer's weights
+            // are updated as their gradient is computed): no reduce phase
             let computed = step_start.elapsed();
-            update.apply(network, gradients, batch.len(), state.velocity.as_mut());
             step.0 += 1;
             state.chain.after_step(step.0, plan.record_every, network);
             let total_time = step_start.elapsed();

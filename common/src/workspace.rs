@@ -13,12 +13,12 @@
 //! that [`Workspace::backprop`] equals it bit for bit over many shapes,
 //! batch lengths, costs and kernel sets.
 
-use ndarray::{ArrayView2, ShapeBuilder};
+use ndarray::{ArrayView2, ShapeBuilder, Zip};
 
 use crate::cost::Cost;
 use crate::dataset::{Samples, CLASSES, IMAGE_SIZE};
 use crate::gradients::Gradients;
-use crate::kernels::{self, KernelSet};
+use crate::kernels::{self, Descend, KernelSet};
 use crate::network::Network;
 
 /// `SCALE[p] = f32::from(p) / 255.0`: the same bits as
@@ -115,9 +115,7 @@ impl Workspace {
         self.y.resize(CLASSES * n, 0.0);
         for (s, column) in self.x.chunks_exact_mut(IMAGE_SIZE).enumerate() {
             let (pixels, label) = sample(s);
-            for (v, &p) in column.iter_mut().zip(pixels) {
-                *v = scale[usize::from(p)];
-            }
+            scale_pixels(pixels, column, scale);
             self.y[usize::from(label) * n + s] = 1.0;
         }
     }
@@ -140,6 +138,49 @@ impl Workspace {
     /// If the network's input or output size is not MNIST's, or if this CPU
     /// cannot run `k`.
     pub fn backprop(&mut self, network: &Network, cost: Cost, k: KernelSet) -> &Gradients {
+        self.backward(network, cost, k, true)
+    }
+
+    /// One plain step (no momentum) on the loaded shard: what
+    /// `update.apply(network, self.backprop(network, cost, k), len, None)`
+    /// gives, bit for bit, with `descend` the update's [`Descend`] for `len`.
+    /// The first layer's weight gradient, the largest by far, is not stored:
+    /// each sum goes straight into its weight (see
+    /// [`kernels::delta_dot_xt_descend`]).
+    ///
+    /// # Panics
+    /// As [`Workspace::backprop`].
+    pub fn step(&mut self, network: &mut Network, cost: Cost, k: KernelSet, descend: Descend) {
+        self.backward(network, cost, k, false);
+        let n = self.n;
+        let x = ArrayView2::from_shape((IMAGE_SIZE, n).f(), &self.x).expect("n columns");
+        let delta =
+            ArrayView2::from_shape((network.sizes[1], n), &self.delta[..]).expect("n columns");
+        let grads = self.gradients.as_mut().expect("backward made them");
+        let w0 = &mut network.weights[0];
+        let fused = kernels::delta_dot_xt_descend(k, &delta, &x, w0, descend);
+        if !fused {
+            let nabla_w = grads.nabla_w[0].as_slice_mut().expect("standard layout");
+            kernels::delta_dot_xt_into(k, &delta, &x, nabla_w, &mut self.scratch);
+        }
+        // the rest of the update, as `Update::apply` (`Network::apply` without L2)
+        let skip = usize::from(fused);
+        for (w, nw) in network.weights.iter_mut().zip(&grads.nabla_w).skip(skip) {
+            Zip::from(w)
+                .and(nw)
+                .for_each(|w, &nw| *w = descend.scalar(*w, nw));
+        }
+        for (b, nb) in network.biases.iter_mut().zip(&grads.nabla_b) {
+            Zip::from(b)
+                .and(nb)
+                .for_each(|b, &nb| *b -= descend.rate * nb);
+        }
+    }
+
+    /// Forward and backward passes into the workspace's gradient, the first
+    /// layer's weight gradient only if `first` (else `self.delta` is left
+    /// holding the first layer's error).
+    fn backward(&mut self, network: &Network, cost: Cost, k: KernelSet, first: bool) -> &Gradients {
         let sizes = &network.sizes;
         assert_eq!(sizes[0], IMAGE_SIZE, "input rows");
         assert_eq!(sizes[sizes.len() - 1], CLASSES, "target rows");
@@ -185,8 +226,10 @@ impl Workspace {
                 _ => ArrayView2::from_shape((sizes[l], n), &self.activations[l - 1][..])
                     .expect("n columns"),
             };
-            let nabla_w = grads.nabla_w[l].as_slice_mut().expect("standard layout");
-            kernels::delta_dot_xt_into(k, &delta, &a, nabla_w, &mut self.scratch);
+            if l > 0 || first {
+                let nabla_w = grads.nabla_w[l].as_slice_mut().expect("standard layout");
+                kernels::delta_dot_xt_into(k, &delta, &a, nabla_w, &mut self.scratch);
+            }
             if l > 0 {
                 self.below.resize(sizes[l] * n, 0.0);
                 let w = &network.weights[l];
@@ -225,6 +268,39 @@ impl Workspace {
     /// then allocates a new one at the next step).
     pub fn take_gradients(&mut self) -> Option<Gradients> {
         self.gradients.take()
+    }
+}
+
+/// `out[i] = f32::from(pixels[i]) / 255.0`: 8 IEEE divides at a time with
+/// AVX2 (the same correctly rounded quotients), else through `table`.
+fn scale_pixels(pixels: &[u8], out: &mut [f32], table: &[f32; 256]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present.
+        return unsafe { scale_pixels_avx2(pixels, out) };
+    }
+    for (v, &p) in out.iter_mut().zip(pixels) {
+        *v = table[usize::from(p)];
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scale_pixels_avx2(pixels: &[u8], out: &mut [f32]) {
+    use std::arch::x86_64::{
+        _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_div_ps, _mm256_set1_ps, _mm256_storeu_ps,
+        _mm_loadl_epi64,
+    };
+    let len = pixels.len().min(out.len());
+    let body = len / 8 * 8;
+    let divisor = _mm256_set1_ps(255.0);
+    for i in (0..body).step_by(8) {
+        let bytes = _mm_loadl_epi64(pixels.as_ptr().add(i).cast());
+        let v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_div_ps(v, divisor));
+    }
+    for i in body..len {
+        out[i] = f32::from(pixels[i]) / 255.0;
     }
 }
 
@@ -351,6 +427,65 @@ mod tests {
                 update.apply(&mut a, got, len, None);
                 apply_step(&mut b, &results, update, len, None);
                 assert_eq!(a, b);
+            }
+        }
+    }
+
+    /// A plain step through [`Workspace::step`] (the first layer updated as
+    /// its gradient is computed, or not where the fused kernel does not
+    /// apply) is `backprop_with` then `Update::apply`, bit for bit, with
+    /// and without L2.
+    #[test]
+    fn fused_step_equals_backprop_then_update() {
+        let mut ws = Workspace::new();
+        let mut rng = init_rng(9);
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[784, 30, 10], &[1, 2, 10, 64, 65, 100, 256, 257]),
+            (&[784, 10], &[1, 10]),
+            (&[784, 300, 20, 10], &[3, 10]),
+        ];
+        for &(sizes, lens) in cases {
+            for &n in lens {
+                let set = samples(n, rng.random());
+                for k in KernelSet::supported() {
+                    for (cost, lambda) in [(Cost::Quadratic, 0.0), (Cost::CrossEntropy, 5.0)] {
+                        let update = crate::optimizer::Update {
+                            eta: 0.5,
+                            lambda,
+                            n: 50_000,
+                            momentum: 0.0,
+                        };
+                        let net = Network::new(sizes, &mut init_rng(rng.random()));
+                        let mut want = net.clone();
+                        let g =
+                            net.backprop_with(set.inputs().view(), set.targets().view(), cost, k);
+                        update.apply(&mut want, &g, n, None);
+                        let mut got = net.clone();
+                        ws.load_all(&set);
+                        ws.step(&mut got, cost, k, update.descend(n).unwrap());
+                        let bits = |n: &Network| -> Vec<u32> {
+                            n.weights
+                                .iter()
+                                .flat_map(|w| w.iter())
+                                .chain(n.biases.iter().flat_map(|b| b.iter()))
+                                .map(|v| v.to_bits())
+                                .collect()
+                        };
+                        assert!(bits(&got) == bits(&want), "{sizes:?} n={n} {k} λ={lambda}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pixels_scale_as_the_divide_for_every_byte_and_length() {
+        let pixels: Vec<u8> = (0..=255u8).chain(0..=255u8).rev().collect();
+        for len in [0, 1, 7, 8, 9, 255, 256, 512] {
+            let mut out = vec![f32::NAN; len];
+            scale_pixels(&pixels[..len], &mut out, &SCALE);
+            for (v, &p) in out.iter().zip(&pixels) {
+                assert_eq!(v.to_bits(), (f32::from(p) / 255.0).to_bits());
             }
         }
     }
