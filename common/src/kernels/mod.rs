@@ -150,7 +150,7 @@ pub fn w_dot_x(set: KernelSet, w: &Array2<f32>, x: &ArrayView2<f32>) -> Array2<f
             // SAFETY: AVX2 and FMA are present (`require`); slices have the sizes named.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                fma::w_dot_x(ws, xs, m, k, n, &mut z)
+                fast_w_dot_x(ws, xs, m, k, n, &mut z)
             };
             Array2::from_shape_vec((m, n), z).expect("m × n values")
         }
@@ -171,7 +171,7 @@ pub fn delta_dot_xt(set: KernelSet, delta: &Array2<f32>, x: &ArrayView2<f32>) ->
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                fma::delta_dot_xt(ds, xs, m, k, n, &mut out, None)
+                fast_delta_dot_xt(ds, xs, m, k, n, &mut out, None)
             };
             Array2::from_shape_vec((m, k), out).expect("m × k values")
         }
@@ -228,10 +228,10 @@ pub fn w_dot_x_into(
     }
     require(set);
     match (set.fast_path(n), w.as_slice(), columns(x)) {
-        // SAFETY: AVX2 and FMA are present (`require`); `fma::w_dot_x` checks the sizes.
+        // SAFETY: AVX2 and FMA are present (`require`); the kernels check the sizes.
         #[cfg(target_arch = "x86_64")]
         (true, Some(ws), Some(xs)) if x.nrows() == k => unsafe {
-            fma::w_dot_x(ws, xs, m, k, n, &mut z[..m * n])
+            fast_w_dot_x(ws, xs, m, k, n, &mut z[..m * n])
         },
         _ => product_into(&w.view(), x, z, scratch),
     }
@@ -259,7 +259,7 @@ pub fn delta_dot_xt_into(
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         (Some(ds), Some(xs)) if x.ncols() == n && n <= MAX_SAMPLES.max(CHAIN_MAX_INNER) => unsafe {
-            fma::delta_dot_xt(ds, xs, m, k, n, &mut out[..m * k], None)
+            fast_delta_dot_xt(ds, xs, m, k, n, &mut out[..m * k], None)
         },
         _ => product_into(delta, &x.t(), out, scratch),
     }
@@ -287,7 +287,7 @@ pub fn delta_dot_xt_descend(
         (Some(ds), Some(xs), Some(ws))
             if x.ncols() == n && n <= MAX_SAMPLES.max(CHAIN_MAX_INNER) =>
         {
-            unsafe { fma::delta_dot_xt(ds, xs, m, k, n, ws, Some(descend)) };
+            unsafe { fast_delta_dot_xt(ds, xs, m, k, n, ws, Some(descend)) };
             true
         }
         _ => false,
@@ -357,6 +357,43 @@ fn product_into(a: &ArrayView2<f32>, b: &ArrayView2<f32>, out: &mut [f32], scrat
     let _ = scratch;
     ndarray::linalg::general_mat_mul(1.0, a, b, 0.0, &mut out_view(out, m, n));
 }
+
+/// `fma::w_dot_x`, on 512-bit registers where [`avx512::available`] (the same bits).
+///
+/// # Safety
+/// AVX2 and FMA must be present.
+#[cfg(target_arch = "x86_64")]
+unsafe fn fast_w_dot_x(w: &[f32], x: &[f32], m: usize, k: usize, n: usize, z: &mut [f32]) {
+    if avx512::available() {
+        avx512::w_dot_x(w, x, m, k, n, z)
+    } else {
+        fma::w_dot_x(w, x, m, k, n, z)
+    }
+}
+
+/// `fma::delta_dot_xt`, on 512-bit registers where [`avx512::available`] (the same bits).
+///
+/// # Safety
+/// AVX2 and FMA must be present.
+#[cfg(target_arch = "x86_64")]
+unsafe fn fast_delta_dot_xt(
+    d: &[f32],
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+    descend: Option<Descend>,
+) {
+    if avx512::available() {
+        avx512::delta_dot_xt(d, x, m, k, n, out, descend)
+    } else {
+        fma::delta_dot_xt(d, x, m, k, n, out, descend)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 mod portable {
     //! The portable set's one product: each output a single sum over the
@@ -806,6 +843,66 @@ mod tests {
                     let mut z = d.clone();
                     sigmoid_in_place(set, z.as_slice_mut().unwrap());
                     same_bits(z.as_slice().unwrap(), &sigmoid(set, d.clone()), "σ");
+                }
+            }
+        }
+    }
+
+    /// The 512-bit kernels give the AVX2 kernels' bits (products and the
+    /// fused update), on every row, column and tail remainder.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_kernels_equal_the_avx2_ones_bit_for_bit() {
+        if !avx512::available() {
+            return;
+        }
+        for (m, k) in [
+            (30, 784),
+            (10, 30),
+            (1, 13),
+            (3, 37),
+            (5, 8),
+            (7, 47),
+            (100, 784),
+            (2, 1),
+        ] {
+            for n in [1, 2, 3, 4, 5, 6, 9, 10, 11, 64, 100, 256] {
+                let w = random((m, k), false);
+                let x = random((n, k), false); // n columns of k
+                let d = random((m, n), false);
+                let (w, x, d) = (
+                    w.as_slice().unwrap(),
+                    x.as_slice().unwrap(),
+                    d.as_slice().unwrap(),
+                );
+                let (mut a, mut b) = (vec![f32::NAN; m * n], vec![0.0; m * n]);
+                unsafe {
+                    fma::w_dot_x(w, x, m, k, n, &mut a);
+                    avx512::w_dot_x(w, x, m, k, n, &mut b);
+                }
+                assert!(
+                    a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "w·x {m}x{k}x{n}"
+                );
+                let descends = [
+                    None,
+                    Some(Descend {
+                        rate: 0.3,
+                        decay: None,
+                    }),
+                    Some(Descend {
+                        rate: 0.3,
+                        decay: Some(0.999),
+                    }),
+                ];
+                for descend in descends {
+                    let (mut a, mut b) = (w.to_vec(), w.to_vec());
+                    unsafe {
+                        fma::delta_dot_xt(d, x, m, k, n, &mut a, descend);
+                        avx512::delta_dot_xt(d, x, m, k, n, &mut b, descend);
+                    }
+                    let same = a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "δ·xᵀ {m}x{k}x{n} {descend:?}");
                 }
             }
         }
