@@ -160,7 +160,7 @@ pub(super) unsafe fn w_dot_x(w: &[f32], x: &[f32], m: usize, k: usize, n: usize,
 /// columns `s..s+C`: `P·C` accumulators of two rows' partial sums each.
 #[target_feature(enable = "avx512f,avx512dq,fma")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 unsafe fn block<const P: usize, const C: usize>(
     w: &[f32],
     x: &[f32],
