@@ -271,13 +271,17 @@ impl Workspace {
     }
 }
 
-/// `out[i] = f32::from(pixels[i]) / 255.0`: 8 IEEE divides at a time with
-/// AVX2 (the same correctly rounded quotients), else through `table`.
+/// `out[i] = f32::from(pixels[i]) / 255.0`, 8 at a time with AVX2 and
+/// FMA, else through `table`. The vector path divides without a divide
+/// (which bounded it): `q = p·r` with `r = 1/255` rounded, then one
+/// correction step `q + (p − q·255)·r` with exact FMA residuals, which
+/// gives the correctly rounded quotient, the divide's bits, for every one of
+/// the 256 byte values (the tests check all of them).
 fn scale_pixels(pixels: &[u8], out: &mut [f32], table: &[f32; 256]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present.
-        return unsafe { scale_pixels_avx2(pixels, out) };
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: AVX2 and FMA are present.
+        return unsafe { scale_pixels_avx2(pixels, out, table) };
     }
     for (v, &p) in out.iter_mut().zip(pixels) {
         *v = table[usize::from(p)];
@@ -285,22 +289,24 @@ fn scale_pixels(pixels: &[u8], out: &mut [f32], table: &[f32; 256]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn scale_pixels_avx2(pixels: &[u8], out: &mut [f32]) {
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scale_pixels_avx2(pixels: &[u8], out: &mut [f32], table: &[f32; 256]) {
     use std::arch::x86_64::{
-        _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_div_ps, _mm256_set1_ps, _mm256_storeu_ps,
-        _mm_loadl_epi64,
+        _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_fmadd_ps, _mm256_fnmadd_ps, _mm256_mul_ps,
+        _mm256_set1_ps, _mm256_storeu_ps, _mm_loadl_epi64,
     };
     let len = pixels.len().min(out.len());
     let body = len / 8 * 8;
-    let divisor = _mm256_set1_ps(255.0);
+    let (r, d) = (_mm256_set1_ps(1.0 / 255.0), _mm256_set1_ps(255.0));
     for i in (0..body).step_by(8) {
         let bytes = _mm_loadl_epi64(pixels.as_ptr().add(i).cast());
-        let v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_div_ps(v, divisor));
+        let p = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+        let q = _mm256_mul_ps(p, r);
+        let residual = _mm256_fnmadd_ps(q, d, p);
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_fmadd_ps(residual, r, q));
     }
     for i in body..len {
-        out[i] = f32::from(pixels[i]) / 255.0;
+        out[i] = table[usize::from(pixels[i])];
     }
 }
 
