@@ -165,15 +165,17 @@ impl Workspace {
         }
         // the rest of the update, as `Update::apply` (`Network::apply` without L2)
         let skip = usize::from(fused);
+        let rate = descend.rate;
         for (w, nw) in network.weights.iter_mut().zip(&grads.nabla_w).skip(skip) {
-            Zip::from(w)
-                .and(nw)
-                .for_each(|w, &nw| *w = descend.scalar(*w, nw));
+            match descend.decay {
+                None => Zip::from(w).and(nw).for_each(|w, &nw| *w -= rate * nw),
+                Some(decay) => Zip::from(w)
+                    .and(nw)
+                    .for_each(|w, &nw| *w = decay * *w - rate * nw),
+            }
         }
         for (b, nb) in network.biases.iter_mut().zip(&grads.nabla_b) {
-            Zip::from(b)
-                .and(nb)
-                .for_each(|b, &nb| *b -= descend.rate * nb);
+            Zip::from(b).and(nb).for_each(|b, &nb| *b -= rate * nb);
         }
     }
 
