@@ -39,6 +39,19 @@ impl Gradients {
         }
     }
 
+    /// `self = other`, elementwise, reusing `self`'s buffers.
+    ///
+    /// # Panics
+    /// If the shapes differ.
+    pub fn assign(&mut self, other: &Gradients) {
+        for (a, b) in self.nabla_w.iter_mut().zip(&other.nabla_w) {
+            a.assign(b);
+        }
+        for (a, b) in self.nabla_b.iter_mut().zip(&other.nabla_b) {
+            a.assign(b);
+        }
+    }
+
     /// The sum of per-shard gradients, added in the order given, which must be
     /// shard order: `((0 + g0) + g1) + g2 ...`.
     ///

@@ -12,6 +12,7 @@
 //! - [`kernels`]: the first layer's two big products, register-blocked;
 //! - [`gradients`]: summed gradients and their reduction in shard order;
 //! - [`schedule`]: seeded epoch shuffles, mini-batches, logical shards;
+//! - [`workspace`]: the same backprop into buffers reused every step (the fast path);
 //! - [`trainer`]: the single-process reference trainer and the step pieces
 //!   the coordinator reuses;
 //! - [`network2_json`]: a model as the JSON `network2.py`'s `load` reads;
@@ -50,6 +51,7 @@ pub mod schedule;
 pub mod stopping;
 pub mod trainer;
 pub mod wire;
+pub mod workspace;
 
 #[cfg(test)]
 mod decoder_fuzz;

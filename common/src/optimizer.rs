@@ -16,6 +16,7 @@
 use ndarray::{Array1, Array2, Zip};
 
 use crate::gradients::Gradients;
+use crate::kernels::Descend;
 use crate::network::Network;
 
 /// The update's hyperparameters for one step.
@@ -126,6 +127,16 @@ impl Update {
                 *b += *v;
             });
         }
+    }
+
+    /// The plain update (μ = 0) for a mini-batch of `len` samples as a
+    /// [`Descend`], for a kernel that applies it as it computes the
+    /// gradient: `None` with momentum.
+    pub fn descend(&self, len: usize) -> Option<Descend> {
+        (self.momentum == 0.0 && len > 0).then(|| Descend {
+            rate: self.eta / len as f32,
+            decay: (self.lambda != 0.0).then(|| self.decay()),
+        })
     }
 
     /// `η·λ/n`, computed in f64 and rounded once to f32.

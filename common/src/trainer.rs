@@ -6,6 +6,7 @@
 //! the very same functions, a cluster run with `S` shards is bitwise equal
 //! to this trainer with `S` shards.
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use crate::chain::Chain;
@@ -18,6 +19,7 @@ use crate::network::{Init, Network};
 use crate::optimizer::{Update, Velocity};
 use crate::schedule::{epoch_order, init_rng, shard_ranges, StepId};
 use crate::stopping::{EtaSchedule, Stopping, Verdict};
+use crate::workspace::Workspace;
 
 /// Which figures are computed after each epoch besides test and validation
 /// accuracy (network2.py's `monitor_*` switches; those two are always on,
@@ -292,14 +294,105 @@ pub fn shard_gradients(network: &Network, shard: &Samples) -> Gradients {
 }
 
 /// The summed gradient of one shard for `cost` with the kernel set
-/// `kernels`, as a worker computes it.
+/// `kernels`, as a worker computes it: [`Network::backprop_with`]'s bits,
+/// computed in this thread's [`Workspace`].
 pub fn shard_gradients_with(
     network: &Network,
     shard: &Samples,
     cost: Cost,
     kernels: KernelSet,
 ) -> Gradients {
-    network.backprop_with(shard.inputs().view(), shard.targets().view(), cost, kernels)
+    thread_local! {
+        static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::new());
+    }
+    WORKSPACE.with_borrow_mut(|ws| {
+        ws.load_all(shard);
+        ws.backprop(network, cost, kernels).clone()
+    })
+}
+
+/// The buffers of the reference loop's steps, reused from step to step.
+#[derive(Debug, Default)]
+pub struct StepBuffers {
+    workspace: Workspace,
+    /// The sum of a step's shards when there are several.
+    sum: Option<Gradients>,
+}
+
+impl StepBuffers {
+    /// One step of the reference loop: the mini-batch `batch` (indices into
+    /// `training`) split into `shards` logical shards, their gradients added
+    /// in shard order and `update` applied, as [`step_shards`],
+    /// [`shard_gradients_with`] and [`apply_step`] do it, bit for bit. One
+    /// shard without momentum updates the first layer's weights as their
+    /// gradient is computed ([`Workspace::step`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        network: &mut Network,
+        training: &Samples,
+        batch: &[usize],
+        plan: &TrainingPlan,
+        update: Update,
+        velocity: Option<&mut Velocity>,
+    ) {
+        let (cost, kernels) = (plan.cost, plan.kernels);
+        match (
+            shard_ranges(batch.len(), plan.shards).len(),
+            update.descend(batch.len()),
+        ) {
+            (1, Some(descend)) => {
+                self.workspace.load(training, batch);
+                self.workspace.step(network, cost, kernels, descend);
+            }
+            _ => {
+                let g = self.step_gradients(network, training, batch, plan.shards, cost, kernels);
+                update.apply(network, g, batch.len(), velocity);
+            }
+        }
+    }
+
+    /// The summed gradient of the mini-batch `batch` (indices into
+    /// `training`) split into `shards` logical shards, added in shard order:
+    /// what [`step_shards`], [`shard_gradients_with`] and [`apply_step`]'s
+    /// sum give, without allocating.
+    pub fn step_gradients(
+        &mut self,
+        network: &Network,
+        training: &Samples,
+        batch: &[usize],
+        shards: usize,
+        cost: Cost,
+        kernels: KernelSet,
+    ) -> &Gradients {
+        let ranges = shard_ranges(batch.len(), shards);
+        if let [only] = &ranges[..] {
+            self.workspace.load(training, &batch[only.clone()]);
+            return self.workspace.backprop(network, cost, kernels);
+        }
+        let sum = self
+            .sum
+            .get_or_insert_with(|| Gradients::zeros(&network.sizes));
+        if sum.nabla_w.len() != network.weights.len()
+            || sum
+                .nabla_w
+                .iter()
+                .zip(&network.weights)
+                .any(|(g, w)| g.dim() != w.dim())
+        {
+            *sum = Gradients::zeros(&network.sizes);
+        }
+        for (i, r) in ranges.into_iter().enumerate() {
+            self.workspace.load(training, &batch[r]);
+            let g = self.workspace.backprop(network, cost, kernels);
+            if i == 0 {
+                sum.assign(g);
+            } else {
+                sum.add(g);
+            }
+        }
+        sum
+    }
 }
 
 /// Adds the shard gradients in shard order and applies `update` with `len`
@@ -509,6 +602,7 @@ pub fn train_with_state(
 ) -> Vec<EpochReport> {
     let mut reports = Vec::with_capacity(plan.epochs);
     let mut step = StepId(0);
+    let mut buffers = StepBuffers::default();
     state.chain.start(0, network);
     for epoch in 0..plan.epochs {
         if state.stopping.stopped {
@@ -520,21 +614,17 @@ pub fn train_with_state(
         let order = epoch_order(plan.seed, epoch, data.training.len());
         let total = order.len().div_ceil(plan.batch_size);
         let mut timings = Vec::with_capacity(total);
-        for (done, batch) in order.chunks(plan.batch_size).enumerate() {
+        let mut batches = order.chunks(plan.batch_size).enumerate().peekable();
+        while let Some((done, batch)) = batches.next() {
             let step_start = Instant::now();
-            let shards = step_shards(&data.training, batch, plan.shards);
-            let results: Vec<Gradients> = shards
-                .iter()
-                .map(|s| shard_gradients_with(network, s, plan.cost, plan.kernels))
-                .collect();
+            if let Some((_, next)) = batches.peek() {
+                Workspace::prefetch(&data.training, next);
+            }
+            let velocity = state.velocity.as_mut();
+            buffers.step(network, &data.training, batch, plan, update, velocity);
+            // compute and update are one pass (the first layer's weights
+            // are updated as their gradient is computed): no reduce phase
             let computed = step_start.elapsed();
-            apply_step(
-                network,
-                &results,
-                update,
-                batch.len(),
-                state.velocity.as_mut(),
-            );
             step.0 += 1;
             state.chain.after_step(step.0, plan.record_every, network);
             let total_time = step_start.elapsed();
