@@ -9,8 +9,9 @@
 use std::hint::black_box;
 
 use common::dataset::{Samples, IMAGE_SIZE};
+use common::plan::TrainingPlan;
+use common::reference::{apply_step, shard_gradients};
 use common::schedule::{init_rng, ShardId};
-use common::trainer::{apply_step, shard_gradients, TrainingPlan};
 use common::{wire, Network};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::Rng;

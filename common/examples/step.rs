@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use common::dataset::{fetch::default_data_dir, Mnist};
 use common::network::Network;
+use common::plan::TrainingPlan;
+use common::reference::{apply_step, step_shards, StepBuffers};
 use common::schedule::{epoch_order, init_rng};
-use common::trainer::{apply_step, step_shards, StepBuffers, TrainingPlan};
 use common::Gradients;
 
 fn main() {

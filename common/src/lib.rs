@@ -9,12 +9,15 @@
 //! - [`cost`]: chapter 3's quadratic and cross-entropy costs (`network2.py`);
 //! - [`optimizer`]: the update: L2 weight decay and momentum's velocity;
 //! - [`stopping`]: early stopping and the η schedule, judged on validation accuracy;
-//! - [`kernels`]: the first layer's two big products, register-blocked;
+//! - [`kernels`]: the products and the sigmoid in a run's kernel set
+//!   (`avx2`: register-blocked AVX2/AVX-512 loops; `portable`: plain loops);
 //! - [`gradients`]: summed gradients and their reduction in shard order;
 //! - [`schedule`]: seeded epoch shuffles, mini-batches, logical shards;
 //! - [`workspace`]: the same backprop into buffers reused every step (the fast path);
-//! - [`trainer`]: the single-process reference trainer and the step pieces
-//!   the coordinator reuses;
+//! - [`plan`]: what a run trains (the flags that decide the weights) and its
+//!   state besides the weights, which checkpoints carry;
+//! - [`reference`]: the single-process reference trainer (`--local`) and the
+//!   step pieces the coordinator's loop reuses; it reads the [`dataset`];
 //! - [`network2_json`]: a model as the JSON `network2.py`'s `load` reads;
 //! - [`dataset`]: IDX parsing, Nielsen's split, fetching MNIST;
 //! - [`metrics`]: step timings and their per-epoch percentiles;
@@ -28,12 +31,10 @@
 //!
 //! # Determinism
 //! For a seed and a shard count `S`, the result is a pure function of the
-//! code and the CPU: shard gradients are computed by the same function
-//! wherever they run and added in shard order. `ndarray`'s GEMM
-//! (matrixmultiply) picks its kernel from the CPU's features at run time
-//! (AVX2+FMA, AVX, SSE2), as [`kernels`] does (AVX2+FMA or `ndarray`), and
-//! FMA rounds differently, so the bitwise contract holds across machines
-//! with the same CPU features.
+//! code and the run's kernel set ([`kernels::KernelSet`]): shard gradients
+//! are computed by the same function wherever they run and added in shard
+//! order. The `avx2` set gives the same bits on every x86-64 CPU with AVX2
+//! and FMA (its AVX-512 loops reproduce them), `portable` on any CPU.
 
 pub mod auth;
 pub mod chain;
@@ -47,9 +48,10 @@ pub mod model_file;
 pub mod network;
 pub mod network2_json;
 pub mod optimizer;
+pub mod plan;
+pub mod reference;
 pub mod schedule;
 pub mod stopping;
-pub mod trainer;
 pub mod wire;
 pub mod workspace;
 

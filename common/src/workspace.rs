@@ -316,8 +316,8 @@ unsafe fn scale_pixels_avx2(pixels: &[u8], out: &mut [f32], table: &[f32; 256]) 
 mod tests {
     use super::*;
     use crate::network::Init;
+    use crate::reference::{apply_step, shard_gradients_with, step_shards, StepBuffers};
     use crate::schedule::init_rng;
-    use crate::trainer::{apply_step, shard_gradients_with, step_shards, StepBuffers};
     use rand::Rng;
 
     fn samples(len: usize, seed: u64) -> Samples {

@@ -20,8 +20,8 @@ use common::kernels::KernelSet;
 use common::model_file::{self, ModelFileError};
 use common::network::Init;
 use common::optimizer::Velocity;
+use common::plan::{BestEpoch, RunState, TrainingPlan};
 use common::stopping::{EtaSchedule, Stopping};
-use common::trainer::{BestEpoch, RunState, TrainingPlan};
 use common::Network;
 
 /// Where a run is: the next mini-batch to train is batch `batch` of epoch `epoch`.

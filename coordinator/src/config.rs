@@ -8,8 +8,8 @@ use common::cost::Cost;
 use common::dataset::{CLASSES, IMAGE_SIZE};
 use common::kernels::KernelSet;
 use common::network::Init;
+use common::plan::{Monitor, TrainingPlan};
 use common::stopping::EtaSchedule;
-use common::trainer::{Monitor, TrainingPlan};
 
 use common::auth::Token;
 

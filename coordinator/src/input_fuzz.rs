@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 use crate::checkpoint;
 use crate::config::Args;
-use common::trainer::TrainingPlan;
+use common::plan::TrainingPlan;
 use common::Network;
 
 fn config(cases: u32) -> ProptestConfig {

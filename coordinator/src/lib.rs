@@ -42,7 +42,8 @@ use std::time::{Duration, Instant};
 
 use common::dataset::Mnist;
 use common::pb::trainer_server::TrainerServer;
-use common::trainer::{EpochReport, Progress, RunState};
+use common::plan::RunState;
+use common::reference::{EpochReport, Progress};
 use common::{wire, Network};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::service::interceptor::InterceptedService;

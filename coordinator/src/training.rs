@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use common::dataset::Mnist;
 use common::metrics::StepSummary;
-use common::schedule::{epoch_order, StepId};
-use common::trainer::{
-    apply_step, end_epoch, epoch_report, step_shards, EpochReport, Progress, RunState,
-    StepProgress, TrainingPlan,
+use common::plan::{RunState, TrainingPlan};
+use common::reference::{
+    apply_step, end_epoch, epoch_report, step_shards, EpochReport, Progress, StepProgress,
 };
+use common::schedule::{epoch_order, StepId};
 use common::Network;
 
 use crate::checkpoint::{self, Position};
@@ -179,7 +179,7 @@ mod tests {
     use super::*;
     use crate::pool::{PoolError, StepOutput};
     use common::dataset::Samples;
-    use common::trainer::shard_gradients_with;
+    use common::reference::shard_gradients_with;
 
     struct InPlace(common::cost::Cost);
 
@@ -252,15 +252,15 @@ mod tests {
     fn reference_run(
         plan: &TrainingPlan,
         data: &Mnist,
-    ) -> (Network, RunState, Vec<common::trainer::EpochReport>) {
+    ) -> (Network, RunState, Vec<common::reference::EpochReport>) {
         let mut network = plan.initial_network();
         let mut state = RunState::new(plan);
-        let reports = common::trainer::train_with_state(
+        let reports = common::reference::train_with_state(
             &mut network,
             &mut state,
             data,
             plan,
-            common::trainer::Quiet,
+            common::reference::Quiet,
         );
         (network, state, reports)
     }
@@ -280,7 +280,7 @@ mod tests {
                 plan,
                 &mut Position::default(),
                 None,
-                common::trainer::Quiet,
+                common::reference::Quiet,
             )
             .await
             .unwrap();
@@ -349,7 +349,7 @@ mod tests {
                     plan,
                     &mut pos,
                     Some(&c),
-                    common::trainer::Quiet,
+                    common::reference::Quiet,
                 )
                 .await;
                 assert!(crashed.is_err(), "case {i} {stop_after}");
@@ -365,7 +365,7 @@ mod tests {
                     plan,
                     &mut pos,
                     Some(&c),
-                    common::trainer::Quiet,
+                    common::reference::Quiet,
                 )
                 .await
                 .unwrap();

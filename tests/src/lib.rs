@@ -140,8 +140,8 @@ impl Drop for TempDir {
 /// network.py's run (`[784,30,10]`, quadratic cost, N(0,1) init, batch 10,
 /// eta 3.0) for `epochs` epochs over `shards` logical shards from `seed`: the
 /// plan most tests need, with any other field set by struct update.
-pub fn plan_for(epochs: usize, shards: usize, seed: u64) -> common::trainer::TrainingPlan {
-    common::trainer::TrainingPlan {
+pub fn plan_for(epochs: usize, shards: usize, seed: u64) -> common::plan::TrainingPlan {
+    common::plan::TrainingPlan {
         epochs,
         shards,
         seed,
@@ -151,7 +151,7 @@ pub fn plan_for(epochs: usize, shards: usize, seed: u64) -> common::trainer::Tra
 
 /// A run configuration for tests: `plan` on `workers` workers, 30 s timeouts,
 /// the default backups for stragglers, 10 s keepalive, no checkpoint, token or TLS (override fields with struct update syntax).
-pub fn test_config(plan: common::trainer::TrainingPlan, workers: usize) -> Config {
+pub fn test_config(plan: common::plan::TrainingPlan, workers: usize) -> Config {
     Config {
         plan,
         workers,
@@ -198,7 +198,7 @@ impl Cluster {
             config,
             data,
             workers,
-            common::trainer::Quiet,
+            common::reference::Quiet,
             coordinator::pool::Observer::none(),
         )
         .await
@@ -222,7 +222,7 @@ impl Cluster {
             config,
             data,
             workers,
-            dashboard.progress(common::trainer::Quiet),
+            dashboard.progress(common::reference::Quiet),
             dashboard.observer(),
         )
         .await
@@ -232,7 +232,7 @@ impl Cluster {
         config: Config,
         data: Arc<Mnist>,
         workers: usize,
-        progress: impl common::trainer::Progress + Send + 'static,
+        progress: impl common::reference::Progress + Send + 'static,
         observer: coordinator::pool::Observer,
     ) -> anyhow::Result<Cluster> {
         // Bound before anything is spawned, so workers never race the server's start.

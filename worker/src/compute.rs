@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use common::cost::Cost;
 use common::dataset::Samples;
 use common::kernels::KernelSet;
+use common::reference::shard_gradients_with;
 use common::schedule::ShardId;
-use common::trainer::shard_gradients_with;
 use common::{Gradients, Network};
 
 /// One computed shard: its id, sample count, summed gradients and the time backprop took.

@@ -16,8 +16,9 @@ use common::cost::Cost;
 use common::dataset::{find_file, idx, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS};
 use common::kernels::KernelSet;
 use common::network::Init;
+use common::plan::{RunState, TrainingPlan};
+use common::reference::{train_with_state, Quiet};
 use common::stopping::EtaSchedule;
-use common::trainer::{train_with_state, Quiet, RunState, TrainingPlan};
 use common::{model_file, Network};
 use serde_json::{json, Value};
 

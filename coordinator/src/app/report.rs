@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use common::trainer::EpochReport;
+use common::reference::EpochReport;
 use plotters::prelude::*;
 
 use super::{AppError, AppResult};

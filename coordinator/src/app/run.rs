@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::model_file;
-use common::trainer::{EpochReport, RunState};
+use common::plan::RunState;
+use common::reference::EpochReport;
 use common::Network;
 
 use crate::app::dashboard::{self, Dashboard, Feed, Watched};
@@ -124,7 +125,7 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> AppResult<()> {
         let (network, state, reports) = tokio::task::spawn_blocking(move || {
             let mut state = RunState::new(&plan);
             let reports =
-                common::trainer::train_with_state(&mut network, &mut state, &data, &plan, ui);
+                common::reference::train_with_state(&mut network, &mut state, &data, &plan, ui);
             (network, state, reports)
         })
         .await
@@ -303,7 +304,7 @@ fn start_dashboard(args: &Args, config: &crate::Config) -> AppResult<Option<Dash
 
 /// Where the best validation epoch's model goes: `--best-out`, or, with
 /// early stopping or a schedule, `--out` with `.best` before its extension.
-fn best_path(args: &Args, plan: &common::trainer::TrainingPlan) -> Option<PathBuf> {
+fn best_path(args: &Args, plan: &common::plan::TrainingPlan) -> Option<PathBuf> {
     args.best_out.clone().or_else(|| {
         (plan.early_stop.is_some() || plan.eta_schedule.is_some()).then(|| {
             let ext = args.out.extension().map_or("best".to_string(), |e| {
@@ -317,7 +318,7 @@ fn best_path(args: &Args, plan: &common::trainer::TrainingPlan) -> Option<PathBu
 /// Saves the best validation epoch's model where [`best_path`] says; returns the path.
 fn save_best(
     args: &Args,
-    plan: &common::trainer::TrainingPlan,
+    plan: &common::plan::TrainingPlan,
     state: &RunState,
 ) -> AppResult<Option<PathBuf>> {
     match (best_path(args, plan), &state.best) {
@@ -338,7 +339,7 @@ struct Recording {
 
 impl Recording {
     /// Writes the record of a run of `plan` that has reached `state`.
-    fn write(&self, plan: &common::trainer::TrainingPlan, state: &RunState) -> AppResult<()> {
+    fn write(&self, plan: &common::plan::TrainingPlan, state: &RunState) -> AppResult<()> {
         let digests = record::data_digests(&self.data_dir)?;
         Ok(record::of_run(plan, digests, self.init.clone(), &state.chain).save(&self.path)?)
     }
@@ -350,7 +351,7 @@ impl Recording {
 fn finish(
     args: &Args,
     recording: &Recording,
-    plan: &common::trainer::TrainingPlan,
+    plan: &common::plan::TrainingPlan,
     network: Network,
     state: &RunState,
     reports: &[EpochReport],

@@ -22,7 +22,7 @@
 use common::cost::Cost;
 use common::dataset::Samples;
 use common::kernels::KernelSet;
-use common::trainer::shard_gradients_with;
+use common::reference::shard_gradients_with;
 use common::{Gradients, Network};
 
 /// The audit policy of a run.

@@ -697,8 +697,8 @@ mod tests {
     //! awaits the message it expects.
     use super::*;
     use common::pb::coordinator_message::Kind;
+    use common::reference::{shard_gradients, step_shards};
     use common::schedule::init_rng;
-    use common::trainer::{shard_gradients, step_shards};
     use rand::seq::SliceRandom;
     use tokio::sync::mpsc::Receiver;
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::cost::Cost;
 use common::network::Init;
-use common::trainer::{train_with_state, RunState, TrainingPlan};
+use common::plan::{RunState, TrainingPlan};
+use common::reference::train_with_state;
 use integration_tests::process::{
     expect_all_success, expect_success, lines, stderr_of, wait_exit, Guard,
 };
@@ -98,7 +99,7 @@ async fn every_chapter3_option_is_bitwise_identical_on_1_2_and_4_workers_and_equ
             &mut ref_state,
             &data,
             &plan,
-            common::trainer::Quiet,
+            common::reference::Quiet,
         );
         for workers in [1, 2, 4] {
             let cluster = Cluster::start(test_config(plan.clone(), workers), data.clone(), workers)
@@ -133,7 +134,7 @@ async fn every_chapter3_option_is_bitwise_identical_on_1_2_and_4_workers_and_equ
     let (_, plan) = &plans()[4];
     let mut net = plan.initial_network();
     let mut state = RunState::new(plan);
-    let reports = train_with_state(&mut net, &mut state, &data, plan, common::trainer::Quiet);
+    let reports = train_with_state(&mut net, &mut state, &data, plan, common::reference::Quiet);
     assert!(reports.iter().any(|r| r.verdict.halved), "eta was halved");
     assert!(
         reports.len() < plan.epochs,

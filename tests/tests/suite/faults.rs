@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use common::trainer::{train, TrainingPlan};
+use common::plan::TrainingPlan;
+use common::reference::train;
 use coordinator::pool::PoolError;
 use coordinator::{Config, CoordinatorError};
 use integration_tests::{bits, fixture_data, plan_for, test_config, Cluster};
@@ -26,7 +27,7 @@ fn config(workers: usize, shard_timeout: Duration, wait_timeout: Duration) -> Co
 
 fn reference() -> Vec<u8> {
     let mut net = plan().initial_network();
-    train(&mut net, &fixture_data(), &plan(), common::trainer::Quiet);
+    train(&mut net, &fixture_data(), &plan(), common::reference::Quiet);
     bits(&net)
 }
 

@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::pb::{self, coordinator_message, worker_message};
-use common::trainer::{shard_gradients, train, TrainingPlan};
+use common::plan::TrainingPlan;
+use common::reference::{shard_gradients, train};
 use common::{wire, Network};
 use integration_tests::{bits, fixture_data, open_stream, result_message, test_config, Cluster};
 use proptest::prelude::*;
@@ -33,7 +34,7 @@ fn reference() -> &'static [u8] {
     static BITS: OnceLock<Vec<u8>> = OnceLock::new();
     BITS.get_or_init(|| {
         let mut net = plan().initial_network();
-        train(&mut net, &fixture_data(), &plan(), common::trainer::Quiet);
+        train(&mut net, &fixture_data(), &plan(), common::reference::Quiet);
         bits(&net)
     })
 }

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use common::trainer::{train, TrainingPlan};
+use common::plan::TrainingPlan;
+use common::reference::train;
 use coordinator::Config;
 use integration_tests::{bits, fixture_data, max_abs_diff, plan_for, test_config, Cluster};
 
@@ -38,7 +39,7 @@ async fn cluster_run(shards: usize, workers: usize) -> common::Network {
 async fn four_shards_are_bitwise_identical_on_1_2_and_4_workers_and_equal_the_reference() {
     let data = fixture_data();
     let mut reference = plan(4).initial_network();
-    train(&mut reference, &data, &plan(4), common::trainer::Quiet);
+    train(&mut reference, &data, &plan(4), common::reference::Quiet);
     for workers in [1, 2, 4] {
         let net = cluster_run(4, workers).await;
         assert!(
@@ -57,7 +58,7 @@ async fn four_shards_are_bitwise_identical_on_1_2_and_4_workers_and_equal_the_re
 async fn shard_counts_1_2_4_match_the_single_shard_reference_within_tolerance() {
     let data = fixture_data();
     let mut reference = plan(1).initial_network();
-    train(&mut reference, &data, &plan(1), common::trainer::Quiet);
+    train(&mut reference, &data, &plan(1), common::reference::Quiet);
     for shards in [1, 2, 4] {
         let net = cluster_run(shards, 2).await;
         let diff = max_abs_diff(&net, &reference);

@@ -119,7 +119,7 @@ async fn health_follows_the_run_and_reflection_lists_the_services() {
         test_config(plan, 2),
         loading,
         std::future::pending(),
-        common::trainer::Quiet,
+        common::reference::Quiet,
         coordinator::pool::Observer::none(),
     ));
     let url = format!("http://{addr}");
@@ -230,7 +230,7 @@ async fn data_that_fails_to_load_stops_the_server_with_the_reason() {
         test_config(plan, 1),
         failing,
         std::future::pending(),
-        common::trainer::Quiet,
+        common::reference::Quiet,
         coordinator::pool::Observer::none(),
     )
     .await;

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use common::pb::{self, coordinator_message, worker_message};
-use common::trainer::{train, TrainingPlan};
+use common::plan::TrainingPlan;
+use common::reference::train;
 use coordinator::Config;
 use integration_tests::{
     bits, fixture_data, open_stream, plan_for, result_message, test_config, Cluster,
@@ -85,7 +86,7 @@ async fn bad_results_are_rejected_with_the_reason_and_never_applied() {
         &mut reference,
         &fixture_data(),
         &plan(),
-        common::trainer::Quiet,
+        common::reference::Quiet,
     );
     let cases: [(&str, fn(&mut pb::ShardResult), &str); 6] = [
         (
@@ -183,7 +184,7 @@ fn reference() -> common::Network {
         &mut reference,
         &fixture_data(),
         &plan(),
-        common::trainer::Quiet,
+        common::reference::Quiet,
     );
     reference
 }
@@ -250,7 +251,7 @@ async fn a_result_for_someone_elses_shard_is_refused() {
             let mut net = common::Network::zeros(&plan().sizes);
             common::wire::decode_network_into(&step.weights, &mut net).unwrap();
             let (_, samples) = common::wire::decode_shard(&step.shards[0]).unwrap();
-            common::wire::encode_gradients(&common::trainer::shard_gradients(&net, &samples))
+            common::wire::encode_gradients(&common::reference::shard_gradients(&net, &samples))
         };
         let result = pb::ShardResult {
             step_id: step.step_id,

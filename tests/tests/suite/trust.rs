@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use common::kernels::KernelSet;
-use common::trainer::{train, TrainingPlan};
+use common::plan::TrainingPlan;
+use common::reference::train;
 use coordinator::{Config, RunSummary};
 use integration_tests::{bits, fixture_data, plan_for, skip, test_config, Cluster};
 use tonic::Code;
@@ -21,7 +22,7 @@ fn plan(kernels: KernelSet) -> TrainingPlan {
 
 fn reference(plan: &TrainingPlan) -> Vec<u8> {
     let mut net = plan.initial_network();
-    train(&mut net, &fixture_data(), plan, common::trainer::Quiet);
+    train(&mut net, &fixture_data(), plan, common::reference::Quiet);
     bits(&net)
 }
 

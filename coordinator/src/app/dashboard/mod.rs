@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`feed`]: what flows in (pool events, steps, epochs) and [`Watched`],
-//!   the [`common::trainer::Progress`] that copies the loop's reports in;
+//!   the [`common::reference::Progress`] that copies the loop's reports in;
 //! - [`state`]: the page's view of the run (progress, curves, workers, log, step split);
 //! - [`learned`]: per epoch, what the network learned (tiles, confusion, misses);
 //! - [`prometheus`]: the `/metrics` registry;
@@ -304,7 +304,7 @@ impl Collector {
     }
 
     /// Samples in the step `p` reports: a batch, or what is left for the epoch's last.
-    fn step_samples(&self, p: &common::trainer::StepProgress) -> u64 {
+    fn step_samples(&self, p: &common::reference::StepProgress) -> u64 {
         let batch = self.run.batch as u64;
         match &self.data {
             Some(d) if p.done == p.total => {
