@@ -41,7 +41,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train (the default when no subcommand is given).
-    Train(Args),
+    Train(Box<Args>),
     /// Test accuracy and confusion matrix of a saved model on MNIST's 10,000 test images.
     Evaluate {
         /// The model file (safetensors).
@@ -141,12 +141,12 @@ fn main() -> std::process::ExitCode {
 #[tokio::main(flavor = "current_thread")]
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let ok = std::process::ExitCode::SUCCESS;
-    let command = cli.command.unwrap_or(Command::Train(cli.train));
+    let command = cli.command.unwrap_or(Command::Train(Box::new(cli.train)));
     match command {
         Command::Train(args) => {
             let bar = progress_bar();
             common::logging::init(cli.log_format, BarWriter(bar.clone()));
-            coordinator::app::run::train(args, bar).await?;
+            coordinator::app::run::train(*args, bar).await?;
             Ok(ok)
         }
         Command::Evaluate { model, data_dir } => {

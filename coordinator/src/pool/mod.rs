@@ -852,8 +852,10 @@ mod tests {
             reassigned,
             ..PoolStats::default()
         };
+        // (what happens, the interference, the stats after, who is dropped with which code)
+        type Case = (&'static str, Interference, PoolStats, Option<(u32, Code)>);
         #[rustfmt::skip]
-        let cases: Vec<(&str, Interference, PoolStats, Option<(u32, Code)>)> = vec![
+        let cases: Vec<Case> = vec![
             ("the step just finished", Before { from: 0, edit: |r| r.step_id = STEP - 1 }, stats(1, 0, 0, 0, 0), None),
             ("an older step", Before { from: 0, edit: |r| r.step_id = 0 }, stats(1, 0, 0, 0, 0), None),
             ("a duplicate", Duplicate, stats(0, 1, 0, 0, 0), None),

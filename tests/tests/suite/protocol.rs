@@ -88,7 +88,9 @@ async fn bad_results_are_rejected_with_the_reason_and_never_applied() {
         &plan(),
         common::reference::Quiet,
     );
-    let cases: [(&str, fn(&mut pb::ShardResult), &str); 6] = [
+    // (what is wrong, how to make it so, what the refusal says)
+    type Case = (&'static str, fn(&mut pb::ShardResult), &'static str);
+    let cases: [Case; 6] = [
         (
             "NaN gradient",
             |r| r.gradients = vec![0xff; 95_440].into(),
