@@ -162,7 +162,10 @@ pub fn shard_gradients_with(
     }
     WORKSPACE.with_borrow_mut(|ws| {
         ws.load_all(shard);
-        ws.backprop(network, cost, kernels).clone()
+        ws.backprop(network, cost, kernels);
+        // The caller keeps the gradients (they go on the wire or into the
+        // sum): moved out, not copied; the next shard's are written afresh.
+        ws.take_gradients().expect("backprop made them")
     })
 }
 
