@@ -13,7 +13,7 @@
 //!   gradient (the book leaves combining the two to the reader); with μ = 0
 //!   it is the plain update. Biases are never decayed.
 
-use ndarray::{Array1, Array2, Zip};
+use ndarray::{Array, Dimension, Zip};
 
 use crate::gradients::Gradients;
 use crate::kernels::Descend;
@@ -32,41 +32,32 @@ pub struct Update {
     pub momentum: f32,
 }
 
-/// Momentum's velocity, one value per parameter, shaped like the network.
+/// Momentum's velocity, one value per parameter, shaped like the network
+/// (so it is stored as one: `velocity.0.weights[l]` is `weights[l]`'s).
 /// Optimiser state: checkpointed with the weights, never sent to workers.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Velocity {
-    /// `(sizes[l+1], sizes[l])`, like `weights[l]`.
-    pub weights: Vec<Array2<f32>>,
-    /// `(sizes[l+1],)`, like `biases[l]`.
-    pub biases: Vec<Array1<f32>>,
-}
+pub struct Velocity(pub Network);
 
 impl Velocity {
     /// A zero velocity for a network of `sizes` (the start of a run).
     pub fn zeros(sizes: &[usize]) -> Self {
-        let n = Network::zeros(sizes);
-        Velocity {
-            weights: n.weights,
-            biases: n.biases,
-        }
+        Velocity(Network::zeros(sizes))
     }
+}
 
-    /// The velocity as a network-shaped value (to save it as tensors).
-    pub fn as_network(&self, sizes: &[usize]) -> Network {
-        Network {
-            sizes: sizes.to_vec(),
-            weights: self.weights.clone(),
-            biases: self.biases.clone(),
-        }
-    }
-
-    /// The velocity stored in a network-shaped value (see [`Velocity::as_network`]).
-    pub fn from_network(n: Network) -> Self {
-        Velocity {
-            weights: n.weights,
-            biases: n.biases,
-        }
+/// One momentum step on every parameter of `params` (one layer's weights
+/// or biases each): `v ← new_v(v, ∇, p)`, then `p ← p + v`.
+fn momentum_step<D: Dimension>(
+    params: &mut [Array<f32, D>],
+    velocity: &mut [Array<f32, D>],
+    nabla: &[Array<f32, D>],
+    new_v: impl Fn(f32, f32, f32) -> f32,
+) {
+    for ((p, v), g) in params.iter_mut().zip(velocity).zip(nabla) {
+        Zip::from(p).and(v).and(g).for_each(|p, v, &g| {
+            *v = new_v(*v, g, *p);
+            *p += *v;
+        });
     }
 }
 
@@ -102,31 +93,21 @@ impl Update {
             }
             return;
         }
-        let v = velocity.expect("momentum needs a velocity");
+        let Velocity(v) = velocity.expect("momentum needs a velocity");
         let (rate, mu) = (self.eta / len as f32, self.momentum);
         let shrink = self.shrink();
-        for ((w, v), nw) in network
-            .weights
-            .iter_mut()
-            .zip(v.weights.iter_mut())
-            .zip(&nabla.nabla_w)
-        {
-            Zip::from(w).and(v).and(nw).for_each(|w, v, &nw| {
-                *v = mu * *v - rate * nw - shrink * *w;
-                *w += *v;
-            });
-        }
-        for ((b, v), nb) in network
-            .biases
-            .iter_mut()
-            .zip(v.biases.iter_mut())
-            .zip(&nabla.nabla_b)
-        {
-            Zip::from(b).and(v).and(nb).for_each(|b, v, &nb| {
-                *v = mu * *v - rate * nb;
-                *b += *v;
-            });
-        }
+        momentum_step(
+            &mut network.weights,
+            &mut v.weights,
+            &nabla.nabla_w,
+            |v, g, w| mu * v - rate * g - shrink * w,
+        );
+        momentum_step(
+            &mut network.biases,
+            &mut v.biases,
+            &nabla.nabla_b,
+            |v, g, _| mu * v - rate * g,
+        );
     }
 
     /// The plain update (μ = 0) for a mini-batch of `len` samples as a
@@ -230,7 +211,7 @@ mod tests {
                 let w1 = w0 + v1;
                 let v2 = 0.9f32 * v1 - rate * gw - s * w1;
                 assert_eq!(net.weights[0][[i, j]], w1 + v2);
-                assert_eq!(v.weights[0][[i, j]], v2);
+                assert_eq!(v.0.weights[0][[i, j]], v2);
             }
             let gb = g.nabla_b[0][i];
             let v1 = -rate * gb;

@@ -419,6 +419,19 @@ pub fn encode_shard(id: ShardId, samples: &Samples) -> pb::Shard {
     }
 }
 
+/// A `pb::Step` as a worker reads it: its weights into `network` (see
+/// [`decode_network_into`]) and each shard's samples (see [`decode_shard`]).
+///
+/// # Errors
+/// The first error of either.
+pub fn decode_step(
+    step: &pb::Step,
+    network: &mut Network,
+) -> Result<Vec<(ShardId, Samples)>, WireError> {
+    decode_network_into(&step.weights, network)?;
+    step.shards.iter().map(decode_shard).collect()
+}
+
 /// A `pb::Shard`'s samples, validated.
 ///
 /// # Errors

@@ -127,12 +127,8 @@ pub fn save(
         meta.push(("best_validation", b.validation_correct.to_string()));
         meta.push(("best_test", b.test_correct.to_string()));
     }
-    let velocity = state
-        .velocity
-        .as_ref()
-        .map(|v| v.as_network(&network.sizes));
     let mut parts: Vec<(&str, &Network)> = Vec::new();
-    if let Some(v) = &velocity {
+    if let Some(Velocity(v)) = &state.velocity {
         parts.push(("velocity.", v));
     }
     if let Some(b) = &state.best {
@@ -203,8 +199,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
             n => Some(n.parse().map_err(|_| bad("record_every"))?),
         },
     };
-    let velocity =
-        model_file::load_part(path, "velocity.", &network.sizes)?.map(Velocity::from_network);
+    let velocity = model_file::load_part(path, "velocity.", &network.sizes)?.map(Velocity);
     if (plan.momentum > 0.0) != velocity.is_some() {
         return Err(bad("velocity"));
     }
@@ -254,78 +249,12 @@ impl Checkpoint {
                 flags,
             })
         };
-        let ours = &self.plan;
-        let show = |v: Option<String>| v.unwrap_or_else(|| "none".to_string());
-        if ours.sizes != plan.sizes {
-            return mismatch(
-                "--sizes",
-                format!("{:?}", ours.sizes),
-                format!("{:?}", plan.sizes),
-            );
-        }
-        if ours.seed != plan.seed {
-            return mismatch("--seed", ours.seed.to_string(), plan.seed.to_string());
-        }
-        if ours.batch_size != plan.batch_size {
-            return mismatch(
-                "--batch-size",
-                ours.batch_size.to_string(),
-                plan.batch_size.to_string(),
-            );
-        }
-        if ours.eta.to_bits() != plan.eta.to_bits() {
-            return mismatch("--eta", ours.eta.to_string(), plan.eta.to_string());
-        }
-        if ours.shards != plan.shards {
-            return mismatch("--shards", ours.shards.to_string(), plan.shards.to_string());
-        }
-        if ours.kernels != plan.kernels {
-            return mismatch(
-                "--kernels",
-                ours.kernels.to_string(),
-                plan.kernels.to_string(),
-            );
-        }
-        if ours.record_every != plan.record_every {
-            return mismatch(
-                "--record-every",
-                show(ours.record_every.map(|n| n.to_string())),
-                show(plan.record_every.map(|n| n.to_string())),
-            );
-        }
-        if ours.cost != plan.cost {
-            return mismatch("--cost", ours.cost.to_string(), plan.cost.to_string());
-        }
-        if ours.init != plan.init {
-            return mismatch(
-                "--init-weights",
-                ours.init.to_string(),
-                plan.init.to_string(),
-            );
-        }
-        if ours.lambda.to_bits() != plan.lambda.to_bits() {
-            return mismatch("--lambda", ours.lambda.to_string(), plan.lambda.to_string());
-        }
-        if ours.momentum.to_bits() != plan.momentum.to_bits() {
-            return mismatch(
-                "--momentum",
-                ours.momentum.to_string(),
-                plan.momentum.to_string(),
-            );
-        }
-        if ours.early_stop != plan.early_stop {
-            return mismatch(
-                "--early-stop",
-                show(ours.early_stop.map(|n| n.to_string())),
-                show(plan.early_stop.map(|n| n.to_string())),
-            );
-        }
-        if ours.eta_schedule != plan.eta_schedule {
-            return mismatch(
-                "--eta-schedule",
-                show(ours.eta_schedule.map(|s| s.to_string())),
-                show(plan.eta_schedule.map(|s| s.to_string())),
-            );
+        for ((field, checkpoint), (_, flags)) in
+            settings(&self.plan).into_iter().zip(settings(plan))
+        {
+            if checkpoint != flags {
+                return mismatch(field, checkpoint, flags);
+            }
         }
         if self.position.epoch > plan.epochs {
             return mismatch(
@@ -338,6 +267,35 @@ impl Checkpoint {
     }
 }
 
+/// Every setting a checkpoint must share with the flags that resume it, as
+/// the flag and its value, in the order a mismatch is looked for. Numbers
+/// print as the shortest text that reads back to the same bits, so two
+/// values differ exactly when their texts do.
+fn settings(plan: &TrainingPlan) -> [(&'static str, String); 13] {
+    let show = |v: Option<String>| v.unwrap_or_else(|| "none".to_string());
+    [
+        ("--sizes", format!("{:?}", plan.sizes)),
+        ("--seed", plan.seed.to_string()),
+        ("--batch-size", plan.batch_size.to_string()),
+        ("--eta", plan.eta.to_string()),
+        ("--shards", plan.shards.to_string()),
+        ("--kernels", plan.kernels.to_string()),
+        (
+            "--record-every",
+            show(plan.record_every.map(|n| n.to_string())),
+        ),
+        ("--cost", plan.cost.to_string()),
+        ("--init-weights", plan.init.to_string()),
+        ("--lambda", plan.lambda.to_string()),
+        ("--momentum", plan.momentum.to_string()),
+        ("--early-stop", show(plan.early_stop.map(|n| n.to_string()))),
+        (
+            "--eta-schedule",
+            show(plan.eta_schedule.map(|s| s.to_string())),
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,11 +304,22 @@ mod tests {
         TrainingPlan {
             sizes: vec![784, 5, 10],
             epochs: 3,
-            batch_size: 10,
-            eta: 3.0,
             shards: 4,
             seed: 9,
             ..TrainingPlan::default()
+        }
+    }
+
+    /// [`plan`] with every chapter 3 option on, and this momentum.
+    fn chapter3_plan(momentum: f32) -> TrainingPlan {
+        TrainingPlan {
+            cost: Cost::CrossEntropy,
+            init: Init::Scaled,
+            lambda: 5.0,
+            momentum,
+            early_stop: Some(10),
+            eta_schedule: Some("halve:10:128".parse().unwrap()),
+            ..plan()
         }
     }
 
@@ -420,20 +389,12 @@ mod tests {
     fn chapter3_state_round_trips() {
         let d = dir("ch3");
         let path = d.join("c.safetensors");
-        let plan = TrainingPlan {
-            cost: Cost::CrossEntropy,
-            init: Init::Scaled,
-            lambda: 5.0,
-            momentum: 0.9,
-            early_stop: Some(10),
-            eta_schedule: Some("halve:10:128".parse().unwrap()),
-            ..plan()
-        };
+        let plan = chapter3_plan(0.9);
         let net = plan.initial_network();
         let mut state = RunState::new(&plan);
         let v = state.velocity.as_mut().unwrap();
-        v.weights[0][[1, 2]] = -0.25;
-        v.biases[1][3] = 1e-7;
+        v.0.weights[0][[1, 2]] = -0.25;
+        v.0.biases[1][3] = 1e-7;
         state.stopping = Stopping {
             best: Some((4, 190)),
             since_best: 3,
@@ -470,15 +431,7 @@ mod tests {
     fn resume_with_another_chapter3_option_is_refused_naming_the_flag() {
         let d = dir("ch3mm");
         let path = d.join("c.safetensors");
-        let plan = TrainingPlan {
-            cost: Cost::CrossEntropy,
-            init: Init::Scaled,
-            lambda: 5.0,
-            momentum: 0.5,
-            early_stop: Some(10),
-            eta_schedule: Some("halve:10:128".parse().unwrap()),
-            ..plan()
-        };
+        let plan = chapter3_plan(0.5);
         save_fresh(&path, &plan);
         let c = load(&path).unwrap();
         let cases = [

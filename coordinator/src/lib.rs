@@ -180,8 +180,10 @@ pub async fn serve(
             .http2_keepalive_timeout(Some(config.keepalive * 2))
             .max_concurrent_streams(Some(STREAMS_PER_CONNECTION))
             .add_service(health_service)
-            .add_service(reflection_v1())
-            .add_service(reflection_v1alpha())
+            // Server reflection, so `grpcurl list` and `describe` work with no
+            // `.proto` at hand: v1, and v1alpha for older clients.
+            .add_service(reflection().build_v1().expect(DESCRIPTORS_VALID))
+            .add_service(reflection().build_v1alpha().expect(DESCRIPTORS_VALID))
             .add_service(trainer)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_rx.await;
@@ -285,26 +287,11 @@ pub async fn serve(
     })
 }
 
-/// Server reflection, `grpc.reflection.v1`: lets `grpcurl list` and
-/// `grpcurl describe` work with no `.proto` at hand.
-fn reflection_v1() -> tonic_reflection::server::v1::ServerReflectionServer<
-    impl tonic_reflection::server::v1::ServerReflection,
-> {
-    reflection_builder()
-        .build_v1()
-        .expect("the embedded descriptor sets are valid")
-}
+/// Why building reflection cannot fail.
+const DESCRIPTORS_VALID: &str = "the embedded descriptor sets are valid";
 
-/// Server reflection, `grpc.reflection.v1alpha`, for older clients.
-fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionServer<
-    impl tonic_reflection::server::v1alpha::ServerReflection,
-> {
-    reflection_builder()
-        .build_v1alpha()
-        .expect("the embedded descriptor sets are valid")
-}
-
-fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+/// A server reflection builder that knows our services and health's.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(common::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -310,26 +310,52 @@ mod tests {
         assert!(state.best.is_some());
     }
 
+    /// Fails every step from `.0` on, as a crash would end the run.
+    struct Crashing(u64, common::cost::Cost);
+    impl WorkerPool for Crashing {
+        async fn run_step(
+            &mut self,
+            step: StepId,
+            network: &Network,
+            shards: &[Samples],
+        ) -> Result<StepOutput, PoolError> {
+            if step.0 >= self.0 {
+                return Err(PoolError::ServiceGone);
+            }
+            InPlace(self.1).run_step(step, network, shards).await
+        }
+    }
+
+    /// Runs `plan` with checkpoints from `run` (the weights, state and
+    /// position) until it ends or its step `crash_at` fails, as a crash would.
+    async fn train_until(
+        crash_at: u64,
+        plan: &TrainingPlan,
+        data: &Arc<Mnist>,
+        checkpointing: &Checkpointing,
+        run: &mut (Network, RunState, Position),
+    ) -> Result<Vec<EpochReport>, CoordinatorError> {
+        let (net, state, pos) = run;
+        let mut pool = Crashing(crash_at, plan.cost);
+        let quiet = common::reference::Quiet;
+        super::run(
+            &mut pool,
+            net,
+            state,
+            data,
+            plan,
+            pos,
+            Some(checkpointing),
+            quiet,
+        )
+        .await
+    }
+
     /// Stop after any step, checkpoint, resume from the file: the same bits,
     /// for network.py's run and for one with every chapter 3 option
     /// (momentum's velocity, L2, early stopping and η schedule state, best model).
     #[tokio::test]
     async fn resuming_from_a_checkpoint_is_bitwise_exact() {
-        /// Fails every step from `.0` on, as a crash would end the run.
-        struct Crashing(u64, common::cost::Cost);
-        impl WorkerPool for Crashing {
-            async fn run_step(
-                &mut self,
-                step: StepId,
-                network: &Network,
-                shards: &[Samples],
-            ) -> Result<StepOutput, PoolError> {
-                if step.0 >= self.0 {
-                    return Err(PoolError::ServiceGone);
-                }
-                InPlace(self.1).run_step(step, network, shards).await
-            }
-        }
         let data = Arc::new(synthetic(95));
         let dir = std::env::temp_dir().join(format!("resume-{}", std::process::id()));
         for (i, plan) in plans(3).iter().enumerate() {
@@ -339,44 +365,23 @@ mod tests {
                     path: dir.join(format!("c{i}-{stop_after}.safetensors")),
                     every: Some(1),
                 };
-                let (mut net, mut pos) = (plan.initial_network(), Position::default());
-                let mut state = RunState::new(plan);
-                let crashed = run(
-                    &mut Crashing(stop_after, plan.cost),
-                    &mut net,
-                    &mut state,
-                    &data,
-                    plan,
-                    &mut pos,
-                    Some(&c),
-                    common::reference::Quiet,
-                )
-                .await;
+                let mut fresh = (
+                    plan.initial_network(),
+                    RunState::new(plan),
+                    Position::default(),
+                );
+                let crashed = train_until(stop_after, plan, &data, &c, &mut fresh).await;
                 assert!(crashed.is_err(), "case {i} {stop_after}");
                 let ck = checkpoint::load(&c.path).unwrap();
                 assert_eq!(ck.position.step, stop_after, "case {i} {stop_after}");
                 ck.check_matches(&c.path, plan).unwrap();
-                let (mut net, mut pos, mut state) = (ck.network, ck.position, ck.state);
-                run(
-                    &mut InPlace(plan.cost),
-                    &mut net,
-                    &mut state,
-                    &data,
-                    plan,
-                    &mut pos,
-                    Some(&c),
-                    common::reference::Quiet,
-                )
-                .await
-                .unwrap();
-                assert!(
-                    net == reference,
-                    "case {i} {stop_after}: resumed run differs"
-                );
-                assert!(
-                    state == ref_state,
-                    "case {i} {stop_after}: resumed state differs"
-                );
+                let mut resumed = (ck.network, ck.state, ck.position);
+                train_until(u64::MAX, plan, &data, &c, &mut resumed)
+                    .await
+                    .unwrap();
+                let case = format!("case {i} {stop_after}");
+                assert!(resumed.0 == reference, "{case}: resumed run differs");
+                assert!(resumed.1 == ref_state, "{case}: resumed state differs");
             }
         }
         std::fs::remove_dir_all(dir).unwrap();

@@ -187,12 +187,7 @@ pub async fn run(
                     _ => {}
                 }
                 let decode_start = Instant::now();
-                wire::decode_network_into(&step.weights, &mut network)?;
-                let shards = step
-                    .shards
-                    .iter()
-                    .map(wire::decode_shard)
-                    .collect::<Result<Vec<_>, _>>()?;
+                let shards = wire::decode_step(&step, &mut network)?;
                 // Each result carries its share of the Step's decoding.
                 let decode_share = decode_start.elapsed() / shards.len().max(1) as u32;
                 debug!(step = step.step_id, shards = shards.len(), "step");

@@ -18,7 +18,7 @@ use std::arch::x86_64::{
 };
 use std::sync::OnceLock;
 
-use super::{Descend, COLS, LANES};
+use super::{Descend, COLS, GRAD_ROWS, LANES};
 
 /// Whether this CPU has AVX-512 F and DQ (and FMA), and the environment
 /// does not turn the wide kernels off with `DDP_NO_AVX512=1`.
@@ -34,34 +34,11 @@ pub(super) fn available() -> bool {
 
 /// Lanes of a 512-bit register.
 const WIDE_LANES: usize = 16;
-/// Rows of `δ` per block of the gradient kernel.
-const GRAD_ROWS: usize = 4;
 /// Output columns per block of the gradient kernel: two registers.
 const WIDE: usize = 2 * WIDE_LANES;
 
-/// `out (m, k) = δ (m, n) · xᵀ` as `fma::delta_dot_xt` computes it (with
-/// `descend`, applied to the weights in `out`), 32 columns at a time, the
-/// last ones masked.
-#[target_feature(enable = "avx512f,avx512dq,fma")]
-pub(super) unsafe fn delta_dot_xt(
-    d: &[f32],
-    x: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    out: &mut [f32],
-    descend: Option<Descend>,
-) {
-    assert!(d.len() >= m * n && x.len() >= n * k && out.len() >= m * k);
-    for j in (0..m).step_by(GRAD_ROWS) {
-        match GRAD_ROWS.min(m - j) {
-            4 => rows::<4>(d, x, k, n, j, out, descend),
-            3 => rows::<3>(d, x, k, n, j, out, descend),
-            2 => rows::<2>(d, x, k, n, j, out, descend),
-            _ => rows::<1>(d, x, k, n, j, out, descend),
-        }
-    }
-}
+// `fma::delta_dot_xt`'s blocks, 32 columns at a time, the last ones masked.
+delta_dot_xt_by_row_blocks!("avx512f,avx512dq,fma");
 
 /// The first `width` lanes (at most 16) of a mask.
 fn mask(width: usize) -> u16 {

@@ -9,7 +9,7 @@ use std::arch::x86_64::{
 
 use ndarray::ArrayView2;
 
-use super::{Descend, COLS, LANES, ROWS};
+use super::{Descend, COLS, GRAD_ROWS, LANES, ROWS};
 
 /// `z (m, n) = w (m, k) · x`, `x` as `n` contiguous columns of `k`.
 #[target_feature(enable = "avx2,fma")]
@@ -157,35 +157,10 @@ unsafe fn lane_mask(width: usize) -> __m256i {
     _mm256_cmpgt_epi32(_mm256_set1_epi32(width as i32), lanes)
 }
 
-/// Rows of `δ` per block of the gradient kernel.
-const GRAD_ROWS: usize = 4;
 /// Output columns per block: two registers.
 const WIDE: usize = 2 * LANES;
 
-/// `out (m, k) = δ (m, n) · xᵀ`, `x` as `n` contiguous columns of `k`;
-/// each output is summed over the samples in order. With `descend`,
-/// `out` holds weights and each sum `g` goes straight into the update
-/// instead (see [`Descend`]).
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn delta_dot_xt(
-    d: &[f32],
-    x: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    out: &mut [f32],
-    descend: Option<Descend>,
-) {
-    assert!(d.len() >= m * n && x.len() >= n * k && out.len() >= m * k);
-    for j in (0..m).step_by(GRAD_ROWS) {
-        match GRAD_ROWS.min(m - j) {
-            4 => rows::<4>(d, x, k, n, j, out, descend),
-            3 => rows::<3>(d, x, k, n, j, out, descend),
-            2 => rows::<2>(d, x, k, n, j, out, descend),
-            _ => rows::<1>(d, x, k, n, j, out, descend),
-        }
-    }
-}
+delta_dot_xt_by_row_blocks!("avx2,fma");
 
 /// Rows `j..j+R` of `out`, 16 columns at a time: `2·R` accumulators.
 #[target_feature(enable = "avx2,fma")]

@@ -162,7 +162,7 @@ pub fn w_dot_x(set: KernelSet, w: &Array2<f32>, x: &ArrayView2<f32>) -> Array2<f
             // SAFETY: AVX2 and FMA are present (`require`); slices have the sizes named.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                fast_w_dot_x(ws, xs, m, k, n, &mut z)
+                (fast().0)(ws, xs, m, k, n, &mut z)
             };
             Array2::from_shape_vec((m, n), z).expect("m × n values")
         }
@@ -183,7 +183,7 @@ pub fn delta_dot_xt(set: KernelSet, delta: &Array2<f32>, x: &ArrayView2<f32>) ->
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                fast_delta_dot_xt(ds, xs, m, k, n, &mut out, None)
+                (fast().1)(ds, xs, m, k, n, &mut out, None)
             };
             Array2::from_shape_vec((m, k), out).expect("m × k values")
         }
@@ -233,19 +233,14 @@ pub fn w_dot_x_into(
     scratch: &mut Vec<f32>,
 ) {
     let ((m, k), n) = (w.dim(), x.ncols());
-    if set == KernelSet::Portable {
-        let p = portable::dot(&w.view(), x);
-        out_view(z, m, n).assign(&p);
-        return;
-    }
-    require(set);
     match (set.fast_path(n), w.as_slice(), columns(x)) {
-        // SAFETY: AVX2 and FMA are present (`require`); the kernels check the sizes.
         #[cfg(target_arch = "x86_64")]
-        (true, Some(ws), Some(xs)) if x.nrows() == k => unsafe {
-            fast_w_dot_x(ws, xs, m, k, n, &mut z[..m * n])
-        },
-        _ => product_into(&w.view(), x, z, scratch),
+        (true, Some(ws), Some(xs)) if x.nrows() == k => {
+            require(set);
+            // SAFETY: AVX2 and FMA are present (`require`); the kernels check the sizes.
+            unsafe { (fast().0)(ws, xs, m, k, n, &mut z[..m * n]) }
+        }
+        _ => product_into(set, &w.view(), x, z, scratch),
     }
 }
 
@@ -258,22 +253,19 @@ pub fn delta_dot_xt_into(
     scratch: &mut Vec<f32>,
 ) {
     let ((m, n), k) = (delta.dim(), x.nrows());
-    if set == KernelSet::Portable {
-        let p = portable::dot(delta, &x.t());
-        out_view(out, m, k).assign(&p);
-        return;
-    }
-    require(set);
-    match (delta.as_slice(), columns(x)) {
+    match (set, delta.as_slice(), columns(x)) {
         // The fast path of `delta_dot_xt`, and beyond it up to
         // CHAIN_MAX_INNER samples, where matrixmultiply gives these bits too
         // (each output one FMA chain over the samples in order).
-        // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        (Some(ds), Some(xs)) if x.ncols() == n && n <= MAX_SAMPLES.max(CHAIN_MAX_INNER) => unsafe {
-            fast_delta_dot_xt(ds, xs, m, k, n, &mut out[..m * k], None)
-        },
-        _ => product_into(delta, &x.t(), out, scratch),
+        (KernelSet::Avx2, Some(ds), Some(xs))
+            if x.ncols() == n && n <= MAX_SAMPLES.max(CHAIN_MAX_INNER) =>
+        {
+            require(set);
+            // SAFETY: as in `w_dot_x_into`.
+            unsafe { (fast().1)(ds, xs, m, k, n, &mut out[..m * k], None) }
+        }
+        _ => product_into(set, delta, &x.t(), out, scratch),
     }
 }
 
@@ -299,7 +291,7 @@ pub fn delta_dot_xt_descend(
         (Some(ds), Some(xs), Some(ws))
             if x.ncols() == n && n <= MAX_SAMPLES.max(CHAIN_MAX_INNER) =>
         {
-            unsafe { fast_delta_dot_xt(ds, xs, m, k, n, ws, Some(descend)) };
+            unsafe { (fast().1)(ds, xs, m, k, n, ws, Some(descend)) };
             true
         }
         _ => false,
@@ -314,17 +306,7 @@ pub fn wt_dot_delta_into(
     out: &mut [f32],
     scratch: &mut Vec<f32>,
 ) {
-    let (k, n) = (w.ncols(), delta.ncols());
-    match set {
-        KernelSet::Portable => {
-            let p = portable::dot(&w.t(), delta);
-            out_view(out, k, n).assign(&p);
-        }
-        KernelSet::Avx2 => {
-            require(set);
-            product_into(&w.t(), delta, out, scratch);
-        }
-    }
+    product_into(set, &w.t(), delta, out, scratch);
 }
 
 /// [`sigmoid`] in place on a buffer: the same bits.
@@ -337,11 +319,23 @@ pub fn sigmoid_in_place(set: KernelSet, z: &mut [f32]) {
     }
 }
 
-/// `a (m, k) · b (k, n)` into `out` (`m × n`, row-major) as `a.dot(b)`
-/// computes it in the `avx2` set (FMA present): [`chain`] for inner
-/// dimensions up to [`CHAIN_MAX_INNER`], matrixmultiply beyond.
-fn product_into(a: &ArrayView2<f32>, b: &ArrayView2<f32>, out: &mut [f32], scratch: &mut Vec<f32>) {
+/// `a (m, k) · b (k, n)` into `out` (`m × n`, row-major) as the allocating
+/// products compute it in `set`: the portable loops; in the `avx2` set,
+/// [`chain`] for inner dimensions up to [`CHAIN_MAX_INNER`], matrixmultiply
+/// beyond.
+fn product_into(
+    set: KernelSet,
+    a: &ArrayView2<f32>,
+    b: &ArrayView2<f32>,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
     let ((m, k), n) = (a.dim(), b.ncols());
+    if set == KernelSet::Portable {
+        out_view(out, m, n).assign(&portable::dot(a, b));
+        return;
+    }
+    require(set);
     #[cfg(target_arch = "x86_64")]
     if k <= CHAIN_MAX_INNER && m * n > 0 {
         let rows = match (b.as_slice(), b.t().as_slice()) {
@@ -362,7 +356,7 @@ fn product_into(a: &ArrayView2<f32>, b: &ArrayView2<f32>, out: &mut [f32], scrat
                 scratch.as_slice()
             }
         };
-        // SAFETY: callers checked FMA (`require`); `chain` checks the sizes.
+        // SAFETY: FMA is present (`require`); `chain` checks the sizes.
         unsafe { fma::chain(a, rows, &mut out[..m * n]) };
         return;
     }
@@ -370,38 +364,62 @@ fn product_into(a: &ArrayView2<f32>, b: &ArrayView2<f32>, out: &mut [f32], scrat
     ndarray::linalg::general_mat_mul(1.0, a, b, 0.0, &mut out_view(out, m, n));
 }
 
-/// `fma::w_dot_x`, on 512-bit registers where [`avx512::available`] (the same bits).
-///
-/// # Safety
-/// AVX2 and FMA must be present.
+/// `w · x` into `z`: `(w, x, m, k, n, z)`, as [`fma::w_dot_x`] documents.
 #[cfg(target_arch = "x86_64")]
-unsafe fn fast_w_dot_x(w: &[f32], x: &[f32], m: usize, k: usize, n: usize, z: &mut [f32]) {
+type WDotX = unsafe fn(&[f32], &[f32], usize, usize, usize, &mut [f32]);
+/// `δ · xᵀ` into (or, with a [`Descend`], onto) `out`: `(δ, x, m, k, n, out,
+/// descend)`, as [`fma::delta_dot_xt`] documents.
+#[cfg(target_arch = "x86_64")]
+type DeltaDotXt = unsafe fn(&[f32], &[f32], usize, usize, usize, &mut [f32], Option<Descend>);
+
+/// The register-blocked kernels of the `avx2` set on this CPU: on 512-bit
+/// registers where [`avx512::available`], else on 256-bit ones (the same
+/// bits either way).
+///
+/// Calling them is unsafe: AVX2 and FMA must be present.
+#[cfg(target_arch = "x86_64")]
+fn fast() -> (WDotX, DeltaDotXt) {
     if avx512::available() {
-        avx512::w_dot_x(w, x, m, k, n, z)
+        (avx512::w_dot_x, avx512::delta_dot_xt)
     } else {
-        fma::w_dot_x(w, x, m, k, n, z)
+        (fma::w_dot_x, fma::delta_dot_xt)
     }
 }
 
-/// `fma::delta_dot_xt`, on 512-bit registers where [`avx512::available`] (the same bits).
-///
-/// # Safety
-/// AVX2 and FMA must be present.
-#[cfg(target_arch = "x86_64")]
-unsafe fn fast_delta_dot_xt(
-    d: &[f32],
-    x: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    out: &mut [f32],
-    descend: Option<Descend>,
-) {
-    if avx512::available() {
-        avx512::delta_dot_xt(d, x, m, k, n, out, descend)
-    } else {
-        fma::delta_dot_xt(d, x, m, k, n, out, descend)
-    }
+/// Rows of `δ` per block of the gradient kernel.
+const GRAD_ROWS: usize = 4;
+
+/// Defines `delta_dot_xt` for an instruction set whose module has
+/// `rows::<R>` (rows `j..j+R` of the output): the output in blocks of
+/// [`GRAD_ROWS`] rows, the last block smaller. `$features` are the
+/// instruction sets the module's kernels are compiled for.
+macro_rules! delta_dot_xt_by_row_blocks {
+    ($features:literal) => {
+        /// `out (m, k) = δ (m, n) · xᵀ`, `x` as `n` contiguous columns of
+        /// `k`; each output is summed over the samples in order. With
+        /// `descend`, `out` holds weights and each sum `g` goes straight into
+        /// the update instead (see [`Descend`]).
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn delta_dot_xt(
+            d: &[f32],
+            x: &[f32],
+            m: usize,
+            k: usize,
+            n: usize,
+            out: &mut [f32],
+            descend: Option<Descend>,
+        ) {
+            assert!(d.len() >= m * n && x.len() >= n * k && out.len() >= m * k);
+            for j in (0..m).step_by(GRAD_ROWS) {
+                match GRAD_ROWS.min(m - j) {
+                    4 => rows::<4>(d, x, k, n, j, out, descend),
+                    3 => rows::<3>(d, x, k, n, j, out, descend),
+                    2 => rows::<2>(d, x, k, n, j, out, descend),
+                    _ => rows::<1>(d, x, k, n, j, out, descend),
+                }
+            }
+        }
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -520,7 +538,13 @@ mod tests {
             let a = fill((m, k), case % 2 == 0);
             let b = fill((k, n), case % 3 == 0);
             let mut out = vec![f32::NAN; m * n];
-            product_into(&a.view(), &b.view(), &mut out, &mut scratch);
+            product_into(
+                KernelSet::Avx2,
+                &a.view(),
+                &b.view(),
+                &mut out,
+                &mut scratch,
+            );
             same_bits(&out, &a.dot(&b), &format!("{m}x{k}x{n}"));
         }
     }

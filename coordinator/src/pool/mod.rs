@@ -708,10 +708,16 @@ mod tests {
 
     /// No backups: these cases are about who may answer, not about time.
     fn timeouts(secs: u64) -> Timeouts {
+        timeouts_with(secs, Duration::from_secs(60), BackupPolicy::OFF)
+    }
+
+    /// Waits `secs` for workers, with this shard deadline and backup policy.
+    fn timeouts_with(secs: u64, shard: Duration, backup: BackupPolicy) -> Timeouts {
+        let wait_for_worker = Duration::from_secs(secs);
         Timeouts {
-            wait_for_worker: Duration::from_secs(secs),
-            shard: Duration::from_secs(60),
-            backup: BackupPolicy::OFF,
+            wait_for_worker,
+            shard,
+            backup,
         }
     }
 
@@ -748,19 +754,12 @@ mod tests {
     /// Computes a Step's shards as a worker would.
     fn results_for(step: pb::Step) -> Vec<pb::ShardResult> {
         let mut net = Network::zeros(&SIZES);
-        wire::decode_network_into(&step.weights, &mut net).unwrap();
-        step.shards
-            .iter()
-            .map(|s| {
-                let (id, samples) = wire::decode_shard(s).unwrap();
-                wire::encode_shard_result(
-                    step.step_id,
-                    id,
-                    samples.len(),
-                    &shard_gradients(&net, &samples),
-                )
-            })
-            .collect()
+        let shards = wire::decode_step(&step, &mut net).unwrap();
+        let result = |(id, samples): &(ShardId, Samples)| {
+            let g = shard_gradients(&net, samples);
+            wire::encode_shard_result(step.step_id, *id, samples.len(), &g)
+        };
+        shards.iter().map(result).collect()
     }
 
     /// Waits for the next message in `inbox`, which must be a Step, and computes it.
@@ -970,15 +969,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn silent_worker_is_dropped_at_the_shard_deadline() {
         let (tx, rx) = mpsc::channel(64);
-        let mut pool = RemotePool::new(
-            rx,
-            SIZES.to_vec(),
-            Timeouts {
-                shard: Duration::from_secs(2),
-                ..timeouts(5)
-            },
-            0,
-        );
+        let t = timeouts_with(5, Duration::from_secs(2), BackupPolicy::OFF);
+        let mut pool = RemotePool::new(rx, SIZES.to_vec(), t, 0);
         let mut inboxes = join(&tx, 0..2).await;
         pool.wait_for_workers(2).await.unwrap();
         let net = Network::new(&SIZES, &mut init_rng(1));
@@ -1010,16 +1002,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stalled_worker_is_backed_up_not_waited_for() {
         let (tx, rx) = mpsc::channel(64);
-        let mut pool = RemotePool::new(
-            rx,
-            SIZES.to_vec(),
-            Timeouts {
-                shard: Duration::from_secs(30),
-                backup: BackupPolicy::DEFAULT,
-                ..timeouts(5)
-            },
-            STEP,
-        );
+        let t = timeouts_with(5, Duration::from_secs(30), BackupPolicy::DEFAULT);
+        let mut pool = RemotePool::new(rx, SIZES.to_vec(), t, STEP);
         let mut inboxes = join(&tx, 0..2).await;
         pool.wait_for_workers(2).await.unwrap();
         let net = Network::new(&SIZES, &mut init_rng(1));

@@ -41,6 +41,23 @@ pub struct Metrics {
     epochs: Gauge,
 }
 
+/// Every metric's name (after the `ddp_` prefix) and help line, in the
+/// order [`Metrics::new`] registers them.
+const HELP: [(&str, &str); 9] = [
+    ("step_seconds", "Wall time of a step, from handing out shards to the updated weights"),
+    ("steps", "Steps applied"),
+    ("samples", "Training samples in the applied steps"),
+    ("shards_reassigned", "Shards given to another worker after their owner left or failed"),
+    (
+        "results_ignored",
+        "Shard results not applied, by reason: late, duplicate, rejected (invalid), refused (protocol violation), audit_failed (differed from the coordinator's recomputation)",
+    ),
+    ("workers_live", "Workers connected now"),
+    ("epoch_test_accuracy", "Test accuracy (0 to 1) after each epoch"),
+    ("epoch_validation_accuracy", "Validation accuracy (0 to 1) after each epoch"),
+    ("epochs_done", "Epochs evaluated"),
+];
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -64,40 +81,18 @@ impl Metrics {
             validation_accuracy: Family::default(),
             epochs: Gauge::default(),
         };
+        let [step_seconds, steps, samples, reassigned, ignored, workers, test, validation, epochs] =
+            HELP;
         let r = &mut m.registry;
-        r.register(
-            "step_seconds",
-            "Wall time of a step, from handing out shards to the updated weights",
-            m.step_seconds.clone(),
-        );
-        r.register("steps", "Steps applied", m.steps.clone());
-        r.register(
-            "samples",
-            "Training samples in the applied steps",
-            m.samples.clone(),
-        );
-        r.register(
-            "shards_reassigned",
-            "Shards given to another worker after their owner left or failed",
-            m.reassigned.clone(),
-        );
-        r.register(
-            "results_ignored",
-            "Shard results not applied, by reason: late, duplicate, rejected (invalid), refused (protocol violation), audit_failed (differed from the coordinator's recomputation)",
-            m.ignored.clone(),
-        );
-        r.register("workers_live", "Workers connected now", m.workers.clone());
-        r.register(
-            "epoch_test_accuracy",
-            "Test accuracy (0 to 1) after each epoch",
-            m.test_accuracy.clone(),
-        );
-        r.register(
-            "epoch_validation_accuracy",
-            "Validation accuracy (0 to 1) after each epoch",
-            m.validation_accuracy.clone(),
-        );
-        r.register("epochs_done", "Epochs evaluated", m.epochs.clone());
+        r.register(step_seconds.0, step_seconds.1, m.step_seconds.clone());
+        r.register(steps.0, steps.1, m.steps.clone());
+        r.register(samples.0, samples.1, m.samples.clone());
+        r.register(reassigned.0, reassigned.1, m.reassigned.clone());
+        r.register(ignored.0, ignored.1, m.ignored.clone());
+        r.register(workers.0, workers.1, m.workers.clone());
+        r.register(test.0, test.1, m.test_accuracy.clone());
+        r.register(validation.0, validation.1, m.validation_accuracy.clone());
+        r.register(epochs.0, epochs.1, m.epochs.clone());
         for why in [
             Ignored::Late,
             Ignored::Duplicate,
