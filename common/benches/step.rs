@@ -3,7 +3,7 @@
 //! - the reduction of 4 shard results in shard order plus the update;
 //! - encoding and decoding one step's messages (weights out, gradients back).
 //!
-//! `cargo bench -p common --bench step`. Batch-10 epochs are 5,000 steps, so
+//! `cargo bench -p common --features bench --bench step`. Batch-10 epochs are 5,000 steps, so
 //! 1 µs per step is 5 ms per epoch.
 
 use std::hint::black_box;
