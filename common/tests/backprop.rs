@@ -8,18 +8,22 @@
 use common::kernels::KernelSet;
 use common::schedule::init_rng;
 use common::Network;
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, ArrayView2};
 use serde_json::Value;
 
 const FIXTURE_REL_TOL: f64 = 1e-5;
 
-fn fixture() -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/backprop_fixture.json"
-    ))
-    .unwrap();
+/// The JSON fixture `tests/fixtures/<name>`.
+fn load_fixture(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let text = std::fs::read_to_string(path).unwrap();
     serde_json::from_str(&text).unwrap()
+}
+
+fn fixture() -> Value {
+    load_fixture("backprop_fixture.json")
 }
 
 fn vec_f64(v: &Value) -> Vec<f64> {
@@ -82,6 +86,30 @@ fn assert_close(
     eprintln!("{what}: max rel diff {worst:e}");
 }
 
+/// [`assert_close`] for every layer: `weights[l]` against the fixture's
+/// matrix `want[w_key][l]` and `biases[l]` against its vector `want[b_key][l]`,
+/// each labelled `<prefix><key><l>`.
+fn assert_layers_close(
+    prefix: &str,
+    (weights, w_key): (&[Array2<f32>], &str),
+    (biases, b_key): (&[Array1<f32>], &str),
+    want: &Value,
+) {
+    assert_eq!(weights.len(), biases.len(), "{prefix}: layer counts");
+    for l in 0..weights.len() {
+        assert_close(
+            &format!("{prefix}{w_key}{l}"),
+            weights[l].iter().copied(),
+            matrix_f64(&want[w_key][l]).concat(),
+        );
+        assert_close(
+            &format!("{prefix}{b_key}{l}"),
+            biases[l].iter().copied(),
+            vec_f64(&want[b_key][l]),
+        );
+    }
+}
+
 #[test]
 fn single_sample_matches_network_py() {
     let f = fixture();
@@ -91,18 +119,7 @@ fn single_sample_matches_network_py() {
         column(&vec_f64(&s["x"])).view(),
         column(&vec_f64(&s["y"])).view(),
     );
-    for l in 0..2 {
-        assert_close(
-            &format!("nabla_b{l}"),
-            g.nabla_b[l].iter().copied(),
-            vec_f64(&s["nabla_b"][l]),
-        );
-        assert_close(
-            &format!("nabla_w{l}"),
-            g.nabla_w[l].iter().copied(),
-            matrix_f64(&s["nabla_w"][l]).concat(),
-        );
-    }
+    assert_layers_close("", (&g.nabla_w, "nabla_w"), (&g.nabla_b, "nabla_b"), s);
     let cost = net.total_cost(
         column(&vec_f64(&s["x"])).view(),
         column(&vec_f64(&s["y"])).view(),
@@ -122,52 +139,46 @@ fn batched_minibatch_sum_and_update_match_network_py() {
     let samples = m["samples"].as_array().unwrap();
     // One matrix for the whole mini-batch: its column sum is network.py's per-sample sum.
     let g = net.backprop(columns(samples, "x").view(), columns(samples, "y").view());
-    for l in 0..2 {
-        assert_close(
-            &format!("sum_nabla_b{l}"),
-            g.nabla_b[l].iter().copied(),
-            vec_f64(&m["sum_nabla_b"][l]),
-        );
-        assert_close(
-            &format!("sum_nabla_w{l}"),
-            g.nabla_w[l].iter().copied(),
-            matrix_f64(&m["sum_nabla_w"][l]).concat(),
-        );
-    }
+    assert_layers_close(
+        "",
+        (&g.nabla_w, "sum_nabla_w"),
+        (&g.nabla_b, "sum_nabla_b"),
+        m,
+    );
     net.apply(
         &g,
         m["eta"].as_f64().unwrap() as f32,
         m["m"].as_u64().unwrap() as usize,
     );
-    for l in 0..2 {
-        assert_close(
-            &format!("weights_after{l}"),
-            net.weights[l].iter().copied(),
-            matrix_f64(&m["weights_after"][l]).concat(),
-        );
-        assert_close(
-            &format!("biases_after{l}"),
-            net.biases[l].iter().copied(),
-            vec_f64(&m["biases_after"][l]),
-        );
+    assert_layers_close(
+        "",
+        (&net.weights, "weights_after"),
+        (&net.biases, "biases_after"),
+        m,
+    );
+}
+
+/// An independent f64 sigmoid feedforward: the output activations for input `xs`.
+fn feedforward_f64(weights: &[Vec<Vec<f64>>], biases: &[Vec<f64>], xs: &[f64]) -> Vec<f64> {
+    let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let mut a = xs.to_vec();
+    for (w, b) in weights.iter().zip(biases) {
+        a = w
+            .iter()
+            .zip(b)
+            .map(|(row, bi)| {
+                sigmoid(row.iter().zip(&a).map(|(wij, aj)| wij * aj).sum::<f64>() + bi)
+            })
+            .collect();
     }
+    a
 }
 
 /// An independent f64 feedforward + quadratic cost, for finite differences.
 fn cost_f64(weights: &[Vec<Vec<f64>>], biases: &[Vec<f64>], x: &[Vec<f64>], y: &[Vec<f64>]) -> f64 {
-    let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
     let mut total = 0.0;
     for (xs, ys) in x.iter().zip(y) {
-        let mut a = xs.clone();
-        for (w, b) in weights.iter().zip(biases) {
-            a = w
-                .iter()
-                .zip(b)
-                .map(|(row, bi)| {
-                    sigmoid(row.iter().zip(&a).map(|(wij, aj)| wij * aj).sum::<f64>() + bi)
-                })
-                .collect();
-        }
+        let a = feedforward_f64(weights, biases, xs);
         total += 0.5
             * a.iter()
                 .zip(ys)
@@ -182,72 +193,13 @@ fn cost_f64(weights: &[Vec<Vec<f64>>], biases: &[Vec<f64>], x: &[Vec<f64>], y: &
 /// two layers allows; a wrong term (e.g. a missing sigmoid') is off by O(1).
 #[test]
 fn backprop_matches_finite_differences() {
-    use rand::Rng;
-    let sizes = [6, 5, 4, 3];
-    let net = Network::new(&sizes, &mut init_rng(11));
-    let mut rng = init_rng(12);
-    let n = 4;
-    let x: Vec<Vec<f64>> = (0..n)
-        .map(|_| (0..6).map(|_| f64::from(rng.random::<f32>())).collect())
-        .collect();
-    let y: Vec<Vec<f64>> = (0..n)
-        .map(|j| (0..3).map(|i| f64::from(u8::from(i == j % 3))).collect())
-        .collect();
-    let xm = Array2::from_shape_fn((6, n), |(i, j)| x[j][i] as f32);
-    let ym = Array2::from_shape_fn((3, n), |(i, j)| y[j][i] as f32);
-    let g = net.backprop(xm.view(), ym.view());
-
-    let mut weights: Vec<Vec<Vec<f64>>> = net
-        .weights
-        .iter()
-        .map(|w| {
-            w.rows()
-                .into_iter()
-                .map(|r| r.iter().map(|&v| f64::from(v)).collect())
-                .collect()
-        })
-        .collect();
-    let mut biases: Vec<Vec<f64>> = net
-        .biases
-        .iter()
-        .map(|b| b.iter().map(|&v| f64::from(v)).collect())
-        .collect();
-    let h = 1e-6;
-    let mut checked = 0;
-    for l in 0..sizes.len() - 1 {
-        for i in 0..sizes[l + 1] {
-            for j in 0..sizes[l] {
-                let orig = weights[l][i][j];
-                weights[l][i][j] = orig + h;
-                let up = cost_f64(&weights, &biases, &x, &y);
-                weights[l][i][j] = orig - h;
-                let down = cost_f64(&weights, &biases, &x, &y);
-                weights[l][i][j] = orig;
-                let numeric = (up - down) / (2.0 * h);
-                let analytic = f64::from(g.nabla_w[l][[i, j]]);
-                let rel = (numeric - analytic).abs() / numeric.abs().max(1e-2);
-                assert!(
-                    rel < 2e-3,
-                    "w{l}[{i},{j}]: backprop {analytic}, finite difference {numeric}"
-                );
-                checked += 1;
-            }
-            let orig = biases[l][i];
-            biases[l][i] = orig + h;
-            let up = cost_f64(&weights, &biases, &x, &y);
-            biases[l][i] = orig - h;
-            let down = cost_f64(&weights, &biases, &x, &y);
-            biases[l][i] = orig;
-            let numeric = (up - down) / (2.0 * h);
-            let analytic = f64::from(g.nabla_b[l][i]);
-            assert!(
-                (numeric - analytic).abs() / numeric.abs().max(1e-2) < 2e-3,
-                "b{l}[{i}]: backprop {analytic}, finite difference {numeric}"
-            );
-            checked += 1;
-        }
-    }
-    assert_eq!(checked, common::network::parameter_count(&sizes));
+    let net = Network::new(&[6, 5, 4, 3], &mut init_rng(11));
+    assert_backprop_matches_finite_differences(
+        "quadratic",
+        &net,
+        |x, y| net.backprop(x, y),
+        cost_f64,
+    );
 }
 
 /// A `[2, 3, 1]` case by hand: all weights 0, all biases 0, so every z is 0,
@@ -298,12 +250,7 @@ fn batched_sum_equals_per_sample_sum() {
 // ---- Chapter 3: network2.py's costs and L2 ----
 
 fn network2_fixture() -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/network2_fixture.json"
-    ))
-    .unwrap();
-    serde_json::from_str(&text).unwrap()
+    load_fixture("network2_fixture.json")
 }
 
 /// Against network2.py's own per-sample code (fixture made by
@@ -331,18 +278,13 @@ fn gradients_costs_and_l2_update_match_network2_py() {
         let want = &f[key];
         let mut net = network_from(&f);
         let g = net.backprop_with(x.view(), y.view(), cost, kernels);
-        for l in 0..3 {
-            assert_close(
-                &format!("{key} sum_nabla_b{l}"),
-                g.nabla_b[l].iter().copied(),
-                vec_f64(&want["sum_nabla_b"][l]),
-            );
-            assert_close(
-                &format!("{key} sum_nabla_w{l}"),
-                g.nabla_w[l].iter().copied(),
-                matrix_f64(&want["sum_nabla_w"][l]).concat(),
-            );
-        }
+        let prefix = format!("{key} ");
+        assert_layers_close(
+            &prefix,
+            (&g.nabla_w, "sum_nabla_w"),
+            (&g.nabla_b, "sum_nabla_b"),
+            want,
+        );
         // network2's total_cost(data, lmbda): mean cost + 0.5·(λ/len(data))·Σ‖w‖².
         let m = samples.len() as f64;
         let (total, _) = net.cost_and_outputs(x.view(), y.view(), cost, kernels);
@@ -359,18 +301,12 @@ fn gradients_costs_and_l2_update_match_network2_py() {
             momentum: 0.0,
         };
         update.apply(&mut net, &g, samples.len(), None);
-        for l in 0..3 {
-            assert_close(
-                &format!("{key} weights_after{l}"),
-                net.weights[l].iter().copied(),
-                matrix_f64(&want["weights_after"][l]).concat(),
-            );
-            assert_close(
-                &format!("{key} biases_after{l}"),
-                net.biases[l].iter().copied(),
-                vec_f64(&want["biases_after"][l]),
-            );
-        }
+        assert_layers_close(
+            &prefix,
+            (&net.weights, "weights_after"),
+            (&net.biases, "biases_after"),
+            want,
+        );
     }
 }
 
@@ -381,19 +317,9 @@ fn cross_entropy_f64(
     x: &[Vec<f64>],
     y: &[Vec<f64>],
 ) -> f64 {
-    let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
     let mut total = 0.0;
     for (xs, ys) in x.iter().zip(y) {
-        let mut a = xs.clone();
-        for (w, b) in weights.iter().zip(biases) {
-            a = w
-                .iter()
-                .zip(b)
-                .map(|(row, bi)| {
-                    sigmoid(row.iter().zip(&a).map(|(wij, aj)| wij * aj).sum::<f64>() + bi)
-                })
-                .collect();
-        }
+        let a = feedforward_f64(weights, biases, xs);
         total -= a
             .iter()
             .zip(ys)
@@ -470,6 +396,30 @@ fn check_finite_differences(
     checked
 }
 
+/// An independent f64 cost of a network's parameters (weights, biases) on
+/// the samples (x, y), summed over the samples.
+type DataCost = fn(&[Vec<Vec<f64>>], &[Vec<f64>], &[Vec<f64>], &[Vec<f64>]) -> f64;
+
+/// `backprop` of `net` on [`fd_samples`] against [`check_finite_differences`]
+/// of `data_cost` on the same samples, every parameter of `net` checked.
+fn assert_backprop_matches_finite_differences(
+    what: &str,
+    net: &Network,
+    backprop: impl FnOnce(ArrayView2<f32>, ArrayView2<f32>) -> common::Gradients,
+    data_cost: DataCost,
+) {
+    let (x, y, xm, ym) = fd_samples();
+    let g = backprop(xm.view(), ym.view());
+    let checked = check_finite_differences(
+        what,
+        net,
+        |w, b| data_cost(w, b, &x, &y),
+        |l, i, j| f64::from(g.nabla_w[l][[i, j]]),
+        |l, i| f64::from(g.nabla_b[l][i]),
+    );
+    assert_eq!(checked, common::network::parameter_count(&net.sizes));
+}
+
 /// Inputs and targets as f64 rows and as f32 matrices.
 type Samples = (Vec<Vec<f64>>, Vec<Vec<f64>>, Array2<f32>, Array2<f32>);
 
@@ -492,23 +442,17 @@ fn fd_samples() -> Samples {
 /// differences of an independent f64 cross-entropy.
 #[test]
 fn cross_entropy_backprop_matches_finite_differences() {
-    let sizes = [6, 5, 4, 3];
-    let net = Network::with_init(&sizes, common::network::Init::Scaled, &mut init_rng(11));
-    let (x, y, xm, ym) = fd_samples();
-    let g = net.backprop_with(
-        xm.view(),
-        ym.view(),
-        common::cost::Cost::CrossEntropy,
-        KernelSet::best(),
+    let net = Network::with_init(
+        &[6, 5, 4, 3],
+        common::network::Init::Scaled,
+        &mut init_rng(11),
     );
-    let checked = check_finite_differences(
+    assert_backprop_matches_finite_differences(
         "cross-entropy",
         &net,
-        |w, b| cross_entropy_f64(w, b, &x, &y),
-        |l, i, j| f64::from(g.nabla_w[l][[i, j]]),
-        |l, i| f64::from(g.nabla_b[l][i]),
+        |x, y| net.backprop_with(x, y, common::cost::Cost::CrossEntropy, KernelSet::best()),
+        cross_entropy_f64,
     );
-    assert_eq!(checked, common::network::parameter_count(&sizes));
 }
 
 /// The L2 update takes a gradient step on `C = (1/m)·Σ_x C_x + (λ/2n)·Σw²`:

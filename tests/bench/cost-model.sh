@@ -17,28 +17,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 epochs=${1:-2}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --bins --quiet
-  BIN=${CARGO_TARGET_DIR:-target}/release
-fi
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-
-run() { # run CSV FLAGS...: one row's --metrics
-  local csv=$1
-  shift
-  "$BIN/coordinator" --epochs "$epochs" --progress none --monitor none \
-    --out "$out/m.safetensors" --metrics "$csv" "$@" >/dev/null 2>&1
-}
+# shellcheck source=tests/bench/release-runs.sh
+source tests/bench/release-runs.sh
 
 rows=()
 for b in 10 100 1000; do
   eta=3.0
   [ "$b" = 1000 ] && eta=30.0
-  run "$out/local-$b.csv" --local --batch-size "$b" --eta "$eta"
+  train "$out/local-$b.csv" --local --batch-size "$b" --eta "$eta"
   rows+=("0 $b $out/local-$b.csv")
   for w in 1 2 4; do
-    run "$out/w$w-$b.csv" --workers "$w" --spawn-workers --batch-size "$b" --eta "$eta"
+    train "$out/w$w-$b.csv" --workers "$w" --spawn-workers --batch-size "$b" --eta "$eta"
     rows+=("$w $b $out/w$w-$b.csv")
   done
 done

@@ -16,24 +16,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 epochs=${1:-3}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --bins --quiet
-  BIN=${CARGO_TARGET_DIR:-target}/release
-fi
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+# shellcheck source=tests/bench/release-runs.sh
+source tests/bench/release-runs.sh
 
 # median COLUMN CSV: the column's median over the epochs.
 median() {
   python3 -c 'import csv,statistics,sys; print(round(statistics.median(float(r[sys.argv[1]]) for r in csv.DictReader(open(sys.argv[2]))), 4))' "$1" "$2"
-}
-
-# train CSV [flags...]: a run whose --metrics go to CSV.
-train() {
-  local csv=$1
-  shift
-  "$BIN/coordinator" --epochs "$epochs" --progress none --monitor none --out "$out/m.safetensors" \
-    --metrics "$csv" "$@" >/dev/null 2>&1
 }
 
 echo "1. --local, [784,30,10], s/epoch (median of $epochs epochs)"

@@ -149,6 +149,35 @@ pub fn plan_for(epochs: usize, shards: usize, seed: u64) -> common::plan::Traini
     }
 }
 
+/// The single-process reference run of `plan` on the committed slice: the
+/// network a cluster run of `plan` must equal, bit for bit.
+pub fn reference_network(plan: &common::plan::TrainingPlan) -> common::Network {
+    let mut net = plan.initial_network();
+    common::reference::train(&mut net, &fixture_data(), plan, common::reference::Quiet);
+    net
+}
+
+/// Runs `config` on a [`Cluster`] of `workers` workers over `data` to its end
+/// (`limit` bounds a hang), asserts that the run and every worker succeeded
+/// (`what` names the run in a failure) and returns the run's summary.
+///
+/// # Panics
+/// If the cluster does not start or finish, the run fails or a worker does.
+pub async fn run_cluster(
+    config: Config,
+    data: Arc<Mnist>,
+    workers: usize,
+    limit: Duration,
+    what: &str,
+) -> RunSummary {
+    let cluster = Cluster::start(config, data, workers).await.unwrap();
+    let (summary, worker_results) = cluster.finish(limit).await.unwrap();
+    for (i, w) in worker_results.iter().enumerate() {
+        assert!(w.is_ok(), "{what}: worker {i} of {workers}: {w:?}");
+    }
+    summary.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
 /// A run configuration for tests: `plan` on `workers` workers, 30 s timeouts,
 /// the default backups for stragglers, 10 s keepalive, no checkpoint, token or TLS (override fields with struct update syntax).
 pub fn test_config(plan: common::plan::TrainingPlan, workers: usize) -> Config {
@@ -272,6 +301,15 @@ impl Cluster {
     /// Starts one more worker task, plain.
     pub fn add_worker(&mut self, name: &str) -> usize {
         self.add_worker_config(self.worker_config(name))
+    }
+
+    /// Starts one more worker task, named `name`, that exits at step `step`
+    /// (an injected fault); returns its index.
+    pub fn add_worker_exiting_at(&mut self, name: &str, step: u64) -> usize {
+        self.add_worker_config(WorkerConfig {
+            fault: Some(worker::Fault::ExitAtStep(step)),
+            ..self.worker_config(name)
+        })
     }
 
     /// Starts one more worker task with this configuration (a fault to
@@ -406,6 +444,44 @@ pub fn skip(test: &str, why: &str) {
     assert!(!ci, "{test} cannot run under CI: {why}");
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// Runs `python tests/python/<script> MODEL PIXELS`, PIXELS being the
+/// committed slice's test images written to `dir/pixels.u8`; asserts that it
+/// succeeded and returns the class it printed for each image, and its stderr.
+///
+/// # Panics
+/// If the script cannot run, fails, or prints anything but a class a line.
+pub fn python_predictions(
+    python: &str,
+    script: &str,
+    model: &std::path::Path,
+    dir: &std::path::Path,
+) -> (Vec<usize>, String) {
+    let pixels = dir.join("pixels.u8");
+    std::fs::write(&pixels, &fixture_data().test.pixels).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let run = std::process::Command::new(python)
+        .arg(script)
+        .arg(model)
+        .arg(&pixels)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "{stderr}");
+    let predictions = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    (predictions, stderr)
+}
+
+/// Asserts that `network`'s parameters are, bit for bit, those whose
+/// [`bits`] are `want`; a failure says `what`.
+pub fn assert_bits_eq(network: &common::Network, want: &[u8], what: &str) {
+    assert!(bits(network) == want, "{what}");
 }
 
 /// Largest absolute difference between two networks' parameters.

@@ -64,6 +64,31 @@ pub fn expect_success(child: &mut Guard, limit: Duration, what: &str) {
     );
 }
 
+/// Waits for a child and asserts that it failed (a non-zero exit); returns
+/// its stderr, which a failure of this assertion shows too.
+pub fn expect_failure(child: &mut Guard, limit: Duration, what: &str) -> String {
+    let status = wait_exit(child, limit, what);
+    let stderr = stderr_of(child);
+    assert!(
+        !status.success(),
+        "{what} exited {status}, expected a failure: {stderr}"
+    );
+    stderr
+}
+
+/// Runs `command` to its end and asserts that it failed with `want` in its
+/// stderr; returns the stderr.
+pub fn expect_refusal(command: &mut std::process::Command, want: &str) -> String {
+    let out = command.output().expect("run the command");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && stderr.contains(want),
+        "expected a failure saying {want:?}, got {}: {stderr}",
+        out.status
+    );
+    stderr
+}
+
 /// [`expect_success`] for each child of `children`, named `what` and its index.
 pub fn expect_all_success(children: &mut [Guard], limit: Duration, what: &str) {
     for (i, child) in children.iter_mut().enumerate() {

@@ -13,19 +13,16 @@ use common::network::Init;
 use common::plan::{RunState, TrainingPlan};
 use common::reference::train_with_state;
 use integration_tests::process::{
-    expect_all_success, expect_success, lines, stderr_of, wait_exit, Guard,
+    expect_all_success, expect_failure, expect_success, lines, stderr_of, wait_exit, Guard,
 };
-use integration_tests::{binary, bits, fixture_data, max_abs_diff, test_config, Cluster};
+use integration_tests::{
+    binary, bits, fixture_data, max_abs_diff, plan_for, python_predictions, run_cluster,
+    test_config,
+};
 
 /// One plan per option (and one with all of them), on the MNIST slice.
 fn plans() -> Vec<(&'static str, TrainingPlan)> {
-    let base = TrainingPlan {
-        sizes: vec![784, 30, 10],
-        epochs: 1,
-        shards: 4,
-        seed: 3,
-        ..TrainingPlan::default()
-    };
+    let base = plan_for(1, 4, 3);
     vec![
         (
             "cross-entropy",
@@ -102,14 +99,14 @@ async fn every_chapter3_option_is_bitwise_identical_on_1_2_and_4_workers_and_equ
             common::reference::Quiet,
         );
         for workers in [1, 2, 4] {
-            let cluster = Cluster::start(test_config(plan.clone(), workers), data.clone(), workers)
-                .await
-                .unwrap();
-            let (summary, worker_results) = cluster.finish(Duration::from_secs(120)).await.unwrap();
-            for (i, w) in worker_results.iter().enumerate() {
-                assert!(w.is_ok(), "{name}: worker {i} of {workers}: {w:?}");
-            }
-            let summary = summary.unwrap();
+            let summary = run_cluster(
+                test_config(plan.clone(), workers),
+                data.clone(),
+                workers,
+                Duration::from_secs(120),
+                name,
+            )
+            .await;
             assert!(
                 bits(&summary.network) == bits(&reference),
                 "{name} on {workers} workers differs from --local (max diff {:e})",
@@ -149,6 +146,9 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The cluster shape of the momentum run: 2 workers, 4 shards, 6 epochs.
+const MOMENTUM_RUN: &[&str] = &["--workers", "2", "--shards", "4", "--epochs", "6"];
 
 /// Chapter 3 flags used by the process tests: every option that changes the weights.
 const CH3: &[&str] = &[
@@ -196,13 +196,8 @@ fn momentum_run_killed_and_resumed_equals_local_byte_for_byte() {
     let run = |extra: &[&str]| -> Vec<String> {
         [
             CH3,
+            MOMENTUM_RUN,
             &[
-                "--workers",
-                "2",
-                "--shards",
-                "4",
-                "--epochs",
-                "6",
                 "--checkpoint",
                 ck.to_str().unwrap(),
                 "--checkpoint-every",
@@ -247,28 +242,19 @@ fn momentum_run_killed_and_resumed_equals_local_byte_for_byte() {
             &CH3.iter()
                 .map(|&a| if a == "0.8" { "0.5" } else { a })
                 .collect::<Vec<_>>()[..],
-            &[
-                "--workers",
-                "2",
-                "--shards",
-                "4",
-                "--epochs",
-                "6",
-                "--resume",
-                ck.to_str().unwrap(),
-            ],
+            MOMENTUM_RUN,
+            &["--resume", ck.to_str().unwrap()],
         ]
         .concat(),
         &out,
     );
-    let status = wait_exit(
+    let err = expect_failure(
         &mut wrong,
         Duration::from_secs(60),
         "coordinator with another --momentum",
     );
-    let err = stderr_of(&mut wrong);
     assert!(
-        !status.success() && err.contains("made with --momentum 0.8, but the flags say 0.5"),
+        err.contains("made with --momentum 0.8, but the flags say 0.5"),
         "{err}"
     );
 
@@ -323,12 +309,8 @@ fn bad_chapter3_values_are_refused_with_the_flag_named() {
             &[&["--local"][..], flags].concat(),
             &dir.join("m.safetensors"),
         );
-        let status = wait_exit(&mut c, Duration::from_secs(30), "coordinator");
-        let err = stderr_of(&mut c);
-        assert!(
-            !status.success() && err.contains(want),
-            "case {i} {flags:?}: {err}"
-        );
+        let err = expect_failure(&mut c, Duration::from_secs(30), "coordinator");
+        assert!(err.contains(want), "case {i} {flags:?}: {err}");
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -405,31 +387,13 @@ fn preset_run_exported_as_network2_json_predicts_the_same_in_network2_py() {
             return;
         }
     }
-    let test = &fixture_data().test;
-    let pixels = dir.join("pixels.u8");
-    std::fs::write(&pixels, &test.pixels).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/network2_load.py");
-    let py = Command::new(&python)
-        .arg(script)
-        .arg(&json)
-        .arg(&pixels)
-        .output()
-        .unwrap();
-    assert!(
-        py.status.success(),
-        "{}",
-        String::from_utf8_lossy(&py.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&py.stderr).trim(),
-        "CrossEntropyCost"
-    );
-    let from_python: Vec<usize> = String::from_utf8_lossy(&py.stdout)
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let (from_python, stderr) = python_predictions(&python, "network2_load.py", &json, &dir);
+    assert_eq!(stderr.trim(), "CrossEntropyCost");
     let network = common::model_file::load(&out).unwrap();
     assert_eq!(from_python.len(), 200);
-    assert_eq!(from_python, network.predict(test.inputs().view()));
+    assert_eq!(
+        from_python,
+        network.predict(fixture_data().test.inputs().view())
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -15,7 +15,6 @@ use integration_tests::http::{read_stream, request};
 use integration_tests::webdriver::{find_browser, Browser};
 use integration_tests::{fixture_data, plan_for, skip, test_config, Cluster, TempDir};
 use serde_json::Value;
-use worker::{Fault, WorkerConfig};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const HTTP: Duration = Duration::from_secs(30);
@@ -217,10 +216,7 @@ async fn trace_spans_nest_and_reassigned_shards_show_on_the_worker_that_computed
     let mut cluster = Cluster::start_watched(config, fixture_data(), 2, &d)
         .await
         .unwrap();
-    cluster.add_worker_config(WorkerConfig {
-        fault: Some(Fault::ExitAtStep(30)),
-        ..cluster.worker_config("dies-at-30")
-    });
+    cluster.add_worker_exiting_at("dies-at-30", 30);
     let (summary, _) = cluster.finish(LIMIT).await.unwrap();
     assert!(
         summary.unwrap().stats.reassigned > 0,
@@ -429,10 +425,7 @@ async fn a_browser_sees_the_run_learn_and_a_worker_die() {
         .await
         .unwrap();
     // 100 steps per epoch: this worker dies in epoch 6.
-    cluster.add_worker_config(WorkerConfig {
-        fault: Some(Fault::ExitAtStep(650)),
-        ..cluster.worker_config("doomed")
-    });
+    cluster.add_worker_exiting_at("doomed", 650);
     let watching = tokio::task::spawn_blocking(move || {
         let seen = browser.wait_for(PAGE_FACTS, LIMIT, |v| v["ended"] == Value::Bool(true))?;
         anyhow::Ok((browser, seen))

@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use common::plan::TrainingPlan;
-use common::reference::train;
 use coordinator::pool::PoolError;
 use coordinator::{Config, CoordinatorError};
-use integration_tests::{bits, fixture_data, plan_for, test_config, Cluster};
+use integration_tests::{
+    assert_bits_eq, bits, fixture_data, plan_for, reference_network, test_config, Cluster,
+};
 use worker::{Fault, WorkerConfig, WorkerError};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -26,9 +27,16 @@ fn config(workers: usize, shard_timeout: Duration, wait_timeout: Duration) -> Co
 }
 
 fn reference() -> Vec<u8> {
-    let mut net = plan().initial_network();
-    train(&mut net, &fixture_data(), &plan(), common::reference::Quiet);
-    bits(&net)
+    bits(&reference_network(&plan()))
+}
+
+/// A cluster whose only worker, `doomed`, exits at step `step`, and whose
+/// coordinator waits `wait_timeout` for another; returns it and the worker's index.
+async fn cluster_of_one_doomed_worker(wait_timeout: Duration, step: u64) -> (Cluster, usize) {
+    let config = config(1, Duration::from_secs(30), wait_timeout);
+    let mut cluster = Cluster::start(config, fixture_data(), 0).await.unwrap();
+    let doomed = cluster.add_worker_exiting_at("doomed", step);
+    (cluster, doomed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,9 +65,10 @@ async fn worker_dying_or_going_silent_mid_run_gives_the_same_weights() {
         );
         let (summary, workers) = cluster.finish(LIMIT).await.unwrap();
         let summary = summary.unwrap_or_else(|e| panic!("case {i} ({name}): {e}"));
-        assert!(
-            bits(&summary.network) == want,
-            "case {i} ({name}): weights differ from the undisturbed run"
+        assert_bits_eq(
+            &summary.network,
+            &want,
+            &format!("case {i} ({name}): weights differ from the undisturbed run"),
         );
         // Its shard went to another worker: reassigned after the loss, or
         // copied before it as a straggler's (whichever came first).
@@ -81,43 +90,23 @@ async fn worker_dying_or_going_silent_mid_run_gives_the_same_weights() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_worker_dies_and_a_replacement_finishes_the_run_exactly() {
     let want = reference();
-    let mut cluster = Cluster::start(
-        config(1, Duration::from_secs(30), Duration::from_secs(30)),
-        fixture_data(),
-        0,
-    )
-    .await
-    .unwrap();
-    let first = cluster.add_worker_config(WorkerConfig {
-        fault: Some(Fault::ExitAtStep(70)),
-        ..cluster.worker_config("doomed")
-    });
+    let (mut cluster, first) = cluster_of_one_doomed_worker(Duration::from_secs(30), 70).await;
     assert!(matches!(
         cluster.worker_exit(first, LIMIT).await.unwrap(),
         Err(WorkerError::InjectedExit(70))
     ));
     cluster.add_worker("replacement");
     let (summary, _) = cluster.finish(LIMIT).await.unwrap();
-    let summary = summary.unwrap();
-    assert!(
-        bits(&summary.network) == want,
-        "weights differ from the undisturbed run"
+    assert_bits_eq(
+        &summary.unwrap().network,
+        &want,
+        "weights differ from the undisturbed run",
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_worker_within_wait_timeout_fails_with_the_step() {
-    let mut cluster = Cluster::start(
-        config(1, Duration::from_secs(30), Duration::from_millis(300)),
-        fixture_data(),
-        0,
-    )
-    .await
-    .unwrap();
-    let only = cluster.add_worker_config(WorkerConfig {
-        fault: Some(Fault::ExitAtStep(12)),
-        ..cluster.worker_config("doomed")
-    });
+    let (mut cluster, only) = cluster_of_one_doomed_worker(Duration::from_millis(300), 12).await;
     cluster.worker_exit(only, LIMIT).await.unwrap().unwrap_err();
     let (summary, _) = cluster.finish(LIMIT).await.unwrap();
     match summary {

@@ -11,9 +11,12 @@ use std::time::Duration;
 
 use common::pb::{self, coordinator_message, worker_message};
 use common::plan::TrainingPlan;
-use common::reference::{shard_gradients, train};
+use common::reference::shard_gradients;
 use common::{wire, Network};
-use integration_tests::{bits, fixture_data, open_stream, result_message, test_config, Cluster};
+use integration_tests::{
+    bits, fixture_data, open_stream, plan_for, reference_network, result_message, test_config,
+    Cluster,
+};
 use proptest::prelude::*;
 
 const SHARDS: usize = 3;
@@ -21,22 +24,13 @@ const SHARDS: usize = 3;
 fn plan() -> TrainingPlan {
     TrainingPlan {
         sizes: vec![784, 12, 10],
-        epochs: 1,
-        batch_size: 10,
-        eta: 3.0,
-        shards: SHARDS,
-        seed: 8,
-        ..TrainingPlan::default()
+        ..plan_for(1, SHARDS, 8)
     }
 }
 
 fn reference() -> &'static [u8] {
     static BITS: OnceLock<Vec<u8>> = OnceLock::new();
-    BITS.get_or_init(|| {
-        let mut net = plan().initial_network();
-        train(&mut net, &fixture_data(), &plan(), common::reference::Quiet);
-        bits(&net)
-    })
+    BITS.get_or_init(|| bits(&reference_network(&plan())))
 }
 
 /// What a raw peer does with one Step.
@@ -224,30 +218,27 @@ fn flood_memory_and_shutdown() {
         let dir = std::env::temp_dir().join(format!("ddp-flood-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut coord = Guard(
-            Command::new(integration_tests::binary("coordinator"))
-                .args([
+            crate::processes::coordinator_command(
+                Command::new(integration_tests::binary("coordinator")),
+                &[
                     "--listen",
                     "127.0.0.1:0",
                     "--workers",
                     "2",
                     "--spawn-workers",
-                ])
-                .args([
                     "--epochs",
                     "3",
                     "--token",
                     "flood-token",
                     "--progress",
                     "none",
-                ])
-                .arg("--data-dir")
-                .arg(integration_tests::fixture_dir())
-                .arg("--out")
-                .arg(dir.join("m.safetensors"))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
+                ],
+                &dir.join("m.safetensors"),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
         );
         let rx = lines(&mut coord);
         let addr: std::net::SocketAddr = rx

@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use common::plan::TrainingPlan;
-use common::reference::train;
 use coordinator::Config;
-use integration_tests::{bits, fixture_data, max_abs_diff, plan_for, test_config, Cluster};
+use integration_tests::{
+    bits, fixture_data, max_abs_diff, plan_for, reference_network, run_cluster, test_config,
+};
 
 fn plan(shards: usize) -> TrainingPlan {
     plan_for(1, shards, 3)
@@ -19,14 +20,14 @@ fn config(shards: usize, workers: usize) -> Config {
 }
 
 async fn cluster_run(shards: usize, workers: usize) -> common::Network {
-    let cluster = Cluster::start(config(shards, workers), fixture_data(), workers)
-        .await
-        .unwrap();
-    let (summary, worker_results) = cluster.finish(Duration::from_secs(120)).await.unwrap();
-    for (i, w) in worker_results.iter().enumerate() {
-        assert!(w.is_ok(), "worker {i} of {workers}: {w:?}");
-    }
-    let summary = summary.unwrap();
+    let summary = run_cluster(
+        config(shards, workers),
+        fixture_data(),
+        workers,
+        Duration::from_secs(120),
+        &format!("S={shards}"),
+    )
+    .await;
     assert_eq!(summary.reports.len(), 1);
     assert_eq!(
         summary.reports[0].steps, 100,
@@ -37,9 +38,7 @@ async fn cluster_run(shards: usize, workers: usize) -> common::Network {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_shards_are_bitwise_identical_on_1_2_and_4_workers_and_equal_the_reference() {
-    let data = fixture_data();
-    let mut reference = plan(4).initial_network();
-    train(&mut reference, &data, &plan(4), common::reference::Quiet);
+    let reference = reference_network(&plan(4));
     for workers in [1, 2, 4] {
         let net = cluster_run(4, workers).await;
         assert!(
@@ -56,9 +55,7 @@ async fn four_shards_are_bitwise_identical_on_1_2_and_4_workers_and_equal_the_re
 /// 100 steps (measured: ~1.5e-6, printed below; weights are O(1)).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_counts_1_2_4_match_the_single_shard_reference_within_tolerance() {
-    let data = fixture_data();
-    let mut reference = plan(1).initial_network();
-    train(&mut reference, &data, &plan(1), common::reference::Quiet);
+    let reference = reference_network(&plan(1));
     for shards in [1, 2, 4] {
         let net = cluster_run(shards, 2).await;
         let diff = max_abs_diff(&net, &reference);

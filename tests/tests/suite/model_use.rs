@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use common::dataset::Samples;
 use common::{model_file, Network};
-use integration_tests::{binary, fixture_data, fixture_dir, skip};
+use integration_tests::{binary, fixture_data, fixture_dir, python_predictions, skip};
 
 fn tempdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("model-use-{name}-{}", std::process::id()));
@@ -364,23 +364,9 @@ fn saved_model_gives_the_same_predictions_in_python() {
     let dir = tempdir("python");
     train_local(&dir, "4", &[]);
     let model = dir.join("model.safetensors");
-    let test = &fixture_data().test;
-    let pixels = dir.join("pixels.u8");
-    std::fs::write(&pixels, &test.pixels).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/predict.py");
-    let run = Command::new(&python)
-        .arg(script)
-        .arg(&model)
-        .arg(&pixels)
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", text(&run.stderr));
-    let from_python: Vec<usize> = text(&run.stdout)
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let (from_python, _) = python_predictions(&python, "predict.py", &model, &dir);
     let network = model_file::load(&model).unwrap();
-    assert_eq!(from_python, predictions(&network, test));
+    assert_eq!(from_python, predictions(&network, &fixture_data().test));
 }
 
 /// A small model file whose metadata claims a huge network: `evaluate`,

@@ -12,7 +12,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use integration_tests::process::{wait_exit, Guard};
-use integration_tests::{binary, fixture_dir, skip};
+use integration_tests::{binary, skip};
+
+use crate::processes::{coordinator_command, spawn_coordinator_command};
 
 /// Runs `ip`/`tc` and says whether it succeeded.
 fn run(program: &str, args: &[&str]) -> bool {
@@ -115,9 +117,10 @@ fn coordinator_and_workers_on_separate_hosts_survive_worker_deaths_exactly() {
     let listen = format!("10.231.{subnet}.1:50051");
     let flags = ["--seed", "3", "--epochs", "3"];
 
-    let mut coord = Guard(
-        in_ns(&hosts.coordinator, &binary("coordinator"))
-            .args([
+    let mut coord = spawn_coordinator_command(
+        in_ns(&hosts.coordinator, &binary("coordinator")),
+        &[
+            &[
                 "--listen",
                 &listen,
                 "--workers",
@@ -126,16 +129,11 @@ fn coordinator_and_workers_on_separate_hosts_survive_worker_deaths_exactly() {
                 "netns-secret",
                 "--shard-timeout",
                 "10",
-            ])
-            .args(flags)
-            .arg("--data-dir")
-            .arg(fixture_dir())
-            .arg("--out")
-            .arg(&out)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+            ][..],
+            &flags,
+        ]
+        .concat(),
+        &out,
     );
     let endpoint = format!("http://{listen}");
     let worker = |name: &str, extra: &[&str]| {
@@ -186,15 +184,13 @@ fn coordinator_and_workers_on_separate_hosts_survive_worker_deaths_exactly() {
     }
 
     let replay = dir.join("replay.safetensors");
-    let local = Command::new(binary("coordinator"))
-        .args(["--local", "--shards", "3"])
-        .args(flags)
-        .arg("--data-dir")
-        .arg(fixture_dir())
-        .arg("--out")
-        .arg(&replay)
-        .output()
-        .unwrap();
+    let local = coordinator_command(
+        Command::new(binary("coordinator")),
+        &[&["--local", "--shards", "3"][..], &flags].concat(),
+        &replay,
+    )
+    .output()
+    .unwrap();
     assert!(local.status.success());
     assert!(
         std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(),

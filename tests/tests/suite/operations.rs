@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::dataset::Mnist;
+
 use coordinator::app::health::health;
 use integration_tests::{fixture_data, plan_for, test_config, worker_config};
 use tokio::net::TcpListener;
@@ -102,6 +104,40 @@ macro_rules! list_services {
     }};
 }
 
+/// Opens a [`watch`] on `service` at `addr` and follows it on a task with
+/// [`statuses`] up to a NOT_SERVING after SERVING; returns the task and the
+/// receiver told of the first SERVING.
+async fn follow(
+    addr: std::net::SocketAddr,
+    service: &str,
+) -> (
+    tokio::task::JoinHandle<Vec<ServingStatus>>,
+    oneshot::Receiver<()>,
+) {
+    let (stream, first) = watch(channel(addr).await, service).await;
+    let (serving, seen_serving) = oneshot::channel();
+    let task = tokio::spawn(statuses(stream, first, ServingStatus::NotServing, serving));
+    (task, seen_serving)
+}
+
+/// [`coordinator::serve`] of `config` on `listener` with the data `loading`
+/// gives: no shutdown but the run's end, no progress output, no observer.
+async fn serve(
+    listener: TcpListener,
+    config: coordinator::Config,
+    loading: impl std::future::Future<Output = Result<Arc<Mnist>, coordinator::DataLoadError>>,
+) -> Result<coordinator::RunSummary, coordinator::CoordinatorError> {
+    coordinator::serve(
+        listener,
+        config,
+        loading,
+        std::future::pending(),
+        common::reference::Quiet,
+        coordinator::pool::Observer::none(),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_the_run_and_reflection_lists_the_services() {
     let plan = plan_for(2, 1, 1);
@@ -112,16 +148,9 @@ async fn health_follows_the_run_and_reflection_lists_the_services() {
         data_ready.await?;
         Ok(fixture_data())
     };
-    let coordinator = tokio::spawn(coordinator::serve(
-        listener,
-        // Two workers: the run waits for the second, which joins only once
-        // the first one's watcher has seen it SERVING.
-        test_config(plan, 2),
-        loading,
-        std::future::pending(),
-        common::reference::Quiet,
-        coordinator::pool::Observer::none(),
-    ));
+    // Two workers: the run waits for the second, which joins only once
+    // the first one's watcher has seen it SERVING.
+    let coordinator = tokio::spawn(serve(listener, test_config(plan, 2), loading));
     let url = format!("http://{addr}");
     let timeout = Duration::from_secs(10);
 
@@ -163,22 +192,9 @@ async fn health_follows_the_run_and_reflection_lists_the_services() {
         health(&worker_url, "", timeout, None).await.unwrap().1,
         "NOT_SERVING"
     );
-    let (stream, first) = watch(channel(addr).await, coordinator::TRAINER_SERVICE).await;
-    let (coordinator_serving, seen_coordinator_serving) = oneshot::channel();
-    let coordinator_watch = tokio::spawn(statuses(
-        stream,
-        first,
-        ServingStatus::NotServing,
-        coordinator_serving,
-    ));
-    let (stream, first) = watch(channel(health_addr).await, "").await;
-    let (worker_serving, seen_worker_serving) = oneshot::channel();
-    let worker_watch = tokio::spawn(statuses(
-        stream,
-        first,
-        ServingStatus::NotServing,
-        worker_serving,
-    ));
+    let (coordinator_watch, seen_coordinator_serving) =
+        follow(addr, coordinator::TRAINER_SERVICE).await;
+    let (worker_watch, seen_worker_serving) = follow(health_addr, "").await;
     release_data.send(()).unwrap();
     // Ready once the data is in; the run cannot end before a worker joins.
     seen_coordinator_serving.await.unwrap();
@@ -224,16 +240,8 @@ async fn health_follows_the_run_and_reflection_lists_the_services() {
 async fn data_that_fails_to_load_stops_the_server_with_the_reason() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let plan = plan_for(1, 1, 1);
-    let failing = async { Err::<Arc<common::dataset::Mnist>, _>("disk on fire".into()) };
-    let result = coordinator::serve(
-        listener,
-        test_config(plan, 1),
-        failing,
-        std::future::pending(),
-        common::reference::Quiet,
-        coordinator::pool::Observer::none(),
-    )
-    .await;
+    let failing = async { Err::<Arc<Mnist>, _>("disk on fire".into()) };
+    let result = serve(listener, test_config(plan, 1), failing).await;
     let err = result.unwrap_err().to_string();
     assert_eq!(err, "loading the data: disk on fire");
 }

@@ -5,8 +5,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use integration_tests::process::{
-    drain, expect_all_success, expect_success, expect_success_with_output, lines, stderr_of,
-    wait_exit, Guard,
+    drain, expect_all_success, expect_failure, expect_refusal, expect_success,
+    expect_success_with_output, lines, stderr_of, wait_exit, Guard,
 };
 use integration_tests::{binary, fixture_dir, TempDir};
 
@@ -24,12 +24,32 @@ pub(crate) fn coordinator(args: &[&str], out: &std::path::Path) -> Guard {
 /// The real coordinator on the MNIST slice with `args`, writing its model to
 /// `out`, both output streams piped.
 pub(crate) fn spawn_coordinator(args: &[&str], out: &std::path::Path) -> Guard {
-    let child = Command::new(binary("coordinator"))
+    spawn_coordinator_command(Command::new(binary("coordinator")), args, out)
+}
+
+/// `command` (a coordinator binary, or a wrapper that runs one) given the
+/// MNIST slice, `args` and `out` for its model.
+pub(crate) fn coordinator_command(
+    mut command: Command,
+    args: &[&str],
+    out: &std::path::Path,
+) -> Command {
+    command
         .arg("--data-dir")
         .arg(fixture_dir())
         .arg("--out")
         .arg(out)
-        .args(args)
+        .args(args);
+    command
+}
+
+/// [`coordinator_command`] spawned, both output streams piped.
+pub(crate) fn spawn_coordinator_command(
+    command: Command,
+    args: &[&str],
+    out: &std::path::Path,
+) -> Guard {
+    let child = coordinator_command(command, args, out)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -96,26 +116,12 @@ fn assert_verifies(out: &std::path::Path) {
 
 #[test]
 fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
-    let dir = tempdir("four-workers");
-    let out = dir.join("model.safetensors");
+    let (dir, out) = run_dir("four-workers");
     let mut coord = coordinator(&["--workers", "4", "--epochs", "3"], &out);
     let rx = lines(&mut coord);
     let addr = address(&rx);
     let mut workers: Vec<Guard> = (0..4)
-        .map(|i| {
-            Guard(
-                Command::new(binary("worker"))
-                    .args([
-                        "--connect",
-                        &format!("http://{addr}"),
-                        "--name",
-                        &format!("proc-{i}"),
-                    ])
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("start worker"),
-            )
-        })
+        .map(|i| worker_process(&addr, &format!("proc-{i}"), &[]))
         .collect();
     let output =
         expect_success_with_output(&mut coord, &rx, Duration::from_secs(120), "coordinator");
@@ -146,10 +152,17 @@ fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
     assert_verifies(&out);
 }
 
+/// A worker process joining the coordinator at TCP address `addr` (`http://` is prefixed).
 pub(crate) fn worker_process(addr: &str, name: &str, extra: &[&str]) -> Guard {
+    worker_at(&format!("http://{addr}"), name, extra)
+}
+
+/// A worker process joining the coordinator at `endpoint`, as given, with
+/// `extra` flags and its stderr piped.
+pub(crate) fn worker_at(endpoint: &str, name: &str, extra: &[&str]) -> Guard {
     Guard(
         Command::new(binary("worker"))
-            .args(["--connect", &format!("http://{addr}"), "--name", name])
+            .args(["--connect", endpoint, "--name", name])
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()
@@ -162,8 +175,7 @@ pub(crate) fn worker_process(addr: &str, name: &str, extra: &[&str]) -> Guard {
 /// step: the run finishes with the model file of the undisturbed run, byte for byte.
 #[test]
 fn sigkilled_and_exiting_worker_processes_cost_only_time() {
-    let dir = tempdir("kill");
-    let out = dir.join("model.safetensors");
+    let (dir, out) = run_dir("kill");
     let mut coord = coordinator(
         &["--workers", "4", "--epochs", "4", "--shard-timeout", "5"],
         &out,
@@ -216,9 +228,7 @@ fn sigkilled_and_exiting_worker_processes_cost_only_time() {
 /// uninterrupted run's.
 #[test]
 fn coordinator_killed_mid_epoch_resumes_exactly() {
-    let dir = tempdir("resume");
-    let out = dir.join("model.safetensors");
-    let ck = dir.join("checkpoint.safetensors");
+    let (dir, out, ck) = checkpointed_run_dir("resume");
     let ck_flags = [
         "--checkpoint",
         ck.to_str().unwrap(),
@@ -291,33 +301,27 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
     );
 
     // Resuming with other flags is refused, naming the difference.
-    let refused = Command::new(binary("coordinator"))
-        .args([
-            "--seed",
-            "3",
-            "--epochs",
-            &epochs_flag,
-            "--eta",
-            "0.5",
-            "--resume",
-            ck.to_str().unwrap(),
-        ])
-        .arg("--data-dir")
-        .arg(fixture_dir())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success() && stderr.contains("made with --eta 3, but the flags say 0.5"),
-        "{stderr}"
+    expect_refusal(
+        Command::new(binary("coordinator"))
+            .args([
+                "--seed",
+                "3",
+                "--epochs",
+                &epochs_flag,
+                "--eta",
+                "0.5",
+                "--resume",
+                ck.to_str().unwrap(),
+            ])
+            .arg("--data-dir")
+            .arg(fixture_dir()),
+        "made with --eta 3, but the flags say 0.5",
     );
 }
 
 #[test]
 fn one_command_cluster_with_spawned_workers() {
-    let dir = tempdir("spawned");
-    let out = dir.join("model.safetensors");
-    let ck = dir.join("checkpoint.safetensors");
+    let (dir, out, ck) = checkpointed_run_dir("spawned");
     let flags = [
         "--workers",
         "2",
@@ -330,13 +334,9 @@ fn one_command_cluster_with_spawned_workers() {
     ];
     let mut coord = coordinator(&flags, &out);
     let rx = lines(&mut coord);
-    let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
-    let output: Vec<String> = drain(&rx);
+    let output =
+        expect_success_with_output(&mut coord, &rx, Duration::from_secs(120), "coordinator");
     let stderr = stderr_of(&mut coord);
-    assert!(
-        status.success(),
-        "exit {status}; stdout {output:?}; stderr {stderr}"
-    );
     assert!(
         output.iter().any(|l| l.starts_with("Epoch 0: ")),
         "{output:?}"
@@ -351,13 +351,12 @@ fn one_command_cluster_with_spawned_workers() {
     let again = dir.join("again.safetensors");
     let mut coord = coordinator(&flags, &again);
     let rx = lines(&mut coord);
-    let status = wait_exit(
+    let output = expect_success_with_output(
         &mut coord,
+        &rx,
         Duration::from_secs(120),
         "restarted coordinator",
     );
-    let output: Vec<String> = drain(&rx);
-    assert!(status.success(), "{output:?} {}", stderr_of(&mut coord));
     assert!(
         output
             .iter()
@@ -391,15 +390,7 @@ fn bad_flags_and_bad_data_give_clear_errors_and_exit_nonzero() {
         ),
     ];
     for (i, (flags, want)) in cases.iter().enumerate() {
-        let out = Command::new(binary("coordinator"))
-            .args(flags)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && stderr.contains(want),
-            "case {i}: {stderr}"
-        );
+        let stderr = expect_refusal(Command::new(binary("coordinator")).args(flags), want);
         assert!(!stderr.contains("panicked"), "case {i}: {stderr}");
     }
     // A data directory whose training images file has a bad magic number.
@@ -414,35 +405,25 @@ fn bad_flags_and_bad_data_give_clear_errors_and_exit_nonzero() {
         [0, 0, 8, 1, 0, 0, 0, 0],
     )
     .unwrap();
-    let out = Command::new(binary("coordinator"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("train-images.idx3-ubyte.gz: bad magic number 2049"),
-        "{stderr}"
+    expect_refusal(
+        Command::new(binary("coordinator"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data),
+        "train-images.idx3-ubyte.gz: bad magic number 2049",
     );
     // A worker with nothing to connect to gives up after its retry budget, saying where it tried.
-    let out = Command::new(binary("worker"))
-        .args(["--connect", "http://127.0.0.1:9", "--retry-for", "0.3"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("coordinator at http://127.0.0.1:9 unreachable"),
-        "{stderr}"
+    expect_refusal(
+        Command::new(binary("worker")).args([
+            "--connect",
+            "http://127.0.0.1:9",
+            "--retry-for",
+            "0.3",
+        ]),
+        "coordinator at http://127.0.0.1:9 unreachable",
     );
-    let out = Command::new(binary("worker"))
-        .args(["--connect", "not a url"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("invalid coordinator address"),
-        "{stderr}"
+    expect_refusal(
+        Command::new(binary("worker")).args(["--connect", "not a url"]),
+        "invalid coordinator address",
     );
 }
 
@@ -450,13 +431,29 @@ pub(crate) fn tempdir(name: &str) -> TempDir {
     TempDir::new(name)
 }
 
+/// A fresh [`tempdir`] for test `name`, and the path in it of the model file
+/// the test's run writes.
+pub(crate) fn run_dir(name: &str) -> (TempDir, std::path::PathBuf) {
+    let dir = tempdir(name);
+    let out = dir.join("model.safetensors");
+    (dir, out)
+}
+
+/// [`run_dir`], and the path in it of the run's checkpoint file.
+pub(crate) fn checkpointed_run_dir(
+    name: &str,
+) -> (TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let (dir, out) = run_dir(name);
+    let ck = dir.join("checkpoint.safetensors");
+    (dir, out, ck)
+}
+
 /// SIGTERM (what Kubernetes and process managers send) stops the coordinator
 /// cleanly: a checkpoint is written, the workers are told to shut down, and a
 /// resume from it ends with the uninterrupted run's model.
 #[test]
 fn sigterm_checkpoints_and_the_run_resumes_exactly() {
-    let dir = tempdir("sigterm");
-    let (out, ck) = (dir.join("model.safetensors"), dir.join("ck.safetensors"));
+    let (dir, out, ck) = checkpointed_run_dir("sigterm");
     let ck_flag = ["--checkpoint", ck.to_str().unwrap()];
     let mut first = coordinator(
         &[
@@ -480,15 +477,11 @@ fn sigterm_checkpoints_and_the_run_resumes_exactly() {
         .status()
         .unwrap()
         .success());
-    let status = wait_exit(
+    // An unfinished run exits non-zero.
+    let stderr = expect_failure(
         &mut first,
         Duration::from_secs(60),
         "coordinator after SIGTERM",
-    );
-    let stderr = stderr_of(&mut first);
-    assert!(
-        !status.success(),
-        "an unfinished run exits non-zero: {stderr}"
     );
     assert!(
         stderr.contains("checkpoint saved") && stderr.contains("local workers exited clean=1"),
@@ -515,15 +508,10 @@ fn sigterm_checkpoints_and_the_run_resumes_exactly() {
         &out,
     );
     let rx = lines(&mut resumed);
-    assert!(
-        wait_exit(
-            &mut resumed,
-            Duration::from_secs(120),
-            "resumed coordinator"
-        )
-        .success(),
-        "{}",
-        stderr_of(&mut resumed)
+    expect_success(
+        &mut resumed,
+        Duration::from_secs(120),
+        "resumed coordinator",
     );
     // Only the checkpoint's own epoch ran: the resume path, not a fresh start.
     let trained: Vec<String> = drain(&rx)
@@ -576,13 +564,13 @@ fn spawned_workers_get_the_token_and_trust_the_certificate() {
         .concat();
         let mut coord = coordinator(&args, &out);
         let rx = lines(&mut coord);
-        let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
-        let stderr = stderr_of(&mut coord);
-        let output = drain(&rx);
-        assert!(
-            status.success(),
-            "{name}: exit {status}; {output:?}; {stderr}"
+        expect_success_with_output(
+            &mut coord,
+            &rx,
+            Duration::from_secs(120),
+            &format!("{name}: coordinator"),
         );
+        let stderr = stderr_of(&mut coord);
         assert!(
             stderr.contains("local workers exited clean=2"),
             "{name}: both spawned workers exit 0: {stderr}"
@@ -611,28 +599,19 @@ fn spawned_workers_that_all_exit_fail_the_run_at_once() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut coord = Guard(
-        Command::new(&exe)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--workers",
-                "2",
-                "--spawn-workers",
-            ])
-            .arg("--data-dir")
-            .arg(fixture_dir())
-            .arg("--out")
-            .arg(dir.join("model.safetensors"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let mut coord = spawn_coordinator_command(
+        Command::new(&exe),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--spawn-workers",
+        ],
+        &dir.join("model.safetensors"),
     );
     // The bound only catches a hang: before the fix it waited forever.
-    let status = wait_exit(&mut coord, Duration::from_secs(60), "coordinator");
-    let stderr = stderr_of(&mut coord);
-    assert!(!status.success(), "{stderr}");
+    let stderr = expect_failure(&mut coord, Duration::from_secs(60), "coordinator");
     assert!(
         stderr.contains("every spawned worker exited before training finished"),
         "{stderr}"

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use common::pb::{self, coordinator_message, worker_message};
 use common::plan::TrainingPlan;
-use common::reference::train;
 use coordinator::Config;
 use integration_tests::{
-    bits, fixture_data, open_stream, plan_for, result_message, test_config, Cluster,
+    assert_bits_eq, bits, fixture_data, open_stream, plan_for, reference_network, result_message,
+    test_config, Cluster,
 };
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -81,13 +81,7 @@ async fn handshake_violations_get_failed_precondition_with_both_versions() {
 /// are those of the single-process reference, bit for bit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_results_are_rejected_with_the_reason_and_never_applied() {
-    let mut reference = plan().initial_network();
-    train(
-        &mut reference,
-        &fixture_data(),
-        &plan(),
-        common::reference::Quiet,
-    );
+    let reference = reference();
     // (what is wrong, how to make it so, what the refusal says)
     type Case = (&'static str, fn(&mut pb::ShardResult), &'static str);
     let cases: [Case; 6] = [
@@ -162,9 +156,10 @@ async fn bad_results_are_rejected_with_the_reason_and_never_applied() {
         cluster.add_worker("honest");
         let (summary, _) = cluster.finish(LIMIT).await.unwrap();
         let summary = summary.unwrap_or_else(|e| panic!("case {i} ({name}): {e}"));
-        assert!(
-            bits(&summary.network) == bits(&reference),
-            "case {i} ({name}): a bad result leaked into the weights"
+        assert_bits_eq(
+            &summary.network,
+            &bits(&reference),
+            &format!("case {i} ({name}): a bad result leaked into the weights"),
         );
     }
 }
@@ -181,14 +176,7 @@ async fn final_status(inbound: &mut tonic::Streaming<pb::CoordinatorMessage>) ->
 }
 
 fn reference() -> common::Network {
-    let mut reference = plan().initial_network();
-    train(
-        &mut reference,
-        &fixture_data(),
-        &plan(),
-        common::reference::Quiet,
-    );
-    reference
+    reference_network(&plan())
 }
 
 /// A message one byte over the largest a worker can legitimately send (a
@@ -272,9 +260,10 @@ async fn a_result_for_someone_elses_shard_is_refused() {
         drop((inbound, tx));
         let (summary, _) = cluster.finish(LIMIT).await.unwrap();
         let summary = summary.unwrap();
-        assert!(
-            bits(&summary.network) == bits(&reference()),
-            "forged={forged}: a result for another's shard changed the model"
+        assert_bits_eq(
+            &summary.network,
+            &bits(&reference()),
+            &format!("forged={forged}: a result for another's shard changed the model"),
         );
         assert_eq!(summary.stats.refused, 1);
     }

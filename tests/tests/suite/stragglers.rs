@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use integration_tests::process::{expect_success_with_output, lines, stderr_of, wait_exit, Guard};
 
-use crate::processes::{address, assert_same_as_local, coordinator, tempdir, worker_process};
+use crate::processes::{address, assert_same_as_local, coordinator, run_dir, worker_process};
 
 /// Sends `signal` (`STOP`, `CONT`) to the worker's process.
 fn signal(worker: &Guard, signal: &str) {
@@ -23,8 +23,7 @@ fn signal(worker: &Guard, signal: &str) {
 #[test]
 fn a_paused_worker_process_is_backed_up_and_the_run_does_not_wait_for_it() {
     const EPOCHS: usize = 6;
-    let dir = tempdir("pause");
-    let out = dir.join("model.safetensors");
+    let (dir, out) = run_dir("pause");
     let mut coord = coordinator(&["--workers", "4", "--epochs", &EPOCHS.to_string()], &out);
     let rx = lines(&mut coord);
     let addr = address(&rx);

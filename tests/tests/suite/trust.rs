@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use common::kernels::KernelSet;
 use common::plan::TrainingPlan;
-use common::reference::train;
 use coordinator::{Config, RunSummary};
-use integration_tests::{bits, fixture_data, plan_for, skip, test_config, Cluster};
+use integration_tests::{
+    assert_bits_eq, bits, fixture_data, plan_for, reference_network, skip, test_config, Cluster,
+};
 use tonic::Code;
 use worker::{Fault, SessionError, WorkerConfig, WorkerError};
 
@@ -21,9 +22,7 @@ fn plan(kernels: KernelSet) -> TrainingPlan {
 }
 
 fn reference(plan: &TrainingPlan) -> Vec<u8> {
-    let mut net = plan.initial_network();
-    train(&mut net, &fixture_data(), plan, common::reference::Quiet);
-    bits(&net)
+    bits(&reference_network(plan))
 }
 
 /// The status a worker was refused with.
@@ -52,10 +51,10 @@ async fn portable_kernels_give_the_same_bits_on_1_2_and_4_workers() {
         }
         let (summary, exits) = cluster.finish(LIMIT).await.unwrap();
         assert!(exits.iter().all(Result::is_ok), "{exits:?}");
-        let summary = summary.unwrap();
-        assert!(
-            bits(&summary.network) == want,
-            "portable on {workers} workers differs from the portable reference"
+        assert_bits_eq(
+            &summary.unwrap().network,
+            &want,
+            &format!("portable on {workers} workers differs from the portable reference"),
         );
     }
 }
@@ -142,9 +141,10 @@ async fn every_audited_corruption_is_caught_and_the_model_stays_the_honest_one()
     assert_eq!(summary.stats.audit_failures, 1);
     // The recomputation replaced the corrupt result, and the honest ones it
     // checked were used as they came: bit for bit the reference.
-    assert!(
-        bits(&summary.network) == want,
-        "the model differs from the honest run"
+    assert_bits_eq(
+        &summary.network,
+        &want,
+        "the model differs from the honest run",
     );
 }
 
