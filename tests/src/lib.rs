@@ -59,6 +59,23 @@ pub fn result_message(result: common::pb::ShardResult) -> common::pb::WorkerMess
     }
 }
 
+/// The results an honest worker sends for `step`: its weights decoded
+/// into `net`, then each shard's summed gradients, in the step's order.
+///
+/// # Panics
+/// If the step does not decode.
+pub fn honest_results(
+    step: &common::pb::Step,
+    net: &mut common::Network,
+) -> Vec<common::pb::ShardResult> {
+    let shards = common::wire::decode_step(step, net).expect("a valid step");
+    let result = |(id, samples): &(common::schedule::ShardId, common::dataset::Samples)| {
+        let g = common::reference::shard_gradients(net, samples);
+        common::wire::encode_shard_result(step.step_id, *id, samples.len(), &g)
+    };
+    shards.iter().map(result).collect()
+}
+
 /// Opens a `ddp.v1.Trainer/Train` stream to `addr` as a raw peer would:
 /// sends `first`, of any message type that encodes where a `WorkerMessage`
 /// goes (the real one, or one crafted to be malformed), with `token` as the

@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use common::pb::{self, coordinator_message, worker_message};
 use common::plan::TrainingPlan;
-use common::reference::shard_gradients;
 use common::{wire, Network};
 use integration_tests::{
-    bits, fixture_data, open_stream, plan_for, reference_network, result_message, test_config,
-    Cluster,
+    bits, fixture_data, honest_results, open_stream, plan_for, reference_network, result_message,
+    test_config, Cluster,
 };
 use proptest::prelude::*;
 
@@ -94,20 +93,7 @@ async fn raw_peer(addr: std::net::SocketAddr, script: Vec<Move>) {
         let Some(coordinator_message::Kind::Step(step)) = msg.kind else {
             continue;
         };
-        wire::decode_network_into(&step.weights, &mut net).unwrap();
-        let honest: Vec<pb::ShardResult> = step
-            .shards
-            .iter()
-            .map(|s| {
-                let (id, samples) = wire::decode_shard(s).unwrap();
-                wire::encode_shard_result(
-                    step.step_id,
-                    id,
-                    samples.len(),
-                    &shard_gradients(&net, &samples),
-                )
-            })
-            .collect();
+        let honest = honest_results(&step, &mut net);
         let mine: Vec<u32> = honest.iter().map(|r| r.shard_id).collect();
         let other = (0..SHARDS as u32).find(|s| !mine.contains(s));
         let mut first = honest[0].clone();
@@ -295,15 +281,7 @@ async fn flooder(addr: std::net::SocketAddr) {
         let Some(coordinator_message::Kind::Step(step)) = msg.kind else {
             continue;
         };
-        wire::decode_network_into(&step.weights, &mut net).unwrap();
-        for s in &step.shards {
-            let (id, samples) = wire::decode_shard(s).unwrap();
-            let r = wire::encode_shard_result(
-                step.step_id,
-                id,
-                samples.len(),
-                &shard_gradients(&net, &samples),
-            );
+        for r in honest_results(&step, &mut net) {
             let mut stale = r.clone();
             stale.step_id = step.step_id.saturating_sub(1);
             *late.lock().await = Some(stale);
