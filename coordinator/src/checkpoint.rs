@@ -336,16 +336,17 @@ mod tests {
         .unwrap();
     }
 
-    fn dir(name: &str) -> PathBuf {
+    /// A fresh temporary directory for test `name`, and a checkpoint path in it.
+    fn checkpoint_in(name: &str) -> (PathBuf, PathBuf) {
         let d = std::env::temp_dir().join(format!("ckpt-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
-        d
+        let path = d.join("c.safetensors");
+        (d, path)
     }
 
     #[test]
     fn round_trip() {
-        let d = dir("rt");
-        let path = d.join("c.safetensors");
+        let (d, path) = checkpoint_in("rt");
         let net = plan().initial_network();
         let pos = Position {
             epoch: 1,
@@ -361,8 +362,7 @@ mod tests {
 
     #[test]
     fn mismatched_flags_are_named() {
-        let d = dir("mm");
-        let path = d.join("c.safetensors");
+        let (d, path) = checkpoint_in("mm");
         save_fresh(&path, &plan());
         let c = load(&path).unwrap();
         let other = TrainingPlan { eta: 0.5, ..plan() };
@@ -387,8 +387,7 @@ mod tests {
     /// early-stopping and schedule counts, the best epoch and its model.
     #[test]
     fn chapter3_state_round_trips() {
-        let d = dir("ch3");
-        let path = d.join("c.safetensors");
+        let (d, path) = checkpoint_in("ch3");
         let plan = chapter3_plan(0.9);
         let net = plan.initial_network();
         let mut state = RunState::new(&plan);
@@ -429,8 +428,7 @@ mod tests {
     /// is refused, naming the flag and both values.
     #[test]
     fn resume_with_another_chapter3_option_is_refused_naming_the_flag() {
-        let d = dir("ch3mm");
-        let path = d.join("c.safetensors");
+        let (d, path) = checkpoint_in("ch3mm");
         let plan = chapter3_plan(0.5);
         save_fresh(&path, &plan);
         let c = load(&path).unwrap();
@@ -487,8 +485,7 @@ mod tests {
 
     #[test]
     fn truncated_or_plain_model_is_a_clear_error_and_the_old_file_survives() {
-        let d = dir("bad");
-        let path = d.join("c.safetensors");
+        let (d, path) = checkpoint_in("bad");
         save_fresh(&path, &plan());
         let good = std::fs::read(&path).unwrap();
         let cut = d.join("cut.safetensors");

@@ -18,7 +18,7 @@ use std::arch::x86_64::{
 };
 use std::sync::OnceLock;
 
-use super::{Descend, COLS, GRAD_ROWS, LANES};
+use super::{Descend, Operands, COLS, GRAD_ROWS, LANES};
 
 /// Whether this CPU has AVX-512 F and DQ (and FMA), and the environment
 /// does not turn the wide kernels off with `DDP_NO_AVX512=1`.
@@ -52,15 +52,8 @@ fn mask(width: usize) -> u16 {
 /// Rows `j..j+R` of `out`, 32 columns at a time: `2·R` accumulators.
 #[target_feature(enable = "avx512f,avx512dq,fma")]
 #[inline]
-unsafe fn rows<const R: usize>(
-    d: &[f32],
-    x: &[f32],
-    k: usize,
-    n: usize,
-    j: usize,
-    out: &mut [f32],
-    descend: Option<Descend>,
-) {
+unsafe fn rows<const R: usize>(ops: Operands, j: usize, out: &mut [f32], descend: Option<Descend>) {
+    let Operands { a: d, x, k, n } = ops;
     let (dp, xp, op) = (d.as_ptr(), x.as_ptr(), out.as_mut_ptr());
     let mut i = 0;
     while i < k {
@@ -115,19 +108,20 @@ const PAIRS: usize = 2;
 #[target_feature(enable = "avx512f,avx512dq,fma")]
 pub(super) unsafe fn w_dot_x(w: &[f32], x: &[f32], m: usize, k: usize, n: usize, z: &mut [f32]) {
     assert!(w.len() >= m * k && x.len() >= n * k && z.len() >= m * n);
+    let ops = Operands { a: w, x, k, n };
     for j in (0..m).step_by(2 * PAIRS) {
         for s in (0..n).step_by(COLS) {
             match (m - j > 2, COLS.min(n - s)) {
-                (true, 5) => block::<2, 5>(w, x, m, k, n, j, s, z),
-                (true, 4) => block::<2, 4>(w, x, m, k, n, j, s, z),
-                (true, 3) => block::<2, 3>(w, x, m, k, n, j, s, z),
-                (true, 2) => block::<2, 2>(w, x, m, k, n, j, s, z),
-                (true, _) => block::<2, 1>(w, x, m, k, n, j, s, z),
-                (false, 5) => block::<1, 5>(w, x, m, k, n, j, s, z),
-                (false, 4) => block::<1, 4>(w, x, m, k, n, j, s, z),
-                (false, 3) => block::<1, 3>(w, x, m, k, n, j, s, z),
-                (false, 2) => block::<1, 2>(w, x, m, k, n, j, s, z),
-                (false, _) => block::<1, 1>(w, x, m, k, n, j, s, z),
+                (true, 5) => block::<2, 5>(ops, m, j, s, z),
+                (true, 4) => block::<2, 4>(ops, m, j, s, z),
+                (true, 3) => block::<2, 3>(ops, m, j, s, z),
+                (true, 2) => block::<2, 2>(ops, m, j, s, z),
+                (true, _) => block::<2, 1>(ops, m, j, s, z),
+                (false, 5) => block::<1, 5>(ops, m, j, s, z),
+                (false, 4) => block::<1, 4>(ops, m, j, s, z),
+                (false, 3) => block::<1, 3>(ops, m, j, s, z),
+                (false, 2) => block::<1, 2>(ops, m, j, s, z),
+                (false, _) => block::<1, 1>(ops, m, j, s, z),
             }
         }
     }
@@ -137,17 +131,15 @@ pub(super) unsafe fn w_dot_x(w: &[f32], x: &[f32], m: usize, k: usize, n: usize,
 /// columns `s..s+C`: `P·C` accumulators of two rows' partial sums each.
 #[target_feature(enable = "avx512f,avx512dq,fma")]
 #[inline]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[allow(clippy::needless_range_loop)]
 unsafe fn block<const P: usize, const C: usize>(
-    w: &[f32],
-    x: &[f32],
+    ops: Operands,
     m: usize,
-    k: usize,
-    n: usize,
     j: usize,
     s: usize,
     z: &mut [f32],
 ) {
+    let Operands { a: w, x, k, n } = ops;
     let (wp, xp) = (w.as_ptr(), x.as_ptr());
     let row = |i: usize| (j + i).min(m - 1);
     let body = k / LANES * LANES;

@@ -9,25 +9,26 @@ use std::arch::x86_64::{
 
 use ndarray::ArrayView2;
 
-use super::{Descend, COLS, GRAD_ROWS, LANES, ROWS};
+use super::{Descend, Operands, COLS, GRAD_ROWS, LANES, ROWS};
 
 /// `z (m, n) = w (m, k) · x`, `x` as `n` contiguous columns of `k`.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn w_dot_x(w: &[f32], x: &[f32], m: usize, k: usize, n: usize, z: &mut [f32]) {
     assert!(w.len() >= m * k && x.len() >= n * k && z.len() >= m * n);
+    let ops = Operands { a: w, x, k, n };
     for j in (0..m).step_by(ROWS) {
         for s in (0..n).step_by(COLS) {
             match (ROWS.min(m - j), COLS.min(n - s)) {
-                (2, 5) => block::<2, 5>(w, x, k, n, j, s, z),
-                (2, 4) => block::<2, 4>(w, x, k, n, j, s, z),
-                (2, 3) => block::<2, 3>(w, x, k, n, j, s, z),
-                (2, 2) => block::<2, 2>(w, x, k, n, j, s, z),
-                (2, _) => block::<2, 1>(w, x, k, n, j, s, z),
-                (_, 5) => block::<1, 5>(w, x, k, n, j, s, z),
-                (_, 4) => block::<1, 4>(w, x, k, n, j, s, z),
-                (_, 3) => block::<1, 3>(w, x, k, n, j, s, z),
-                (_, 2) => block::<1, 2>(w, x, k, n, j, s, z),
-                (_, _) => block::<1, 1>(w, x, k, n, j, s, z),
+                (2, 5) => block::<2, 5>(ops, j, s, z),
+                (2, 4) => block::<2, 4>(ops, j, s, z),
+                (2, 3) => block::<2, 3>(ops, j, s, z),
+                (2, 2) => block::<2, 2>(ops, j, s, z),
+                (2, _) => block::<2, 1>(ops, j, s, z),
+                (_, 5) => block::<1, 5>(ops, j, s, z),
+                (_, 4) => block::<1, 4>(ops, j, s, z),
+                (_, 3) => block::<1, 3>(ops, j, s, z),
+                (_, 2) => block::<1, 2>(ops, j, s, z),
+                (_, _) => block::<1, 1>(ops, j, s, z),
             }
         }
     }
@@ -45,15 +46,8 @@ unsafe fn lane_sum(v: __m256) -> f32 {
 /// Rows `j..j+R` of `z`, columns `s..s+C`: `R·C` accumulators.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn block<const R: usize, const C: usize>(
-    w: &[f32],
-    x: &[f32],
-    k: usize,
-    n: usize,
-    j: usize,
-    s: usize,
-    z: &mut [f32],
-) {
+unsafe fn block<const R: usize, const C: usize>(ops: Operands, j: usize, s: usize, z: &mut [f32]) {
+    let Operands { a: w, x, k, n } = ops;
     let (wp, xp) = (w.as_ptr(), x.as_ptr());
     let body = k / LANES * LANES;
     let mut acc = [[_mm256_setzero_ps(); C]; R];
@@ -165,15 +159,8 @@ delta_dot_xt_by_row_blocks!("avx2,fma");
 /// Rows `j..j+R` of `out`, 16 columns at a time: `2·R` accumulators.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn rows<const R: usize>(
-    d: &[f32],
-    x: &[f32],
-    k: usize,
-    n: usize,
-    j: usize,
-    out: &mut [f32],
-    descend: Option<Descend>,
-) {
+unsafe fn rows<const R: usize>(ops: Operands, j: usize, out: &mut [f32], descend: Option<Descend>) {
+    let Operands { a: d, x, k, n } = ops;
     let (dp, xp, op) = (d.as_ptr(), x.as_ptr(), out.as_mut_ptr());
     let body = k / WIDE * WIDE;
     let mut i = 0;

@@ -389,6 +389,17 @@ fn fast() -> (WDotX, DeltaDotXt) {
 /// Rows of `δ` per block of the gradient kernel.
 const GRAD_ROWS: usize = 4;
 
+/// The operands of a kernel's block: `a`, row-major (`w`, `m × k`, for
+/// `z = w · x`; `δ`, `m × n`, for `δ · xᵀ`), and `x` as `n` contiguous
+/// columns of `k`.
+#[derive(Clone, Copy)]
+struct Operands<'a> {
+    a: &'a [f32],
+    x: &'a [f32],
+    k: usize,
+    n: usize,
+}
+
 /// Defines `delta_dot_xt` for an instruction set whose module has
 /// `rows::<R>` (rows `j..j+R` of the output): the output in blocks of
 /// [`GRAD_ROWS`] rows, the last block smaller. `$features` are the
@@ -411,11 +422,12 @@ macro_rules! delta_dot_xt_by_row_blocks {
         ) {
             assert!(d.len() >= m * n && x.len() >= n * k && out.len() >= m * k);
             for j in (0..m).step_by(GRAD_ROWS) {
+                let ops = Operands { a: d, x, k, n };
                 match GRAD_ROWS.min(m - j) {
-                    4 => rows::<4>(d, x, k, n, j, out, descend),
-                    3 => rows::<3>(d, x, k, n, j, out, descend),
-                    2 => rows::<2>(d, x, k, n, j, out, descend),
-                    _ => rows::<1>(d, x, k, n, j, out, descend),
+                    4 => rows::<4>(ops, j, out, descend),
+                    3 => rows::<3>(ops, j, out, descend),
+                    2 => rows::<2>(ops, j, out, descend),
+                    _ => rows::<1>(ops, j, out, descend),
                 }
             }
         }
