@@ -223,6 +223,40 @@ pub struct Args {
     /// connection stays half-open).
     #[arg(long, default_value_t = 10.0)]
     pub keepalive: f64,
+    /// Threads the coordinator's network and training loop run on. Default:
+    /// one while a step's work (batch size x parameters) is under 10 M
+    /// multiply-adds, where cross-thread wake-ups would cost more than they
+    /// save; one per core from there, where each worker's message (about a
+    /// megabyte at batch 1000) is then copied and decoded in parallel.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// A step's work (batch size × parameters) from which the coordinator runs on
+/// a thread per core (see `--threads`). Measured on 2 cores with 2 workers:
+/// at batch 100 of `[784,30,10]` (2.4 M) one thread was 4% faster per epoch,
+/// at batch 1000 (24 M) two threads 10% faster, and at batch 1000 of
+/// `[784,100,10]` (80 M) 25% faster.
+pub const PARALLEL_STEP_WORK: usize = 10_000_000;
+
+impl Args {
+    /// How many threads the coordinator's runtime gets: `--threads`, or by
+    /// the step's work against [`PARALLEL_STEP_WORK`]. Flags that do not
+    /// validate give 1 (the run then reports them).
+    pub fn runtime_threads(&self) -> usize {
+        if let Some(n) = self.threads {
+            return n.max(1);
+        }
+        let Ok(config) = self.validate() else {
+            return 1;
+        };
+        let plan = &config.plan;
+        let work = plan.batch_size.saturating_mul(common::network::parameter_count(&plan.sizes));
+        if work < PARALLEL_STEP_WORK || self.local {
+            return 1;
+        }
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
 }
 
 /// A flag value that cannot work, and why.

@@ -132,13 +132,30 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let threads = match &cli.command {
+        None => cli.train.runtime_threads(),
+        Some(Command::Train(args)) => args.runtime_threads(),
+        Some(_) => 1,
+    };
+    let runtime = if threads > 1 {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let result = runtime
+        .context("starting the async runtime")
+        .and_then(|r| r.block_on(run(cli)));
+    match result {
         Ok(code) => code,
         Err(e) => common::logging::report_error("coordinator", e.as_ref()),
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let ok = std::process::ExitCode::SUCCESS;
     let command = cli.command.unwrap_or(Command::Train(Box::new(cli.train)));
