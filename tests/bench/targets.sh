@@ -4,7 +4,7 @@
 #      share of the one-core FMA floor, 0.044 s/epoch, that batch 10 reaches);
 #   2. cluster step p50 at batch 10 with 1, 2 and 4 worker processes, and the
 #      coordinator's cost per extra worker, (p50(4) - p50(1)) / 3;
-#   3. [784,100,10] at batch 1000 (eta 30): 1 vs 2 worker processes per epoch;
+#   3. [784,100,10] at batch 1000 and 2000 (eta 30): 1 vs 2 worker processes per epoch;
 #   4. with VS_DDP=1, tests/bench/vs-ddp.sh 4 10 1 (PyTorch DDP side by side).
 #
 #   tests/bench/targets.sh [EPOCHS]          # default 3 epochs per row; each row is their median
@@ -43,13 +43,15 @@ for w in 1 2 4; do
 done
 echo "   per extra worker: $(python3 -c "print(round((${p[4]} - ${p[1]}) / 3, 4))") ms"
 
-echo "3. [784,100,10], batch 1000, eta 30: s/epoch"
-for w in 1 2; do
-  train "$out/big$w.csv" --workers "$w" --spawn-workers --sizes 784,100,10 --batch-size 1000 --eta 30
-  big[$w]=$(median seconds "$out/big$w.csv")
-  echo "   $w workers: ${big[$w]} s"
+for b in 1000 2000; do
+  echo "3. [784,100,10], batch $b, eta 30: s/epoch"
+  for w in 1 2; do
+    train "$out/big$w.csv" --workers "$w" --spawn-workers --sizes 784,100,10 --batch-size "$b" --eta 30
+    big[$w]=$(median seconds "$out/big$w.csv")
+    echo "   $w workers: ${big[$w]} s"
+  done
+  echo "   2 vs 1 worker: $(python3 -c "print(round(${big[1]} / ${big[2]}, 2))")x faster"
 done
-echo "   2 vs 1 worker: $(python3 -c "print(round(${big[1]} / ${big[2]}, 2))")x faster"
 
 if [ "${VS_DDP:-0}" = 1 ]; then
   echo "4. against PyTorch DDP"
