@@ -762,6 +762,28 @@ mod tests {
         Args::try_parse_from(std::iter::once("coordinator").chain(extra.iter().copied())).unwrap()
     }
 
+    /// One runtime thread for small steps, one per core for large ones, and
+    /// `--threads` wins; flags that do not validate give one (and the run
+    /// reports them).
+    #[test]
+    fn runtime_threads_follow_the_step_s_work() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let cases: [(&[&str], usize); 7] = [
+            (&[], 1),
+            (&["--batch-size", "100"], 1),
+            (&["--batch-size", "1000"], cores),
+            (&["--preset", "ch3-98", "--batch-size", "1000"], cores),
+            (&["--batch-size", "1000", "--local"], 1),
+            (&["--batch-size", "1000", "--threads", "1"], 1),
+            (&["--sizes", "784,x,10", "--batch-size", "1000"], 1),
+        ];
+        for (flags, want) in cases {
+            assert_eq!(args(flags).runtime_threads(), want, "{flags:?}");
+        }
+        assert_eq!(args(&["--threads", "3"]).runtime_threads(), 3);
+        assert_eq!(args(&["--threads", "0"]).runtime_threads(), 1);
+    }
+
     #[test]
     fn defaults_are_nielsens_run() {
         let c = args(&["--workers", "4"]).validate().unwrap();

@@ -322,10 +322,13 @@ fn coordinator_killed_mid_epoch_resumes_exactly() {
 #[test]
 fn one_command_cluster_with_spawned_workers() {
     let (dir, out, ck) = checkpointed_run_dir("spawned");
+    // On two runtime threads (as large steps get by default): the same bits.
     let flags = [
         "--workers",
         "2",
         "--spawn-workers",
+        "--threads",
+        "2",
         "--epochs",
         "1",
         "--checkpoint",
@@ -345,6 +348,7 @@ fn one_command_cluster_with_spawned_workers() {
         stderr.contains("local workers exited clean=2"),
         "both spawned workers exit 0: {stderr}"
     );
+    assert_same_as_local(&dir, &out, 2, 1, "two runtime threads train other bits");
 
     // Restarted by a supervisor with the same flags: --auto-resume finds the
     // finished checkpoint, trains nothing and saves the same model again.
