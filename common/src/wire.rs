@@ -167,28 +167,36 @@ pub enum WireError {
 fn pack(weights: &[Array2<f32>], biases: &[Array1<f32>]) -> Bytes {
     let count: usize = weights.iter().map(|w| w.len()).sum::<usize>()
         + biases.iter().map(|b| b.len()).sum::<usize>();
-    let mut out = BytesMut::zeroed(count * 4);
-    let mut offset = 0; // in bytes
+    let mut out = BytesMut::with_capacity(count * 4);
     for (w, b) in weights.iter().zip(biases) {
         // Row-major order. `as_standard_layout` borrows when the array already
-        // is (the usual case) and copies otherwise; a slice walk vectorises,
-        // an ndarray element iterator does not.
+        // is (the usual case) and copies otherwise.
         let w = w.as_standard_layout();
         let b = b.as_standard_layout();
         for values in [w.as_slice(), b.as_slice()] {
-            let values = values.expect("standard layout is contiguous");
-            let dst = &mut out[offset..offset + values.len() * 4];
-            for (v, d) in values.iter().zip(dst.chunks_exact_mut(4)) {
-                d.copy_from_slice(&v.to_le_bytes());
-            }
-            offset += values.len() * 4;
+            put_f32s(&mut out, values.expect("standard layout is contiguous"));
         }
     }
     out.freeze()
 }
 
-/// Copies packed little-endian f32 from `src` into `dst` (same length in values).
+/// Appends `values` to `out` as little-endian f32: on a little-endian CPU
+/// their own bytes, in one copy.
+fn put_f32s(out: &mut BytesMut, values: &[f32]) {
+    #[cfg(target_endian = "little")]
+    out.extend_from_slice(bytemuck::cast_slice(values));
+    #[cfg(not(target_endian = "little"))]
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Copies packed little-endian f32 from `src` into `dst` (same length in
+/// values): on a little-endian CPU, one copy of the bytes.
 fn read_f32s(src: &[u8], dst: &mut [f32]) {
+    #[cfg(target_endian = "little")]
+    bytemuck::cast_slice_mut::<f32, u8>(dst).copy_from_slice(src);
+    #[cfg(not(target_endian = "little"))]
     for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
         *d = f32::from_le_bytes(c.try_into().expect("chunks of 4"));
     }
@@ -527,6 +535,21 @@ mod tests {
         decode_network_into(&encode_network(&a), &mut b).unwrap();
         assert_eq!(a, b);
         assert_eq!(encode_network(&a).len(), a.parameter_count() * 4);
+    }
+
+    /// The wire layout the proto documents, spelled out independently of
+    /// `pack`: every weight row-major, then the biases, layer by layer, each
+    /// value 4 little-endian bytes.
+    #[test]
+    fn tensors_are_row_major_little_endian_f32() {
+        let a = net();
+        let mut want = Vec::new();
+        for (w, b) in a.weights.iter().zip(&a.biases) {
+            for v in w.iter().chain(b.iter()) {
+                want.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        assert!(encode_network(&a)[..] == want[..]);
     }
 
     #[test]
