@@ -268,9 +268,11 @@ impl Checkpoint {
 }
 
 /// Every setting a checkpoint must share with the flags that resume it, as
-/// the flag and its value, in the order a mismatch is looked for. Numbers
-/// print as the shortest text that reads back to the same bits, so two
-/// values differ exactly when their texts do.
+/// the flag and its value, in the order a mismatch is looked for. Finite
+/// numbers print as the shortest text that reads back to the same bits
+/// (`-0` included), so two of them differ exactly when their texts do; the
+/// flags' values are finite (`validate`), so a non-finite value in a
+/// checkpoint differs from them too.
 fn settings(plan: &TrainingPlan) -> [(&'static str, String); 13] {
     let show = |v: Option<String>| v.unwrap_or_else(|| "none".to_string());
     [

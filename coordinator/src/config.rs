@@ -227,7 +227,8 @@ pub struct Args {
     /// one while a step's work (batch size x parameters) is under 10 M
     /// multiply-adds, where cross-thread wake-ups would cost more than they
     /// save; one per core from there, where each worker's message (about a
-    /// megabyte at batch 1000) is then copied and decoded in parallel.
+    /// megabyte at batch 1000) is then copied and decoded in parallel; one
+    /// with --local.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 }
@@ -241,17 +242,21 @@ pub const PARALLEL_STEP_WORK: usize = 10_000_000;
 
 impl Args {
     /// How many threads the coordinator's runtime gets: `--threads`, or by
-    /// the step's work against [`PARALLEL_STEP_WORK`]. Flags that do not
-    /// validate give 1 (the run then reports them).
+    /// the step's work (the batch size and `--sizes`, or the preset's)
+    /// against [`PARALLEL_STEP_WORK`]; 1 with `--local`. Flags that do not
+    /// parse give 1 (the run then reports them). Reads only the flags: no
+    /// look-up of `--listen`, no files.
     pub fn runtime_threads(&self) -> usize {
         if let Some(n) = self.threads {
             return n.max(1);
         }
-        let Ok(config) = self.validate() else {
+        let preset = self.preset.unwrap_or(Preset::NetworkPy).values();
+        let Ok(sizes) = parse_sizes(self.sizes.as_deref().unwrap_or(preset.sizes)) else {
             return 1;
         };
-        let plan = &config.plan;
-        let work = plan.batch_size.saturating_mul(common::network::parameter_count(&plan.sizes));
+        let work = self
+            .batch_size
+            .saturating_mul(common::network::parameter_count(&sizes));
         if work < PARALLEL_STEP_WORK || self.local {
             return 1;
         }
@@ -640,6 +645,9 @@ impl Args {
             })
             .transpose()?;
         let monitor = parse_monitor(&self.monitor)?;
+        if self.threads == Some(0) {
+            return Err(range("threads", &0, "must be at least 1"));
+        }
         if self.batch_size == 0 {
             return Err(range("batch-size", &self.batch_size, "must be at least 1"));
         }
@@ -781,7 +789,6 @@ mod tests {
             assert_eq!(args(flags).runtime_threads(), want, "{flags:?}");
         }
         assert_eq!(args(&["--threads", "3"]).runtime_threads(), 3);
-        assert_eq!(args(&["--threads", "0"]).runtime_threads(), 1);
     }
 
     #[test]
@@ -881,6 +888,7 @@ mod tests {
             (&["--eta", "NaN"], "--eta NaN: must be finite and > 0"),
             (&["--eta", "-1"], "--eta -1: must be finite and > 0"),
             (&["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+            (&["--threads", "0"], "--threads 0: must be at least 1"),
             (&["--workers", "0"], "--workers 0"),
             (&["--shards", "0"], "--shards 0"),
             (&["--epochs", "0"], "--epochs 0"),

@@ -387,11 +387,13 @@ fn fast() -> (WDotX, DeltaDotXt) {
 }
 
 /// Rows of `δ` per block of the gradient kernel.
+#[cfg(target_arch = "x86_64")]
 const GRAD_ROWS: usize = 4;
 
 /// The operands of a kernel's block: `a`, row-major (`w`, `m × k`, for
 /// `z = w · x`; `δ`, `m × n`, for `δ · xᵀ`), and `x` as `n` contiguous
 /// columns of `k`.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Operands<'a> {
     a: &'a [f32],
@@ -404,6 +406,7 @@ struct Operands<'a> {
 /// `rows::<R>` (rows `j..j+R` of the output): the output in blocks of
 /// [`GRAD_ROWS`] rows, the last block smaller. `$features` are the
 /// instruction sets the module's kernels are compiled for.
+#[cfg(target_arch = "x86_64")]
 macro_rules! delta_dot_xt_by_row_blocks {
     ($features:literal) => {
         /// `out (m, k) = δ (m, n) · xᵀ`, `x` as `n` contiguous columns of
