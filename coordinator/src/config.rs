@@ -240,6 +240,9 @@ pub struct Args {
 /// `[784,100,10]` (80 M) 25% faster.
 pub const PARALLEL_STEP_WORK: usize = 10_000_000;
 
+/// The most threads `--threads` may ask for.
+pub const MAX_THREADS: usize = 256;
+
 impl Args {
     /// How many threads the coordinator's runtime gets: `--threads`, or by
     /// the step's work (the batch size and `--sizes`, or the preset's)
@@ -248,7 +251,8 @@ impl Args {
     /// look-up of `--listen`, no files.
     pub fn runtime_threads(&self) -> usize {
         if let Some(n) = self.threads {
-            return n.max(1);
+            // Out of range: one, and `validate` refuses the flag.
+            return if (1..=MAX_THREADS).contains(&n) { n } else { 1 };
         }
         let preset = self.preset.unwrap_or(Preset::NetworkPy).values();
         let Ok(sizes) = parse_sizes(self.sizes.as_deref().unwrap_or(preset.sizes)) else {
@@ -645,8 +649,8 @@ impl Args {
             })
             .transpose()?;
         let monitor = parse_monitor(&self.monitor)?;
-        if self.threads == Some(0) {
-            return Err(range("threads", &0, "must be at least 1"));
+        if let Some(n) = self.threads.filter(|n| !(1..=MAX_THREADS).contains(n)) {
+            return Err(range("threads", &n, "must be 1..=256"));
         }
         if self.batch_size == 0 {
             return Err(range("batch-size", &self.batch_size, "must be at least 1"));
@@ -789,6 +793,7 @@ mod tests {
             assert_eq!(args(flags).runtime_threads(), want, "{flags:?}");
         }
         assert_eq!(args(&["--threads", "3"]).runtime_threads(), 3);
+        assert_eq!(args(&["--threads", "100000"]).runtime_threads(), 1);
     }
 
     #[test]
@@ -888,7 +893,11 @@ mod tests {
             (&["--eta", "NaN"], "--eta NaN: must be finite and > 0"),
             (&["--eta", "-1"], "--eta -1: must be finite and > 0"),
             (&["--batch-size", "0"], "--batch-size 0: must be at least 1"),
-            (&["--threads", "0"], "--threads 0: must be at least 1"),
+            (&["--threads", "0"], "--threads 0: must be 1..=256"),
+            (
+                &["--threads", "100000"],
+                "--threads 100000: must be 1..=256",
+            ),
             (&["--workers", "0"], "--workers 0"),
             (&["--shards", "0"], "--shards 0"),
             (&["--epochs", "0"], "--epochs 0"),
