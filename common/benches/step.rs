@@ -81,7 +81,7 @@ fn messages(c: &mut Criterion) {
         b.iter(|| wire::encode_shard_result(0, ShardId(0), 3, black_box(&g)))
     });
     group.bench_function("decode_gradients", |b| {
-        b.iter(|| wire::decode_shard_result(black_box(&result), &net.sizes, 3).unwrap())
+        b.iter(|| wire::decode_shard_result(black_box(&result), &net.sizes, 3, false).unwrap())
     });
     group.finish();
 }

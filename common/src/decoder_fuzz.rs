@@ -62,15 +62,15 @@ fn mutate(
     bytes
 }
 
-fn valid_result() -> Vec<u8> {
+fn valid_result(first_error: bool) -> Vec<u8> {
     let g = Gradients::zeros(&SIZES);
+    let error = [0.5; SIZES[1] * 2];
+    let result = match first_error {
+        false => wire::encode_shard_result(3, ShardId(1), 2, &g),
+        true => wire::encode_shard_result_with_first_error(3, ShardId(1), 2, &g, &error),
+    };
     pb::WorkerMessage {
-        kind: Some(worker_message::Kind::Result(wire::encode_shard_result(
-            3,
-            ShardId(1),
-            2,
-            &g,
-        ))),
+        kind: Some(worker_message::Kind::Result(result)),
     }
     .encode_to_vec()
 }
@@ -83,8 +83,16 @@ fn coordinator_reads(bytes: &[u8]) {
                 let _ = wire::check_hello(&h);
             }
             Some(worker_message::Kind::Result(r)) => {
-                if let Ok(g) = wire::decode_shard_result(&r, &SIZES, 2) {
-                    assert!(g.nabla_w.iter().all(|w| w.iter().all(|v| v.is_finite())));
+                let shard = crate::dataset::Samples {
+                    pixels: vec![255; 2 * 784],
+                    labels: vec![0, 9],
+                };
+                for asked in [false, true] {
+                    let decoded = wire::decode_shard_result(&r, &SIZES, 2, asked);
+                    let kernels = crate::kernels::KernelSet::best();
+                    if let Ok(g) = decoded.and_then(|d| d.complete(&shard, kernels)) {
+                        assert!(g.nabla_w.iter().all(|w| w.iter().all(|v| v.is_finite())));
+                    }
                 }
             }
             None => {}
@@ -169,7 +177,12 @@ proptest! {
 
     #[test]
     fn worker_messages_edited(e in edits()) {
-        coordinator_reads(&mutate(valid_result(), &e));
+        coordinator_reads(&mutate(valid_result(false), &e));
+    }
+
+    #[test]
+    fn worker_messages_with_first_errors_edited(e in edits()) {
+        coordinator_reads(&mutate(valid_result(true), &e));
     }
 
     #[test]

@@ -148,6 +148,11 @@ pub fn shard_gradients(network: &Network, shard: &Samples) -> Gradients {
     shard_gradients_with(network, shard, Cost::Quadratic, KernelSet::best())
 }
 
+thread_local! {
+    /// The buffers of [`shard_gradients_with`] and its kin on this thread.
+    static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::new());
+}
+
 /// The summed gradient of one shard for `cost` with the kernel set
 /// `kernels`, as a worker computes it: [`Network::backprop_with`]'s bits,
 /// computed in this thread's [`Workspace`].
@@ -157,15 +162,51 @@ pub fn shard_gradients_with(
     cost: Cost,
     kernels: KernelSet,
 ) -> Gradients {
-    thread_local! {
-        static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::new());
-    }
     WORKSPACE.with_borrow_mut(|ws| {
         ws.load_all(shard);
         ws.backprop(network, cost, kernels);
         // The caller keeps the gradients (they go on the wire or into the
         // sum): moved out, not copied; the next shard's are written afresh.
         ws.take_gradients().expect("backprop made them")
+    })
+}
+
+/// [`shard_gradients_with`] with the first weight matrix left zero, and the
+/// first layer's error δ¹ (`sizes[1]` × samples, row-major) from which
+/// [`first_weight_gradient`] computes it: for a small shard, far fewer
+/// values to send than the matrix (δ¹ has `samples` columns, the matrix 784).
+pub fn shard_gradients_first_error(
+    network: &Network,
+    shard: &Samples,
+    cost: Cost,
+    kernels: KernelSet,
+) -> (Gradients, Vec<f32>) {
+    WORKSPACE.with_borrow_mut(|ws| {
+        ws.load_all(shard);
+        ws.backprop_first_error(network, cost, kernels)
+    })
+}
+
+/// Completes [`shard_gradients_first_error`]'s gradient `g` of `shard` from
+/// its first layer's error `error`: the first weight matrix δ¹·xᵀ, the bits
+/// [`shard_gradients_with`] gives it with the same kernel set.
+///
+/// # Panics
+/// If `error` is not `g`'s first layer size × the shard's samples.
+pub fn first_weight_gradient(
+    g: &mut Gradients,
+    shard: &Samples,
+    error: &[f32],
+    kernels: KernelSet,
+) {
+    let out = g.nabla_w[0].as_slice_mut().expect("standard layout");
+    assert_eq!(
+        error.len(),
+        shard.len() * (out.len() / crate::dataset::IMAGE_SIZE)
+    );
+    WORKSPACE.with_borrow_mut(|ws| {
+        ws.load_all(shard);
+        ws.first_weight_gradient(error, kernels, out);
     })
 }
 

@@ -154,6 +154,12 @@ pub enum WireError {
         /// Samples claimed.
         got: u32,
     },
+    /// A `ShardResult` carries the first layer's error, which its `Shard` did not ask for.
+    #[error("shard {shard}: the first layer's error came, but whole gradients were asked for")]
+    FirstErrorNotAsked {
+        /// The shard.
+        shard: u32,
+    },
     /// A message of the wrong kind for this point of the protocol, or empty.
     #[error("unexpected message: expected {expected}, got {got}")]
     Unexpected {
@@ -164,18 +170,48 @@ pub enum WireError {
     },
 }
 
-fn pack(weights: &[Array2<f32>], biases: &[Array1<f32>]) -> Bytes {
+/// Which tensors a packed message holds: all, or all but the first weight
+/// matrix (a `ShardResult` that carries the first layer's error instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tensors {
+    All,
+    AllButFirstWeights,
+}
+
+impl Tensors {
+    /// Values packed for a network of `sizes`.
+    fn count(self, sizes: &[usize]) -> usize {
+        match self {
+            Tensors::All => parameter_count(sizes),
+            Tensors::AllButFirstWeights => parameter_count(sizes) - sizes[0] * sizes[1],
+        }
+    }
+
+    /// Whether layer `l`'s weight matrix is packed.
+    fn has_weights(self, l: usize) -> bool {
+        self == Tensors::All || l > 0
+    }
+}
+
+fn pack(weights: &[Array2<f32>], biases: &[Array1<f32>], tensors: Tensors) -> Bytes {
     let count: usize = weights.iter().map(|w| w.len()).sum::<usize>()
         + biases.iter().map(|b| b.len()).sum::<usize>();
     let mut out = BytesMut::with_capacity(count * 4);
-    for (w, b) in weights.iter().zip(biases) {
+    for (l, (w, b)) in weights.iter().zip(biases).enumerate() {
         // Row-major order. `as_standard_layout` borrows when the array already
         // is (the usual case) and copies otherwise.
         let w = w.as_standard_layout();
         let b = b.as_standard_layout();
-        for values in [w.as_slice(), b.as_slice()] {
-            put_f32s(&mut out, values.expect("standard layout is contiguous"));
+        if tensors.has_weights(l) {
+            put_f32s(
+                &mut out,
+                w.as_slice().expect("standard layout is contiguous"),
+            );
         }
+        put_f32s(
+            &mut out,
+            b.as_slice().expect("standard layout is contiguous"),
+        );
     }
     out.freeze()
 }
@@ -208,8 +244,9 @@ fn unpack(
     bytes: &[u8],
     weights: &mut [Array2<f32>],
     biases: &mut [Array1<f32>],
+    tensors: Tensors,
 ) -> Result<(), WireError> {
-    let expected = parameter_count(sizes) * 4;
+    let expected = tensors.count(sizes) * 4;
     if bytes.len() != expected {
         return Err(WireError::Length {
             tensor,
@@ -219,32 +256,39 @@ fn unpack(
         });
     }
     let mut offset = 0; // in values
-    for (w, b) in weights.iter_mut().zip(biases.iter_mut()) {
-        for slot in [w.as_slice_mut(), b.as_slice_mut()] {
+    for (l, (w, b)) in weights.iter_mut().zip(biases.iter_mut()).enumerate() {
+        let w = w.as_slice_mut().filter(|_| tensors.has_weights(l));
+        for slot in [w, b.as_slice_mut()].into_iter().flatten() {
             // Arrays made by Network::zeros / Gradients::zeros are in standard layout.
-            let slot = slot.expect("parameter arrays are contiguous");
             read_f32s(&bytes[offset * 4..(offset + slot.len()) * 4], slot);
-            // A branch-free pass (vectorised); the index is looked up only on failure.
-            if !slot.iter().fold(true, |ok, v| ok & v.is_finite()) {
-                let i = slot
-                    .iter()
-                    .position(|v| !v.is_finite())
-                    .expect("a non-finite value exists");
-                return Err(WireError::NonFinite {
-                    tensor,
-                    index: offset + i,
-                    value: slot[i],
-                });
-            }
+            check_finite(tensor, offset, slot)?;
             offset += slot.len();
         }
     }
     Ok(())
 }
 
+/// [`WireError::NonFinite`] for the first NaN or infinity in `values`, which
+/// start at value `offset` of `tensor`.
+fn check_finite(tensor: &'static str, offset: usize, values: &[f32]) -> Result<(), WireError> {
+    // A branch-free pass (vectorised); the index is looked up only on failure.
+    if values.iter().fold(true, |ok, v| ok & v.is_finite()) {
+        return Ok(());
+    }
+    let i = values
+        .iter()
+        .position(|v| !v.is_finite())
+        .expect("a non-finite value exists");
+    Err(WireError::NonFinite {
+        tensor,
+        index: offset + i,
+        value: values[i],
+    })
+}
+
 /// Packs a network's weights and biases for a `Step`.
 pub fn encode_network(network: &Network) -> Bytes {
-    pack(&network.weights, &network.biases)
+    pack(&network.weights, &network.biases, Tensors::All)
 }
 
 /// Unpacks `Step.weights` into `network` (whose sizes fix the layout), reusing its buffers.
@@ -259,12 +303,13 @@ pub fn decode_network_into(bytes: &[u8], network: &mut Network) -> Result<(), Wi
         bytes,
         &mut network.weights,
         &mut network.biases,
+        Tensors::All,
     )
 }
 
 /// Packs gradients for a `ShardResult`.
 pub fn encode_gradients(g: &Gradients) -> Bytes {
-    pack(&g.nabla_w, &g.nabla_b)
+    pack(&g.nabla_w, &g.nabla_b, Tensors::All)
 }
 
 /// Unpacks `ShardResult.gradients` for a network of `sizes`.
@@ -273,7 +318,14 @@ pub fn encode_gradients(g: &Gradients) -> Bytes {
 /// [`WireError::Length`] or [`WireError::NonFinite`].
 pub fn decode_gradients(sizes: &[usize], bytes: &[u8]) -> Result<Gradients, WireError> {
     let mut g = Gradients::zeros(sizes);
-    unpack(sizes, "gradients", bytes, &mut g.nabla_w, &mut g.nabla_b)?;
+    unpack(
+        sizes,
+        "gradients",
+        bytes,
+        &mut g.nabla_w,
+        &mut g.nabla_b,
+        Tensors::All,
+    )?;
     Ok(g)
 }
 
@@ -424,6 +476,7 @@ pub fn encode_shard(id: ShardId, samples: &Samples) -> pb::Shard {
         shard_id: id.0,
         pixels: Bytes::copy_from_slice(&samples.pixels),
         labels: Bytes::copy_from_slice(&samples.labels),
+        first_error: false,
     }
 }
 
@@ -495,19 +548,81 @@ pub fn encode_shard_result(
         gradients: encode_gradients(g),
         compute_nanos: 0,
         codec_nanos: 0,
+        first_error: Bytes::new(),
+    }
+}
+
+/// A `ShardResult` that carries the first layer's error `first_error`
+/// (`sizes[1]` × `samples`, row-major) and every tensor of `g` but the first
+/// weight matrix, which the coordinator computes from the error (see
+/// `Shard.first_error` in the proto).
+pub fn encode_shard_result_with_first_error(
+    step: u64,
+    id: ShardId,
+    samples: usize,
+    g: &Gradients,
+    first_error: &[f32],
+) -> pb::ShardResult {
+    let mut error = BytesMut::with_capacity(first_error.len() * 4);
+    put_f32s(&mut error, first_error);
+    pb::ShardResult {
+        step_id: step,
+        shard_id: id.0,
+        sample_count: samples as u32,
+        gradients: pack(&g.nabla_w, &g.nabla_b, Tensors::AllButFirstWeights),
+        compute_nanos: 0,
+        codec_nanos: 0,
+        first_error: error.freeze(),
+    }
+}
+
+/// A decoded `ShardResult`: the summed gradients, whole, or all but the
+/// first weight matrix (left zero) with the first layer's error to compute
+/// it from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardGradients {
+    /// The gradients (the first weight matrix zero if `first_error` is set).
+    pub gradients: Gradients,
+    /// The first layer's error δ¹, `sizes[1]` × samples, row-major.
+    pub first_error: Option<Vec<f32>>,
+}
+
+impl ShardGradients {
+    /// The whole gradients of `shard`, whose result this is: with a first
+    /// layer's error, the first weight matrix computed from it with the run's
+    /// `kernels` (the bits the worker would have sent).
+    ///
+    /// # Errors
+    /// [`WireError::NonFinite`] if that matrix overflows (a peer's error can
+    /// be finite and still too large).
+    ///
+    /// # Panics
+    /// If `shard` is not the one the result was decoded for.
+    pub fn complete(self, shard: &Samples, kernels: KernelSet) -> Result<Gradients, WireError> {
+        let Some(error) = self.first_error else {
+            return Ok(self.gradients);
+        };
+        let mut g = self.gradients;
+        crate::reference::first_weight_gradient(&mut g, shard, &error, kernels);
+        let w = g.nabla_w[0].as_slice().expect("standard layout");
+        check_finite("gradients", 0, w)?;
+        Ok(g)
     }
 }
 
 /// The gradients of a `ShardResult` for a shard of `expected_samples` samples, validated.
-/// The caller has already matched its step and shard ids to an open shard.
+/// The caller has already matched its step and shard ids to an open shard;
+/// `first_error_asked` is whether its `Shard` asked for the first layer's error.
 ///
 /// # Errors
-/// [`WireError::SampleCount`], [`WireError::Length`] or [`WireError::NonFinite`].
+/// [`WireError::SampleCount`], [`WireError::Length`], [`WireError::NonFinite`],
+/// or [`WireError::FirstErrorNotAsked`].
 pub fn decode_shard_result(
     result: &pb::ShardResult,
     sizes: &[usize],
     expected_samples: usize,
-) -> Result<Gradients, WireError> {
+    first_error_asked: bool,
+) -> Result<ShardGradients, WireError> {
     if result.sample_count as usize != expected_samples {
         return Err(WireError::SampleCount {
             step: result.step_id,
@@ -516,7 +631,36 @@ pub fn decode_shard_result(
             got: result.sample_count,
         });
     }
-    decode_gradients(sizes, &result.gradients)
+    if result.first_error.is_empty() {
+        return Ok(ShardGradients {
+            gradients: decode_gradients(sizes, &result.gradients)?,
+            first_error: None,
+        });
+    }
+    if !first_error_asked {
+        return Err(WireError::FirstErrorNotAsked {
+            shard: result.shard_id,
+        });
+    }
+    let mut gradients = Gradients::zeros(sizes);
+    let (w, b) = (&mut gradients.nabla_w, &mut gradients.nabla_b);
+    let bytes = &result.gradients;
+    unpack(sizes, "gradients", bytes, w, b, Tensors::AllButFirstWeights)?;
+    let mut error = vec![0.0; sizes[1] * expected_samples];
+    if result.first_error.len() != error.len() * 4 {
+        return Err(WireError::Length {
+            tensor: "first_error",
+            sizes: sizes.to_vec(),
+            expected: error.len() * 4,
+            got: result.first_error.len(),
+        });
+    }
+    read_f32s(&result.first_error, &mut error);
+    check_finite("first_error", 0, &error)?;
+    Ok(ShardGradients {
+        gradients,
+        first_error: Some(error),
+    })
 }
 
 #[cfg(test)]
@@ -593,6 +737,7 @@ mod tests {
             shard_id: 1,
             pixels: vec![0; IMAGE_SIZE].into(),
             labels: vec![1, 2].into(),
+            first_error: false,
         };
         assert!(matches!(
             decode_shard(&bad),
@@ -619,12 +764,130 @@ mod tests {
         ));
     }
 
+    /// Random pixels and labels for `n` samples.
+    fn random_shard(n: usize, seed: u64) -> Samples {
+        use rand::Rng;
+        let mut rng = init_rng(seed);
+        Samples {
+            pixels: (0..n * IMAGE_SIZE).map(|_| rng.random()).collect(),
+            labels: (0..n).map(|_| rng.random_range(0..10)).collect(),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 40, failure_persistence: None, ..Default::default() })]
+
+        /// A result sent with the first layer's error, decoded and completed
+        /// by the coordinator, is the whole result bit for bit, for any
+        /// hidden layers, shard size, cost and kernel set this CPU runs; and
+        /// it is far smaller on the wire.
+        #[test]
+        fn first_error_results_complete_to_the_whole_gradients_bitwise(
+            hidden in proptest::collection::vec(1usize..48, 1..3),
+            n in 1usize..40,
+            seed in 0u64..1000,
+            cross_entropy in proptest::bool::ANY,
+        ) {
+            let sizes: Vec<usize> = [vec![IMAGE_SIZE], hidden, vec![CLASSES]].concat();
+            let net = Network::new(&sizes, &mut init_rng(seed));
+            let shard = random_shard(n, seed + 1);
+            let cost = if cross_entropy { Cost::CrossEntropy } else { Cost::Quadratic };
+            for kernels in KernelSet::supported() {
+                let whole = crate::reference::shard_gradients_with(&net, &shard, cost, kernels);
+                let (g, error) = crate::reference::shard_gradients_first_error(&net, &shard, cost, kernels);
+                let r = encode_shard_result_with_first_error(2, ShardId(0), n, &g, &error);
+                let dense = encode_shard_result(2, ShardId(0), n, &whole);
+                proptest::prop_assert_eq!(
+                    r.gradients.len() + r.first_error.len() + 4 * sizes[1] * (IMAGE_SIZE - n),
+                    dense.gradients.len()
+                );
+                let decoded = decode_shard_result(&r, &sizes, n, true).unwrap();
+                let completed = decoded.complete(&shard, kernels).unwrap();
+                let bits = |g: &Gradients| encode_gradients(g);
+                proptest::prop_assert!(bits(&completed) == bits(&whole), "{kernels:?}");
+            }
+        }
+    }
+
+    /// A first layer's error is accepted only where it was asked for, of the
+    /// right length, finite, and with a finite product.
+    #[test]
+    fn first_errors_are_validated() {
+        let sizes = [784, 5, 10];
+        let (net, shard) = (net(), random_shard(3, 4));
+        let k = KernelSet::Portable;
+        let (g, error) =
+            crate::reference::shard_gradients_first_error(&net, &shard, Cost::Quadratic, k);
+        let with = |e: &[f32]| encode_shard_result_with_first_error(1, ShardId(2), 3, &g, e);
+        let r = with(&error);
+        assert_eq!(
+            decode_shard_result(&r, &sizes, 3, false),
+            Err(WireError::FirstErrorNotAsked { shard: 2 })
+        );
+        let short = decode_shard_result(&with(&error[1..]), &sizes, 3, true);
+        assert!(
+            matches!(
+                short,
+                Err(WireError::Length {
+                    tensor: "first_error",
+                    expected: 60,
+                    got: 56,
+                    ..
+                })
+            ),
+            "{short:?}"
+        );
+        let mut nan = error.clone();
+        nan[7] = f32::NAN;
+        let nan = decode_shard_result(&with(&nan), &sizes, 3, true);
+        assert!(
+            matches!(
+                nan,
+                Err(WireError::NonFinite {
+                    tensor: "first_error",
+                    index: 7,
+                    ..
+                })
+            ),
+            "{nan:?}"
+        );
+        let huge = decode_shard_result(&with(&[3e38; 15]), &sizes, 3, true).unwrap();
+        let white = Samples {
+            pixels: vec![255; 3 * IMAGE_SIZE],
+            labels: vec![0; 3],
+        };
+        let overflow = huge.complete(&white, k);
+        assert!(
+            matches!(
+                overflow,
+                Err(WireError::NonFinite {
+                    tensor: "gradients",
+                    ..
+                })
+            ),
+            "{overflow:?}"
+        );
+        let mut dense_and_error = with(&error);
+        dense_and_error.gradients = encode_gradients(&g);
+        let both = decode_shard_result(&dense_and_error, &sizes, 3, true);
+        assert!(
+            matches!(
+                both,
+                Err(WireError::Length {
+                    tensor: "gradients",
+                    ..
+                })
+            ),
+            "{both:?}"
+        );
+    }
+
     #[test]
     fn sample_count_must_match() {
         let g = Gradients::zeros(&[784, 5, 10]);
         let r = encode_shard_result(4, ShardId(1), 3, &g);
-        assert!(decode_shard_result(&r, &[784, 5, 10], 3).is_ok());
-        let err = decode_shard_result(&r, &[784, 5, 10], 2).unwrap_err();
+        assert!(decode_shard_result(&r, &[784, 5, 10], 3, false).is_ok());
+        let err = decode_shard_result(&r, &[784, 5, 10], 2, false).unwrap_err();
         assert!(
             err.to_string()
                 .contains("step 4 shard 1: result covers 3 samples, the shard has 2"),

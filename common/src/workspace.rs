@@ -141,6 +141,39 @@ impl Workspace {
         self.backward(network, cost, k, true)
     }
 
+    /// [`Workspace::backprop`] but for the first layer's weight gradient,
+    /// which is left zero: the first layer's error δ¹ (`sizes[1]` × n,
+    /// row-major) is returned instead, from which
+    /// [`Workspace::first_weight_gradient`] computes that gradient's bits.
+    ///
+    /// # Panics
+    /// As [`Workspace::backprop`].
+    pub fn backprop_first_error(
+        &mut self,
+        network: &Network,
+        cost: Cost,
+        k: KernelSet,
+    ) -> (Gradients, Vec<f32>) {
+        self.backward(network, cost, k, false);
+        let mut g = self.gradients.take().expect("backward made them");
+        g.nabla_w[0].fill(0.0);
+        (g, self.delta.clone())
+    }
+
+    /// The first layer's weight gradient δ¹·xᵀ of the loaded inputs x, given
+    /// their error `delta` (`rows` × n, row-major), into `out` (`rows` ×
+    /// [`IMAGE_SIZE`]): the bits [`Workspace::backprop`] gives it.
+    ///
+    /// # Panics
+    /// If `delta` is not `rows` × n, or `out` not `rows` × [`IMAGE_SIZE`].
+    pub fn first_weight_gradient(&mut self, delta: &[f32], k: KernelSet, out: &mut [f32]) {
+        let rows = delta.len() / self.n.max(1);
+        assert_eq!(out.len(), rows * IMAGE_SIZE, "out is rows × IMAGE_SIZE");
+        let delta = ArrayView2::from_shape((rows, self.n), delta).expect("rows × n");
+        let x = ArrayView2::from_shape((IMAGE_SIZE, self.n).f(), &self.x).expect("n columns");
+        kernels::delta_dot_xt_into(k, &delta, &x, out, &mut self.scratch);
+    }
+
     /// One plain step (no momentum) on the loaded shard: what
     /// `update.apply(network, self.backprop(network, cost, k), len, None)`
     /// gives, bit for bit, with `descend` the update's [`Descend`] for `len`.

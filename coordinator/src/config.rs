@@ -207,6 +207,12 @@ pub struct Args {
     /// coordinator's extra CPU is p times a step's compute.
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub audit_rate: f64,
+    /// Shards of at most N samples send the first layer's error (hidden
+    /// neurons × N values) instead of its weight gradient (hidden neurons ×
+    /// 784), and the coordinator computes that gradient itself, with the same
+    /// bits. 0: workers always send whole gradients.
+    #[arg(long, default_value_t = crate::pool::FIRST_ERROR_MAX_SAMPLES, value_name = "N")]
+    pub first_errors_up_to: usize,
     /// Where the run record goes: the flags that determine the weights, the
     /// data files' SHA-256, the kernel set, and a hash chain of the weights
     /// (`coordinator verify` replays and checks it) [default: --out with
@@ -335,6 +341,8 @@ pub struct Config {
     pub backup: crate::pool::backup::BackupPolicy,
     /// Fraction of shards the coordinator recomputes and compares.
     pub audit_rate: f64,
+    /// Shards of at most this many samples send their first layer's error (0: none do).
+    pub first_errors_up_to: usize,
     /// HTTP/2 keepalive interval; the ping timeout is twice this.
     pub keepalive: Duration,
     /// Where and how often to checkpoint, if at all.
@@ -752,6 +760,7 @@ impl Args {
                 floor: Duration::from_secs_f64(self.backup_floor),
             },
             audit_rate: self.audit_rate,
+            first_errors_up_to: self.first_errors_up_to,
             keepalive: Duration::from_secs_f64(self.keepalive),
             checkpoint: self.checkpoint.clone().map(|path| Checkpointing {
                 path,

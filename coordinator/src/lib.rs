@@ -231,6 +231,7 @@ pub async fn serve(
     };
     let mut pool = RemotePool::new(events_rx, plan.sizes.clone(), timeouts, position.step)
         .with_audit(pool::Audit::new(config.audit_rate, plan.cost, plan.kernels))
+        .with_first_errors(config.first_errors_up_to, plan.kernels)
         .with_observer(observer);
     health
         .set_service_status(TRAINER_SERVICE, ServingStatus::Serving)

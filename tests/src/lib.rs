@@ -205,6 +205,7 @@ pub fn test_config(plan: common::plan::TrainingPlan, workers: usize) -> Config {
         shard_timeout: Duration::from_secs(30),
         backup: coordinator::pool::backup::BackupPolicy::DEFAULT,
         audit_rate: 0.0,
+        first_errors_up_to: coordinator::pool::FIRST_ERROR_MAX_SAMPLES,
         keepalive: Duration::from_secs(10),
         checkpoint: None,
         resume: None,

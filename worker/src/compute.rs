@@ -11,12 +11,28 @@ use std::time::{Duration, Instant};
 use common::cost::Cost;
 use common::dataset::Samples;
 use common::kernels::KernelSet;
-use common::reference::shard_gradients_with;
+use common::reference::{shard_gradients_first_error, shard_gradients_with};
 use common::schedule::ShardId;
 use common::{Gradients, Network};
 
-/// One computed shard: its id, sample count, summed gradients and the time backprop took.
-pub type ShardOutput = (ShardId, usize, Gradients, Duration);
+/// One shard to compute: its id, samples, and whether the coordinator asked
+/// for the first layer's error instead of its weight gradient.
+pub type ShardInput = (ShardId, Samples, bool);
+
+/// One computed shard.
+#[derive(Debug)]
+pub struct ShardOutput {
+    /// Which shard.
+    pub id: ShardId,
+    /// Its sample count.
+    pub samples: usize,
+    /// Its summed gradients (the first weight matrix zero if `first_error` is set).
+    pub gradients: Gradients,
+    /// The first layer's error, where it was asked for.
+    pub first_error: Option<Vec<f32>>,
+    /// The time backprop took.
+    pub compute: Duration,
+}
 
 /// Computes every shard's gradient of `cost` at `network`'s weights with
 /// `kernels`, on a blocking thread unless the step is small (see the module
@@ -26,7 +42,7 @@ pub type ShardOutput = (ShardId, usize, Gradients, Duration);
 /// If the blocking task panics (a bug: inputs are validated by `wire`).
 pub async fn shard_gradients_blocking(
     network: Network,
-    shards: Vec<(ShardId, Samples)>,
+    shards: Vec<ShardInput>,
     cost: Cost,
     kernels: KernelSet,
 ) -> (Network, Vec<ShardOutput>) {
@@ -34,10 +50,21 @@ pub async fn shard_gradients_blocking(
     let compute = move || {
         let outputs = shards
             .iter()
-            .map(|(id, s)| {
+            .map(|(id, s, first_error)| {
                 let start = Instant::now();
-                let g = shard_gradients_with(&network, s, cost, kernels);
-                (*id, s.len(), g, start.elapsed())
+                let (gradients, first_error) = if *first_error {
+                    let (g, error) = shard_gradients_first_error(&network, s, cost, kernels);
+                    (g, Some(error))
+                } else {
+                    (shard_gradients_with(&network, s, cost, kernels), None)
+                };
+                ShardOutput {
+                    id: *id,
+                    samples: s.len(),
+                    gradients,
+                    first_error,
+                    compute: start.elapsed(),
+                }
             })
             .collect();
         (network, outputs)
@@ -56,8 +83,8 @@ pub async fn shard_gradients_blocking(
 pub const INLINE_WORK: usize = 2_000_000;
 
 /// Samples × parameters of a step: its multiply-adds, roughly.
-fn work(network: &Network, shards: &[(ShardId, Samples)]) -> usize {
+fn work(network: &Network, shards: &[ShardInput]) -> usize {
     let parameters: usize = network.weights.iter().map(|w| w.len()).sum();
-    let samples: usize = shards.iter().map(|(_, s)| s.len()).sum();
+    let samples: usize = shards.iter().map(|(_, s, _)| s.len()).sum();
     samples.saturating_mul(parameters)
 }

@@ -188,27 +188,37 @@ pub async fn run(
                 }
                 let decode_start = Instant::now();
                 let shards = wire::decode_step(&step, &mut network)?;
+                let asked = step.shards.iter().map(|s| s.first_error);
+                let shards = shards.into_iter().zip(asked).map(|((id, s), e)| (id, s, e));
+                let shards: Vec<_> = shards.collect();
                 // Each result carries its share of the Step's decoding.
                 let decode_share = decode_start.elapsed() / shards.len().max(1) as u32;
                 debug!(step = step.step_id, shards = shards.len(), "step");
                 let (net, mut outputs) =
                     shard_gradients_blocking(network, shards, cost, kernels).await;
                 network = net;
-                if let (Some(f), Some((shard, _, g, _))) = (fault, outputs.first_mut()) {
+                if let (Some(f), Some(out)) = (fault, outputs.first_mut()) {
                     if f.corrupts(step.step_id) {
-                        let flipped = corrupt(g);
+                        let flipped = corrupt(&mut out.gradients);
                         warn!(
                             step = step.step_id,
-                            shard = shard.0,
+                            shard = out.id.0,
                             flipped,
                             "injected fault: one gradient bit flipped"
                         );
                     }
                 }
-                for (id, samples, g, compute) in outputs {
+                for out in outputs {
                     let encode_start = Instant::now();
-                    let mut result = wire::encode_shard_result(step.step_id, id, samples, &g);
-                    result.compute_nanos = nanos(compute);
+                    let (step_id, id, samples, g) =
+                        (step.step_id, out.id, out.samples, &out.gradients);
+                    let mut result = match &out.first_error {
+                        None => wire::encode_shard_result(step_id, id, samples, g),
+                        Some(error) => wire::encode_shard_result_with_first_error(
+                            step_id, id, samples, g, error,
+                        ),
+                    };
+                    result.compute_nanos = nanos(out.compute);
                     result.codec_nanos = nanos(decode_share + encode_start.elapsed());
                     tx.send(result_message(result))
                         .await

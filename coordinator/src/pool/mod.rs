@@ -27,6 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use common::dataset::Samples;
+use common::kernels::KernelSet;
 use common::metrics::StepTiming;
 use common::pb::{self, coordinator_message};
 use common::schedule::{ShardId, StepId};
@@ -160,6 +161,16 @@ pub struct PoolStats {
     pub audit_failures: u64,
 }
 
+/// By default (`--first-errors-up-to`), shards of at most this many samples
+/// are asked for their first layer's error δ¹ instead of its weight gradient δ¹·xᵀ (see `Shard.first_error` in
+/// the proto), which the coordinator then computes itself. For `[784,30,10]`
+/// a shard of 3 samples sends 90 values instead of 23,520 (1.4% of the
+/// bytes), and the product costs the coordinator ~70 k multiply-adds (a few
+/// µs). The bytes saved grow with the hidden layer as fast as that work does,
+/// so the limit does not depend on the sizes; it is set where the two cost
+/// about the same (see `docs/performance.md`).
+pub const FIRST_ERROR_MAX_SAMPLES: usize = 32;
+
 struct Handle {
     name: String,
     outbox: Outbox,
@@ -180,6 +191,9 @@ pub struct RemotePool {
     times: ShardTimes,
     /// Which results to recompute and compare.
     audit: Audit,
+    /// Shards of at most `.0` samples are asked for their first layer's
+    /// error, completed with the run's kernels `.1` (see [`FIRST_ERROR_MAX_SAMPLES`]).
+    first_errors: Option<(usize, KernelSet)>,
     /// Who hears about joins, sends, results and reassignments.
     observer: Observer,
 }
@@ -235,8 +249,24 @@ impl RemotePool {
             backlog: Backlog::default(),
             times: ShardTimes::new(timeouts.backup),
             audit: Audit::off(),
+            first_errors: None,
             observer: Observer::none(),
         }
+    }
+
+    /// The same pool, asking each shard of at most `up_to` samples (0:
+    /// none) for its first layer's error, and computing the first weight
+    /// matrix from it with the run's `kernels`.
+    pub fn with_first_errors(self, up_to: usize, kernels: KernelSet) -> Self {
+        Self {
+            first_errors: (up_to > 0).then_some((up_to, kernels)),
+            ..self
+        }
+    }
+
+    /// Whether a shard of `samples` samples is asked for its first layer's error.
+    fn asks_first_error(&self, samples: usize) -> bool {
+        self.first_errors.is_some_and(|(up_to, _)| samples <= up_to)
     }
 
     /// The same pool, auditing results as `audit` says.
@@ -445,7 +475,10 @@ impl RemotePool {
             weights: step.weights.clone(), // one buffer shared by all workers
             shards: shards
                 .iter()
-                .map(|&i| wire::encode_shard(ShardId(i as u32), &step.shards[i]))
+                .map(|&i| pb::Shard {
+                    first_error: self.asks_first_error(step.shards[i].len()),
+                    ..wire::encode_shard(ShardId(i as u32), &step.shards[i])
+                })
                 .collect(),
         };
         let msg = pb::CoordinatorMessage {
@@ -516,7 +549,15 @@ impl RemotePool {
             }
         };
         let decode_start = Instant::now();
-        let decoded = wire::decode_shard_result(&result, &self.sizes, step.shards[i].len());
+        let shard = &step.shards[i];
+        let asked = self.asks_first_error(shard.len());
+        let decoded =
+            wire::decode_shard_result(&result, &self.sizes, shard.len(), asked).and_then(|d| {
+                match self.first_errors {
+                    Some((_, kernels)) => d.complete(shard, kernels),
+                    None => Ok(d.gradients), // never asked, so whole
+                }
+            });
         step.codec += decode_start.elapsed();
         match decoded {
             Ok(g) => {
@@ -751,15 +792,40 @@ mod tests {
         inboxes
     }
 
-    /// Computes a Step's shards as a worker would.
+    /// Computes a Step's shards as a worker would, with the first layer's
+    /// error where a shard asks for it.
     fn results_for(step: pb::Step) -> Vec<pb::ShardResult> {
         let mut net = Network::zeros(&SIZES);
         let shards = wire::decode_step(&step, &mut net).unwrap();
-        let result = |(id, samples): &(ShardId, Samples)| {
-            let g = shard_gradients(&net, samples);
-            wire::encode_shard_result(step.step_id, *id, samples.len(), &g)
+        let asked = step.shards.iter().map(|s| s.first_error);
+        let result = |((id, samples), asked): (&(ShardId, Samples), bool)| {
+            let n = samples.len();
+            if asked {
+                let (k, cost) = (KernelSet::best(), common::cost::Cost::Quadratic);
+                let (g, e) = common::reference::shard_gradients_first_error(&net, samples, cost, k);
+                wire::encode_shard_result_with_first_error(step.step_id, *id, n, &g, &e)
+            } else {
+                let g = shard_gradients(&net, samples);
+                wire::encode_shard_result(step.step_id, *id, n, &g)
+            }
         };
-        shards.iter().map(result).collect()
+        shards.iter().zip(asked).map(result).collect()
+    }
+
+    /// A pool for these tests, asking shards for their first layer's error or not.
+    fn pool(rx: mpsc::Receiver<WorkerEvent>, secs: u64, first_errors: bool) -> RemotePool {
+        let up_to = if first_errors {
+            FIRST_ERROR_MAX_SAMPLES
+        } else {
+            0
+        };
+        RemotePool::new(rx, SIZES.to_vec(), timeouts(secs), STEP)
+            .with_first_errors(up_to, KernelSet::best())
+    }
+
+    /// `values` as the little-endian f32 bytes of a `first_error` field.
+    fn first_error_of(values: &[f32]) -> bytes::Bytes {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
     }
 
     /// Waits for the next message in `inbox`, which must be a Step, and computes it.
@@ -785,12 +851,14 @@ mod tests {
         shards().iter().map(|s| shard_gradients(net, s)).collect()
     }
 
+    /// In shard order, and the same bits whether the shards sent their
+    /// first layer's error or their whole gradients.
     #[tokio::test]
     async fn results_in_any_arrival_order_come_back_in_shard_order() {
         let net = Network::new(&SIZES, &mut init_rng(1));
-        for seed in 0..8u64 {
+        for seed in 0..16u64 {
             let (tx, rx) = mpsc::channel(64);
-            let mut pool = RemotePool::new(rx, SIZES.to_vec(), timeouts(5), STEP);
+            let mut pool = pool(rx, 5, seed >= 8);
             let workers = 1 + (seed % 4) as u32;
             let mut inboxes = join(&tx, 0..workers).await;
             pool.wait_for_workers(inboxes.len()).await.unwrap();
@@ -868,10 +936,18 @@ mod tests {
             ("another worker's shard, honest bytes", Before { from: 0, edit: |r| r.shard_id = 1 }, stats(0, 0, 0, 1, 2), Some((0, Code::PermissionDenied))),
             ("a peer with no shards", Before { from: 2, edit: zeroed }, stats(0, 0, 0, 1, 0), Some((2, Code::PermissionDenied))),
             ("worker left", Left, stats(0, 0, 0, 0, 2), None),
+            // Where the shard did not ask for it, each of these is an error not asked for.
+            ("a first layer's error, NaN", Before { from: 0, edit: |r| r.first_error = first_error_of(&[f32::NAN; 18]) }, stats(0, 0, 1, 0, 2), Some((0, Code::InvalidArgument))),
+            ("a first layer's error, short", Before { from: 0, edit: |r| r.first_error = first_error_of(&[1.0; 17]) }, stats(0, 0, 1, 0, 2), Some((0, Code::InvalidArgument))),
+            ("a first layer's error whose product overflows", Before { from: 0, edit: |r| r.first_error = first_error_of(&[3e38; 18]) }, stats(0, 0, 1, 0, 2), Some((0, Code::InvalidArgument))),
+            ("whole gradients and a first layer's error", Before { from: 0, edit: |r| { r.first_error = first_error_of(&[1.0; 18]); r.gradients = vec![0; common::network::parameter_count(&SIZES) * 4].into() } }, stats(0, 0, 1, 0, 2), Some((0, Code::InvalidArgument))),
         ];
-        for (name, interference, want, evicted) in cases {
+        let modes = cases.iter().flat_map(|case| [(case, false), (case, true)]);
+        for (&(name, interference, ref want, evicted), first_errors) in modes {
+            let name = format!("{name} (first errors asked: {first_errors})");
+            let want = want.clone();
             let (tx, rx) = mpsc::channel(64);
-            let mut pool = RemotePool::new(rx, SIZES.to_vec(), timeouts(5), STEP);
+            let mut pool = pool(rx, 5, first_errors);
             let mut inboxes = join(&tx, 0..2).await;
             pool.wait_for_workers(2).await.unwrap();
             let shards = shards();
