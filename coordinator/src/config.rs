@@ -207,7 +207,7 @@ pub struct Args {
     /// coordinator's extra CPU is p times a step's compute.
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub audit_rate: f64,
-    /// Shards of at most N samples send the first layer's error (hidden
+    /// Shards of at most N samples (and fewer than 784) send the first layer's error (hidden
     /// neurons × N values) instead of its weight gradient (hidden neurons ×
     /// 784), and the coordinator computes that gradient itself, with the same
     /// bits. 0: workers always send whole gradients.

@@ -264,9 +264,13 @@ impl RemotePool {
         }
     }
 
-    /// Whether a shard of `samples` samples is asked for its first layer's error.
+    /// Whether a shard of `samples` samples is asked for its first layer's
+    /// error: never where the error would be no smaller than the matrix
+    /// (`sizes[0]` samples or more), which could also outgrow the limit on a
+    /// worker's message.
     fn asks_first_error(&self, samples: usize) -> bool {
-        self.first_errors.is_some_and(|(up_to, _)| samples <= up_to)
+        let smaller = samples < self.sizes[0];
+        smaller && self.first_errors.is_some_and(|(up_to, _)| samples <= up_to)
     }
 
     /// The same pool, auditing results as `audit` says.
@@ -793,11 +797,15 @@ mod tests {
     }
 
     /// Computes a Step's shards as a worker would, with the first layer's
-    /// error where a shard asks for it.
-    fn results_for(step: pb::Step) -> Vec<pb::ShardResult> {
+    /// error where a shard asks for it, if this worker `knows_first_errors`
+    /// (else as one that predates them, or ignores them, would).
+    fn results_for(step: pb::Step, knows_first_errors: bool) -> Vec<pb::ShardResult> {
         let mut net = Network::zeros(&SIZES);
         let shards = wire::decode_step(&step, &mut net).unwrap();
-        let asked = step.shards.iter().map(|s| s.first_error);
+        let asked = step
+            .shards
+            .iter()
+            .map(|s| s.first_error && knows_first_errors);
         let result = |((id, samples), asked): (&(ShardId, Samples), bool)| {
             let n = samples.len();
             if asked {
@@ -830,10 +838,15 @@ mod tests {
 
     /// Waits for the next message in `inbox`, which must be a Step, and computes it.
     async fn compute_next(inbox: &mut Inbox) -> Vec<pb::ShardResult> {
+        compute_next_as(inbox, true).await
+    }
+
+    /// [`compute_next`] by a worker that knows first errors or not (see [`results_for`]).
+    async fn compute_next_as(inbox: &mut Inbox, knows: bool) -> Vec<pb::ShardResult> {
         match inbox.recv().await {
             Some(Ok(pb::CoordinatorMessage {
                 kind: Some(Kind::Step(step)),
-            })) => results_for(step),
+            })) => results_for(step, knows),
             other => panic!("expected a Step, got {other:?}"),
         }
     }
@@ -852,13 +865,15 @@ mod tests {
     }
 
     /// In shard order, and the same bits whether the shards sent their
-    /// first layer's error or their whole gradients.
+    /// first layer's error or their whole gradients (not asked, or asked of
+    /// a worker that ignores the request).
     #[tokio::test]
     async fn results_in_any_arrival_order_come_back_in_shard_order() {
         let net = Network::new(&SIZES, &mut init_rng(1));
-        for seed in 0..16u64 {
+        for seed in 0..24u64 {
             let (tx, rx) = mpsc::channel(64);
             let mut pool = pool(rx, 5, seed >= 8);
+            let knows = seed < 16;
             let workers = 1 + (seed % 4) as u32;
             let mut inboxes = join(&tx, 0..workers).await;
             pool.wait_for_workers(inboxes.len()).await.unwrap();
@@ -866,7 +881,8 @@ mod tests {
             let answer = async {
                 let mut results: Vec<(u32, pb::ShardResult)> = Vec::new();
                 for (w, inbox) in inboxes.iter_mut().enumerate() {
-                    results.extend(compute_next(inbox).await.into_iter().map(|r| (w as u32, r)));
+                    let computed = compute_next_as(inbox, knows).await;
+                    results.extend(computed.into_iter().map(|r| (w as u32, r)));
                 }
                 results.shuffle(&mut init_rng(seed));
                 for (id, result) in results {
@@ -1176,7 +1192,7 @@ mod tests {
                         Some(Ok(pb::CoordinatorMessage {
                             kind: Some(Kind::Step(step)),
                         })) => {
-                            for mut r in results_for(step) {
+                            for mut r in results_for(step, true) {
                                 let mut g = r.gradients.to_vec();
                                 g[0] ^= 1; // the lowest mantissa bit of the first value
                                 r.gradients = g.into();
