@@ -9,7 +9,8 @@ pub struct StepTiming {
     /// From handing out the shards to the updated weights.
     pub total: Duration,
     /// Backprop on the step's critical path: the shards of the busiest worker
-    /// (in one process: all of them).
+    /// (in one process: all of them), plus the first weight gradients the
+    /// coordinator computes from the errors small shards send.
     pub compute: Duration,
     /// Encoding and decoding messages on the critical path: the coordinator's
     /// plus the busiest worker's.

@@ -155,8 +155,10 @@ pub enum WireError {
         got: u32,
     },
     /// A `ShardResult` carries the first layer's error, which its `Shard` did not ask for.
-    #[error("shard {shard}: the first layer's error came, but whole gradients were asked for")]
+    #[error("step {step} shard {shard}: the first layer's error came, but whole gradients were asked for")]
     FirstErrorNotAsked {
+        /// The step.
+        step: u64,
         /// The shard.
         shard: u32,
     },
@@ -194,8 +196,9 @@ impl Tensors {
 }
 
 fn pack(weights: &[Array2<f32>], biases: &[Array1<f32>], tensors: Tensors) -> Bytes {
-    let count: usize = weights.iter().map(|w| w.len()).sum::<usize>()
-        + biases.iter().map(|b| b.len()).sum::<usize>();
+    let count: usize = (0..weights.len())
+        .map(|l| biases[l].len() + usize::from(tensors.has_weights(l)) * weights[l].len())
+        .sum();
     let mut out = BytesMut::with_capacity(count * 4);
     for (l, (w, b)) in weights.iter().zip(biases).enumerate() {
         // Row-major order. `as_standard_layout` borrows when the array already
@@ -257,9 +260,13 @@ fn unpack(
     }
     let mut offset = 0; // in values
     for (l, (w, b)) in weights.iter_mut().zip(biases.iter_mut()).enumerate() {
-        let w = w.as_slice_mut().filter(|_| tensors.has_weights(l));
-        for slot in [w, b.as_slice_mut()].into_iter().flatten() {
-            // Arrays made by Network::zeros / Gradients::zeros are in standard layout.
+        // Arrays made by Network::zeros / Gradients::zeros are in standard layout.
+        let contiguous = "parameter arrays are contiguous";
+        let w = tensors
+            .has_weights(l)
+            .then(|| w.as_slice_mut().expect(contiguous));
+        let b = Some(b.as_slice_mut().expect(contiguous));
+        for slot in [w, b].into_iter().flatten() {
             read_f32s(&bytes[offset * 4..(offset + slot.len()) * 4], slot);
             check_finite(tensor, offset, slot)?;
             offset += slot.len();
@@ -476,7 +483,7 @@ pub fn encode_shard(id: ShardId, samples: &Samples) -> pb::Shard {
         shard_id: id.0,
         pixels: Bytes::copy_from_slice(&samples.pixels),
         labels: Bytes::copy_from_slice(&samples.labels),
-        first_error: false,
+        ask_first_error: false,
     }
 }
 
@@ -592,12 +599,12 @@ impl ShardGradients {
     /// layer's error, the first weight matrix computed from it with the run's
     /// `kernels` (the bits the worker would have sent).
     ///
-    /// # Errors
-    /// [`WireError::NonFinite`] if that matrix overflows (a peer's error can
-    /// be finite and still too large).
+    /// `shard` must be the shard the result answers (one of another length
+    /// panics; one of the same length gives other bits).
     ///
-    /// # Panics
-    /// If `shard` is not the one the result was decoded for.
+    /// # Errors
+    /// [`WireError::NonFinite`] for the tensor "first weights, from the error"
+    /// if that matrix overflows (a peer's error can be finite and still too large).
     pub fn complete(self, shard: &Samples, kernels: KernelSet) -> Result<Gradients, WireError> {
         let Some(error) = self.first_error else {
             return Ok(self.gradients);
@@ -605,7 +612,7 @@ impl ShardGradients {
         let mut g = self.gradients;
         crate::reference::first_weight_gradient(&mut g, shard, &error, kernels);
         let w = g.nabla_w[0].as_slice().expect("standard layout");
-        check_finite("gradients", 0, w)?;
+        check_finite("first weights, from the error", 0, w)?;
         Ok(g)
     }
 }
@@ -639,6 +646,7 @@ pub fn decode_shard_result(
     }
     if !first_error_asked {
         return Err(WireError::FirstErrorNotAsked {
+            step: result.step_id,
             shard: result.shard_id,
         });
     }
@@ -737,7 +745,7 @@ mod tests {
             shard_id: 1,
             pixels: vec![0; IMAGE_SIZE].into(),
             labels: vec![1, 2].into(),
-            first_error: false,
+            ask_first_error: false,
         };
         assert!(matches!(
             decode_shard(&bad),
@@ -822,7 +830,7 @@ mod tests {
         let r = with(&error);
         assert_eq!(
             decode_shard_result(&r, &sizes, 3, false),
-            Err(WireError::FirstErrorNotAsked { shard: 2 })
+            Err(WireError::FirstErrorNotAsked { step: 1, shard: 2 })
         );
         let short = decode_shard_result(&with(&error[1..]), &sizes, 3, true);
         assert!(

@@ -15,9 +15,17 @@ use common::reference::{shard_gradients_first_error, shard_gradients_with};
 use common::schedule::ShardId;
 use common::{Gradients, Network};
 
-/// One shard to compute: its id, samples, and whether the coordinator asked
-/// for the first layer's error instead of its weight gradient.
-pub type ShardInput = (ShardId, Samples, bool);
+/// One shard to compute.
+#[derive(Debug)]
+pub struct ShardInput {
+    /// Which shard.
+    pub id: ShardId,
+    /// Its samples.
+    pub samples: Samples,
+    /// Whether the coordinator asked for the first layer's error instead of
+    /// its weight gradient.
+    pub ask_first_error: bool,
+}
 
 /// One computed shard.
 #[derive(Debug)]
@@ -50,16 +58,16 @@ pub async fn shard_gradients_blocking(
     let compute = move || {
         let outputs = shards
             .iter()
-            .map(|(id, s, first_error)| {
-                let start = Instant::now();
-                let (gradients, first_error) = if *first_error {
+            .map(|shard| {
+                let (s, start) = (&shard.samples, Instant::now());
+                let (gradients, first_error) = if shard.ask_first_error {
                     let (g, error) = shard_gradients_first_error(&network, s, cost, kernels);
                     (g, Some(error))
                 } else {
                     (shard_gradients_with(&network, s, cost, kernels), None)
                 };
                 ShardOutput {
-                    id: *id,
+                    id: shard.id,
                     samples: s.len(),
                     gradients,
                     first_error,
@@ -85,6 +93,6 @@ pub const INLINE_WORK: usize = 2_000_000;
 /// Samples × parameters of a step: its multiply-adds, roughly.
 fn work(network: &Network, shards: &[ShardInput]) -> usize {
     let parameters: usize = network.weights.iter().map(|w| w.len()).sum();
-    let samples: usize = shards.iter().map(|(_, s, _)| s.len()).sum();
+    let samples: usize = shards.iter().map(|s| s.samples.len()).sum();
     samples.saturating_mul(parameters)
 }

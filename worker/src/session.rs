@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
-use crate::compute::shard_gradients_blocking;
+use crate::compute::{shard_gradients_blocking, ShardInput};
 use crate::{Fault, WorkerConfig};
 use common::auth::METADATA_KEY;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -188,9 +188,14 @@ pub async fn run(
                 }
                 let decode_start = Instant::now();
                 let shards = wire::decode_step(&step, &mut network)?;
-                let asked = step.shards.iter().map(|s| s.first_error);
-                let shards = shards.into_iter().zip(asked).map(|((id, s), e)| (id, s, e));
-                let shards: Vec<_> = shards.collect();
+                let asked = step.shards.iter().map(|s| s.ask_first_error);
+                let shards: Vec<_> = (shards.into_iter().zip(asked))
+                    .map(|((id, samples), ask_first_error)| ShardInput {
+                        id,
+                        samples,
+                        ask_first_error,
+                    })
+                    .collect();
                 // Each result carries its share of the Step's decoding.
                 let decode_share = decode_start.elapsed() / shards.len().max(1) as u32;
                 debug!(step = step.step_id, shards = shards.len(), "step");
@@ -210,13 +215,12 @@ pub async fn run(
                 }
                 for out in outputs {
                     let encode_start = Instant::now();
-                    let (step_id, id, samples, g) =
-                        (step.step_id, out.id, out.samples, &out.gradients);
+                    let (s, g) = (step.step_id, &out.gradients);
                     let mut result = match &out.first_error {
-                        None => wire::encode_shard_result(step_id, id, samples, g),
-                        Some(error) => wire::encode_shard_result_with_first_error(
-                            step_id, id, samples, g, error,
-                        ),
+                        None => wire::encode_shard_result(s, out.id, out.samples, g),
+                        Some(e) => {
+                            wire::encode_shard_result_with_first_error(s, out.id, out.samples, g, e)
+                        }
                     };
                     result.compute_nanos = nanos(out.compute);
                     result.codec_nanos = nanos(decode_share + encode_start.elapsed());

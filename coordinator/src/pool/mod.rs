@@ -191,9 +191,11 @@ pub struct RemotePool {
     times: ShardTimes,
     /// Which results to recompute and compare.
     audit: Audit,
-    /// Shards of at most `.0` samples are asked for their first layer's
-    /// error, completed with the run's kernels `.1` (see [`FIRST_ERROR_MAX_SAMPLES`]).
-    first_errors: Option<(usize, KernelSet)>,
+    /// Shards of at most this many samples are asked for their first
+    /// layer's error (0: none; see [`FIRST_ERROR_MAX_SAMPLES`]).
+    first_errors_up_to: usize,
+    /// The run's kernels, which complete a result sent with that error.
+    kernels: KernelSet,
     /// Who hears about joins, sends, results and reassignments.
     observer: Observer,
 }
@@ -220,6 +222,8 @@ struct Step<'a> {
     results: Vec<Option<Gradients>>,
     /// Time the coordinator spent encoding and decoding this step's messages.
     codec: Duration,
+    /// Time the coordinator spent computing first weight gradients from errors.
+    products: Duration,
     /// Per worker, its reported (compute, codec) time on accepted results.
     work: BTreeMap<WorkerId, (Duration, Duration)>,
     reassigned: u64,
@@ -249,7 +253,8 @@ impl RemotePool {
             backlog: Backlog::default(),
             times: ShardTimes::new(timeouts.backup),
             audit: Audit::off(),
-            first_errors: None,
+            first_errors_up_to: 0,
+            kernels: KernelSet::Portable,
             observer: Observer::none(),
         }
     }
@@ -259,7 +264,8 @@ impl RemotePool {
     /// matrix from it with the run's `kernels`.
     pub fn with_first_errors(self, up_to: usize, kernels: KernelSet) -> Self {
         Self {
-            first_errors: (up_to > 0).then_some((up_to, kernels)),
+            first_errors_up_to: up_to,
+            kernels,
             ..self
         }
     }
@@ -269,8 +275,7 @@ impl RemotePool {
     /// (`sizes[0]` samples or more), which could also outgrow the limit on a
     /// worker's message.
     fn asks_first_error(&self, samples: usize) -> bool {
-        let smaller = samples < self.sizes[0];
-        smaller && self.first_errors.is_some_and(|(up_to, _)| samples <= up_to)
+        samples <= self.first_errors_up_to && samples < self.sizes[0]
     }
 
     /// The same pool, auditing results as `audit` says.
@@ -480,7 +485,7 @@ impl RemotePool {
             shards: shards
                 .iter()
                 .map(|&i| pb::Shard {
-                    first_error: self.asks_first_error(step.shards[i].len()),
+                    ask_first_error: self.asks_first_error(step.shards[i].len()),
                     ..wire::encode_shard(ShardId(i as u32), &step.shards[i])
                 })
                 .collect(),
@@ -555,14 +560,11 @@ impl RemotePool {
         let decode_start = Instant::now();
         let shard = &step.shards[i];
         let asked = self.asks_first_error(shard.len());
-        let decoded =
-            wire::decode_shard_result(&result, &self.sizes, shard.len(), asked).and_then(|d| {
-                match self.first_errors {
-                    Some((_, kernels)) => d.complete(shard, kernels),
-                    None => Ok(d.gradients), // never asked, so whole
-                }
-            });
+        let decoded = wire::decode_shard_result(&result, &self.sizes, shard.len(), asked);
         step.codec += decode_start.elapsed();
+        let product_start = Instant::now();
+        let decoded = decoded.and_then(|d| d.complete(shard, self.kernels));
+        step.products += product_start.elapsed();
         match decoded {
             Ok(g) => {
                 let verdict = if self.audit.selects(step.state.id(), i) {
@@ -636,6 +638,7 @@ impl WorkerPool for RemotePool {
             shards,
             results: vec![None; shards.len()],
             codec: Duration::ZERO,
+            products: Duration::ZERO,
             work: BTreeMap::new(),
             reassigned: 0,
             backups: 0,
@@ -703,7 +706,7 @@ impl WorkerPool for RemotePool {
                 .collect(),
             timing: StepTiming {
                 total: Duration::ZERO,
-                compute,
+                compute: compute + step.products,
                 codec: step.codec + worker_codec,
                 reduce: Duration::ZERO,
             },
@@ -805,7 +808,7 @@ mod tests {
         let asked = step
             .shards
             .iter()
-            .map(|s| s.first_error && knows_first_errors);
+            .map(|s| s.ask_first_error && knows_first_errors);
         let result = |((id, samples), asked): (&(ShardId, Samples), bool)| {
             let n = samples.len();
             if asked {
