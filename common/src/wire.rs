@@ -869,7 +869,7 @@ mod tests {
             matches!(
                 overflow,
                 Err(WireError::NonFinite {
-                    tensor: "gradients",
+                    tensor: "first weights, from the error",
                     ..
                 })
             ),
