@@ -60,7 +60,8 @@ pub fn result_message(result: common::pb::ShardResult) -> common::pb::WorkerMess
 }
 
 /// The results an honest worker sends for `step`: its weights decoded
-/// into `net`, then each shard's summed gradients, in the step's order.
+/// into `net`, then each shard's summed gradients, in the step's order (as a
+/// worker that ignores `Shard.ask_first_error` sends them: whole).
 ///
 /// # Panics
 /// If the step does not decode.
@@ -68,12 +69,46 @@ pub fn honest_results(
     step: &common::pb::Step,
     net: &mut common::Network,
 ) -> Vec<common::pb::ShardResult> {
-    let shards = common::wire::decode_step(step, net).expect("a valid step");
-    let result = |(id, samples): &(common::schedule::ShardId, common::dataset::Samples)| {
-        let g = common::reference::shard_gradients(net, samples);
-        common::wire::encode_shard_result(step.step_id, *id, samples.len(), &g)
-    };
-    shards.iter().map(result).collect()
+    answers(step, net, false)
+}
+
+/// [`honest_results`] as this project's worker sends them: the first
+/// layer's error instead of its weight gradient where a shard asks for it.
+///
+/// # Panics
+/// If the step does not decode.
+pub fn honest_results_with_first_errors(
+    step: &common::pb::Step,
+    net: &mut common::Network,
+) -> Vec<common::pb::ShardResult> {
+    answers(step, net, true)
+}
+
+fn answers(
+    step: &common::pb::Step,
+    net: &mut common::Network,
+    first_errors: bool,
+) -> Vec<common::pb::ShardResult> {
+    use common::{cost::Cost, kernels::KernelSet, reference, wire};
+    let shards = wire::decode_step(step, net).expect("a valid step");
+    let asked = step
+        .shards
+        .iter()
+        .map(|s| first_errors && s.ask_first_error);
+    let result =
+        |((id, samples), asked): (&(common::schedule::ShardId, common::dataset::Samples), bool)| {
+            let n = samples.len();
+            if asked {
+                let k = KernelSet::best();
+                let (g, e) =
+                    reference::shard_gradients_first_error(net, samples, Cost::Quadratic, k);
+                wire::encode_shard_result_with_first_error(step.step_id, *id, n, &g, &e)
+            } else {
+                let g = reference::shard_gradients(net, samples);
+                wire::encode_shard_result(step.step_id, *id, n, &g)
+            }
+        };
+    shards.iter().zip(asked).map(result).collect()
 }
 
 /// Opens a `ddp.v1.Trainer/Train` stream to `addr` as a raw peer would:

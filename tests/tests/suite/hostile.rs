@@ -3,7 +3,8 @@
 //! raw peer a random script of moves, one per Step it receives: honest
 //! answers, answers for other peers' shards (forged or honest bytes), for
 //! steps never issued, late ones, duplicates, NaNs, wrong lengths, garbage
-//! and sudden exits. The property: the coordinator finishes, and the model is
+//! and sudden exits; whole gradients or the first layer's error (honest, NaN,
+//! or too large for its product). The property: the coordinator finishes, and the model is
 //! the undisturbed run's, bit for bit. proptest prints the failing scripts.
 
 use std::sync::OnceLock;
@@ -13,8 +14,8 @@ use common::pb::{self, coordinator_message, worker_message};
 use common::plan::TrainingPlan;
 use common::{wire, Network};
 use integration_tests::{
-    bits, fixture_data, honest_results, open_stream, plan_for, reference_network, result_message,
-    test_config, Cluster,
+    bits, fixture_data, honest_results, honest_results_with_first_errors, open_stream, plan_for,
+    reference_network, result_message, test_config, Cluster,
 };
 use proptest::prelude::*;
 
@@ -35,8 +36,15 @@ fn reference() -> &'static [u8] {
 /// What a raw peer does with one Step.
 #[derive(Debug, Clone, Copy)]
 enum Move {
-    /// Answers every shard it was given, honestly.
+    /// Answers every shard it was given, honestly and whole (ignoring
+    /// `ask_first_error`, as a client built from an older proto would).
     Honest,
+    /// Answers honestly with the first layer's error where asked.
+    HonestFirstErrors,
+    /// Answers with a NaN in the first layer's error.
+    FirstErrorNaN,
+    /// Answers with a first layer's error so large its product overflows.
+    FirstErrorOverflow,
     /// Answers its shards honestly, then each again.
     Duplicate,
     /// Answers its first shard with the previous step's id first.
@@ -59,7 +67,10 @@ enum Move {
 
 fn moves() -> impl Strategy<Value = Move> {
     prop_oneof![
-        4 => Just(Move::Honest),
+        3 => Just(Move::Honest),
+        2 => Just(Move::HonestFirstErrors),
+        1 => Just(Move::FirstErrorNaN),
+        1 => Just(Move::FirstErrorOverflow),
         1 => Just(Move::Duplicate),
         1 => Just(Move::Late),
         2 => Just(Move::ForgeOther),
@@ -99,6 +110,21 @@ async fn raw_peer(addr: std::net::SocketAddr, script: Vec<Move>) {
         let mut first = honest[0].clone();
         let sends: Vec<pb::ShardResult> = match script.next().unwrap_or(Move::Honest) {
             Move::Honest => honest,
+            mv @ (Move::HonestFirstErrors | Move::FirstErrorNaN | Move::FirstErrorOverflow) => {
+                let mut answers = honest_results_with_first_errors(&step, &mut net);
+                let values = answers[0].first_error.len() / 4;
+                let bad = match mv {
+                    Move::FirstErrorNaN => Some(f32::NAN),
+                    Move::FirstErrorOverflow => Some(3e38),
+                    _ => None,
+                };
+                if let Some(v) = bad {
+                    let error: Vec<u8> = (0..values).flat_map(|_| v.to_le_bytes()).collect();
+                    answers[0].first_error = error.into();
+                    answers.truncate(1);
+                }
+                answers
+            }
             Move::Duplicate => honest.iter().chain(&honest).cloned().collect(),
             Move::Late => {
                 first.step_id = step.step_id.wrapping_sub(1);
