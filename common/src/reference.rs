@@ -171,10 +171,10 @@ pub fn shard_gradients_with(
     })
 }
 
-/// [`shard_gradients_with`] with the first weight matrix left zero, and the
-/// first layer's error δ¹ (`sizes[1]` × samples, row-major) from which
-/// [`first_weight_gradient`] computes it: for a small shard, far fewer
-/// values to send than the matrix (δ¹ has `samples` columns, the matrix 784).
+/// [`shard_gradients_with`] without the first weight matrix (left empty,
+/// 0 × 0), and the first layer's error δ¹ (`sizes[1]` × samples, row-major)
+/// from which [`first_weight_gradient`] computes it: for a small shard, far
+/// fewer values to send than the matrix (δ¹ has `samples` columns, the matrix 784).
 pub fn shard_gradients_first_error(
     network: &Network,
     shard: &Samples,
@@ -187,9 +187,10 @@ pub fn shard_gradients_first_error(
     })
 }
 
-/// Completes [`shard_gradients_first_error`]'s gradient `g` of `shard` from
-/// its first layer's error `error`: the first weight matrix δ¹·xᵀ, the bits
-/// [`shard_gradients_with`] gives it with the same kernel set.
+/// Completes the gradient `g` of `shard` from its first layer's error
+/// `error`: writes the first weight matrix δ¹·xᵀ, the bits
+/// [`shard_gradients_with`] gives it with the same kernel set, into `g`'s
+/// first weight matrix (which must have its shape, as a decoded one has).
 ///
 /// # Panics
 /// If `error` is not `g`'s first layer size × the shard's samples.

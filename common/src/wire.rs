@@ -561,8 +561,8 @@ pub fn encode_shard_result(
 
 /// A `ShardResult` that carries the first layer's error `first_error`
 /// (`sizes[1]` × `samples`, row-major) and every tensor of `g` but the first
-/// weight matrix, which the coordinator computes from the error (see
-/// `Shard.first_error` in the proto).
+/// weight matrix (ignored: it may be empty), which the coordinator computes
+/// from the error (see `Shard.ask_first_error` in the proto).
 pub fn encode_shard_result_with_first_error(
     step: u64,
     id: ShardId,
@@ -876,7 +876,8 @@ mod tests {
             "{overflow:?}"
         );
         let mut dense_and_error = with(&error);
-        dense_and_error.gradients = encode_gradients(&g);
+        let whole = crate::reference::shard_gradients_with(&net, &shard, Cost::Quadratic, k);
+        dense_and_error.gradients = encode_gradients(&whole);
         let both = decode_shard_result(&dense_and_error, &sizes, 3, true);
         assert!(
             matches!(

@@ -142,9 +142,12 @@ impl Workspace {
     }
 
     /// [`Workspace::backprop`] but for the first layer's weight gradient,
-    /// which is left zero: the first layer's error δ¹ (`sizes[1]` × n,
-    /// row-major) is returned instead, from which
-    /// [`Workspace::first_weight_gradient`] computes that gradient's bits.
+    /// which is not computed: the returned gradient's first weight matrix is
+    /// empty (0 × 0), and the first layer's error δ¹ (`sizes[1]` × n,
+    /// row-major) comes instead, from which
+    /// [`Workspace::first_weight_gradient`] computes that matrix's bits. Only
+    /// the small tensors are copied out; nothing of the matrix's size is
+    /// allocated or zeroed.
     ///
     /// # Panics
     /// As [`Workspace::backprop`].
@@ -154,9 +157,13 @@ impl Workspace {
         cost: Cost,
         k: KernelSet,
     ) -> (Gradients, Vec<f32>) {
-        self.backward(network, cost, k, false);
-        let mut g = self.gradients.take().expect("backward made them");
-        g.nabla_w[0].fill(0.0);
+        let g = self.backward(network, cost, k, false);
+        let rest = g.nabla_w[1..].iter().cloned();
+        let nabla_w = std::iter::once(ndarray::Array2::zeros((0, 0))).chain(rest);
+        let g = Gradients {
+            nabla_w: nabla_w.collect(),
+            nabla_b: g.nabla_b.clone(),
+        };
         (g, self.delta.clone())
     }
 
