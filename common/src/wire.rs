@@ -278,8 +278,8 @@ fn unpack(
 /// [`WireError::NonFinite`] for the first NaN or infinity in `values`, which
 /// start at value `offset` of `tensor`.
 fn check_finite(tensor: &'static str, offset: usize, values: &[f32]) -> Result<(), WireError> {
-    // A branch-free pass (vectorised); the index is looked up only on failure.
-    if values.iter().fold(true, |ok, v| ok & v.is_finite()) {
+    // The index is looked up only on failure.
+    if all_finite(values) {
         return Ok(());
     }
     let i = values
@@ -291,6 +291,29 @@ fn check_finite(tensor: &'static str, offset: usize, values: &[f32]) -> Result<(
         index: offset + i,
         value: values[i],
     })
+}
+
+/// Whether every value is finite: one branch-free (vectorised) pass, 8
+/// lanes at a time where the CPU has AVX2 (the same code, compiled for it;
+/// the portable build's 4 lanes took ~3% of a worker's CPU at batch 10).
+fn all_finite(values: &[f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present.
+        return unsafe { all_finite_avx2(values) };
+    }
+    all_finite_portable(values)
+}
+
+#[inline(always)]
+fn all_finite_portable(values: &[f32]) -> bool {
+    values.iter().fold(true, |ok, v| ok & v.is_finite())
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn all_finite_avx2(values: &[f32]) -> bool {
+    all_finite_portable(values)
 }
 
 /// Packs a network's weights and biases for a `Step`.
