@@ -65,10 +65,8 @@ fn mutate(
 fn valid_result(first_error: bool) -> Vec<u8> {
     let g = Gradients::zeros(&SIZES);
     let error = [0.5; SIZES[1] * 2];
-    let result = match first_error {
-        false => wire::encode_shard_result(3, ShardId(1), 2, &g),
-        true => wire::encode_shard_result_with_first_error(3, ShardId(1), 2, &g, &error),
-    };
+    let error = first_error.then_some(&error[..]);
+    let result = wire::encode_shard_answer(3, ShardId(1), 2, &g, error);
     pb::WorkerMessage {
         kind: Some(worker_message::Kind::Result(result)),
     }

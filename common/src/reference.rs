@@ -187,6 +187,24 @@ pub fn shard_gradients_first_error(
     })
 }
 
+/// A shard's answer as a worker computes it: [`shard_gradients_with`]'s
+/// gradient whole, or, if `first_error` (the shard asked for it),
+/// [`shard_gradients_first_error`]'s gradient and error.
+pub fn shard_answer(
+    network: &Network,
+    shard: &Samples,
+    cost: Cost,
+    kernels: KernelSet,
+    first_error: bool,
+) -> (Gradients, Option<Vec<f32>>) {
+    if first_error {
+        let (g, error) = shard_gradients_first_error(network, shard, cost, kernels);
+        (g, Some(error))
+    } else {
+        (shard_gradients_with(network, shard, cost, kernels), None)
+    }
+}
+
 /// Completes the gradient `g` of `shard` from its first layer's error
 /// `error`: writes the first weight matrix δ¹·xᵀ, the bits
 /// [`shard_gradients_with`] gives it with the same kernel set, into `g`'s

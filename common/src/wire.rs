@@ -582,17 +582,21 @@ pub fn encode_shard_result(
     }
 }
 
-/// A `ShardResult` that carries the first layer's error `first_error`
-/// (`sizes[1]` × `samples`, row-major) and every tensor of `g` but the first
-/// weight matrix (ignored: it may be empty), which the coordinator computes
-/// from the error (see `Shard.ask_first_error` in the proto).
-pub fn encode_shard_result_with_first_error(
+/// A `ShardResult` as [`crate::reference::shard_answer`] gives it: with no
+/// `first_error`, [`encode_shard_result`]; with one (`sizes[1]` × `samples`,
+/// row-major), that error and every tensor of `g` but the first weight
+/// matrix (ignored: it may be empty), which the coordinator computes from the
+/// error (see `Shard.ask_first_error` in the proto).
+pub fn encode_shard_answer(
     step: u64,
     id: ShardId,
     samples: usize,
     g: &Gradients,
-    first_error: &[f32],
+    first_error: Option<&[f32]>,
 ) -> pb::ShardResult {
+    let Some(first_error) = first_error else {
+        return encode_shard_result(step, id, samples, g);
+    };
     let mut error = BytesMut::with_capacity(first_error.len() * 4);
     put_f32s(&mut error, first_error);
     pb::ShardResult {
@@ -825,8 +829,8 @@ mod tests {
             let cost = if cross_entropy { Cost::CrossEntropy } else { Cost::Quadratic };
             for kernels in KernelSet::supported() {
                 let whole = crate::reference::shard_gradients_with(&net, &shard, cost, kernels);
-                let (g, error) = crate::reference::shard_gradients_first_error(&net, &shard, cost, kernels);
-                let r = encode_shard_result_with_first_error(2, ShardId(0), n, &g, &error);
+                let (g, error) = crate::reference::shard_answer(&net, &shard, cost, kernels, true);
+                let r = encode_shard_answer(2, ShardId(0), n, &g, error.as_deref());
                 let dense = encode_shard_result(2, ShardId(0), n, &whole);
                 proptest::prop_assert_eq!(
                     r.gradients.len() + r.first_error.len() + 4 * sizes[1] * (IMAGE_SIZE - n),
@@ -847,9 +851,9 @@ mod tests {
         let sizes = [784, 5, 10];
         let (net, shard) = (net(), random_shard(3, 4));
         let k = KernelSet::Portable;
-        let (g, error) =
-            crate::reference::shard_gradients_first_error(&net, &shard, Cost::Quadratic, k);
-        let with = |e: &[f32]| encode_shard_result_with_first_error(1, ShardId(2), 3, &g, e);
+        let (g, error) = crate::reference::shard_answer(&net, &shard, Cost::Quadratic, k, true);
+        let error = error.expect("asked for");
+        let with = |e: &[f32]| encode_shard_answer(1, ShardId(2), 3, &g, Some(e));
         let r = with(&error);
         assert_eq!(
             decode_shard_result(&r, &sizes, 3, false),

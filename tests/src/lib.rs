@@ -90,6 +90,7 @@ fn answers(
     first_errors: bool,
 ) -> Vec<common::pb::ShardResult> {
     use common::{cost::Cost, kernels::KernelSet, reference, wire};
+    let k = KernelSet::best();
     let shards = wire::decode_step(step, net).expect("a valid step");
     let asked = step
         .shards
@@ -97,16 +98,8 @@ fn answers(
         .map(|s| first_errors && s.ask_first_error);
     let result =
         |((id, samples), asked): (&(common::schedule::ShardId, common::dataset::Samples), bool)| {
-            let n = samples.len();
-            if asked {
-                let k = KernelSet::best();
-                let (g, e) =
-                    reference::shard_gradients_first_error(net, samples, Cost::Quadratic, k);
-                wire::encode_shard_result_with_first_error(step.step_id, *id, n, &g, &e)
-            } else {
-                let g = reference::shard_gradients(net, samples);
-                wire::encode_shard_result(step.step_id, *id, n, &g)
-            }
+            let (g, e) = reference::shard_answer(net, samples, Cost::Quadratic, k, asked);
+            wire::encode_shard_answer(step.step_id, *id, samples.len(), &g, e.as_deref())
         };
     shards.iter().zip(asked).map(result).collect()
 }

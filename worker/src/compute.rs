@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::cost::Cost;
 use common::dataset::Samples;
 use common::kernels::KernelSet;
-use common::reference::{shard_gradients_first_error, shard_gradients_with};
+use common::reference::shard_answer;
 use common::schedule::ShardId;
 use common::{Gradients, Network};
 
@@ -60,12 +60,8 @@ pub async fn shard_gradients_blocking(
             .iter()
             .map(|shard| {
                 let (s, start) = (&shard.samples, Instant::now());
-                let (gradients, first_error) = if shard.ask_first_error {
-                    let (g, error) = shard_gradients_first_error(&network, s, cost, kernels);
-                    (g, Some(error))
-                } else {
-                    (shard_gradients_with(&network, s, cost, kernels), None)
-                };
+                let (gradients, first_error) =
+                    shard_answer(&network, s, cost, kernels, shard.ask_first_error);
                 ShardOutput {
                     id: shard.id,
                     samples: s.len(),

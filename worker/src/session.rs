@@ -215,13 +215,8 @@ pub async fn run(
                 }
                 for out in outputs {
                     let encode_start = Instant::now();
-                    let (s, g) = (step.step_id, &out.gradients);
-                    let mut result = match &out.first_error {
-                        None => wire::encode_shard_result(s, out.id, out.samples, g),
-                        Some(e) => {
-                            wire::encode_shard_result_with_first_error(s, out.id, out.samples, g, e)
-                        }
-                    };
+                    let (s, g, e) = (step.step_id, &out.gradients, out.first_error.as_deref());
+                    let mut result = wire::encode_shard_answer(s, out.id, out.samples, g, e);
                     result.compute_nanos = nanos(out.compute);
                     result.codec_nanos = nanos(decode_share + encode_start.elapsed());
                     tx.send(result_message(result))

@@ -812,15 +812,9 @@ mod tests {
             .iter()
             .map(|s| s.ask_first_error && knows_first_errors);
         let result = |((id, samples), asked): (&(ShardId, Samples), bool)| {
-            let n = samples.len();
-            if asked {
-                let (k, cost) = (KernelSet::best(), common::cost::Cost::Quadratic);
-                let (g, e) = common::reference::shard_gradients_first_error(&net, samples, cost, k);
-                wire::encode_shard_result_with_first_error(step.step_id, *id, n, &g, &e)
-            } else {
-                let g = shard_gradients(&net, samples);
-                wire::encode_shard_result(step.step_id, *id, n, &g)
-            }
+            let (k, cost) = (KernelSet::best(), common::cost::Cost::Quadratic);
+            let (g, e) = common::reference::shard_answer(&net, samples, cost, k, asked);
+            wire::encode_shard_answer(step.step_id, *id, samples.len(), &g, e.as_deref())
         };
         shards.iter().zip(asked).map(result).collect()
     }
