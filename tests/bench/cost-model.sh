@@ -35,10 +35,10 @@ done
 printf '%s\n' "${rows[@]}" | python3 -c '
 import csv, os, statistics, sys
 
-A = float(os.environ.get("A", 0.006))
-C = float(os.environ.get("C", 0.0022))
-M = float(os.environ.get("M", 0.15))
-P = float(os.environ.get("P", 0.001))
+A = float(os.environ.get("A", -0.0093))
+C = float(os.environ.get("C", 0.00253))
+M = float(os.environ.get("M", 0.0805))
+P = float(os.environ.get("P", 0.00145))
 
 rows = []
 for line in sys.stdin:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The figures of issue 14's table, in one run, on real MNIST:
+# The headline figures of docs/performance.md, in one run, on real MNIST:
 #   1. --local s/epoch at batch 1, 10, 100 and 1000, [784,30,10] (and the
 #      share of the one-core FMA floor, 0.044 s/epoch, that batch 10 reaches);
 #   2. cluster step p50 at batch 10 with 1, 2 and 4 worker processes, and the
