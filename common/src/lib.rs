@@ -42,6 +42,7 @@ pub mod cost;
 pub mod dataset;
 pub mod gradients;
 pub mod kernels;
+pub mod layers;
 pub mod logging;
 pub mod metrics;
 pub mod model_file;
