@@ -66,7 +66,7 @@ fn main() {
             if let Some(next) = steps.get(i + 1) {
                 common::workspace::Workspace::prefetch(&data.training, next);
             }
-            buffers.step(&mut new, &data.training, b, &plan, update, None);
+            buffers.step(&mut new, &data.training, b, &plan, update, None, plan.dropout_key(0, 0));
             times.push(start.elapsed().as_secs_f64());
         }
         t_new.push(median(&mut times));

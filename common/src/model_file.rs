@@ -10,6 +10,7 @@ use ndarray::{Array1, Array2};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
+use crate::layers::{NetSpec, Shape};
 use crate::network::{checked_parameter_count, Network};
 use crate::wire::MAX_PARAMETERS;
 
@@ -36,6 +37,14 @@ pub enum ModelFileError {
         path: PathBuf,
         /// The cause.
         source: safetensors::SafeTensorError,
+    },
+    /// The `net` metadata does not describe a net this build trains.
+    #[error("{path}: metadata \"net\": {why}")]
+    Net {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
     },
     /// The `sizes` metadata is missing, malformed, or claims more parameters
     /// than the limit or the file holds.
@@ -124,6 +133,11 @@ pub fn to_bytes_with_parts(
     });
     let sizes: Vec<String> = network.sizes.iter().map(|s| s.to_string()).collect();
     let mut metadata = HashMap::from([("sizes".to_string(), sizes.join(","))]);
+    if let Some(net) = &network.net {
+        let i = net.input;
+        metadata.insert("net".to_string(), net.to_string());
+        metadata.insert("input".to_string(), format!("{},{},{}", i.channels, i.height, i.width));
+    }
     metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     let bytes = safetensors::serialize(views, Some(metadata)).expect("valid tensors serialise");
     canonical_header(bytes)
@@ -183,14 +197,14 @@ pub fn save_with_parts(
 }
 
 /// Reads the part stored under `prefix` (see [`to_bytes_with_parts`]) as a
-/// network of `sizes`; `None` when the file has no such part.
+/// network shaped like `like`; `None` when the file has no such part.
 ///
 /// # Errors
 /// As [`load`], for a part that is present but malformed.
 pub fn load_part(
     path: &Path,
     prefix: &str,
-    sizes: &[usize],
+    like: &Network,
 ) -> Result<Option<Network>, ModelFileError> {
     let bytes = std::fs::read(path).map_err(|source| ModelFileError::Io {
         path: path.to_path_buf(),
@@ -203,15 +217,49 @@ pub fn load_part(
     if tensors.tensor(&format!("{prefix}w0")).is_err() {
         return Ok(None);
     }
-    let mut network = Network::zeros(sizes);
-    for l in 0..sizes.len() - 1 {
-        let shape = [sizes[l + 1], sizes[l]];
-        let w = read_tensor(path, &tensors, &format!("{prefix}w{l}"), &shape)?;
+    let mut network = like.zeros_like();
+    read_params(path, &tensors, prefix, &mut network)?;
+    Ok(Some(network))
+}
+
+/// Reads tensors `{prefix}w{l}` and `{prefix}b{l}` into `network`, whose
+/// arrays give the shapes expected.
+fn read_params(
+    path: &Path,
+    tensors: &SafeTensors,
+    prefix: &str,
+    network: &mut Network,
+) -> Result<(), ModelFileError> {
+    for l in 0..network.weights.len() {
+        let shape = network.weights[l].dim();
+        let w = read_tensor(path, tensors, &format!("{prefix}w{l}"), &[shape.0, shape.1])?;
         network.weights[l] = Array2::from_shape_vec(shape, w).expect("shape checked");
-        let b = read_tensor(path, &tensors, &format!("{prefix}b{l}"), &[sizes[l + 1]])?;
+        let b = read_tensor(path, tensors, &format!("{prefix}b{l}"), &[shape.0])?;
         network.biases[l] = Array1::from(b);
     }
-    Ok(Some(network))
+    Ok(())
+}
+
+/// The chapter-6 net a file's metadata names (`"net"`, with `"input"` as
+/// `channels,height,width`, 1,28,28 when absent), if any.
+fn metadata_net(
+    path: &Path,
+    metadata: Option<&HashMap<String, String>>,
+) -> Result<Option<NetSpec>, ModelFileError> {
+    let Some(text) = metadata.and_then(|m| m.get("net")) else {
+        return Ok(None);
+    };
+    let input = metadata.and_then(|m| m.get("input")).map_or("1,28,28", String::as_str);
+    let dims: Vec<usize> = input.split(',').filter_map(|d| d.trim().parse().ok()).collect();
+    let bad = |why: String| ModelFileError::Net { path: path.to_path_buf(), why };
+    let &[channels, height, width] = &dims[..] else {
+        return Err(bad(format!("metadata \"input\" is {input:?}, expected channels,height,width")));
+    };
+    if [channels, height, width].iter().any(|&d| d == 0 || d > 4096) {
+        return Err(bad(format!("metadata \"input\" {input:?} is not an image shape")));
+    }
+    let shape = Shape { channels, height, width };
+    NetSpec::parse(text, shape).map(Some).map_err(|e| bad(e.to_string()))
 }
 
 /// Reads a network from `path`.
@@ -271,6 +319,17 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Network, ModelFileError> 
     };
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(format)?;
     let tensors = SafeTensors::deserialize(bytes).map_err(format)?;
+    if let Some(spec) = metadata_net(path, metadata.metadata().as_ref())? {
+        if spec.parameter_count() * 4 > bytes.len() {
+            return Err(ModelFileError::Net {
+                path: path.to_path_buf(),
+                why: format!("the net {spec} has more parameters than the file has bytes"),
+            });
+        }
+        let mut network = Network::for_net(&spec);
+        read_params(path, &tensors, "", &mut network)?;
+        return Ok(network);
+    }
     let found = metadata
         .metadata()
         .as_ref()
@@ -293,17 +352,7 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Network, ModelFileError> 
         }
     };
     let mut network = Network::zeros(&sizes);
-    for l in 0..sizes.len() - 1 {
-        let w = read_tensor(path, &tensors, &format!("w{l}"), &[sizes[l + 1], sizes[l]])?;
-        network.weights[l] =
-            Array2::from_shape_vec((sizes[l + 1], sizes[l]), w).expect("shape checked");
-        network.biases[l] = Array1::from(read_tensor(
-            path,
-            &tensors,
-            &format!("b{l}"),
-            &[sizes[l + 1]],
-        )?);
-    }
+    read_params(path, &tensors, "", &mut network)?;
     Ok(network)
 }
 

@@ -23,6 +23,7 @@ use rand_distr::StandardNormal;
 use crate::cost::Cost;
 use crate::gradients::Gradients;
 use crate::kernels::{self, KernelSet};
+use crate::layers::{self, NetSpec};
 
 /// How the initial weights are drawn (chapter 3, "Weight initialization").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -59,15 +60,21 @@ impl std::fmt::Display for Init {
     }
 }
 
-/// A fully connected sigmoid network.
+/// A fully connected sigmoid network (`network.py`, `network2.py`), or one
+/// of chapter 6's nets ([`layers`], `network3.py`) when `net` is set: every
+/// layer of either kind has one weight matrix and one bias vector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Network {
-    /// Neurons per layer, input first: `[784, 30, 10]` for MNIST.
+    /// Neurons per layer, input first: `[784, 30, 10]` for MNIST. For a
+    /// chapter-6 net, its input and output sizes only (`[784, 10]`): the
+    /// layers in `net` give the shapes.
     pub sizes: Vec<usize>,
     /// `weights[l]`: `(sizes[l+1], sizes[l])`.
     pub weights: Vec<Array2<f32>>,
     /// `biases[l]`: `(sizes[l+1],)`.
     pub biases: Vec<Array1<f32>>,
+    /// Chapter 6's layers (`--net`), or `None` for the sigmoid network of `sizes`.
+    pub net: Option<NetSpec>,
 }
 
 impl Network {
@@ -123,6 +130,46 @@ impl Network {
             sizes: sizes.to_vec(),
             weights: pairs.clone().map(|p| Array2::zeros((p[1], p[0]))).collect(),
             biases: pairs.map(|p| Array1::zeros(p[1])).collect(),
+            net: None,
+        }
+    }
+
+    /// A chapter-6 net of `spec` with every parameter zero.
+    pub fn for_net(spec: &NetSpec) -> Self {
+        let shapes = spec.weight_shapes();
+        Self {
+            sizes: vec![spec.input.len(), spec.classes()],
+            weights: shapes.iter().map(|&s| Array2::zeros(s)).collect(),
+            biases: shapes.iter().map(|&(o, _)| Array1::zeros(o)).collect(),
+            net: Some(spec.clone()),
+        }
+    }
+
+    /// A chapter-6 net of `spec` drawn as `network3.py` does
+    /// ([`layers::net::initial_params`]).
+    pub fn network3(spec: &NetSpec, rng: &mut impl Rng) -> Self {
+        let (weights, biases) = layers::net::initial_params(spec, rng);
+        Self {
+            sizes: vec![spec.input.len(), spec.classes()],
+            weights,
+            biases,
+            net: Some(spec.clone()),
+        }
+    }
+
+    /// A network of the same kind and shapes with every parameter zero.
+    pub fn zeros_like(&self) -> Self {
+        match &self.net {
+            Some(spec) => Self::for_net(spec),
+            None => Self::zeros(&self.sizes),
+        }
+    }
+
+    /// The parameters as the layers take them.
+    pub fn params(&self) -> layers::net::Params<'_> {
+        layers::net::Params {
+            weights: &self.weights,
+            biases: &self.biases,
         }
     }
 
@@ -134,6 +181,9 @@ impl Network {
 
     /// [`Network::feedforward`] with the kernel set `k`.
     pub fn feedforward_with(&self, a: ArrayView2<f32>, k: KernelSet) -> Array2<f32> {
+        if let Some(spec) = &self.net {
+            return layers::net::feedforward(spec, self.params(), a, k);
+        }
         let mut a = a.to_owned();
         for (w, b) in self.weights.iter().zip(&self.biases) {
             a = kernels::sigmoid(k, weighted_input(k, w, b, a.view()));
@@ -254,6 +304,12 @@ impl Network {
         cost: Cost,
         k: KernelSet,
     ) -> (f64, Array2<f32>) {
+        if let Some(spec) = &self.net {
+            // The log-likelihood `−ln a_y`, whatever `cost` says: it is the softmax layer's.
+            let a = layers::net::feedforward(spec, self.params(), x, k);
+            let total = (&a * &y).sum_axis(Axis(0)).iter().map(|&p| -f64::from(p).ln()).sum();
+            return (total, a);
+        }
         let mut a = x.to_owned();
         let mut z = Array2::zeros((0, 0));
         for (w, b) in self.weights.iter().zip(&self.biases) {
@@ -275,7 +331,8 @@ impl Network {
 
     /// Number of f32 parameters (all weights and biases).
     pub fn parameter_count(&self) -> usize {
-        parameter_count(&self.sizes)
+        self.weights.iter().map(|w| w.len()).sum::<usize>()
+            + self.biases.iter().map(|b| b.len()).sum::<usize>()
     }
 }
 

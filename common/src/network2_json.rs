@@ -55,6 +55,7 @@ mod tests {
     #[test]
     fn layout_is_network2s() {
         let net = Network {
+            net: None,
             sizes: vec![2, 1],
             weights: vec![array![[0.5f32, -0.1]]],
             biases: vec![array![2.0f32]],

@@ -43,6 +43,11 @@ impl Velocity {
     pub fn zeros(sizes: &[usize]) -> Self {
         Velocity(Network::zeros(sizes))
     }
+
+    /// A zero velocity shaped like `network` (either kind).
+    pub fn zeros_like(network: &Network) -> Self {
+        Velocity(network.zeros_like())
+    }
 }
 
 /// One momentum step on every parameter of `params` (one layer's weights

@@ -7,6 +7,7 @@
 use crate::chain::Chain;
 use crate::cost::Cost;
 use crate::kernels::KernelSet;
+use crate::layers::{DropoutKey, NetSpec};
 use crate::network::{Init, Network};
 use crate::optimizer::{Update, Velocity};
 use crate::schedule::init_rng;
@@ -42,8 +43,16 @@ impl Default for Monitor {
 /// shard, and this CPU's fastest kernel set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainingPlan {
-    /// Layer sizes, e.g. `[784, 30, 10]`.
+    /// Layer sizes, e.g. `[784, 30, 10]`; for a chapter-6 net (`net`), its
+    /// input and output sizes.
     pub sizes: Vec<usize>,
+    /// `--net`: chapter 6's layers instead of the sigmoid network of
+    /// `sizes`, with the log-likelihood cost, network3.py's initialisation
+    /// and its L2 rule (see [`TrainingPlan::update`]).
+    pub net: Option<NetSpec>,
+    /// `--expand-data`: train on every training image and its four
+    /// one-pixel shifts (expand_mnist.py), five times as many samples.
+    pub expand_data: bool,
     /// Number of epochs.
     pub epochs: usize,
     /// Mini-batch length (`len` in `eta / len`); the last batch of an epoch may be shorter.
@@ -80,6 +89,8 @@ impl Default for TrainingPlan {
     fn default() -> Self {
         TrainingPlan {
             sizes: vec![784, 30, 10],
+            net: None,
+            expand_data: false,
             epochs: 30,
             batch_size: 10,
             eta: 3.0,
@@ -101,16 +112,47 @@ impl Default for TrainingPlan {
 impl TrainingPlan {
     /// The initial network of this plan, drawn by `init` from the seed.
     pub fn initial_network(&self) -> Network {
-        Network::with_init(&self.sizes, self.init, &mut init_rng(self.seed))
+        match &self.net {
+            Some(spec) => Network::network3(spec, &mut init_rng(self.seed)),
+            None => Network::with_init(&self.sizes, self.init, &mut init_rng(self.seed)),
+        }
+    }
+
+    /// A network of this plan's shapes with every parameter zero.
+    pub fn zero_network(&self) -> Network {
+        match &self.net {
+            Some(spec) => Network::for_net(spec),
+            None => Network::zeros(&self.sizes),
+        }
     }
 
     /// The update of a step taken at `eta` on a training set of `n` samples.
+    ///
+    /// L2 follows the book's chapter: network2.py's `w ← (1 − ηλ/n)·w − …`
+    /// for the sigmoid network; for a chapter-6 net, network3.py's cost term
+    /// `0.5·λ·Σw²/num_training_batches`, whose gradient step is the same
+    /// rule with `n` replaced by the number of mini-batches, `n / len`
+    /// (floored, as Python 2 divides).
     pub fn update(&self, eta: f32, n: usize) -> Update {
+        let n = match self.net {
+            Some(_) => (n / self.batch_size).max(1),
+            None => n,
+        };
         Update {
             eta,
             lambda: self.lambda,
             n,
             momentum: self.momentum,
+        }
+    }
+
+    /// The dropout masks' key of the shard whose first sample is at
+    /// position `first` of epoch `epoch`.
+    pub fn dropout_key(&self, epoch: usize, first: usize) -> DropoutKey {
+        DropoutKey {
+            seed: self.seed,
+            epoch: epoch as u64,
+            first: first as u64,
         }
     }
 }
@@ -147,7 +189,7 @@ impl RunState {
     /// The state at the start of a run of `plan`.
     pub fn new(plan: &TrainingPlan) -> Self {
         RunState {
-            velocity: (plan.momentum > 0.0).then(|| Velocity::zeros(&plan.sizes)),
+            velocity: (plan.momentum > 0.0).then(|| Velocity(plan.zero_network())),
             stopping: Stopping::default(),
             best: None,
             chain: Chain::default(),

@@ -16,6 +16,7 @@ use crate::cost::Cost;
 use crate::dataset::{Mnist, Samples};
 use crate::gradients::Gradients;
 use crate::kernels::KernelSet;
+use crate::layers::DropoutKey;
 use crate::metrics::{StepSummary, StepTiming};
 use crate::network::Network;
 use crate::optimizer::{Update, Velocity};
@@ -171,6 +172,23 @@ pub fn shard_gradients_with(
     })
 }
 
+/// The summed gradient of one shard of a chapter-6 net (`network.net`),
+/// whose dropout masks come from `key` (the shard's first sample's place in
+/// the epoch): the same bits wherever it is computed.
+///
+/// # Panics
+/// If `network` is not a chapter-6 net.
+pub fn layered_shard_gradients(
+    network: &Network,
+    shard: &Samples,
+    kernels: KernelSet,
+    key: DropoutKey,
+) -> Gradients {
+    let spec = network.net.as_ref().expect("a chapter-6 net");
+    let (x, y) = (shard.inputs(), shard.targets());
+    crate::layers::net::backprop(spec, network.params(), x.view(), y.view(), kernels, key)
+}
+
 /// [`shard_gradients_with`] without the first weight matrix (left empty,
 /// 0 × 0), and the first layer's error δ¹ (`sizes[1]` × samples, row-major)
 /// from which [`first_weight_gradient`] computes it: for a small shard, far
@@ -239,7 +257,7 @@ pub struct StepBuffers {
 
 impl StepBuffers {
     /// One step of the reference loop: the mini-batch `batch` (indices into
-    /// `training`) split into `shards` logical shards, their gradients added
+    /// `training`, its first sample at `key`'s place in the epoch) split into `shards` logical shards, their gradients added
     /// in shard order and `update` applied, as [`step_shards`],
     /// [`shard_gradients_with`] and [`apply_step`] do it, bit for bit. One
     /// shard without momentum updates the first layer's weights as their
@@ -253,8 +271,20 @@ impl StepBuffers {
         plan: &TrainingPlan,
         update: Update,
         velocity: Option<&mut Velocity>,
+        key: DropoutKey,
     ) {
         let (cost, kernels) = (plan.cost, plan.kernels);
+        if network.net.is_some() {
+            let shards: Vec<Gradients> = shard_ranges(batch.len(), plan.shards)
+                .into_iter()
+                .map(|r| {
+                    let first = DropoutKey { first: key.first + r.start as u64, ..key };
+                    layered_shard_gradients(network, &training.gather(&batch[r]), kernels, first)
+                })
+                .collect();
+            apply_step(network, &shards, update, batch.len(), velocity);
+            return;
+        }
         match (
             shard_ranges(batch.len(), plan.shards).len(),
             update.descend(batch.len()),
@@ -290,7 +320,7 @@ impl StepBuffers {
         }
         let sum = self
             .sum
-            .get_or_insert_with(|| Gradients::zeros(&network.sizes));
+            .get_or_insert_with(|| Gradients::zeros_like(network));
         if sum.nabla_w.len() != network.weights.len()
             || sum
                 .nabla_w
@@ -298,7 +328,7 @@ impl StepBuffers {
                 .zip(&network.weights)
                 .any(|(g, w)| g.dim() != w.dim())
         {
-            *sum = Gradients::zeros(&network.sizes);
+            *sum = Gradients::zeros_like(network);
         }
         for (i, r) in ranges.into_iter().enumerate() {
             self.workspace.load(training, &batch[r]);
@@ -539,7 +569,8 @@ pub fn train_with_state(
                 Workspace::prefetch(&data.training, next);
             }
             let velocity = state.velocity.as_mut();
-            buffers.step(network, &data.training, batch, plan, update, velocity);
+            let key = plan.dropout_key(epoch, done * plan.batch_size);
+            buffers.step(network, &data.training, batch, plan, update, velocity, key);
             // compute and update are one pass (the first layer's weights
             // are updated as their gradient is computed): no reduce phase
             let computed = step_start.elapsed();

@@ -122,6 +122,9 @@ pub fn save(
         ("halvings", s.halvings.to_string()),
         ("stopped", s.stopped.to_string()),
     ];
+    if plan.expand_data {
+        meta.push(("expand_data", "true".to_string()));
+    }
     if let Some(b) = &state.best {
         meta.push(("best_epoch", b.epoch.to_string()));
         meta.push(("best_validation", b.validation_correct.to_string()));
@@ -177,6 +180,8 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
     };
     let plan = TrainingPlan {
         sizes: network.sizes.clone(),
+        net: network.net.clone(),
+        expand_data: optional("expand_data", "false") == "true",
         epochs: get("epochs")? as usize,
         batch_size: get("batch_size")? as usize,
         eta: f32::from_bits(u32::try_from(get("eta_bits")?).map_err(|_| bad("eta_bits"))?),
@@ -199,11 +204,11 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
             n => Some(n.parse().map_err(|_| bad("record_every"))?),
         },
     };
-    let velocity = model_file::load_part(path, "velocity.", &network.sizes)?.map(Velocity);
+    let velocity = model_file::load_part(path, "velocity.", &network)?.map(Velocity);
     if (plan.momentum > 0.0) != velocity.is_some() {
         return Err(bad("velocity"));
     }
-    let best = match model_file::load_part(path, "best.", &network.sizes)? {
+    let best = match model_file::load_part(path, "best.", &network)? {
         Some(net) => Some(BestEpoch {
             epoch: count("best_epoch")?,
             validation_correct: count("best_validation")?,
@@ -273,10 +278,12 @@ impl Checkpoint {
 /// (`-0` included), so two of them differ exactly when their texts do; the
 /// flags' values are finite (`validate`), so a non-finite value in a
 /// checkpoint differs from them too.
-fn settings(plan: &TrainingPlan) -> [(&'static str, String); 13] {
+fn settings(plan: &TrainingPlan) -> [(&'static str, String); 15] {
     let show = |v: Option<String>| v.unwrap_or_else(|| "none".to_string());
     [
         ("--sizes", format!("{:?}", plan.sizes)),
+        ("--net", show(plan.net.as_ref().map(|n| n.to_string()))),
+        ("--expand-data", plan.expand_data.to_string()),
         ("--seed", plan.seed.to_string()),
         ("--batch-size", plan.batch_size.to_string()),
         ("--eta", plan.eta.to_string()),

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::cost::Cost;
+use common::layers::spec::SpecError;
+use common::layers::{NetSpec, Shape};
 use common::dataset::{CLASSES, IMAGE_SIZE};
 use common::kernels::KernelSet;
 use common::network::Init;
@@ -39,13 +41,25 @@ pub struct Args {
     /// defaults); ch3-xent: cross-entropy, eta 0.5; ch3-l2: cross-entropy,
     /// scaled init, lambda 5, eta 0.5; ch3-98: the same with [784,100,10],
     /// eta 0.1, 60 epochs; ch3-98-stop: ch3-98 with --early-stop 10 and
-    /// --eta-schedule halve:10:128.
+    /// --eta-schedule halve:10:128. Chapter 6 (network3.py, batch 10):
+    /// ch6-fc, ch6-conv, ch6-conv2, ch6-relu, ch6-expanded, ch6-dropout.
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
     /// Layer sizes, comma-separated; must start with 784 and end with 10 for
     /// MNIST [default: 784,30,10, or the preset's].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "net")]
     pub sizes: Option<String>,
+    /// Chapter 6's net (network3.py) instead of --sizes: comma-separated
+    /// layers conv<N>x<K> (then pool<P>), fc<N>, softmax<N> (last), with
+    /// suffixes :sigmoid (default), :relu, :tanh, :dropout=P; e.g.
+    /// conv20x5:relu,pool2,conv40x5:relu,pool2,fc100:relu,softmax10. Its
+    /// cost is the softmax's log-likelihood, its init and L2 network3.py's.
+    #[arg(long, value_name = "LAYERS", conflicts_with_all = ["cost", "init_weights"])]
+    pub net: Option<String>,
+    /// Train on every training image and its four one-pixel shifts
+    /// (expand_mnist.py: 250,000 images), generated at start.
+    #[arg(long)]
+    pub expand_data: bool,
     /// Training epochs (the most; early stopping may end sooner) [default: 30, or the preset's].
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -277,6 +291,9 @@ impl Args {
 /// A flag value that cannot work, and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
+    /// `--net` does not parse or does not fit MNIST (the message names the layer).
+    #[error(transparent)]
+    Net(SpecError),
     /// `--sizes` is malformed or does not fit MNIST.
     #[error("--sizes {given:?}: {why}")]
     Sizes {
@@ -390,6 +407,25 @@ pub enum Preset {
     /// ch3-98 with --early-stop 10 and --eta-schedule halve:10:128.
     #[value(name = "ch3-98-stop")]
     Ch398Stop,
+    /// Chapter 6: fc100 (sigmoid), softmax10, eta 0.1, 60 epochs (97.80%).
+    #[value(name = "ch6-fc")]
+    Ch6Fc,
+    /// Chapter 6: conv20x5, pool2, fc100, softmax10, eta 0.1, 60 epochs (98.78%).
+    #[value(name = "ch6-conv")]
+    Ch6Conv,
+    /// Chapter 6: ch6-conv plus conv40x5, pool2 (99.06%).
+    #[value(name = "ch6-conv2")]
+    Ch6Conv2,
+    /// Chapter 6: ch6-conv2 with ReLU, eta 0.03, lambda 0.1 (99.23%).
+    #[value(name = "ch6-relu")]
+    Ch6Relu,
+    /// Chapter 6: ch6-relu on the expanded data (99.37%).
+    #[value(name = "ch6-expanded")]
+    Ch6Expanded,
+    /// Chapter 6: ch6-expanded's convs, fc1000 twice and softmax10, each with
+    /// dropout 0.5 on its input, 40 epochs (99.60%).
+    #[value(name = "ch6-dropout")]
+    Ch6Dropout,
 }
 
 /// The values a preset sets.
@@ -411,6 +447,10 @@ pub struct PresetValues {
     pub early_stop: Option<usize>,
     /// `--eta-schedule`.
     pub eta_schedule: Option<&'static str>,
+    /// `--net` (chapter 6), instead of `sizes`.
+    pub net: Option<&'static str>,
+    /// `--expand-data`.
+    pub expand_data: bool,
 }
 
 impl Preset {
@@ -425,7 +465,18 @@ impl Preset {
             lambda: 0.0,
             early_stop: None,
             eta_schedule: None,
+            net: None,
+            expand_data: false,
         };
+        let ch6 = |net: &'static str, eta: f32, lambda: f32, epochs: usize, expand_data: bool| PresetValues {
+            net: Some(net),
+            eta,
+            lambda,
+            epochs,
+            expand_data,
+            ..chapter1.clone()
+        };
+        const CONV2_RELU: &str = "conv20x5:relu,pool2,conv40x5:relu,pool2,fc100:relu,softmax10";
         let l2 = PresetValues {
             eta: 0.5,
             cost: Cost::CrossEntropy,
@@ -453,12 +504,25 @@ impl Preset {
                 eta_schedule: Some("halve:10:128"),
                 ..hundred
             },
+            Preset::Ch6Fc => ch6("fc100,softmax10", 0.1, 0.0, 60, false),
+            Preset::Ch6Conv => ch6("conv20x5,pool2,fc100,softmax10", 0.1, 0.0, 60, false),
+            Preset::Ch6Conv2 => ch6("conv20x5,pool2,conv40x5,pool2,fc100,softmax10", 0.1, 0.0, 60, false),
+            Preset::Ch6Relu => ch6(CONV2_RELU, 0.03, 0.1, 60, false),
+            Preset::Ch6Expanded => ch6(CONV2_RELU, 0.03, 0.1, 60, true),
+            Preset::Ch6Dropout => ch6(
+                "conv20x5:relu,pool2,conv40x5:relu,pool2,fc1000:relu:dropout=0.5,fc1000:relu:dropout=0.5,softmax10:dropout=0.5",
+                0.03, 0.1, 40, true,
+            ),
         }
     }
 
     /// The flags the preset stands for, as a user would type them.
     pub fn flags(self) -> String {
         let v = self.values();
+        if let Some(net) = v.net {
+            let expand = if v.expand_data { " --expand-data" } else { "" };
+            return format!("--net {net} --epochs {} --eta {} --lambda {}{expand}", v.epochs, v.eta, v.lambda);
+        }
         let mut flags = format!(
             "--sizes {} --epochs {} --eta {} --cost {} --init-weights {} --lambda {}",
             v.sizes, v.epochs, v.eta, v.cost, v.init, v.lambda
@@ -551,6 +615,22 @@ pub fn parse_monitor(given: &str) -> Result<Monitor, ConfigError> {
     Ok(m)
 }
 
+/// Parses `--net` for MNIST's 1×28×28 images and 10 classes.
+pub fn parse_net(given: &str) -> Result<NetSpec, ConfigError> {
+    let spec = NetSpec::parse(given, MNIST_SHAPE).map_err(ConfigError::Net)?;
+    if spec.classes() != CLASSES {
+        let last = spec.layers.len();
+        return Err(ConfigError::Net(SpecError(format!(
+            "layer {last} `{}`: MNIST has {CLASSES} classes",
+            spec.layer_names()[last - 1]
+        ))));
+    }
+    Ok(spec)
+}
+
+/// The shape of an MNIST image, the input of a `--net`.
+pub const MNIST_SHAPE: Shape = Shape { channels: 1, height: 28, width: 28 };
+
 /// Parses `"784,30,10"` into layer sizes fit for MNIST.
 ///
 /// # Errors
@@ -624,7 +704,15 @@ impl Args {
             why,
         };
         let preset = self.preset.unwrap_or(Preset::NetworkPy).values();
-        let sizes = parse_sizes(self.sizes.as_deref().unwrap_or(preset.sizes))?;
+        let net = match (&self.sizes, &self.net) {
+            (Some(_), _) => None,
+            (None, Some(text)) => Some(parse_net(text)?),
+            (None, None) => preset.net.map(parse_net).transpose()?,
+        };
+        let sizes = match &net {
+            Some(spec) => vec![spec.input.len(), spec.classes()],
+            None => parse_sizes(self.sizes.as_deref().unwrap_or(preset.sizes))?,
+        };
         let eta = self.eta.unwrap_or(preset.eta);
         let epochs = self.epochs.unwrap_or(preset.epochs);
         if !(eta.is_finite() && eta > 0.0) {
@@ -737,6 +825,8 @@ impl Args {
         Ok(Config {
             plan: TrainingPlan {
                 sizes,
+                net,
+                expand_data: self.expand_data || preset.expand_data,
                 epochs,
                 batch_size: self.batch_size,
                 eta,

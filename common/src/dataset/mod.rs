@@ -4,6 +4,7 @@
 //! Samples stay as `u8` in memory (47 MB for the training set instead of 188 MB
 //! as f32); pixels are scaled by 1/255 only when a shard's matrix is built.
 
+pub mod expand;
 pub mod fetch;
 pub mod idx;
 
@@ -178,6 +179,15 @@ fn load_pair(
 }
 
 impl Mnist {
+    /// The same sets with the training set expanded (`--expand-data`,
+    /// [`expand::expand`]); validation and test stay as they are.
+    pub fn expanded(self) -> Mnist {
+        Mnist {
+            training: expand::expand(&self.training),
+            ..self
+        }
+    }
+
     /// Loads only the test set's two IDX files from `dir` (raw or gzip), for
     /// what needs no training data (`evaluate`).
     ///

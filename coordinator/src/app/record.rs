@@ -131,7 +131,7 @@ impl RunRecord {
                 })
             })
             .collect();
-        json!({
+        let mut record = json!({
             "format": FORMAT,
             "code_version": self.code_version,
             "flags": {
@@ -160,7 +160,17 @@ impl RunRecord {
                 .map(|(name, digest)| (name.clone(), json!(digest)))
                 .collect::<serde_json::Map<String, Value>>(),
             "links": links,
-        })
+        });
+        // Chapter 6's keys appear only in runs that use them, so every
+        // earlier record's text is unchanged.
+        let flags = record["flags"].as_object_mut().expect("flags is an object");
+        if let Some(net) = &p.net {
+            flags.insert("net".into(), json!(net.to_string()));
+        }
+        if p.expand_data {
+            flags.insert("expand_data".into(), json!(true));
+        }
+        record
     }
 
     /// Reads a record from JSON.
@@ -216,8 +226,26 @@ impl RunRecord {
                 "flags.sizes {sizes:?} is not a network this build trains"
             ));
         }
+        let net = match f.get("net") {
+            None => None,
+            Some(v) => {
+                let text = v.as_str().ok_or("flags.net is not a string".to_string())?;
+                Some(crate::config::parse_net(text).map_err(|e| format!("flags.net: {e}"))?)
+            }
+        };
+        let expand_data = match f.get("expand_data") {
+            None => false,
+            Some(v) => v.as_bool().ok_or("flags.expand_data is not true or false".to_string())?,
+        };
+        if let Some(spec) = &net {
+            if sizes != [spec.input.len(), spec.classes()] {
+                return Err(format!("flags.sizes {sizes:?} does not fit flags.net"));
+            }
+        }
         let plan = TrainingPlan {
             sizes,
+            net,
+            expand_data,
             epochs: uint("epochs")? as usize,
             batch_size: uint("batch_size")? as usize,
             eta: float("eta")?,
@@ -457,7 +485,10 @@ pub fn verify(
             network
         }
     };
-    let data = common::dataset::Mnist::load(data_dir)?;
+    let mut data = common::dataset::Mnist::load(data_dir)?;
+    if record.plan.expand_data {
+        data = data.expanded();
+    }
     let mut state = RunState::new(&record.plan);
     train_with_state(&mut network, &mut state, &data, &record.plan, Quiet);
     let verdict = compare(&record.chain, &state.chain);

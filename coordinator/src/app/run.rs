@@ -77,12 +77,16 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> AppResult<()> {
     }
     if let Some(path) = &args.init {
         let network = model_use::load_model(path)?;
-        if network.sizes != config.plan.sizes {
+        if network.sizes != config.plan.sizes || network.net != config.plan.net {
+            let describe = |sizes: &[usize], net: &Option<common::layers::NetSpec>| match net {
+                Some(net) => format!("the net {net}"),
+                None => format!("layer sizes {sizes:?}"),
+            };
             return Err(AppError::Usage(format!(
-                "--init {}: the model has layer sizes {:?}, but --sizes is {:?}",
+                "--init {}: the model has {}, but this run trains {}",
                 path.display(),
-                network.sizes,
-                config.plan.sizes
+                describe(&network.sizes, &network.net),
+                describe(&config.plan.sizes, &config.plan.net)
             )));
         }
         record.init = Some(record::InitModel {
@@ -100,8 +104,9 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> AppResult<()> {
     )?
     .with_epochs(config.plan.epochs);
     let data_dir = args.data_dir.clone();
+    let expand = config.plan.expand_data;
     let load = || async move {
-        tokio::task::spawn_blocking(move || data::load_mnist(data_dir.as_deref()))
+        tokio::task::spawn_blocking(move || data::load_mnist(data_dir.as_deref(), expand))
             .await
             .map_err(|_| AppError::Panicked {
                 what: "loading the data",
