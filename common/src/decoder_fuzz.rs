@@ -134,6 +134,7 @@ fn valid_step() -> Vec<u8> {
             step_id: 4,
             weights: wire::encode_network(&net),
             shards: vec![wire::encode_shard(ShardId(0), &samples)],
+            epoch: 0,
         })),
     }
     .encode_to_vec()

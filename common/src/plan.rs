@@ -118,6 +118,14 @@ impl TrainingPlan {
         }
     }
 
+    /// Number of f32 parameters of this plan's model.
+    pub fn parameter_count(&self) -> usize {
+        match &self.net {
+            Some(spec) => spec.parameter_count(),
+            None => crate::network::parameter_count(&self.sizes),
+        }
+    }
+
     /// A network of this plan's shapes with every parameter zero.
     pub fn zero_network(&self) -> Network {
         match &self.net {

@@ -207,14 +207,20 @@ pub fn shard_gradients_first_error(
 
 /// A shard's answer as a worker computes it: [`shard_gradients_with`]'s
 /// gradient whole, or, if `first_error` (the shard asked for it),
-/// [`shard_gradients_first_error`]'s gradient and error.
+/// [`shard_gradients_first_error`]'s gradient and error; for a chapter-6
+/// net, [`layered_shard_gradients`] with the shard's dropout `key` (nets
+/// always answer whole).
 pub fn shard_answer(
     network: &Network,
     shard: &Samples,
     cost: Cost,
     kernels: KernelSet,
     first_error: bool,
+    key: DropoutKey,
 ) -> (Gradients, Option<Vec<f32>>) {
+    if network.net.is_some() {
+        return (layered_shard_gradients(network, shard, kernels, key), None);
+    }
     if first_error {
         let (g, error) = shard_gradients_first_error(network, shard, cost, kernels);
         (g, Some(error))

@@ -14,6 +14,7 @@ use crate::cost::Cost;
 use crate::dataset::{Samples, CLASSES, IMAGE_SIZE};
 use crate::gradients::Gradients;
 use crate::kernels::KernelSet;
+use crate::layers::{NetSpec, Shape};
 use crate::network::{checked_parameter_count, parameter_count, Network};
 use crate::pb;
 use crate::schedule::ShardId;
@@ -27,10 +28,16 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// The largest `WorkerMessage` an honest worker sends for a model of
-/// `sizes`: a `ShardResult` carrying one packed gradient, plus room for its
+/// `sizes` (or of any model of as many parameters: [`max_result_bytes`]):
+/// a `ShardResult` carrying one packed gradient, plus room for its
 /// fixed fields (each at most 11 bytes) and the framing. A Hello is smaller.
 pub fn max_worker_message_bytes(sizes: &[usize]) -> usize {
-    parameter_count(sizes) * 4 + 128
+    max_result_bytes(parameter_count(sizes))
+}
+
+/// The largest message a worker sends for a model of `parameters` parameters.
+pub fn max_result_bytes(parameters: usize) -> usize {
+    parameters * 4 + 128
 }
 
 /// Longest worker name accepted in a `Hello`, in bytes.
@@ -106,6 +113,9 @@ pub enum WireError {
         /// The sizes received.
         sizes: Vec<u32>,
     },
+    /// `Welcome.net` names a net this worker cannot build.
+    #[error("cannot build the run's net: {0}")]
+    Net(String),
     /// Model sizes differ from the ones this side expects.
     #[error("model sizes differ: peer has {theirs:?}, this side {ours:?}")]
     SizesMismatch {
@@ -181,14 +191,6 @@ enum Tensors {
 }
 
 impl Tensors {
-    /// Values packed for a network of `sizes`.
-    fn count(self, sizes: &[usize]) -> usize {
-        match self {
-            Tensors::All => parameter_count(sizes),
-            Tensors::AllButFirstWeights => parameter_count(sizes) - sizes[0] * sizes[1],
-        }
-    }
-
     /// Whether layer `l`'s weight matrix is packed.
     fn has_weights(self, l: usize) -> bool {
         self == Tensors::All || l > 0
@@ -249,7 +251,10 @@ fn unpack(
     biases: &mut [Array1<f32>],
     tensors: Tensors,
 ) -> Result<(), WireError> {
-    let expected = tensors.count(sizes) * 4;
+    let values: usize = (0..weights.len())
+        .map(|l| biases[l].len() + usize::from(tensors.has_weights(l)) * weights[l].len())
+        .sum();
+    let expected = values * 4;
     if bytes.len() != expected {
         return Err(WireError::Length {
             tensor,
@@ -357,6 +362,56 @@ pub fn decode_gradients(sizes: &[usize], bytes: &[u8]) -> Result<Gradients, Wire
         Tensors::All,
     )?;
     Ok(g)
+}
+
+/// Unpacks the gradients of a chapter-6 net's `ShardResult` for a shard of
+/// `expected_samples` samples, validated (nets never send a first error).
+///
+/// # Errors
+/// [`WireError::SampleCount`], [`WireError::Length`], [`WireError::NonFinite`]
+/// or [`WireError::FirstErrorNotAsked`].
+pub fn decode_net_result(
+    result: &pb::ShardResult,
+    net: &Network,
+    expected_samples: usize,
+) -> Result<Gradients, WireError> {
+    if result.sample_count as usize != expected_samples {
+        return Err(WireError::SampleCount {
+            step: result.step_id,
+            shard: result.shard_id,
+            expected: expected_samples,
+            got: result.sample_count,
+        });
+    }
+    if !result.first_error.is_empty() {
+        return Err(WireError::FirstErrorNotAsked {
+            step: result.step_id,
+            shard: result.shard_id,
+        });
+    }
+    let mut g = Gradients::zeros_like(net);
+    unpack(&net.sizes, "gradients", &result.gradients, &mut g.nabla_w, &mut g.nabla_b, Tensors::All)?;
+    Ok(g)
+}
+
+/// The chapter-6 net a `Welcome` names (`Welcome.net`), if any, built for
+/// MNIST's 1×28×28 images and 10 classes.
+///
+/// # Errors
+/// [`WireError::Net`] naming the layer that cannot be built.
+pub fn welcome_net(welcome: &pb::Welcome) -> Result<Option<NetSpec>, WireError> {
+    if welcome.net.is_empty() {
+        return Ok(None);
+    }
+    let mnist = Shape { channels: 1, height: 28, width: 28 };
+    let spec = NetSpec::parse(&welcome.net, mnist).map_err(|e| WireError::Net(e.0))?;
+    if spec.classes() != CLASSES || welcome.sizes != [IMAGE_SIZE as u32, CLASSES as u32] {
+        return Err(WireError::Net(format!(
+            "{} with sizes {:?} does not classify MNIST's {CLASSES} digits",
+            welcome.net, welcome.sizes
+        )));
+    }
+    Ok(Some(spec))
 }
 
 /// Checks a worker's `Hello`: its protocol version, and a name that is safe
@@ -507,6 +562,7 @@ pub fn encode_shard(id: ShardId, samples: &Samples) -> pb::Shard {
         pixels: Bytes::copy_from_slice(&samples.pixels),
         labels: Bytes::copy_from_slice(&samples.labels),
         ask_first_error: false,
+        position: 0,
     }
 }
 
@@ -644,6 +700,16 @@ impl ShardGradients {
     }
 }
 
+impl From<Gradients> for ShardGradients {
+    /// Whole gradients, with no first error to complete.
+    fn from(gradients: Gradients) -> Self {
+        ShardGradients {
+            gradients,
+            first_error: None,
+        }
+    }
+}
+
 /// The gradients of a `ShardResult` for a shard of `expected_samples` samples, validated.
 /// The caller has already matched its step and shard ids to an open shard;
 /// `first_error_asked` is whether its `Shard` asked for the first layer's error.
@@ -701,6 +767,7 @@ pub fn decode_shard_result(
 #[cfg(test)]
 mod tests {
     use super::*;
+    const KEY: crate::layers::DropoutKey = crate::layers::DropoutKey { seed: 0, epoch: 0, first: 0 };
     use crate::schedule::init_rng;
 
     fn net() -> Network {
@@ -773,6 +840,7 @@ mod tests {
             pixels: vec![0; IMAGE_SIZE].into(),
             labels: vec![1, 2].into(),
             ask_first_error: false,
+            position: 0,
         };
         assert!(matches!(
             decode_shard(&bad),
@@ -829,7 +897,7 @@ mod tests {
             let cost = if cross_entropy { Cost::CrossEntropy } else { Cost::Quadratic };
             for kernels in KernelSet::supported() {
                 let whole = crate::reference::shard_gradients_with(&net, &shard, cost, kernels);
-                let (g, error) = crate::reference::shard_answer(&net, &shard, cost, kernels, true);
+                let (g, error) = crate::reference::shard_answer(&net, &shard, cost, kernels, true, KEY);
                 let r = encode_shard_answer(2, ShardId(0), n, &g, error.as_deref());
                 let dense = encode_shard_result(2, ShardId(0), n, &whole);
                 proptest::prop_assert_eq!(
@@ -851,7 +919,7 @@ mod tests {
         let sizes = [784, 5, 10];
         let (net, shard) = (net(), random_shard(3, 4));
         let k = KernelSet::Portable;
-        let (g, error) = crate::reference::shard_answer(&net, &shard, Cost::Quadratic, k, true);
+        let (g, error) = crate::reference::shard_answer(&net, &shard, Cost::Quadratic, k, true, KEY);
         let error = error.expect("asked for");
         let with = |e: &[f32]| encode_shard_answer(1, ShardId(2), 3, &g, Some(e));
         let r = with(&error);

@@ -152,11 +152,12 @@ pub async fn serve(
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let service = TrainerService::new(events_tx, &plan.sizes, &run_id, HANDSHAKE_TIMEOUT)
         .with_cost(plan.cost)
-        .with_kernels(plan.kernels);
+        .with_kernels(plan.kernels)
+        .with_net(plan.net.as_ref(), plan.seed);
     // A worker sends only Hello and ShardResults, whose largest legitimate
     // size is known exactly from the model's sizes.
     let trainer = TrainerServer::new(service)
-        .max_decoding_message_size(wire::max_worker_message_bytes(&plan.sizes))
+        .max_decoding_message_size(wire::max_result_bytes(plan.parameter_count()))
         .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
     // The health service stays open to probes; the trainer checks the token.
     let trainer = InterceptedService::new(trainer, service::authenticate(config.token.clone()));
@@ -232,6 +233,7 @@ pub async fn serve(
     let mut pool = RemotePool::new(events_rx, plan.sizes.clone(), timeouts, position.step)
         .with_audit(pool::Audit::new(config.audit_rate, plan.cost, plan.kernels))
         .with_first_errors(config.first_errors_up_to, plan.kernels)
+        .with_net(plan.net.as_ref())
         .with_observer(observer);
     health
         .set_service_status(TRAINER_SERVICE, ServingStatus::Serving)

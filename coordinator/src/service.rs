@@ -31,6 +31,10 @@ pub struct TrainerService {
     cost: common::cost::Cost,
     /// The run's kernel set, told in `Welcome`; workers that do not offer it are refused.
     kernels: KernelSet,
+    /// The run's chapter-6 net in its canonical text ("" for the sigmoid
+    /// network of `sizes`) and its seed (for dropout masks), told in `Welcome`.
+    net: Arc<str>,
+    seed: u64,
 }
 
 impl TrainerService {
@@ -50,7 +54,15 @@ impl TrainerService {
             hello_timeout,
             cost: common::cost::Cost::Quadratic,
             kernels: KernelSet::best(),
+            net: "".into(),
+            seed: 0,
         }
+    }
+
+    /// The same service announcing a chapter-6 net (if any) and the run's seed in `Welcome`.
+    pub fn with_net(self, net: Option<&common::layers::NetSpec>, seed: u64) -> Self {
+        let net = net.map_or_else(String::new, |n| n.to_string()).into();
+        Self { net, seed, ..self }
     }
 
     /// The same service announcing `cost` in `Welcome` (quadratic unless set).
@@ -151,6 +163,8 @@ impl pb::trainer_server::Trainer for TrainerService {
             protocol_version: PROTOCOL_VERSION,
             cost: pb::Cost::from(self.cost).into(),
             kernels: pb::Kernels::from(self.kernels).into(),
+            net: self.net.to_string(),
+            seed: self.seed,
         };
         outbox
             .try_send(Ok(step_message(coordinator_message::Kind::Welcome(

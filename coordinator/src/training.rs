@@ -95,8 +95,9 @@ pub async fn run(
             let step_start = Instant::now();
             let shards = step_shards(&data.training, batch, plan.shards);
             let gathered = step_start.elapsed();
+            let key = plan.dropout_key(epoch, position.batch * plan.batch_size);
             let output = pool
-                .run_step(StepId(position.step), network, &shards)
+                .run_step(StepId(position.step), network, &shards, key)
                 .await?;
             let reduce_start = Instant::now();
             // Network, velocity and position change together, with no await in
@@ -178,6 +179,7 @@ mod tests {
     //! returns them through the same shard-order contract.
     use super::*;
     use crate::pool::{PoolError, StepOutput};
+    use common::layers::DropoutKey;
     use common::dataset::Samples;
     use common::reference::shard_gradients_with;
 
@@ -189,6 +191,7 @@ mod tests {
             _: StepId,
             network: &Network,
             shards: &[Samples],
+            _: DropoutKey,
         ) -> Result<StepOutput, PoolError> {
             Ok(StepOutput {
                 gradients: shards
@@ -318,11 +321,12 @@ mod tests {
             step: StepId,
             network: &Network,
             shards: &[Samples],
+            key: DropoutKey,
         ) -> Result<StepOutput, PoolError> {
             if step.0 >= self.0 {
                 return Err(PoolError::ServiceGone);
             }
-            InPlace(self.1).run_step(step, network, shards).await
+            InPlace(self.1).run_step(step, network, shards, key).await
         }
     }
 

@@ -98,7 +98,7 @@ fn answers(
         .map(|s| first_errors && s.ask_first_error);
     let result =
         |((id, samples), asked): (&(common::schedule::ShardId, common::dataset::Samples), bool)| {
-            let (g, e) = reference::shard_answer(net, samples, Cost::Quadratic, k, asked);
+            let (g, e) = reference::shard_answer(net, samples, Cost::Quadratic, k, asked, common::layers::DropoutKey { seed: 0, epoch: step.epoch, first: 0 });
             wire::encode_shard_answer(step.step_id, *id, samples.len(), &g, e.as_deref())
         };
     shards.iter().zip(asked).map(result).collect()

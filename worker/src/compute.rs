@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::cost::Cost;
 use common::dataset::Samples;
 use common::kernels::KernelSet;
+use common::layers::DropoutKey;
 use common::reference::shard_answer;
 use common::schedule::ShardId;
 use common::{Gradients, Network};
@@ -25,6 +26,8 @@ pub struct ShardInput {
     /// Whether the coordinator asked for the first layer's error instead of
     /// its weight gradient.
     pub ask_first_error: bool,
+    /// Its dropout masks' key (its first sample's place in the epoch).
+    pub key: DropoutKey,
 }
 
 /// One computed shard.
@@ -61,7 +64,7 @@ pub async fn shard_gradients_blocking(
             .map(|shard| {
                 let (s, start) = (&shard.samples, Instant::now());
                 let (gradients, first_error) =
-                    shard_answer(&network, s, cost, kernels, shard.ask_first_error);
+                    shard_answer(&network, s, cost, kernels, shard.ask_first_error, shard.key);
                 ShardOutput {
                     id: shard.id,
                     samples: s.len(),

@@ -5,6 +5,7 @@ use common::pb::{self, coordinator_message, trainer_client::TrainerClient, worke
 use common::wire::{self, WireError, PROTOCOL_VERSION};
 use std::time::{Duration, Instant};
 
+use common::layers::DropoutKey;
 use common::Network;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -141,6 +142,7 @@ pub async fn run(
         None => return Err(SessionError::Closed),
     };
     let sizes = wire::decode_welcome(&welcome)?;
+    let net = wire::welcome_net(&welcome)?;
     let cost = wire::welcome_cost(&welcome)?;
     let kernels = wire::welcome_kernels(&welcome)?.unwrap_or(config.offered_kernels()[0]);
     if !config.offered_kernels().contains(&kernels) {
@@ -156,10 +158,15 @@ pub async fn run(
         }
         .into());
     }
-    info!(worker = welcome.worker_id, run = %welcome.run_id, ?sizes, %cost, %kernels, "joined");
+    let described = net.as_ref().map_or_else(|| format!("{sizes:?}"), |n| n.to_string());
+    info!(worker = welcome.worker_id, run = %welcome.run_id, model = %described, %cost, %kernels, "joined");
     *joined = true;
     config.set_joined(true).await;
-    let mut network = Network::zeros(&sizes);
+    let mut network = match &net {
+        Some(spec) => Network::for_net(spec),
+        None => Network::zeros(&sizes),
+    };
+    let seed = welcome.seed;
 
     while let Some(msg) = inbound.message().await? {
         match msg.kind {
@@ -188,12 +195,16 @@ pub async fn run(
                 }
                 let decode_start = Instant::now();
                 let shards = wire::decode_step(&step, &mut network)?;
-                let asked = step.shards.iter().map(|s| s.ask_first_error);
-                let shards: Vec<_> = (shards.into_iter().zip(asked))
-                    .map(|((id, samples), ask_first_error)| ShardInput {
+                let shards: Vec<_> = (shards.into_iter().zip(&step.shards))
+                    .map(|((id, samples), shard)| ShardInput {
                         id,
                         samples,
-                        ask_first_error,
+                        ask_first_error: shard.ask_first_error,
+                        key: DropoutKey {
+                            seed,
+                            epoch: step.epoch,
+                            first: shard.position,
+                        },
                     })
                     .collect();
                 // Each result carries its share of the Step's decoding.

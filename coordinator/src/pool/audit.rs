@@ -22,7 +22,8 @@
 use common::cost::Cost;
 use common::dataset::Samples;
 use common::kernels::KernelSet;
-use common::reference::shard_gradients_with;
+use common::layers::DropoutKey;
+use common::reference::{layered_shard_gradients, shard_gradients_with};
 use common::{Gradients, Network};
 
 /// The audit policy of a run.
@@ -79,8 +80,12 @@ impl Audit {
         network: &Network,
         samples: &Samples,
         claimed: &Gradients,
+        key: DropoutKey,
     ) -> Result<(), Gradients> {
-        let verified = shard_gradients_with(network, samples, self.cost, self.kernels);
+        let verified = match network.net {
+            Some(_) => layered_shard_gradients(network, samples, self.kernels, key),
+            None => shard_gradients_with(network, samples, self.cost, self.kernels),
+        };
         if same_bits(&verified, claimed) {
             Ok(())
         } else {
@@ -118,6 +123,8 @@ mod tests {
     use super::*;
     use common::schedule::init_rng;
 
+    const KEY: DropoutKey = DropoutKey { seed: 0, epoch: 0, first: 0 };
+
     #[test]
     fn the_selected_fraction_is_the_rate_within_a_binomial_bound() {
         // 40,000 (step, shard) pairs: the count audited is Binomial(n, p);
@@ -152,12 +159,12 @@ mod tests {
         for kernels in KernelSet::supported() {
             let audit = Audit::with_key(1.0, Cost::CrossEntropy, kernels, 1);
             let honest = shard_gradients_with(&network, &samples, Cost::CrossEntropy, kernels);
-            assert_eq!(audit.check(&network, &samples, &honest), Ok(()));
+            assert_eq!(audit.check(&network, &samples, &honest, KEY), Ok(()));
             let mut corrupt = honest.clone();
             let v = &mut corrupt.nabla_w[0][(3, 400)];
             *v = f32::from_bits(v.to_bits() ^ 1);
             assert_eq!(
-                audit.check(&network, &samples, &corrupt),
+                audit.check(&network, &samples, &corrupt, KEY),
                 Err(honest.clone())
             );
             // −0 and +0 compare equal but are different bits.

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use common::dataset::Samples;
 use common::kernels::KernelSet;
+use common::layers::DropoutKey;
 use common::metrics::StepTiming;
 use common::pb::{self, coordinator_message};
 use common::schedule::{ShardId, StepId};
@@ -124,7 +125,9 @@ pub struct StepOutput {
 #[allow(async_fn_in_trait)] // used with concrete types only
 pub trait WorkerPool {
     /// Computes the summed gradients of every shard of `step` at `network`'s
-    /// weights; `output.gradients[i]` is `shards[i]`'s.
+    /// weights; `output.gradients[i]` is `shards[i]`'s. `key` is the dropout
+    /// key of the step's first sample (its place in the epoch); shard `i`'s
+    /// first sample follows the samples of shards `0..i`.
     ///
     /// # Errors
     /// [`PoolError`] if the step cannot be completed.
@@ -133,6 +136,7 @@ pub trait WorkerPool {
         step: StepId,
         network: &Network,
         shards: &[Samples],
+        key: DropoutKey,
     ) -> Result<StepOutput, PoolError>;
 }
 
@@ -183,6 +187,8 @@ pub struct RemotePool {
     events: mpsc::Receiver<WorkerEvent>,
     workers: BTreeMap<WorkerId, Handle>,
     sizes: Vec<usize>,
+    /// For a chapter-6 net, a zero network of its shapes: results decode into it.
+    net: Option<Network>,
     timeouts: Timeouts,
     stats: PoolStats,
     /// The id of the next step to be issued: results for it or later are violations.
@@ -219,6 +225,8 @@ struct Step<'a> {
     state: StepState,
     /// The weights the step's shards are computed at (for audits).
     network: &'a Network,
+    /// Each shard's dropout key.
+    keys: &'a [DropoutKey],
     weights: bytes::Bytes,
     shards: &'a [Samples],
     results: Vec<Option<Gradients>>,
@@ -230,6 +238,19 @@ struct Step<'a> {
     work: BTreeMap<WorkerId, (Duration, Duration)>,
     reassigned: u64,
     backups: u64,
+}
+
+/// Each shard's dropout key: shard `i` starts where shards `0..i` end.
+fn shard_keys(key: DropoutKey, shards: &[Samples]) -> Vec<DropoutKey> {
+    let mut first = key.first;
+    shards
+        .iter()
+        .map(|s| {
+            let k = DropoutKey { first, ..key };
+            first += s.len() as u64;
+            k
+        })
+        .collect()
 }
 
 fn now() -> std::time::Instant {
@@ -249,6 +270,7 @@ impl RemotePool {
             events,
             workers: BTreeMap::new(),
             sizes,
+            net: None,
             timeouts,
             stats: PoolStats::default(),
             next_step: first_step,
@@ -277,7 +299,16 @@ impl RemotePool {
     /// (`sizes[0]` samples or more), which could also outgrow the limit on a
     /// worker's message.
     fn asks_first_error(&self, samples: usize) -> bool {
-        samples <= self.first_errors_up_to && samples < self.sizes[0]
+        self.net.is_none() && samples <= self.first_errors_up_to && samples < self.sizes[0]
+    }
+
+    /// The same pool for the chapter-6 net `net` (whose shapes fix the
+    /// results' layout; nets are never asked for a first error).
+    pub fn with_net(self, net: Option<&common::layers::NetSpec>) -> Self {
+        Self {
+            net: net.map(Network::for_net),
+            ..self
+        }
     }
 
     /// The same pool, auditing results as `audit` says.
@@ -488,9 +519,11 @@ impl RemotePool {
                 .iter()
                 .map(|&i| pb::Shard {
                     ask_first_error: self.asks_first_error(step.shards[i].len()),
+                    position: step.keys[i].first,
                     ..wire::encode_shard(ShardId(i as u32), &step.shards[i])
                 })
                 .collect(),
+            epoch: step.keys.first().map_or(0, |k| k.epoch),
         };
         let msg = pb::CoordinatorMessage {
             kind: Some(coordinator_message::Kind::Step(msg)),
@@ -562,7 +595,10 @@ impl RemotePool {
         let decode_start = Instant::now();
         let shard = &step.shards[i];
         let asked = self.asks_first_error(shard.len());
-        let decoded = wire::decode_shard_result(&result, &self.sizes, shard.len(), asked);
+        let decoded = match &self.net {
+            Some(net) => wire::decode_net_result(&result, net, shard.len()).map(Into::into),
+            None => wire::decode_shard_result(&result, &self.sizes, shard.len(), asked),
+        };
         step.codec += decode_start.elapsed();
         let product_start = Instant::now();
         let decoded = decoded.and_then(|d| d.complete(shard, self.kernels));
@@ -571,7 +607,7 @@ impl RemotePool {
             Ok(g) => {
                 let verdict = if self.audit.selects(step.state.id(), i) {
                     self.stats.audited += 1;
-                    self.audit.check(step.network, &step.shards[i], &g)
+                    self.audit.check(step.network, &step.shards[i], &g, step.keys[i])
                 } else {
                     Ok(())
                 };
@@ -631,11 +667,14 @@ impl WorkerPool for RemotePool {
         id: StepId,
         network: &Network,
         shards: &[Samples],
+        key: DropoutKey,
     ) -> Result<StepOutput, PoolError> {
         let encode_start = Instant::now();
+        let keys = shard_keys(key, shards);
         let mut step = Step {
             state: StepState::new(id.0, shards.len()),
             network,
+            keys: &keys,
             weights: wire::encode_network(network),
             shards,
             results: vec![None; shards.len()],
@@ -747,6 +786,8 @@ mod tests {
     //! awaits the message it expects.
     use super::*;
     use common::pb::coordinator_message::Kind;
+
+    const KEY: DropoutKey = DropoutKey { seed: 0, epoch: 0, first: 0 };
     use common::reference::{shard_gradients, step_shards};
     use common::schedule::init_rng;
     use rand::seq::SliceRandom;
@@ -813,7 +854,7 @@ mod tests {
             .map(|s| s.ask_first_error && knows_first_errors);
         let result = |((id, samples), asked): (&(ShardId, Samples), bool)| {
             let (k, cost) = (KernelSet::best(), common::cost::Cost::Quadratic);
-            let (g, e) = common::reference::shard_answer(&net, samples, cost, k, asked);
+            let (g, e) = common::reference::shard_answer(&net, samples, cost, k, asked, KEY);
             wire::encode_shard_answer(step.step_id, *id, samples.len(), &g, e.as_deref())
         };
         shards.iter().zip(asked).map(result).collect()
@@ -888,7 +929,7 @@ mod tests {
                     send(&tx, id, result).await;
                 }
             };
-            let (got, ()) = tokio::join!(pool.run_step(StepId(STEP), &net, &shards), answer);
+            let (got, ()) = tokio::join!(pool.run_step(StepId(STEP), &net, &shards, KEY), answer);
             let got = got.unwrap();
             assert!(
                 got.gradients == expected(&net),
@@ -1014,7 +1055,7 @@ mod tests {
                     }
                 }
             };
-            let (got, ()) = tokio::join!(pool.run_step(StepId(STEP), &net, &shards), answer);
+            let (got, ()) = tokio::join!(pool.run_step(StepId(STEP), &net, &shards, KEY), answer);
             let got = got.unwrap();
             assert!(
                 got.gradients == expected(&net),
@@ -1079,7 +1120,7 @@ mod tests {
             let status = inboxes[0].recv().await.unwrap().unwrap_err();
             assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
         };
-        let (got, ()) = tokio::join!(pool.run_step(StepId(0), &net, &shards), answer);
+        let (got, ()) = tokio::join!(pool.run_step(StepId(0), &net, &shards, KEY), answer);
         let got = got.unwrap();
         assert!(got.gradients == expected(&net));
         assert_eq!((pool.stats().reassigned, got.workers), (2, 1));
@@ -1113,7 +1154,7 @@ mod tests {
                 }
                 (stalled, backups)
             };
-            let (got, out) = tokio::join!(pool.run_step(StepId(STEP), &net, &shards), answer);
+            let (got, out) = tokio::join!(pool.run_step(StepId(STEP), &net, &shards, KEY), answer);
             let got = got.unwrap();
             assert!(got.gradients == expected(&net));
             assert_eq!((got.backups, got.reassigned, got.workers), (2, 0, 2));
@@ -1133,7 +1174,7 @@ mod tests {
                 send(&tx, 1, r).await;
             }
         };
-        let (got, ()) = tokio::join!(pool.run_step(StepId(STEP + 1), &net, &shards), answer);
+        let (got, ()) = tokio::join!(pool.run_step(StepId(STEP + 1), &net, &shards, KEY), answer);
         assert!(got.unwrap().gradients == expected(&net));
         let stats = pool.stats();
         assert_eq!(
@@ -1160,7 +1201,7 @@ mod tests {
         .await
         .unwrap();
         let net = Network::new(&SIZES, &mut init_rng(1));
-        let err = pool.run_step(StepId(7), &net, &shards()).await.unwrap_err();
+        let err = pool.run_step(StepId(7), &net, &shards(), KEY).await.unwrap_err();
         assert_eq!(
             err.to_string(),
             "step 7: no worker left and none joined within 3.0 s"
@@ -1212,7 +1253,7 @@ mod tests {
         pool.wait_for_workers(1).await.unwrap();
         let (shards, honest) = (shards(), expected(&net));
         for s in 0..steps {
-            let out = pool.run_step(StepId(s), &net, &shards).await.unwrap();
+            let out = pool.run_step(StepId(s), &net, &shards, KEY).await.unwrap();
             for (i, g) in out.gradients.iter().enumerate() {
                 assert_eq!(
                     g == &honest[i],

@@ -233,7 +233,7 @@ fn momentum_run_killed_and_resumed_equals_local_byte_for_byte() {
     }
     first.0.kill().expect("SIGKILL the coordinator");
     first.0.wait().unwrap();
-    let saved = common::model_file::load_part(&ck, "velocity.", &[784, 30, 10]).unwrap();
+    let saved = common::model_file::load_part(&ck, "velocity.", &common::Network::zeros(&[784, 30, 10])).unwrap();
     assert!(saved.is_some(), "the checkpoint carries the velocity");
 
     // Another momentum: refused, naming the flag.
