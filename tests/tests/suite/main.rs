@@ -2,6 +2,7 @@
 //! rustls and the rest are linked once instead of once per file.
 //!
 //! - `matches_reference`: the determinism contract (cluster = reference, bit for bit)
+//! - `chapter6`: chapter 6's nets (conv, ReLU, dropout, expanded data) under the same contract
 //! - `book`: chapter 3's options under the same contract; presets, export to network2.py
 //! - `faults`: workers that die or go silent cost only time
 //! - `protocol`: malformed and hostile messages from a raw gRPC client
@@ -16,6 +17,7 @@
 
 mod auth;
 mod book;
+mod chapter6;
 mod dashboard;
 mod faults;
 mod hostile;
