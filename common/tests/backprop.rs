@@ -4,6 +4,10 @@
 //! by network.py's own per-sample `backprop` and `update_mini_batch` (see its
 //! "generator" field). Our math is f32, so we compare with a relative
 //! tolerance of 1e-5 (about 100 f32 ulps), not bitwise.
+//!
+//! Chapter 6's layers (`common::layers`) are checked against PyTorch in
+//! float64 (`tests/fixtures/network3_fixture.json`, made by the script beside
+//! it), each tensor within 1e-5 of its norm, on every supported kernel set.
 
 use common::kernels::KernelSet;
 use common::schedule::init_rng;
@@ -520,5 +524,246 @@ fn scaled_init_is_large_init_over_sqrt_n_in() {
             (var - want).abs() < 0.1 * want,
             "layer {l}: variance {var} vs 1/n_in {want}"
         );
+    }
+}
+
+// ---- Chapter 6: network3.py's layers against PyTorch ----
+
+/// The layers of `common::layers` against PyTorch in float64 (fixture made
+/// by `tests/fixtures/network3_fixture.py`, which says what each field is).
+/// Each tensor is compared as a whole: `‖ours − torch‖ ≤ 1e-5·‖torch‖`
+/// (plus a tiny absolute term), so a tensor whose entries cancel (a conv
+/// layer's bias gradient) is judged by its size, not by its smallest entry.
+mod network3 {
+    use super::{load_fixture, matrix_f64, vec_f64};
+    use common::kernels::KernelSet;
+    use common::layers::dropout;
+    use common::layers::net::{backprop, feedforward, forward, log_likelihood, Mode, Params};
+    use common::layers::{DropoutKey, NetSpec, Shape};
+    use common::Network;
+    use ndarray::{Array1, Array2};
+    use serde_json::Value;
+
+    const REL_TOL: f64 = 1e-5;
+    const ABS_TOL: f64 = 1e-9;
+
+    fn fixture() -> Value {
+        load_fixture("network3_fixture.json")
+    }
+
+    fn key_of(v: &Value) -> DropoutKey {
+        let field = |name: &str| v[name].as_u64().unwrap();
+        DropoutKey {
+            seed: field("seed"),
+            epoch: field("epoch"),
+            first: field("first"),
+        }
+    }
+
+    fn matrices(v: &Value) -> Vec<Array2<f32>> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let rows = matrix_f64(m);
+                Array2::from_shape_fn((rows.len(), rows[0].len()), |(i, j)| rows[i][j] as f32)
+            })
+            .collect()
+    }
+
+    fn vectors(v: &Value) -> Vec<Array1<f32>> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| vec_f64(b).into_iter().map(|x| x as f32).collect())
+            .collect()
+    }
+
+    /// `‖got − want‖ / ‖want‖`, asserted within [`REL_TOL`].
+    fn rel_error(what: &str, got: impl IntoIterator<Item = f32>, want: &[f64]) -> f64 {
+        let got: Vec<f64> = got.into_iter().map(f64::from).collect();
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let diff = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let norm = want.iter().map(|w| w * w).sum::<f64>().sqrt();
+        assert!(norm > 0.0, "{what}: torch's tensor is zero, a weak check");
+        assert!(
+            diff <= REL_TOL * norm + ABS_TOL,
+            "{what}: ‖ours − torch‖ {diff:e}, ‖torch‖ {norm:e}, relative {:e}",
+            diff / norm
+        );
+        diff / norm
+    }
+
+    /// [`rel_error`] of every layer's matrix and vector against `want[w_key]`, `want[b_key]`.
+    fn layers_error(
+        what: &str,
+        (weights, w_key): (&[Array2<f32>], &str),
+        (biases, b_key): (&[Array1<f32>], &str),
+        want: &Value,
+    ) -> f64 {
+        let mut worst = 0.0f64;
+        for (l, w) in weights.iter().enumerate() {
+            let rows = matrix_f64(&want[w_key][l]);
+            assert_eq!(
+                (rows.len(), rows[0].len()),
+                w.dim(),
+                "{what} {w_key}{l}: shape"
+            );
+            worst = worst.max(rel_error(
+                &format!("{what} {w_key}{l}"),
+                w.iter().copied(),
+                &rows.concat(),
+            ));
+        }
+        for (l, b) in biases.iter().enumerate() {
+            worst = worst.max(rel_error(
+                &format!("{what} {b_key}{l}"),
+                b.iter().copied(),
+                &vec_f64(&want[b_key][l]),
+            ));
+        }
+        assert_eq!(
+            weights.len(),
+            want[w_key].as_array().unwrap().len(),
+            "{what}: layer count"
+        );
+        worst
+    }
+
+    /// Every case of the fixture on every kernel set this CPU runs: the
+    /// shard's summed gradient (training masks from the fixture's key), its
+    /// cost `Σ −ln a_y`, the evaluation pass's outputs, and one network3
+    /// SGD step (mean gradient, L2 as `0.5·λ·Σw²/num_training_batches`)
+    /// as `Update { n: num_training_batches }` makes it.
+    #[test]
+    fn layers_match_pytorch() {
+        let f = fixture();
+        let key = key_of(&f["key"]);
+        for k in KernelSet::supported() {
+            for case in f["cases"].as_array().unwrap() {
+                let text = case["net"].as_str().unwrap();
+                let dims: Vec<usize> = case["input"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as usize)
+                    .collect();
+                let input = Shape {
+                    channels: dims[0],
+                    height: dims[1],
+                    width: dims[2],
+                };
+                let spec = NetSpec::parse(text, input).unwrap();
+                let (weights, biases) = (matrices(&case["weights"]), vectors(&case["biases"]));
+                let shapes: Vec<(usize, usize)> = weights.iter().map(Array2::dim).collect();
+                assert_eq!(shapes, spec.weight_shapes(), "{text}: weight shapes");
+                let samples = matrix_f64(&case["x"]);
+                let n = samples.len();
+                let x = Array2::from_shape_fn((input.len(), n), |(i, s)| samples[s][i] as f32);
+                let labels: Vec<u8> = case["labels"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u8)
+                    .collect();
+                let mut y = Array2::zeros((spec.classes(), n));
+                for (s, &l) in labels.iter().enumerate() {
+                    y[[usize::from(l), s]] = 1.0;
+                }
+                let p = Params {
+                    weights: &weights,
+                    biases: &biases,
+                };
+                let what = format!("{k:?} {text}");
+
+                let g = backprop(&spec, p, x.view(), y.view(), k, key);
+                let grad = layers_error(
+                    &what,
+                    (&g.nabla_w, "sum_nabla_w"),
+                    (&g.nabla_b, "sum_nabla_b"),
+                    case,
+                );
+
+                let a = forward(&spec, p, x.view(), k, Mode::Train(key));
+                let cost = log_likelihood(&a, &labels);
+                let want = case["cost"].as_f64().unwrap();
+                let cost_err = (cost - want).abs() / want.abs();
+                assert!(cost_err <= REL_TOL, "{what}: cost {cost} vs torch {want}");
+
+                let out = feedforward(&spec, p, x.view(), k);
+                let eval = rel_error(
+                    &format!("{what} eval outputs"),
+                    out.t().iter().copied(),
+                    &matrix_f64(&case["eval_outputs"]).concat(),
+                );
+
+                let mut step = 0.0f64;
+                for u in case["updates"].as_array().unwrap() {
+                    let lmbda = u["lmbda"].as_f64().unwrap() as f32;
+                    let update = common::optimizer::Update {
+                        eta: u["eta"].as_f64().unwrap() as f32,
+                        lambda: lmbda,
+                        n: u["n_batches"].as_u64().unwrap() as usize,
+                        momentum: 0.0,
+                    };
+                    let sizes = spec.shapes().iter().map(|s| s.len()).collect();
+                    let mut net = Network {
+                        sizes,
+                        weights: weights.clone(),
+                        biases: biases.clone(),
+                    };
+                    update.apply(&mut net, &g, n, None);
+                    let what = format!("{what} λ={lmbda} after");
+                    step = step.max(layers_error(
+                        &what,
+                        (&net.weights, "weights_after"),
+                        (&net.biases, "biases_after"),
+                        u,
+                    ));
+                }
+                eprintln!(
+                    "{what}: max relative error: gradients {grad:.1e}, cost {cost_err:.1e}, eval outputs {eval:.1e}, after the step {step:.1e}"
+                );
+            }
+        }
+    }
+
+    /// The fixture's Python port of the mask hash is the trainer's, bit for bit.
+    #[test]
+    fn python_port_of_the_dropout_masks_is_exact() {
+        let f = fixture();
+        for m in f["masks"].as_array().unwrap() {
+            let key = key_of(&m["key"]);
+            let (layer, p) = (
+                m["layer"].as_u64().unwrap() as usize,
+                m["p"].as_f64().unwrap() as f32,
+            );
+            let (units, samples) = (
+                m["units"].as_u64().unwrap() as usize,
+                m["samples"].as_u64().unwrap() as usize,
+            );
+            let want = m["mask"].as_array().unwrap();
+            let got = dropout::mask(key, layer, p, units, samples);
+            assert_eq!(got.dim(), (units, samples));
+            for (u, row) in want.iter().enumerate() {
+                for (s, v) in row.as_array().unwrap().iter().enumerate() {
+                    let v = v.as_u64().unwrap() as f32;
+                    assert_eq!(
+                        got[[u, s]].to_bits(),
+                        v.to_bits(),
+                        "{key:?} layer {layer} p {p}: unit {u} sample {s}"
+                    );
+                }
+            }
+            assert!(
+                got.iter().any(|&v| v == 0.0) && got.iter().any(|&v| v == 1.0),
+                "{key:?}: a trivial mask"
+            );
+        }
     }
 }
