@@ -716,6 +716,7 @@ mod network3 {
                         sizes,
                         weights: weights.clone(),
                         biases: biases.clone(),
+                        net: None,
                     };
                     update.apply(&mut net, &g, n, None);
                     let what = format!("{what} λ={lmbda} after");

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Chapter 6 (network3.py's nets) on real MNIST: the book's table, speed in one
+# process against PyTorch, the cluster against one process, and memory.
+#
+#   tests/bench/ch6.sh table      # test accuracy at best validation, seeds 0-1 (ch6-conv, -conv2, -relu), one seed
+#                                 # of ch6-expanded and ch6-dropout (the last on 2 worker processes): many hours
+#   tests/bench/ch6.sh speed      # --local training samples/s on the ch6-conv2 net at batch 10, 3 one-epoch runs;
+#                                 # with TORCH=/path/to/venv/bin/python and ANCHORS=dir of network3_torch.py, PyTorch's beside it
+#   tests/bench/ch6.sh cluster    # ch6-conv2, batch 10 and 100: --local --shards W vs W = 2 and 4 worker processes
+#                                 # (samples/s of one epoch each, and cmp of the model files)
+#   tests/bench/ch6.sh memory     # peak RSS of the coordinator and each worker for 1 epoch of ch6-dropout
+#
+# Wall times on a shared 2-core machine are noisy: compare rows of one run.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --release --bins >&2
+bin=target/release
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+epoch_line() { grep -E '^Epoch' | tail -1; }
+
+case "${1:-speed}" in
+table)
+  for preset in ch6-conv ch6-conv2 ch6-relu; do
+    for seed in 0 1; do
+      echo "$preset seed $seed: $($bin/coordinator --local --preset "$preset" --seed "$seed" --progress none \
+        --out "$out/m.safetensors" 2>/dev/null | grep '^Done')"
+    done
+  done
+  echo "ch6-expanded seed 0: $($bin/coordinator --local --preset ch6-expanded --seed 0 --progress none \
+    --out "$out/m.safetensors" 2>/dev/null | grep '^Done')"
+  echo "ch6-dropout seed 0 (2 workers): $($bin/coordinator --workers 2 --spawn-workers --listen 127.0.0.1:0 \
+    --preset ch6-dropout --seed 0 --progress none --out "$out/m.safetensors" 2>/dev/null | grep '^Done')"
+  ;;
+speed)
+  for run in 1 2 3; do
+    echo "--local ch6-conv2 batch 10, run $run: $($bin/coordinator --local --preset ch6-conv2 --epochs 1 \
+      --monitor none --progress none --out "$out/m.safetensors" 2>/dev/null | epoch_line)"
+  done
+  if [ -n "${TORCH:-}" ]; then
+    data=${MNIST_DATA_DIR:-$HOME/.cache/nielsen-ddp/mnist}
+    OMP_NUM_THREADS=1 "$TORCH" "${ANCHORS:?dir of network3_torch.py}/network3_torch.py" --data "$data" \
+      --preset conv2 --bench-steps 300
+  fi
+  ;;
+cluster)
+  for batch in 10 100; do
+    for w in 2 4; do
+      local_line=$($bin/coordinator --local --shards "$w" --preset ch6-conv2 --batch-size "$batch" --epochs 1 \
+        --monitor none --progress none --out "$out/local.safetensors" 2>/dev/null | epoch_line)
+      cluster_line=$($bin/coordinator --workers "$w" --spawn-workers --listen 127.0.0.1:0 --preset ch6-conv2 \
+        --batch-size "$batch" --epochs 1 --monitor none --progress none --out "$out/cluster.safetensors" 2>/dev/null \
+        | epoch_line)
+      same=$(cmp -s "$out/local.safetensors" "$out/cluster.safetensors" && echo "identical" || echo "DIFFERENT")
+      echo "batch $batch, --local --shards $w: $local_line"
+      echo "batch $batch, $w workers:          $cluster_line   (models $same)"
+    done
+  done
+  ;;
+memory)
+  /usr/bin/time -v $bin/coordinator --workers 2 --spawn-workers --listen 127.0.0.1:0 --preset ch6-dropout \
+    --epochs 1 --progress none --out "$out/m.safetensors" 2>"$out/time.txt" | epoch_line
+  grep 'Maximum resident' "$out/time.txt"
+  ;;
+*)
+  echo "usage: $0 table|speed|cluster|memory" >&2
+  exit 2
+  ;;
+esac
