@@ -78,15 +78,17 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> AppResult<()> {
     if let Some(path) = &args.init {
         let network = model_use::load_model(path)?;
         if network.sizes != config.plan.sizes || network.net != config.plan.net {
-            let describe = |sizes: &[usize], net: &Option<common::layers::NetSpec>| match net {
+            let model = match &network.net {
                 Some(net) => format!("the net {net}"),
-                None => format!("layer sizes {sizes:?}"),
+                None => format!("layer sizes {:?}", network.sizes),
+            };
+            let run = match &config.plan.net {
+                Some(net) => format!("--net is {net}"),
+                None => format!("--sizes is {:?}", config.plan.sizes),
             };
             return Err(AppError::Usage(format!(
-                "--init {}: the model has {}, but this run trains {}",
-                path.display(),
-                describe(&network.sizes, &network.net),
-                describe(&config.plan.sizes, &config.plan.net)
+                "--init {}: the model has {model}, but {run}",
+                path.display()
             )));
         }
         record.init = Some(record::InitModel {
