@@ -76,11 +76,14 @@ pub fn evaluate(model: &Path, data_dir: Option<&Path>) -> AppResult<String> {
     let m = common::reference::confusion_matrix(&network, &test);
     let correct: usize = (0..10).map(|d| m[d][d]).sum();
     let total = test.len();
+    let shape = match &network.net {
+        Some(net) => format!("net {net}"),
+        None => format!("layer sizes {:?}", network.sizes),
+    };
     let mut out = format!(
-        "{}: {correct} / {total} test images right ({:.2}%), layer sizes {:?}\n\n",
+        "{}: {correct} / {total} test images right ({:.2}%), {shape}\n\n",
         model.display(),
         100.0 * correct as f64 / total.max(1) as f64,
-        network.sizes
     );
     out.push_str("Confusion matrix (rows: true digit, columns: predicted)\n");
     out.push_str("        ");
