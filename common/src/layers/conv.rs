@@ -1,10 +1,12 @@
 //! The data movement of a ConvPoolLayer, around the kernel set's products:
 //! - [`patches`] (im2col): every K×K window of a shard's images as one
 //!   column, so the convolution is one product `w · patches`;
-//! - [`unpatch`] (col2im): the gradient of the images from the gradient of
-//!   their patches;
-//! - [`max_pool`] and [`unpool`]: P×P max-pooling and its gradient, which
-//!   goes to the first largest value of each window (PyTorch's choice).
+//! - [`input_error`] (col2im): the gradient of the images from the error of
+//!   the pooled maps;
+//! - [`max_pool`]: P×P max-pooling, whose gradient goes to the first largest
+//!   value of each window (PyTorch's choice): [`filter_gradient`] and
+//!   [`input_error`] take the conv layer's backward products only over the
+//!   values that won their window.
 //!
 //! Legend: `C` input channels, `H × W` input map, `K` filter side, `OH × OW
 //! = (H−K+1) × (W−K+1)` the convolution's map, `P` pool side, `PH × PW =
@@ -23,56 +25,178 @@ pub fn conv_map(input: Shape, k: usize) -> (usize, usize) {
     (input.height + 1 - k, input.width + 1 - k)
 }
 
+/// Where each row of a window starts, relative to the window's corner: one
+/// run of `K` pixels per `(channel, ky)`, in the patch's row order.
+fn run_offsets(input: Shape, k: usize) -> Vec<usize> {
+    let (h, w) = (input.height, input.width);
+    (0..input.channels).flat_map(|ch| (0..k).map(move |ky| (ch * h + ky) * w)).collect()
+}
+
+/// Copies each run of the window at `corner` of `image` into `patch`.
+fn copy_runs<const K: usize>(patch: &mut [f32], image: &[f32], corner: usize, offsets: &[usize]) {
+    for (dst, &off) in patch.chunks_exact_mut(K).zip(offsets) {
+        let src: &[f32; K] = image[corner + off..corner + off + K].try_into().expect("K values");
+        let dst: &mut [f32; K] = dst.try_into().expect("K values");
+        *dst = *src;
+    }
+}
+
+/// Adds each run of `patch` to the window at `corner` of `image`.
+fn add_runs<const K: usize>(image: &mut [f32], patch: &[f32], corner: usize, offsets: &[usize]) {
+    for (src, &off) in patch.chunks_exact(K).zip(offsets) {
+        let dst: &mut [f32; K] = (&mut image[corner + off..corner + off + K]).try_into().expect("K values");
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d += v;
+        }
+    }
+}
+
+/// A run operation for a filter side known when compiling (the usual 3
+/// and 5, so each run is a few moves, not a call to `memcpy`) or any other.
+macro_rules! with_k {
+    ($k:expr, $f:ident, $($arg:expr),*) => {
+        match $k {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            _ => $f::<0>($($arg),*),
+        }
+    };
+}
+
+/// [`copy_runs`] or [`add_runs`] for any `k`: `K = 0` stands for "not
+/// known when compiling" and takes runs of `patch.len() / offsets.len()`.
+fn copy_runs_any(patch: &mut [f32], image: &[f32], corner: usize, offsets: &[usize]) {
+    let k = patch.len() / offsets.len();
+    for (dst, &off) in patch.chunks_exact_mut(k).zip(offsets) {
+        dst.copy_from_slice(&image[corner + off..corner + off + k]);
+    }
+}
+
+fn add_runs_any(image: &mut [f32], patch: &[f32], corner: usize, offsets: &[usize]) {
+    let k = patch.len() / offsets.len();
+    for (src, &off) in patch.chunks_exact(k).zip(offsets) {
+        for (d, &v) in image[corner + off..corner + off + k].iter_mut().zip(src) {
+            *d += v;
+        }
+    }
+}
+
+fn copy_window<const K: usize>(patch: &mut [f32], image: &[f32], corner: usize, offsets: &[usize]) {
+    if K == 0 {
+        copy_runs_any(patch, image, corner, offsets)
+    } else {
+        copy_runs::<K>(patch, image, corner, offsets)
+    }
+}
+
+fn add_window<const K: usize>(image: &mut [f32], patch: &[f32], corner: usize, offsets: &[usize]) {
+    if K == 0 {
+        add_runs_any(image, patch, corner, offsets)
+    } else {
+        add_runs::<K>(image, patch, corner, offsets)
+    }
+}
+
 /// `(C·K·K, n·OH·OW)` patches of the images `x` `(C·H·W, n)`, column-major.
 pub fn patches(x: ArrayView2<f32>, input: Shape, k: usize) -> Array2<f32> {
-    let (c, h, w) = (input.channels, input.height, input.width);
     let (oh, ow) = conv_map(input, k);
-    let (rows, n) = (c * k * k, x.ncols());
-    let x = x.t().as_standard_layout().into_owned(); // (n, C·H·W): each sample contiguous
+    let (rows, n, w) = (input.channels * k * k, x.ncols(), input.width);
+    let offsets = run_offsets(input, k);
+    let x = x.t();
+    let x = x.as_standard_layout(); // (n, C·H·W): each sample contiguous
     let mut out = vec![0.0f32; rows * n * oh * ow];
-    for (s, image) in x.rows().into_iter().enumerate() {
+    let mut patch = out.chunks_exact_mut(rows);
+    for image in x.rows() {
         let image = image.to_slice().expect("standard layout");
         for oy in 0..oh {
             for ox in 0..ow {
-                let column = ((s * oh + oy) * ow + ox) * rows;
-                let dst = &mut out[column..column + rows];
-                for ch in 0..c {
-                    for ky in 0..k {
-                        let src = (ch * h + oy + ky) * w + ox;
-                        let r = (ch * k + ky) * k;
-                        dst[r..r + k].copy_from_slice(&image[src..src + k]);
-                    }
-                }
+                let dst = patch.next().expect("one patch per window");
+                with_k!(k, copy_window, dst, image, oy * w + ox, &offsets);
             }
         }
     }
     Array2::from_shape_vec((rows, n * oh * ow).f(), out).expect("rows × columns values")
 }
 
-/// The gradient of the images `(C·H·W, n)` from `dp`, the gradient of
-/// their [`patches`]: each patch value is added back to its pixel, in
-/// column order `(s, oy, ox)`, then row order `(c, ky, kx)`.
-pub fn unpatch(dp: &Array2<f32>, input: Shape, k: usize, n: usize) -> Array2<f32> {
-    let (c, h, w) = (input.channels, input.height, input.width);
+/// The gradient of a conv layer's input images `(C·H·W, n)`, column-major,
+/// from `d`, the error of its pooled maps `(N·PH·PW, n)`, the columns
+/// `from` that [`max_pool`] took each pooled value from, and the weights
+/// `w` `(N, C·K·K)`. Sample by sample: first the gradient of each of its
+/// patches, a sum over the pooled values that won there (filters in order,
+/// separate multiplies and adds, zero errors skipped); then each patch's
+/// gradient is added back to its pixels, patches in `(oy, ox)` order, rows
+/// in `(c, ky, kx)` order.
+pub fn input_error(d: &Array2<f32>, from: &[u32], w: &Array2<f32>, input: Shape, k: usize) -> Array2<f32> {
+    let (per_sample, n) = d.dim();
+    let (filters, rows) = w.dim();
+    let per_filter = per_sample / filters;
     let (oh, ow) = conv_map(input, k);
-    let len = input.len();
+    let (windows, len) = (oh * ow, input.len());
+    let offsets = run_offsets(input, k);
+    let dt = d.t();
+    let (dt, w) = (dt.as_standard_layout(), w.as_standard_layout());
+    let (ds, ws) = (dt.as_slice().expect("standard layout"), w.as_slice().expect("standard layout"));
+    let mut dp = vec![0.0f32; windows * rows]; // one sample's patch gradients, reused
     let mut out = vec![0.0f32; len * n];
-    for s in 0..n {
-        let image = &mut out[s * len..(s + 1) * len];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let column = (s * oh + oy) * ow + ox;
-                for ch in 0..c {
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            image[(ch * h + oy + ky) * w + ox + kx] += dp[[(ch * k + ky) * k + kx, column]];
-                        }
-                    }
-                }
+    for (s, image) in out.chunks_exact_mut(len).enumerate() {
+        dp.fill(0.0);
+        let errors = &ds[s * per_sample..(s + 1) * per_sample];
+        for (i, (&g, &column)) in errors.iter().zip(&from[s * per_sample..]).enumerate() {
+            if g == 0.0 {
+                continue;
             }
+            let f = i / per_filter;
+            let window = column as usize - s * windows;
+            let dst = &mut dp[window * rows..(window + 1) * rows];
+            for (o, &wv) in dst.iter_mut().zip(&ws[f * rows..(f + 1) * rows]) {
+                *o += g * wv;
+            }
+        }
+        for (window, patch) in dp.chunks_exact(rows).enumerate() {
+            let corner = (window / ow) * input.width + window % ow;
+            with_k!(k, add_window, image, patch, corner, &offsets);
         }
     }
     Array2::from_shape_vec((len, n).f(), out).expect("len × n values")
+}
+
+/// The gradient of a conv layer's weights `(N, C·K·K)` from `d`, the error
+/// of its pooled maps `(N·PH·PW, n)` column-major, the columns `from` that
+/// [`max_pool`] took each pooled value from, and the layer's patches `(C·K·K,
+/// columns)` column-major. Only the convolution outputs that won their
+/// window have an error, so this is a sum over the pooled values: filter
+/// `f`'s row adds `d · patch` for each of its pooled values in `(s, py, px)`
+/// order, with separate multiplies and adds (the same bits on every CPU),
+/// skipping zero errors (which add nothing). A quarter of the dense `δ·xᵀ`
+/// at P = 2.
+pub fn filter_gradient(d: &Array2<f32>, from: &[u32], patches: &Array2<f32>, filters: usize) -> Array2<f32> {
+    let (per_sample, n) = d.dim();
+    let per_filter = per_sample / filters;
+    let rows = patches.nrows();
+    // Column by column, whatever the arrays' layouts (a view when they already are).
+    let (dt, pt) = (d.t(), patches.t());
+    let (dt, pt) = (dt.as_standard_layout(), pt.as_standard_layout());
+    let (ds, ps) = (dt.as_slice().expect("standard layout"), pt.as_slice().expect("standard layout"));
+    let mut out = vec![0.0f32; filters * rows];
+    for s in 0..n {
+        for i in 0..per_sample {
+            let g = ds[s * per_sample + i];
+            if g == 0.0 {
+                continue;
+            }
+            let f = i / per_filter;
+            let column = from[s * per_sample + i] as usize;
+            let dst = &mut out[f * rows..(f + 1) * rows];
+            for (o, &p) in dst.iter_mut().zip(&ps[column * rows..(column + 1) * rows]) {
+                *o += g * p;
+            }
+        }
+    }
+    Array2::from_shape_vec((filters, rows), out).expect("filters × rows values")
 }
 
 /// P×P max-pooling of the convolution's output `z` `(N, n·OH·OW)`: the
@@ -84,23 +208,27 @@ pub fn max_pool(z: &Array2<f32>, map: (usize, usize), p: usize, n: usize) -> (Ar
     let (ph, pw) = (oh / p, ow / p);
     let per_sample = filters * ph * pw;
     let (mut pooled, mut from) = (vec![0.0f32; per_sample * n], vec![0u32; per_sample * n]);
+    let z = z.as_standard_layout();
+    let zs = z.as_slice().expect("standard layout");
+    let columns = z.ncols();
     for f in 0..filters {
-        let row = z.row(f);
+        let row = &zs[f * columns..(f + 1) * columns];
         for s in 0..n {
             for py in 0..ph {
                 for px in 0..pw {
-                    let mut best = (usize::MAX, f32::NEG_INFINITY);
+                    let corner = (s * oh + py * p) * ow + px * p;
+                    let (mut best, mut value) = (corner, row[corner]);
                     for dy in 0..p {
-                        for dx in 0..p {
-                            let column = (s * oh + py * p + dy) * ow + px * p + dx;
-                            if best.0 == usize::MAX || row[column] > best.1 {
-                                best = (column, row[column]);
+                        let line = corner + dy * ow;
+                        for (dx, &v) in row[line..line + p].iter().enumerate() {
+                            if v > value {
+                                (best, value) = (line + dx, v);
                             }
                         }
                     }
                     let at = s * per_sample + (f * ph + py) * pw + px;
-                    pooled[at] = best.1;
-                    from[at] = best.0 as u32;
+                    pooled[at] = value;
+                    from[at] = best as u32;
                 }
             }
         }
@@ -109,18 +237,3 @@ pub fn max_pool(z: &Array2<f32>, map: (usize, usize), p: usize, n: usize) -> (Ar
     (pooled, from)
 }
 
-/// The gradient of the convolution's output `(N, columns)` from `d`, the
-/// gradient of the pooled maps `(N·PH·PW, n)`: each pooled value's gradient
-/// goes to the column [`max_pool`] took it from; the rest are zero.
-pub fn unpool(d: &Array2<f32>, from: &[u32], filters: usize, columns: usize) -> Array2<f32> {
-    let (per_sample, n) = d.dim();
-    let per_filter = per_sample / filters;
-    let mut out = Array2::zeros((filters, columns));
-    for s in 0..n {
-        for i in 0..per_sample {
-            let f = i / per_filter;
-            out[[f, from[s * per_sample + i] as usize]] = d[[i, s]];
-        }
-    }
-    out
-}

@@ -11,9 +11,12 @@
 //! only how each product is computed, as for the dense network):
 //! - `w · x` and `wᵀ · δ`: the kernel set's products, over the inner
 //!   dimension (the layer's inputs, or its outputs);
-//! - `∇w = δ · xᵀ`: the kernel set's product over the columns: for fc and
-//!   softmax layers the shard's samples in order, for a conv layer its
-//!   patches in `(sample, oy, ox)` order;
+//! - `∇w = δ · xᵀ`: for fc and softmax layers the kernel set's product over
+//!   the shard's samples in order; for a conv layer a sum over the pooled
+//!   values that won their window, in `(sample, py, px)` order, with
+//!   separate multiplies and adds on every kernel set
+//!   ([`conv::filter_gradient`]), and likewise the error sent back
+//!   ([`conv::input_error`]);
 //! - `∇b`: one running sum per output, over samples in order (and, in a conv
 //!   layer, over each sample's pooled positions in row-major order).
 
@@ -229,12 +232,10 @@ fn layer_backward(
     want_input_error: bool,
 ) -> Backward {
     if let Layer::ConvPool { kernel, .. } = *layer {
-        let n = delta.ncols();
-        let nabla_b = filter_sums(&delta, w.nrows());
-        let d_conv = conv::unpool(&delta, &cache.pooled_from, w.nrows(), cache.input.ncols());
-        let nabla_w = kernels::delta_dot_xt(k, &d_conv, &cache.input.view());
-        let input_error = want_input_error
-            .then(|| conv::unpatch(&kernels::wt_dot_delta(k, w, &d_conv), input, kernel, n));
+        let (filters, from) = (w.nrows(), &cache.pooled_from);
+        let nabla_b = filter_sums(&delta, filters);
+        let nabla_w = conv::filter_gradient(&delta, from, &cache.input, filters);
+        let input_error = want_input_error.then(|| conv::input_error(&delta, from, w, input, kernel));
         return Backward { nabla_w, nabla_b, input_error };
     }
     let nabla_b = row_sums(&delta);

@@ -311,6 +311,27 @@ impl NetSpec {
         self.weight_shapes().iter().map(|&(o, i)| o * i + o).sum()
     }
 
+    /// Multiply-adds of one sample's training pass: each layer's forward
+    /// product, its weight gradient, and (above the first layer) the error
+    /// sent back, i.e. 3× the forward products but the first layer's 2×.
+    pub fn multiply_adds(&self) -> usize {
+        let shapes = self.shapes();
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(l, layer)| {
+                let (o, i) = layer.weight_shape(shapes[l]);
+                let columns = match *layer {
+                    Layer::ConvPool { kernel, .. } => {
+                        (shapes[l].height + 1 - kernel) * (shapes[l].width + 1 - kernel)
+                    }
+                    _ => 1,
+                };
+                o * i * columns * if l == 0 { 2 } else { 3 }
+            })
+            .sum()
+    }
+
     /// The number of classes the softmax layer outputs.
     pub fn classes(&self) -> usize {
         self.shapes().last().map_or(0, |s| s.len())
