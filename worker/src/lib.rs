@@ -247,6 +247,9 @@ pub async fn run(
         .tcp_nodelay(true)
         // One 95 KB step in one HTTP/2 frame instead of six.
         .max_frame_size(1 << 20)
+        // A chapter-6 net's weights in one flight (see the coordinator's FLOW_WINDOW).
+        .initial_stream_window_size(Some(16 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .http2_keep_alive_interval(config.keepalive)
         .keep_alive_timeout(config.keepalive * 2);
     let sessions = async {
