@@ -153,6 +153,11 @@ pub struct Args {
     /// --insecure-no-token); see docs/dashboard.md.
     #[arg(long, value_name = "ADDR")]
     pub dashboard: Option<String>,
+    /// A host name the dashboard answers to besides its address and
+    /// localhost (a DNS name of this machine, a reverse proxy's); repeatable.
+    /// Requests for any other Host get 421 (against DNS rebinding).
+    #[arg(long, value_name = "NAME", requires = "dashboard")]
+    pub dashboard_host: Vec<String>,
     /// Write a Chrome trace-event timeline of --trace-steps (Perfetto, chrome://tracing).
     #[arg(long, value_name = "JSON")]
     pub trace: Option<PathBuf>,

@@ -132,6 +132,8 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Where the hard limit allows: connections are budgeted from what it gives (see `fds`).
+    let _ = coordinator::fds::raise_soft_limit();
     let threads = match &cli.command {
         None => cli.train.runtime_threads(),
         Some(Command::Train(args)) => args.runtime_threads(),

@@ -277,6 +277,7 @@ fn start_dashboard(args: &Args, config: &crate::Config) -> AppResult<Option<Dash
     let d = Dashboard::start(dashboard::Options {
         listener,
         access,
+        hosts: args.dashboard_host.clone(),
         trace: args
             .trace
             .clone()
