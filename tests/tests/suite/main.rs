@@ -4,6 +4,7 @@
 //! - `matches_reference`: the determinism contract (cluster = reference, bit for bit)
 //! - `book`: chapter 3's options under the same contract; presets, export to network2.py
 //! - `faults`: workers that die or go silent cost only time
+//! - `flood`: a dashboard connection flood under a low file limit
 //! - `protocol`: malformed and hostile messages from a raw gRPC client
 //! - `hostile`: generated scripts of hostile peers against a real cluster
 //! - `auth`, `tls`: who may join
@@ -18,6 +19,7 @@ mod auth;
 mod book;
 mod dashboard;
 mod faults;
+mod flood;
 mod hostile;
 mod matches_reference;
 mod model_use;
