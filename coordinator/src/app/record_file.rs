@@ -1,0 +1,217 @@
+//! Reading a run record file within a stated memory bound, whatever the
+//! file holds. The file must be a regular file of at most
+//! [`MAX_RECORD_BYTES`] (its size is checked before a byte is read), and it
+//! is streamed, never read whole:
+//!
+//! - everything but `links` (format, flags, digests, init model) may take
+//!   [`HEAD_BYTES`] of the file in all, and is checked like the flags of a
+//!   run ([`RunRecord::from_json`]) before any link is read;
+//! - `links` must come after `flags` (as this build writes them), and may
+//!   hold no more links than the record's plan can produce
+//!   ([`record::max_links`], with the largest training set an IDX file
+//!   can hold); each link may take [`LINK_BYTES`] of the file.
+//!
+//! So parsing holds at most [`HEAD_BYTES`] of JSON values plus one
+//! [`common::chain::Link`] (88 bytes) per link the plan allows, and a
+//! record that breaks a bound is refused at the byte where it does.
+
+use std::cell::Cell;
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+use std::rc::Rc;
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use super::record::{self, RecordError, RunRecord, MAX_RECORD_BYTES};
+
+/// What the record's fields other than `links` may take of the file, in all.
+pub const HEAD_BYTES: u64 = 1 << 20;
+
+/// What one link may take of the file (one is about 200 bytes).
+pub const LINK_BYTES: u64 = 1024;
+
+/// The most training samples a data set can have: five sixths of the
+/// largest IDX images file read.
+pub const MAX_TRAINING: usize =
+    (common::dataset::idx::MAX_IDX_BYTES / 784) as usize / 6 * 5;
+
+/// Reads and checks the record at `path`.
+///
+/// # Errors
+/// [`RecordError::Io`] if it cannot be read or is not a regular file,
+/// [`RecordError::Malformed`] naming what breaks a rule or a bound.
+pub fn read(path: &Path) -> Result<RunRecord, RecordError> {
+    let malformed = |why: String| RecordError::Malformed {
+        path: path.to_path_buf(),
+        why,
+    };
+    let (file, len) = common::regular_file::open(path).map_err(|source| RecordError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if len > MAX_RECORD_BYTES {
+        return Err(malformed(format!(
+            "{len} bytes, larger than {} MiB; not a record this build writes (refused unread)",
+            MAX_RECORD_BYTES >> 20
+        )));
+    }
+    let budget = Budget::default();
+    let reader = Budgeted {
+        inner: BufReader::new(file.take(MAX_RECORD_BYTES)),
+        budget: budget.clone(),
+    };
+    budget.allow(HEAD_BYTES);
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let record = de::Deserializer::deserialize_map(&mut de, RecordVisitor { budget })
+        .and_then(|r| de.end().map(|()| r))
+        .map_err(|e| malformed(describe(e)))?;
+    record.map_err(malformed)
+}
+
+fn describe(e: serde_json::Error) -> String {
+    if e.is_io() {
+        format!("{e}")
+    } else {
+        format!("not a record: {e}")
+    }
+}
+
+/// How many more bytes the reader may hand out, shared with the visitors.
+#[derive(Clone, Default)]
+struct Budget {
+    consumed: Rc<Cell<u64>>,
+    limit: Rc<Cell<u64>>,
+}
+
+impl Budget {
+    /// From here on, `bytes` more may be read.
+    fn allow(&self, bytes: u64) {
+        self.limit.set(self.consumed.get().saturating_add(bytes));
+    }
+
+    /// What is left of the current allowance.
+    fn left(&self) -> u64 {
+        self.limit.get().saturating_sub(self.consumed.get())
+    }
+}
+
+/// A reader that fails once its [`Budget`] is spent.
+struct Budgeted<R> {
+    inner: R,
+    budget: Budget,
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.budget.left();
+        if left == 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a field of the record is larger than any this build writes",
+            ));
+        }
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let got = self.inner.read(&mut buf[..n])?;
+        self.budget.consumed.set(self.budget.consumed.get() + got as u64);
+        Ok(got)
+    }
+}
+
+/// The record's top-level object. Errors in its rules come back as the
+/// inner `Err` (the message says it all), errors of JSON as the outer.
+struct RecordVisitor {
+    budget: Budget,
+}
+
+impl<'de> Visitor<'de> for RecordVisitor {
+    type Value = Result<RunRecord, String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a run record (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut head = Map::new();
+        let mut links = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key != "links" {
+                head.insert(key, map.next_value::<Value>()?);
+                continue;
+            }
+            if links.is_some() {
+                return Ok(Err("links appears twice".into()));
+            }
+            if head.get("flags").is_none() {
+                return Ok(Err("links come before flags; not a record this build writes".into()));
+            }
+            let mut just_head = head.clone();
+            just_head.insert("links".into(), Value::Array(Vec::new()));
+            let plan = match RunRecord::from_json(&Value::Object(just_head)) {
+                Ok(r) => r.plan,
+                Err(why) => return Ok(Err(why)),
+            };
+            let head_left = self.budget.left();
+            let seed = LinksSeed {
+                max: record::max_links(&plan, MAX_TRAINING),
+                budget: self.budget.clone(),
+            };
+            match map.next_value_seed(seed)? {
+                Ok(l) => links = Some(l),
+                Err(why) => return Ok(Err(why)),
+            }
+            self.budget.allow(head_left);
+        }
+        let Some(links) = links else {
+            return Ok(Err("links is missing".into()));
+        };
+        head.insert("links".into(), Value::Array(Vec::new()));
+        Ok(RunRecord::from_json(&Value::Object(head)).map(|mut r| {
+            r.chain.links = links;
+            r
+        }))
+    }
+}
+
+/// The `links` list: at most `max`, each within [`LINK_BYTES`].
+struct LinksSeed {
+    max: u64,
+    budget: Budget,
+}
+
+impl<'de> DeserializeSeed<'de> for LinksSeed {
+    type Value = Result<Vec<common::chain::Link>, String>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LinksSeed {
+    type Value = Result<Vec<common::chain::Link>, String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of links")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut links = Vec::new();
+        loop {
+            self.budget.allow(LINK_BYTES);
+            let Some(v) = seq.next_element::<Value>()? else {
+                break;
+            };
+            if links.len() as u64 == self.max {
+                return Ok(Err(format!(
+                    "more links than the record's plan can produce ({})",
+                    self.max
+                )));
+            }
+            match record::link_from_json(links.len(), &v) {
+                Ok(l) => links.push(l),
+                Err(why) => return Ok(Err(why)),
+            }
+        }
+        Ok(Ok(links))
+    }
+}
