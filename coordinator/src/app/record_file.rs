@@ -63,17 +63,18 @@ pub fn read(path: &Path) -> Result<RunRecord, RecordError> {
     };
     budget.allow(HEAD_BYTES);
     let mut de = serde_json::Deserializer::from_reader(reader);
-    let record = de::Deserializer::deserialize_map(&mut de, RecordVisitor { budget })
+    de::Deserializer::deserialize_map(&mut de, RecordVisitor { budget })
         .and_then(|r| de.end().map(|()| r))
-        .map_err(|e| malformed(describe(e)))?;
-    record.map_err(malformed)
+        .map_err(|e| malformed(describe(e)))
 }
 
+/// A rule the record breaks, as is; a file that is not JSON, said so.
 fn describe(e: serde_json::Error) -> String {
-    if e.is_io() {
-        format!("{e}")
-    } else {
-        format!("not a record: {e}")
+    match e.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            format!("not JSON: {e}")
+        }
+        _ => e.to_string(),
     }
 }
 
@@ -118,14 +119,14 @@ impl<R: Read> Read for Budgeted<R> {
     }
 }
 
-/// The record's top-level object. Errors in its rules come back as the
-/// inner `Err` (the message says it all), errors of JSON as the outer.
+/// The record's top-level object; a broken rule is a custom error (serde
+/// adds where in the file it stopped).
 struct RecordVisitor {
     budget: Budget,
 }
 
 impl<'de> Visitor<'de> for RecordVisitor {
-    type Value = Result<RunRecord, String>;
+    type Value = RunRecord;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a run record (a JSON object)")
@@ -140,36 +141,30 @@ impl<'de> Visitor<'de> for RecordVisitor {
                 continue;
             }
             if links.is_some() {
-                return Ok(Err("links appears twice".into()));
+                return Err(de::Error::custom("links appears twice"));
             }
             if head.get("flags").is_none() {
-                return Ok(Err("links come before flags; not a record this build writes".into()));
+                let why = "links come before flags; not a record this build writes";
+                return Err(de::Error::custom(why));
             }
             let mut just_head = head.clone();
             just_head.insert("links".into(), Value::Array(Vec::new()));
-            let plan = match RunRecord::from_json(&Value::Object(just_head)) {
-                Ok(r) => r.plan,
-                Err(why) => return Ok(Err(why)),
-            };
+            let plan = RunRecord::from_json(&Value::Object(just_head))
+                .map_err(de::Error::custom)?
+                .plan;
             let head_left = self.budget.left();
             let seed = LinksSeed {
                 max: record::max_links(&plan, MAX_TRAINING),
                 budget: self.budget.clone(),
             };
-            match map.next_value_seed(seed)? {
-                Ok(l) => links = Some(l),
-                Err(why) => return Ok(Err(why)),
-            }
+            links = Some(map.next_value_seed(seed)?);
             self.budget.allow(head_left);
         }
-        let Some(links) = links else {
-            return Ok(Err("links is missing".into()));
-        };
+        let links = links.ok_or_else(|| de::Error::custom("links is missing"))?;
         head.insert("links".into(), Value::Array(Vec::new()));
-        Ok(RunRecord::from_json(&Value::Object(head)).map(|mut r| {
-            r.chain.links = links;
-            r
-        }))
+        let mut record = RunRecord::from_json(&Value::Object(head)).map_err(de::Error::custom)?;
+        record.chain.links = links;
+        Ok(record)
     }
 }
 
@@ -180,7 +175,7 @@ struct LinksSeed {
 }
 
 impl<'de> DeserializeSeed<'de> for LinksSeed {
-    type Value = Result<Vec<common::chain::Link>, String>;
+    type Value = Vec<common::chain::Link>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_seq(self)
@@ -188,7 +183,7 @@ impl<'de> DeserializeSeed<'de> for LinksSeed {
 }
 
 impl<'de> Visitor<'de> for LinksSeed {
-    type Value = Result<Vec<common::chain::Link>, String>;
+    type Value = Vec<common::chain::Link>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a list of links")
@@ -202,16 +197,64 @@ impl<'de> Visitor<'de> for LinksSeed {
                 break;
             };
             if links.len() as u64 == self.max {
-                return Ok(Err(format!(
+                return Err(de::Error::custom(format!(
                     "more links than the record's plan can produce ({})",
                     self.max
                 )));
             }
-            match record::link_from_json(links.len(), &v) {
-                Ok(l) => links.push(l),
-                Err(why) => return Ok(Err(why)),
+            links.push(record::link_from_json(links.len(), &v).map_err(de::Error::custom)?);
+        }
+        Ok(links)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::chain::Chain;
+    use common::plan::TrainingPlan;
+    use serde_json::json;
+
+    fn write(name: &str, v: &Value) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("record-file-{}-{name}", std::process::id()));
+        std::fs::write(&path, serde_json::to_vec(v).unwrap()).unwrap();
+        path
+    }
+
+    /// Each bound is refused where it is crossed, naming it.
+    #[test]
+    fn every_bound_is_refused_with_its_reason() {
+        let link = json!({"step": 0, "epoch": null, "weights_sha256": "00".repeat(32), "chain": "00".repeat(32)});
+        let base = record::of_run(&TrainingPlan::default(), vec![], None, &Chain::default()).to_json();
+        let edits: [(&str, &dyn Fn(&mut Value), &str); 5] = [
+            ("ok", &|v| v["links"] = json!([link]), ""),
+            ("huge-field", &|v| v["code_version"] = json!("x".repeat(2 << 20)), "larger than any this build writes"),
+            ("huge-link", &|v| v["links"] = json!([{"step": 0, "pad": "x".repeat(4096)}]), "larger than any this build writes"),
+            // 30 epochs, no --record-every: the start and one per epoch.
+            ("too-many", &|v| v["links"] = json!(vec![link.clone(); 32]), "at most 31"),
+            ("bad-sizes", &|v| v["flags"]["sizes"] = json!([784, 30, 7]), "flags.sizes"),
+        ];
+        for (name, edit, want) in edits {
+            let mut v = base.clone();
+            edit(&mut v);
+            let path = write(name, &v);
+            let got = read(&path);
+            std::fs::remove_file(&path).unwrap();
+            match (got, want) {
+                (Ok(r), "") => assert_eq!(r.chain.links.len(), 1),
+                (Err(e), want) if !want.is_empty() => {
+                    let e = e.to_string();
+                    assert!(e.contains(want) || (want == "at most 31" && e.contains("(31)")), "{name}: {e}");
+                }
+                (got, _) => panic!("{name}: {got:?}"),
             }
         }
-        Ok(Ok(links))
+        // Links before flags: this build never writes them so.
+        let text = format!("{{\"links\": [{link}], \"flags\": {}}}", base["flags"]);
+        let path = std::env::temp_dir().join(format!("record-file-{}-order", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(err.contains("links come before flags"), "{err}");
     }
 }

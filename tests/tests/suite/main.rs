@@ -9,6 +9,7 @@
 //! - `hostile`: generated scripts of hostile peers against a real cluster
 //! - `auth`, `tls`: who may join
 //! - `trust`: one kernel set per run; audits catch workers with wrong results
+//! - `records`: crafted run records and paths against `verify`
 //! - `operations`: health and reflection
 //! - `dashboard`: the live page in headless Chromium, `/metrics` through promtool, `--trace`, the page's access rule
 //! - `processes`, `model_use`, `netns`: the real binaries as processes
@@ -27,6 +28,7 @@ mod netns;
 mod operations;
 mod processes;
 mod protocol;
+mod records;
 mod sockets;
 mod stragglers;
 mod tls;
