@@ -12,8 +12,10 @@
 //!   can hold); each link may take [`LINK_BYTES`] of the file.
 //!
 //! So parsing holds at most [`HEAD_BYTES`] of JSON values plus one
-//! [`common::chain::Link`] (88 bytes) per link the plan allows, and a
-//! record that breaks a bound is refused at the byte where it does.
+//! [`common::chain::Link`] (88 bytes) per link the plan allows, allocated
+//! once for the fewer of those and what the file has room for (a link
+//! takes at least [`MIN_LINK_BYTES`]: 88 bytes of memory per 160 of file at
+//! most); a record that breaks a bound is refused at the byte where it does.
 
 use std::cell::Cell;
 use std::io::{self, BufReader, Read};
@@ -31,10 +33,13 @@ pub const HEAD_BYTES: u64 = 1 << 20;
 /// What one link may take of the file (one is about 200 bytes).
 pub const LINK_BYTES: u64 = 1024;
 
+/// The fewest bytes of JSON a valid link takes: two 64-digit hashes, their
+/// keys and a step (`{"step":0,"weights_sha256":"…","chain":"…"}`).
+pub const MIN_LINK_BYTES: u64 = 160;
+
 /// The most training samples a data set can have: five sixths of the
 /// largest IDX images file read.
-pub const MAX_TRAINING: usize =
-    (common::dataset::idx::MAX_IDX_BYTES / 784) as usize / 6 * 5;
+pub const MAX_TRAINING: usize = (common::dataset::idx::MAX_IDX_BYTES / 784) as usize / 6 * 5;
 
 /// Reads and checks the record at `path`.
 ///
@@ -57,13 +62,14 @@ pub fn read(path: &Path) -> Result<RunRecord, RecordError> {
         )));
     }
     let budget = Budget::default();
+    let room = len / MIN_LINK_BYTES;
     let reader = Budgeted {
         inner: BufReader::new(file.take(MAX_RECORD_BYTES)),
         budget: budget.clone(),
     };
     budget.allow(HEAD_BYTES);
     let mut de = serde_json::Deserializer::from_reader(reader);
-    de::Deserializer::deserialize_map(&mut de, RecordVisitor { budget })
+    de::Deserializer::deserialize_map(&mut de, RecordVisitor { budget, room })
         .and_then(|r| de.end().map(|()| r))
         .map_err(|e| malformed(describe(e)))
 }
@@ -114,7 +120,9 @@ impl<R: Read> Read for Budgeted<R> {
         }
         let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let got = self.inner.read(&mut buf[..n])?;
-        self.budget.consumed.set(self.budget.consumed.get() + got as u64);
+        self.budget
+            .consumed
+            .set(self.budget.consumed.get() + got as u64);
         Ok(got)
     }
 }
@@ -123,6 +131,8 @@ impl<R: Read> Read for Budgeted<R> {
 /// adds where in the file it stopped).
 struct RecordVisitor {
     budget: Budget,
+    /// The most links the file has room for.
+    room: u64,
 }
 
 impl<'de> Visitor<'de> for RecordVisitor {
@@ -155,6 +165,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
             let head_left = self.budget.left();
             let seed = LinksSeed {
                 max: record::max_links(&plan, MAX_TRAINING),
+                room: self.room,
                 budget: self.budget.clone(),
             };
             links = Some(map.next_value_seed(seed)?);
@@ -168,9 +179,12 @@ impl<'de> Visitor<'de> for RecordVisitor {
     }
 }
 
-/// The `links` list: at most `max`, each within [`LINK_BYTES`].
+/// The `links` list: at most `max`, each within [`LINK_BYTES`], held in
+/// one allocation made up front for what the plan and the file allow.
 struct LinksSeed {
     max: u64,
+    /// The most links the file has room for.
+    room: u64,
     budget: Budget,
 }
 
@@ -190,7 +204,7 @@ impl<'de> Visitor<'de> for LinksSeed {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut links = Vec::new();
+        let mut links = Vec::with_capacity(self.max.min(self.room) as usize);
         loop {
             self.budget.allow(LINK_BYTES);
             let Some(v) = seq.next_element::<Value>()? else {
@@ -225,14 +239,32 @@ mod tests {
     #[test]
     fn every_bound_is_refused_with_its_reason() {
         let link = json!({"step": 0, "epoch": null, "weights_sha256": "00".repeat(32), "chain": "00".repeat(32)});
-        let base = record::of_run(&TrainingPlan::default(), vec![], None, &Chain::default()).to_json();
-        let edits: [(&str, &dyn Fn(&mut Value), &str); 5] = [
+        let base =
+            record::of_run(&TrainingPlan::default(), vec![], None, &Chain::default()).to_json();
+        type Edit<'a> = &'a dyn Fn(&mut Value);
+        let edits: [(&str, Edit, &str); 5] = [
             ("ok", &|v| v["links"] = json!([link]), ""),
-            ("huge-field", &|v| v["code_version"] = json!("x".repeat(2 << 20)), "larger than any this build writes"),
-            ("huge-link", &|v| v["links"] = json!([{"step": 0, "pad": "x".repeat(4096)}]), "larger than any this build writes"),
+            (
+                "huge-field",
+                &|v| v["code_version"] = json!("x".repeat(2 << 20)),
+                "larger than any this build writes",
+            ),
+            (
+                "huge-link",
+                &|v| v["links"] = json!([{"step": 0, "pad": "x".repeat(4096)}]),
+                "larger than any this build writes",
+            ),
             // 30 epochs, no --record-every: the start and one per epoch.
-            ("too-many", &|v| v["links"] = json!(vec![link.clone(); 32]), "at most 31"),
-            ("bad-sizes", &|v| v["flags"]["sizes"] = json!([784, 30, 7]), "flags.sizes"),
+            (
+                "too-many",
+                &|v| v["links"] = json!(vec![link.clone(); 32]),
+                "at most 31",
+            ),
+            (
+                "bad-sizes",
+                &|v| v["flags"]["sizes"] = json!([784, 30, 7]),
+                "flags.sizes",
+            ),
         ];
         for (name, edit, want) in edits {
             let mut v = base.clone();
@@ -244,7 +276,10 @@ mod tests {
                 (Ok(r), "") => assert_eq!(r.chain.links.len(), 1),
                 (Err(e), want) if !want.is_empty() => {
                     let e = e.to_string();
-                    assert!(e.contains(want) || (want == "at most 31" && e.contains("(31)")), "{name}: {e}");
+                    assert!(
+                        e.contains(want) || (want == "at most 31" && e.contains("(31)")),
+                        "{name}: {e}"
+                    );
                 }
                 (got, _) => panic!("{name}: {got:?}"),
             }
