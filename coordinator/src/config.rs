@@ -595,7 +595,10 @@ pub fn check_sizes(sizes: &[usize]) -> Result<(), String> {
         ));
     }
     if common::network::checked_parameter_count(sizes, common::wire::MAX_PARAMETERS).is_none() {
-        return Err(format!("more than {} parameters", common::wire::MAX_PARAMETERS));
+        return Err(format!(
+            "more than {} parameters",
+            common::wire::MAX_PARAMETERS
+        ));
     }
     Ok(())
 }

@@ -107,7 +107,9 @@ impl Drop for SocketFile {
             Ok(meta) if meta.file_type().is_socket() && file_id(&meta) == *id => {
                 let _ = std::fs::remove_file(path);
             }
-            Ok(_) => tracing::warn!(path = %path.display(), "the socket file was replaced during the run; left in place"),
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "the socket file was replaced during the run; left in place")
+            }
             Err(_) => {}
         }
     }
@@ -213,7 +215,10 @@ mod tests {
         drop(first); // its file stays: stale
         let (_second, _file2) = Listener::bind(&addr).await.unwrap();
         drop(file);
-        assert!(path.exists(), "the first guard leaves the second run's socket");
+        assert!(
+            path.exists(),
+            "the first guard leaves the second run's socket"
+        );
         drop(_file2);
         assert!(!path.exists(), "the guard removes its own socket");
         // A socket replaced by a regular file during the run: left alone.

@@ -56,7 +56,10 @@ pub fn request(
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         head.push_str(&format!("Host: {addr}\r\n"));
     }
-    for (k, v) in headers.iter().filter(|(k, v)| !(k.eq_ignore_ascii_case("host") && v.is_empty())) {
+    for (k, v) in headers
+        .iter()
+        .filter(|(k, v)| !(k.eq_ignore_ascii_case("host") && v.is_empty()))
+    {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     if let Some(b) = body {

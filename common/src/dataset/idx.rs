@@ -172,7 +172,9 @@ fn read_promised(path: &Path, reader: &mut dyn Read) -> Result<Vec<u8>, IdxError
     if out.len() < 4 + 4 * dims {
         return Ok(out); // a truncated header: the parser says so
     }
-    let data = (0..dims).try_fold(1u64, |n, d| n.checked_mul(u64::from(be_u32(&out, 4 + 4 * d))));
+    let data = (0..dims).try_fold(1u64, |n, d| {
+        n.checked_mul(u64::from(be_u32(&out, 4 + 4 * d)))
+    });
     let total = data
         .and_then(|n| n.checked_add(out.len() as u64))
         .filter(|&n| n <= MAX_IDX_BYTES)
@@ -467,11 +469,18 @@ mod tests {
         }
         std::fs::write(&path, gz.finish().unwrap()).unwrap();
         let err = read_maybe_gz(&path).unwrap_err();
-        assert!(matches!(err, IdxError::TrailingData { expected: 11, .. }), "{err:?}");
+        assert!(
+            matches!(err, IdxError::TrailingData { expected: 11, .. }),
+            "{err:?}"
+        );
         // How far it read: through a reader that counts what it hands out.
         let mut counted = Counted(GzDecoder::new(std::fs::File::open(&path).unwrap()), 0);
         assert!(read_promised(&path, &mut counted).is_err());
-        assert_eq!(counted.1, 8 + 3 + 1, "the header, its 3 labels and one byte");
+        assert_eq!(
+            counted.1,
+            8 + 3 + 1,
+            "the header, its 3 labels and one byte"
+        );
         // A header claiming more than the cap is refused unread.
         let mut huge = encode_images(&images(0));
         huge[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
@@ -485,7 +494,10 @@ mod tests {
         let short = &encode_labels(&[4, 2, 7])[..10];
         std::fs::write(&path, short).unwrap();
         let bytes = read_maybe_gz(&path).unwrap();
-        assert!(matches!(parse_labels(&path, &bytes, 10), Err(IdxError::WrongLength { found: 2, .. })));
+        assert!(matches!(
+            parse_labels(&path, &bytes, 10),
+            Err(IdxError::WrongLength { found: 2, .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -215,7 +215,8 @@ impl RunRecord {
             .collect::<Option<Vec<_>>>()
             .ok_or("flags.sizes holds something other than whole numbers".to_string())?;
         // The rule --sizes follows: a record's plan is no less checked than a run's flags.
-        crate::config::check_sizes(&sizes).map_err(|why| format!("flags.sizes {sizes:?}: {why}"))?;
+        crate::config::check_sizes(&sizes)
+            .map_err(|why| format!("flags.sizes {sizes:?}: {why}"))?;
         let plan = TrainingPlan {
             sizes,
             epochs: uint("epochs")? as usize,
@@ -377,7 +378,8 @@ pub fn max_links(plan: &TrainingPlan, training: usize) -> u64 {
     let per_epoch = training.div_ceil(plan.batch_size.max(1)) as u64;
     let steps = per_epoch.saturating_mul(plan.epochs as u64);
     let every = plan.record_every.map_or(0, |r| steps / r.max(1));
-    1u64.saturating_add(plan.epochs as u64).saturating_add(every)
+    1u64.saturating_add(plan.epochs as u64)
+        .saturating_add(every)
 }
 
 /// What `verify` found.
@@ -535,11 +537,16 @@ fn plausible(record: &RunRecord, training: usize) -> Result<(), String> {
     let per_epoch = training.div_ceil(record.plan.batch_size) as u64;
     let steps = per_epoch.saturating_mul(record.plan.epochs as u64);
     if let Some(w) = links.windows(2).find(|w| w[1].step <= w[0].step) {
-        return Err(format!("link steps must rise: step {} follows step {}", w[1].step, w[0].step));
+        return Err(format!(
+            "link steps must rise: step {} follows step {}",
+            w[1].step, w[0].step
+        ));
     }
     let last = links[links.len() - 1].step;
     if last > steps {
-        return Err(format!("the record goes on to step {last}; its plan has {steps} steps"));
+        return Err(format!(
+            "the record goes on to step {last}; its plan has {steps} steps"
+        ));
     }
     Ok(())
 }
@@ -617,7 +624,12 @@ impl Progress for &mut Checker<'_> {
 
 /// How link `i` of the replay differs from the record's, if it does, in
 /// words; `last_good` is the step of the last link that matched.
-fn link_differs(i: usize, want: &chain::Link, got: &chain::Link, last_good: Option<u64>) -> Option<String> {
+fn link_differs(
+    i: usize,
+    want: &chain::Link,
+    got: &chain::Link,
+    last_good: Option<u64>,
+) -> Option<String> {
     if got.step != want.step {
         return Some(format!(
             "link {i}: the record has step {}, the replay step {} (the flags or the data changed the run's length)",

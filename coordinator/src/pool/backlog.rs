@@ -42,7 +42,10 @@ pub struct Backlog {
 impl Backlog {
     /// `worker` was sent a copy of `shard` of `step`.
     pub fn sent(&mut self, worker: WorkerId, step: u64, shard: u32, copy: Held) {
-        self.held.entry(worker).or_default().insert((step, shard), copy);
+        self.held
+            .entry(worker)
+            .or_default()
+            .insert((step, shard), copy);
     }
 
     /// The copy of (`step`, `shard`) that `worker` holds, if it holds one.
@@ -125,12 +128,20 @@ mod tests {
         // Stale, foreign and never-issued results clear nothing.
         for (step, shard) in [(4, 0), (5, 1), (6, 0), (7, 0), (u64::MAX, u32::MAX)] {
             assert!(!b.answered(A, step, shard), "({step}, {shard})");
-            assert_eq!(b.overdue(t0 + limit, limit), vec![(A, (5, 0))], "({step}, {shard})");
+            assert_eq!(
+                b.overdue(t0 + limit, limit),
+                vec![(A, (5, 0))],
+                "({step}, {shard})"
+            );
         }
         assert_eq!(b.held(A, 5, 2), Some(copy(t0)));
         assert!(b.answered(A, 5, 0));
         assert!(!b.answered(A, 5, 0), "a duplicate clears nothing");
-        assert_eq!(b.overdue(t0 + limit, limit), vec![(A, (5, 2))], "shard 2 is still held");
+        assert_eq!(
+            b.overdue(t0 + limit, limit),
+            vec![(A, (5, 2))],
+            "shard 2 is still held"
+        );
         assert!(b.answered(A, 5, 2));
         assert_eq!(
             b.overdue(t0 + limit, limit),

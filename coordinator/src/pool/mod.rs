@@ -1142,7 +1142,9 @@ mod tests {
                 };
                 held.iter().map(stale).collect()
             }),
-            ("its first answer, repeated", |held| vec![held[0].clone(); 3]),
+            ("its first answer, repeated", |held| {
+                vec![held[0].clone(); 3]
+            }),
             ("a shard of an older step", |held| {
                 let foreign = |r: &pb::ShardResult| pb::ShardResult {
                     step_id: 0,
@@ -1197,7 +1199,11 @@ mod tests {
                 let never = tokio::time::timeout(deadline * 30, run).await;
                 assert!(never.is_ok(), "{name}, {backup:?}: never dropped");
                 let (status, took) = hostile.await.unwrap();
-                assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{name}: {status:?}");
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::DeadlineExceeded,
+                    "{name}: {status:?}"
+                );
                 assert!(
                     took >= deadline && took < deadline + Duration::from_millis(100),
                     "{name}, {backup:?}: dropped after {took:?}"

@@ -491,7 +491,11 @@ async fn only_the_dashboards_own_host_names_are_served() {
     let d = start(&config, Some(loopback()), Access::Open, None);
     let addr = d.local_addr().unwrap();
     let port = addr.port();
-    let own = [format!("127.0.0.1:{port}"), format!("localhost:{port}"), "localhost".into()];
+    let own = [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "localhost".into(),
+    ];
     let others = [
         format!("evil.example:{port}"),
         "evil.example".into(),

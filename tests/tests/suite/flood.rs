@@ -59,16 +59,32 @@ fn a_dashboard_flood_under_a_low_file_limit_locks_no_worker_out() {
         });
     }
     let args = [
-        "--listen", "127.0.0.1:0", "--dashboard", "127.0.0.1:0", "--workers", "2",
-        "--epochs", "2", "--progress", "none",
+        "--listen",
+        "127.0.0.1:0",
+        "--dashboard",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--epochs",
+        "2",
+        "--progress",
+        "none",
     ];
     let mut command = coordinator_command(command, &args, &out);
     command.arg("--checkpoint").arg(&checkpoint);
-    let mut coord = Guard(command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    let mut coord = Guard(
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let rx = lines(&mut coord);
     let (mut grpc, mut dashboard) = (None, None);
     while grpc.is_none() || dashboard.is_none() {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("the coordinator's addresses");
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the coordinator's addresses");
         if let Some(a) = line.strip_prefix("Listening on ") {
             grpc = Some(a.to_string());
         }
@@ -98,19 +114,32 @@ fn a_dashboard_flood_under_a_low_file_limit_locks_no_worker_out() {
     std::thread::sleep(window);
     let busy = (cpu_seconds(coord.0.id()) - cpu0) / t0.elapsed().as_secs_f64();
     let peak = peak_mb(coord.0.id());
-    let mut workers = [worker_process(&grpc, "w0", &[]), worker_process(&grpc, "w1", &[])];
+    let mut workers = [
+        worker_process(&grpc, "w0", &[]),
+        worker_process(&grpc, "w1", &[]),
+    ];
     let status = wait_exit(&mut coord, Duration::from_secs(120), "coordinator");
     let stderr = integration_tests::process::stderr_of(&mut coord);
-    assert!(status.success(), "coordinator failed under the flood: {stderr}");
+    assert!(
+        status.success(),
+        "coordinator failed under the flood: {stderr}"
+    );
     for w in &mut workers {
         assert!(wait_exit(w, Duration::from_secs(30), "worker").success());
     }
-    assert!(out.is_file() && checkpoint.is_file(), "model and checkpoint saved");
+    assert!(
+        out.is_file() && checkpoint.is_file(),
+        "model and checkpoint saved"
+    );
     println!(
         "{} of {CLIENTS} flooding clients connected; coordinator CPU while flooded {:.0}% of a core, peak RSS {peak:.1} MB",
         flood.len(),
         busy * 100.0
     );
-    assert!(busy < 0.5, "the coordinator used {:.0}% of a core while flooded", busy * 100.0);
+    assert!(
+        busy < 0.5,
+        "the coordinator used {:.0}% of a core while flooded",
+        busy * 100.0
+    );
     drop(flood);
 }

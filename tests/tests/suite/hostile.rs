@@ -285,7 +285,11 @@ fn one_stale_peer_holds_the_run_at_most_the_shard_timeout() {
             let summary = runtime.block_on(async {
                 let config = coordinator::Config {
                     shard_timeout: SHARD_TIMEOUT,
-                    backup: if backups { BackupPolicy::DEFAULT } else { BackupPolicy::OFF },
+                    backup: if backups {
+                        BackupPolicy::DEFAULT
+                    } else {
+                        BackupPolicy::OFF
+                    },
                     ..test_config(plan(), 2)
                 };
                 let mut cluster = Cluster::start(config, fixture_data(), 0).await.unwrap();
@@ -302,9 +306,15 @@ fn one_stale_peer_holds_the_run_at_most_the_shard_timeout() {
         }
         let held = took[1].saturating_sub(took[0]);
         println!("backups {backups}: undisturbed {:.2?}, with a stale peer {:.2?}: held {held:.2?} (--shard-timeout {SHARD_TIMEOUT:?})", took[0], took[1]);
-        assert!(held <= SHARD_TIMEOUT + SLACK / 6, "backups {backups}: held {held:?}");
+        assert!(
+            held <= SHARD_TIMEOUT + SLACK / 6,
+            "backups {backups}: held {held:?}"
+        );
         if !backups {
-            assert!(held >= SHARD_TIMEOUT / 2, "without backups the run waits for the shard timeout: {held:?}");
+            assert!(
+                held >= SHARD_TIMEOUT / 2,
+                "without backups the run waits for the shard timeout: {held:?}"
+            );
         }
     }
 }

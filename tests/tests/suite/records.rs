@@ -60,7 +60,12 @@ enum Edit {
 }
 
 fn kinds() -> impl Strategy<Value = Kind> {
-    prop_oneof![Just(Kind::File), Just(Kind::Fifo), Just(Kind::Directory), Just(Kind::Device)]
+    prop_oneof![
+        Just(Kind::File),
+        Just(Kind::Fifo),
+        Just(Kind::Directory),
+        Just(Kind::Device)
+    ]
 }
 
 fn edits() -> impl Strategy<Value = Edit> {
@@ -76,10 +81,17 @@ fn edits() -> impl Strategy<Value = Edit> {
     ];
     prop_oneof![
         sizes.prop_map(Edit::Sizes),
-        prop_oneof![Just(0u64), Just(1), Just(2), Just(1_000_000), Just(1 << 62)].prop_map(Edit::Epochs),
+        prop_oneof![Just(0u64), Just(1), Just(2), Just(1_000_000), Just(1 << 62)]
+            .prop_map(Edit::Epochs),
         prop_oneof![Just(0u64), Just(1), Just(10), Just(5000)].prop_map(Edit::BatchSize),
-        prop_oneof![Just(None), Just(Some(0u64)), Just(Some(1)), Just(Some(20)), Just(Some(7))]
-            .prop_map(Edit::RecordEvery),
+        prop_oneof![
+            Just(None),
+            Just(Some(0u64)),
+            Just(Some(1)),
+            Just(Some(20)),
+            Just(Some(7))
+        ]
+        .prop_map(Edit::RecordEvery),
         (0usize..45).prop_map(Edit::Truncate),
         prop_oneof![1usize..5, Just(100_000)].prop_map(Edit::Repeat),
         Just(Edit::Reverse),
@@ -127,7 +139,8 @@ fn apply(v: &mut Value, edit: &Edit, dir: &Path) {
             let model = common::model_file::to_bytes(&plan_for(1, 2, 5).initial_network());
             let name = format!("init-{}.safetensors", rand_suffix());
             let path = path_of(dir, &name, *kind, &model);
-            v["init_model"] = json!({ "path": path.display().to_string(), "weights_sha256": "00".repeat(32) });
+            v["init_model"] =
+                json!({ "path": path.display().to_string(), "weights_sha256": "00".repeat(32) });
         }
     }
 }
