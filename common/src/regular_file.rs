@@ -31,6 +31,10 @@ pub fn open(path: &Path) -> io::Result<(File, u64)> {
     Ok((file, meta.len()))
 }
 
+/// The most a small file the binaries read (a PEM certificate or key, a
+/// metrics CSV) may be: 64 MiB.
+pub const MAX_SMALL_FILE: u64 = 64 << 20;
+
 /// Reads all of `path`, a regular file of at most `limit` bytes, checking
 /// the size before reading (and reading at most `limit`, should it grow).
 ///

@@ -277,7 +277,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 "--timeout {timeout}: must be seconds > 0"
             );
             let ca = tls_ca
-                .map(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
+                .map(|p| {
+                    common::regular_file::read(&p, common::regular_file::MAX_SMALL_FILE)
+                        .with_context(|| format!("reading {}", p.display()))
+                })
                 .transpose()?;
             let (serving, status) =
                 health::health(&addr, &service, Duration::from_secs_f64(timeout), ca).await?;
