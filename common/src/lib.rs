@@ -22,6 +22,7 @@
 //! - [`dataset`]: IDX parsing, Nielsen's split, fetching MNIST;
 //! - [`metrics`]: step timings and their per-epoch percentiles;
 //! - [`model_file`]: safetensors save/load;
+//! - [`regular_file`]: opening a path that must be a regular file (never a FIFO);
 //! - [`chain`]: the hash chain of a run's weights, for its verifiable record;
 //! - [`logging`]: `RUST_LOG` filtering, text or JSON lines;
 //! - [`wire`]: the only conversion between [`pb`] messages and math types,
@@ -51,6 +52,7 @@ pub mod network2_json;
 pub mod optimizer;
 pub mod plan;
 pub mod reference;
+pub mod regular_file;
 pub mod schedule;
 pub mod stopping;
 pub mod wire;

@@ -206,10 +206,7 @@ pub fn load_part(
     prefix: &str,
     like: &Network,
 ) -> Result<Option<Network>, ModelFileError> {
-    let bytes = std::fs::read(path).map_err(|source| ModelFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_bounded(path)?;
     let tensors = SafeTensors::deserialize(&bytes).map_err(|source| ModelFileError::Format {
         path: path.to_path_buf(),
         source,
@@ -289,23 +286,13 @@ pub fn load_with_metadata(
     Ok((network, metadata.metadata().clone().unwrap_or_default()))
 }
 
-/// Reads at most [`MAX_FILE_BYTES`] of `path`; a longer file is an error.
+/// Reads `path`, a regular file (never a FIFO or device) of at most
+/// [`MAX_FILE_BYTES`], its size checked before it is read.
 fn read_bounded(path: &Path) -> Result<Vec<u8>, ModelFileError> {
-    use std::io::Read;
-    let io = |source| ModelFileError::Io {
+    crate::regular_file::read(path, MAX_FILE_BYTES).map_err(|source| ModelFileError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(io(std::io::Error::other(format!(
-            "larger than {MAX_FILE_BYTES} bytes, the most a model or checkpoint can be"
-        ))));
-    }
-    Ok(bytes)
+    })
 }
 
 /// Parses safetensors bytes; `path` only names the source in errors.

@@ -119,6 +119,11 @@ pub trait Progress {
     fn checkpoint(&mut self, _step: u64) {}
     /// After every epoch's evaluation.
     fn epoch(&mut self, report: &EpochReport);
+    /// After every step and every epoch, with the hash chain so far: whether
+    /// to go on. `verify` stops a replay at the first link that differs.
+    fn proceed(&mut self, _chain: &crate::chain::Chain) -> bool {
+        true
+    }
 }
 
 /// A [`Progress`] that ignores everything.
@@ -582,6 +587,9 @@ pub fn train_with_state(
             let computed = step_start.elapsed();
             step.0 += 1;
             state.chain.after_step(step.0, plan.record_every, network);
+            if !progress.proceed(&state.chain) {
+                return reports;
+            }
             let total_time = step_start.elapsed();
             let timing = StepTiming {
                 total: total_time,
@@ -602,6 +610,9 @@ pub fn train_with_state(
         let summary = StepSummary::of(&timings);
         let train_time = start.elapsed();
         state.chain.after_epoch(epoch, step.0, network);
+        if !progress.proceed(&state.chain) {
+            return reports;
+        }
         let mut report = epoch_report(network, data, plan, eta, epoch, step.0, train_time, summary);
         end_epoch(plan, state, network, &mut report);
         progress.epoch(&report);

@@ -167,6 +167,11 @@ pub struct Args {
     /// --insecure-no-token); see docs/dashboard.md.
     #[arg(long, value_name = "ADDR")]
     pub dashboard: Option<String>,
+    /// A host name the dashboard answers to besides its address and
+    /// localhost (a DNS name of this machine, a reverse proxy's); repeatable.
+    /// Requests for any other Host get 421 (against DNS rebinding).
+    #[arg(long, value_name = "NAME", requires = "dashboard")]
+    pub dashboard_host: Vec<String>,
     /// Write a Chrome trace-event timeline of --trace-steps (Perfetto, chrome://tracing).
     #[arg(long, value_name = "JSON")]
     pub trace: Option<PathBuf>,
@@ -648,24 +653,34 @@ pub fn parse_sizes(given: &str) -> Result<Vec<usize>, ConfigError> {
                 .map_err(|e| err(format!("{s:?} is not a layer size ({e})")))
         })
         .collect::<Result<Vec<usize>, _>>()?;
+    check_sizes(&sizes).map_err(err)?;
+    Ok(sizes)
+}
+
+/// Whether `sizes` is a network this build trains on MNIST: the one rule
+/// for `--sizes` and for a run record's plan (`verify`).
+///
+/// # Errors
+/// What is wrong, in words.
+pub fn check_sizes(sizes: &[usize]) -> Result<(), String> {
     if sizes.len() < 2 {
-        return Err(err("need at least an input and an output layer".into()));
+        return Err("need at least an input and an output layer".into());
     }
     if sizes.contains(&0) {
-        return Err(err("layer sizes must be positive".into()));
+        return Err("layer sizes must be positive".into());
     }
     if sizes[0] != IMAGE_SIZE || sizes[sizes.len() - 1] != CLASSES {
-        return Err(err(format!(
+        return Err(format!(
             "MNIST needs {IMAGE_SIZE} inputs and {CLASSES} outputs, e.g. 784,30,10"
-        )));
+        ));
     }
-    if common::network::checked_parameter_count(&sizes, common::wire::MAX_PARAMETERS).is_none() {
-        return Err(err(format!(
+    if common::network::checked_parameter_count(sizes, common::wire::MAX_PARAMETERS).is_none() {
+        return Err(format!(
             "more than {} parameters",
             common::wire::MAX_PARAMETERS
-        )));
+        ));
     }
-    Ok(sizes)
+    Ok(())
 }
 
 /// The longest timeout a flag takes (a year): longer ones are surely typos,

@@ -13,11 +13,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::watch;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tokio_stream::{Stream, StreamExt};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::listen::Listener;
@@ -28,26 +30,57 @@ pub const PREFACE_BYTES: usize = 24;
 /// Every connection accepted on `listener`, TCP ones with `TCP_NODELAY` set
 /// (without it, Nagle turns a 0.3 ms round trip into tens of ms), with a
 /// `deadline` for its first bytes. When `stopping` turns true, connections
-/// that have not sent them yet are closed.
+/// that have not sent them yet are closed. At most `slots` are open at once
+/// ([`crate::fds::Budget`]): one more is closed as soon as it is accepted.
+/// A failed accept (out of file descriptors) pauses the loop for
+/// [`crate::fds::ACCEPT_BACKOFF`] rather than spinning on it. The loop ends
+/// when the server drops the stream.
 pub fn incoming(
     listener: Listener,
     deadline: Duration,
     stopping: watch::Receiver<bool>,
+    slots: usize,
 ) -> Pin<Box<dyn Stream<Item = io::Result<Guarded>> + Send>> {
-    match listener {
-        Listener::Tcp(l) => Box::pin(TcpListenerStream::new(l).map(move |accepted| {
-            let stream = accepted?;
-            stream.set_nodelay(true)?;
-            Ok(Guarded::new(Conn::Tcp(stream), deadline, stopping.clone()))
-        })),
-        Listener::Unix(l, _) => Box::pin(UnixListenerStream::new(l).map(move |accepted| {
-            Ok(Guarded::new(
-                Conn::Unix(accepted?),
-                deadline,
-                stopping.clone(),
-            ))
-        })),
-    }
+    let (tx, rx) = mpsc::channel(16);
+    let slots = Arc::new(Semaphore::new(slots));
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = accept(&listener) => accepted,
+                () = tx.closed() => return,
+            };
+            let conn = match accepted {
+                Ok(Some(conn)) => conn,
+                Ok(None) => continue, // reset before it could be set up
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; pausing");
+                    tokio::time::sleep(crate::fds::ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                tracing::debug!(peer = ?conn.peer(), "connection limit reached; closed");
+                continue;
+            };
+            let guarded = Guarded::new(conn, deadline, stopping.clone(), slot);
+            if tx.send(Ok(guarded)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+/// One connection from `listener`: `Err` if accepting failed, `None` if the
+/// connection failed before it could be used.
+async fn accept(listener: &Listener) -> io::Result<Option<Conn>> {
+    Ok(match listener {
+        Listener::Tcp(l) => {
+            let (stream, _) = l.accept().await?;
+            stream.set_nodelay(true).ok().map(|()| Conn::Tcp(stream))
+        }
+        Listener::Unix(l, _) => Some(Conn::Unix(l.accept().await?.0)),
+    })
 }
 
 /// An accepted connection of either kind.
@@ -131,10 +164,17 @@ pub struct Guarded {
     awaiting: usize,
     /// Resolves, with the reason, when the wait for those bytes is over.
     expiry: Option<Expiry>,
+    /// Its place among the connections the loop may hold, given back on drop.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Guarded {
-    fn new(inner: Conn, deadline: Duration, mut stopping: watch::Receiver<bool>) -> Self {
+    fn new(
+        inner: Conn,
+        deadline: Duration,
+        mut stopping: watch::Receiver<bool>,
+        slot: OwnedSemaphorePermit,
+    ) -> Self {
         let expiry: Expiry = Box::pin(async move {
             tokio::select! {
                 () = tokio::time::sleep(deadline) => "no handshake bytes within the deadline",
@@ -145,6 +185,7 @@ impl Guarded {
             inner,
             awaiting: PREFACE_BYTES,
             expiry: Some(expiry),
+            _slot: slot,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`config`]: flags and the validated [`Config`];
 //! - [`listen`], [`incoming`]: where it listens (TCP, or a Unix socket for
 //!   workers on this host) and the connections it accepts;
+//! - [`fds`]: the file limit, and how many connections each accept loop may hold;
 //! - [`service`]: the `ddp.v1.Trainer` gRPC service: handshake, then forwarding
 //!   each worker's stream as registry events; no training logic;
 //! - [`pool`]: the [`pool::WorkerPool`] seam and [`pool::RemotePool`], the registry
@@ -26,6 +27,7 @@
 pub mod app;
 pub mod checkpoint;
 pub mod config;
+pub mod fds;
 pub mod incoming;
 pub mod listen;
 pub mod pool;
@@ -168,7 +170,8 @@ pub async fn serve(
     // The health service stays open to probes; the trainer checks the token.
     let trainer = InterceptedService::new(trainer, service::authenticate(config.token.clone()));
     let (stopping_tx, stopping) = watch::channel(false);
-    let incoming = incoming::incoming(listener.into(), HANDSHAKE_TIMEOUT, stopping);
+    let slots = fds::Budget::current().grpc;
+    let incoming = incoming::incoming(listener.into(), HANDSHAKE_TIMEOUT, stopping, slots);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {

@@ -77,14 +77,40 @@ impl From<TcpListener> for Listener {
     }
 }
 
-/// Removes a Unix socket's file when dropped.
+/// Removes a Unix socket's file when dropped: only the socket this process
+/// created (the same device and inode), never what replaced it since (a
+/// regular file, another run's socket).
 #[derive(Debug)]
-pub struct SocketFile(Option<PathBuf>);
+pub struct SocketFile(Option<(PathBuf, FileId)>);
+
+/// A file's identity: device, inode and change time (an inode number can be
+/// reused once its file is gone).
+type FileId = (u64, u64, i64, i64);
+
+fn file_id(meta: &std::fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
+}
+
+impl SocketFile {
+    /// The socket file at `path`, as created now.
+    fn created(path: &Path) -> io::Result<SocketFile> {
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(SocketFile(Some((path.to_path_buf(), file_id(&meta)))))
+    }
+}
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        if let Some(path) = &self.0 {
-            let _ = std::fs::remove_file(path);
+        let Some((path, id)) = &self.0 else { return };
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() && file_id(&meta) == *id => {
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "the socket file was replaced during the run; left in place")
+            }
+            Err(_) => {}
         }
     }
 }
@@ -104,10 +130,8 @@ impl Listener {
                 remove_stale(path).await?;
                 let listener = UnixListener::bind(path)?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-                Ok((
-                    Listener::Unix(listener, path.clone()),
-                    SocketFile(Some(path.clone())),
-                ))
+                let file = SocketFile::created(path)?; // after the chmod, which changes its ctime
+                Ok((Listener::Unix(listener, path.clone()), file))
             }
         }
     }
@@ -191,6 +215,18 @@ mod tests {
         drop(first); // its file stays: stale
         let (_second, _file2) = Listener::bind(&addr).await.unwrap();
         drop(file);
-        assert!(!path.exists(), "the guard removes the file");
+        assert!(
+            path.exists(),
+            "the first guard leaves the second run's socket"
+        );
+        drop(_file2);
+        assert!(!path.exists(), "the guard removes its own socket");
+        // A socket replaced by a regular file during the run: left alone.
+        let (_third, file3) = Listener::bind(&addr).await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"not a socket").unwrap();
+        drop(file3);
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+        std::fs::remove_file(&path).unwrap();
     }
 }

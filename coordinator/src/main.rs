@@ -132,6 +132,8 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Where the hard limit allows: connections are budgeted from what it gives (see `fds`).
+    let _ = coordinator::fds::raise_soft_limit();
     let threads = match &cli.command {
         None => cli.train.runtime_threads(),
         Some(Command::Train(args)) => args.runtime_threads(),
@@ -275,7 +277,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 "--timeout {timeout}: must be seconds > 0"
             );
             let ca = tls_ca
-                .map(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
+                .map(|p| {
+                    common::regular_file::read(&p, common::regular_file::MAX_SMALL_FILE)
+                        .with_context(|| format!("reading {}", p.display()))
+                })
                 .transpose()?;
             let (serving, status) =
                 health::health(&addr, &service, Duration::from_secs_f64(timeout), ca).await?;

@@ -52,11 +52,14 @@ pub enum Refusal {
     /// Its queue of steps is full: it is not reading them. RESOURCE_EXHAUSTED.
     #[error("worker is not reading its stream")]
     NotReading,
-    /// A shard unanswered past `--shard-timeout`: DEADLINE_EXCEEDED.
-    #[error("no result for step {step} within {}", Seconds(*.timeout))]
+    /// A shard copy unanswered past `--shard-timeout`, whatever else the
+    /// worker sent: DEADLINE_EXCEEDED.
+    #[error("no result for step {step} shard {shard} within {}", Seconds(*.timeout))]
     TooSlow {
-        /// The step in flight.
+        /// The step of its oldest unanswered copy.
         step: u64,
+        /// That copy's shard.
+        shard: u32,
         /// The shard timeout.
         timeout: Duration,
     },
@@ -192,6 +195,7 @@ mod tests {
             (
                 Refusal::TooSlow {
                     step: 4,
+                    shard: 1,
                     timeout: Duration::from_secs(30),
                 },
                 Code::DeadlineExceeded,

@@ -51,8 +51,15 @@ pub fn request(
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
+    // A `Host` among `headers` replaces the address (an empty one sends none).
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers
+        .iter()
+        .filter(|(k, v)| !(k.eq_ignore_ascii_case("host") && v.is_empty()))
+    {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     if let Some(b) = body {

@@ -106,7 +106,8 @@ async fn run() -> anyhow::Result<()> {
         retry_for: Duration::from_secs_f64(args.retry_for),
         tls_ca: match &args.tls_ca {
             Some(p) => Some(
-                std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?,
+                common::regular_file::read(p, common::regular_file::MAX_SMALL_FILE)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?,
             ),
             None => None,
         },

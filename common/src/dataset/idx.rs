@@ -61,6 +61,14 @@ pub enum IdxError {
         /// Data bytes present.
         found: usize,
     },
+    /// More bytes than the header promises.
+    #[error("{path}: data beyond the {expected} bytes its header promises")]
+    TrailingData {
+        /// The file.
+        path: PathBuf,
+        /// Bytes the header promises, header included.
+        expected: u64,
+    },
     /// Image dimensions other than the network's input.
     #[error("{path}: images are {rows}x{cols}, expected {expected_rows}x{expected_cols}")]
     WrongImageSize {
@@ -118,38 +126,79 @@ pub struct IdxImages {
 /// Largest IDX file read, uncompressed (1 GiB; MNIST's largest is 47 MB).
 pub const MAX_IDX_BYTES: u64 = 1 << 30;
 
-/// Reads a file, un-gzipping it if it starts with the gzip magic bytes; at
-/// most [`MAX_IDX_BYTES`] either way.
+/// Reads an IDX file, un-gzipping it if it starts with the gzip magic
+/// bytes, **no further than its header promises**: the magic number gives
+/// the number of dimensions, the dimensions the data's length, and then
+/// exactly that much is read, plus one byte to detect trailing data. So a
+/// small gzip file that inflates without end costs no more memory than its
+/// header claims, and a claim over [`MAX_IDX_BYTES`] is refused unread.
+/// Only regular files are read ([`crate::regular_file`]). A header this
+/// reader does not know (a wrong magic) is returned as read, for the parser
+/// to name.
+///
+/// # Errors
+/// [`IdxError::Io`] if the file cannot be read, is not a regular file or is
+/// too large; [`IdxError::TrailingData`] if it holds more than its header says.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, IdxError> {
     let io = |source| IdxError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let too_big = || {
-        io(std::io::Error::other(format!(
-            "larger than {MAX_IDX_BYTES} bytes (uncompressed), more than any IDX data set this trainer takes"
-        )))
-    };
-    let mut raw = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_IDX_BYTES + 1).read_to_end(&mut raw))
-        .map_err(io)?;
-    let mut out = if raw.starts_with(&[0x1f, 0x8b]) {
-        // Bounded: a small gzip file can claim gigabytes.
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        GzDecoder::new(&raw[..])
-            .take(MAX_IDX_BYTES + 1)
-            .read_to_end(&mut out)
-            .map_err(io)?;
-        out
+    let (file, _) = crate::regular_file::open(path).map_err(io)?;
+    let mut file = std::io::BufReader::new(file);
+    let gz = std::io::BufRead::fill_buf(&mut file)
+        .map_err(io)?
+        .starts_with(&[0x1f, 0x8b]);
+    if gz {
+        read_promised(path, &mut GzDecoder::new(file))
     } else {
-        raw
-    };
-    if out.len() as u64 > MAX_IDX_BYTES {
-        return Err(too_big());
+        read_promised(path, &mut file)
     }
-    out.shrink_to_fit();
+}
+
+/// [`read_maybe_gz`]'s reading: the header, then what it promises plus one byte.
+fn read_promised(path: &Path, reader: &mut dyn Read) -> Result<Vec<u8>, IdxError> {
+    let io = |source| IdxError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut out = Vec::new();
+    read_up_to(reader, &mut out, 4).map_err(io)?;
+    let dims = match out[..] {
+        [0, 0, 0x08, n @ 1..=4] => usize::from(n),
+        _ => return Ok(out), // not an IDX file of bytes: the parser says so
+    };
+    read_up_to(reader, &mut out, 4 + 4 * dims).map_err(io)?;
+    if out.len() < 4 + 4 * dims {
+        return Ok(out); // a truncated header: the parser says so
+    }
+    let data = (0..dims).try_fold(1u64, |n, d| {
+        n.checked_mul(u64::from(be_u32(&out, 4 + 4 * d)))
+    });
+    let total = data
+        .and_then(|n| n.checked_add(out.len() as u64))
+        .filter(|&n| n <= MAX_IDX_BYTES)
+        .ok_or_else(|| {
+            io(std::io::Error::other(format!(
+                "its header claims more than {MAX_IDX_BYTES} bytes of data, more than any IDX data set this trainer takes"
+            )))
+        })?;
+    read_up_to(reader, &mut out, total as usize + 1).map_err(io)?;
+    if out.len() as u64 > total {
+        return Err(IdxError::TrailingData {
+            path: path.to_path_buf(),
+            expected: total,
+        });
+    }
     Ok(out)
+}
+
+/// Reads from `reader` until `out` holds `len` bytes or the input ends.
+fn read_up_to(reader: &mut dyn Read, out: &mut Vec<u8>, len: usize) -> std::io::Result<()> {
+    let want = len.saturating_sub(out.len());
+    out.reserve_exact(want);
+    reader.take(want as u64).read_to_end(out)?;
+    Ok(())
 }
 
 fn be_u32(bytes: &[u8], at: usize) -> u32 {
@@ -401,6 +450,65 @@ mod tests {
             ),
             "{err:?}"
         );
+    }
+
+    /// A gzip file that inflates without end (a header promising 3
+    /// labels, then zeros) is read to 3 labels and one byte more: the reader
+    /// stops there, and says so.
+    #[test]
+    fn reads_no_further_than_the_header_says() {
+        use flate2::{write::GzEncoder, Compression};
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("idx-bomb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("labels");
+        let mut gz = GzEncoder::new(Vec::new(), Compression::best());
+        gz.write_all(&encode_labels(&[4, 2, 7])).unwrap();
+        for _ in 0..64 {
+            gz.write_all(&[0; 1 << 20]).unwrap(); // 64 MiB of trailing zeros
+        }
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        let err = read_maybe_gz(&path).unwrap_err();
+        assert!(
+            matches!(err, IdxError::TrailingData { expected: 11, .. }),
+            "{err:?}"
+        );
+        // How far it read: through a reader that counts what it hands out.
+        let mut counted = Counted(GzDecoder::new(std::fs::File::open(&path).unwrap()), 0);
+        assert!(read_promised(&path, &mut counted).is_err());
+        assert_eq!(
+            counted.1,
+            8 + 3 + 1,
+            "the header, its 3 labels and one byte"
+        );
+        // A header claiming more than the cap is refused unread.
+        let mut huge = encode_images(&images(0));
+        huge[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        huge[8..16].copy_from_slice(&[0, 0, 1, 0, 0, 0, 1, 0]);
+        std::fs::write(&path, &huge).unwrap();
+        let err = read_maybe_gz(&path).unwrap_err();
+        assert!(err.to_string().contains("claims more than"), "{err}");
+        // An exact file reads whole; a short one is named by the parser.
+        std::fs::write(&path, encode_labels(&[4, 2, 7])).unwrap();
+        assert_eq!(read_maybe_gz(&path).unwrap(), encode_labels(&[4, 2, 7]));
+        let short = &encode_labels(&[4, 2, 7])[..10];
+        std::fs::write(&path, short).unwrap();
+        let bytes = read_maybe_gz(&path).unwrap();
+        assert!(matches!(
+            parse_labels(&path, &bytes, 10),
+            Err(IdxError::WrongLength { found: 2, .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    struct Counted<R>(R, usize);
+
+    impl<R: Read> Read for Counted<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1 += n;
+            Ok(n)
+        }
     }
 
     #[test]

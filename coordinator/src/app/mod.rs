@@ -9,7 +9,7 @@
 //! - [`ui`], [`report`]: progress bar, epoch lines, metrics CSV, plots;
 //! - [`dashboard`], [`trace`]: the live page with `/metrics`, and the
 //!   `--trace` timeline, both fed by the pool's observer;
-//! - [`record`]: the run record and `verify`;
+//! - [`record`]: the run record and `verify`; [`record_file`] reads one within a memory bound;
 //! - [`data`]: fetching and loading MNIST;
 //! - [`model_use`], [`digits`]: `evaluate`, `predict` (with MNIST-style
 //!   preprocessing of a user's image) and `export`;
@@ -24,6 +24,7 @@ pub mod health;
 pub mod launch;
 pub mod model_use;
 pub mod record;
+pub mod record_file;
 pub mod report;
 pub mod run;
 pub mod trace;

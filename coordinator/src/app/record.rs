@@ -17,7 +17,7 @@ use common::dataset::{find_file, idx, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TR
 use common::kernels::KernelSet;
 use common::network::Init;
 use common::plan::{RunState, TrainingPlan};
-use common::reference::{train_with_state, Quiet};
+use common::reference::{train_with_state, Progress};
 use common::stopping::EtaSchedule;
 use common::{model_file, Network};
 use serde_json::{json, Value};
@@ -50,6 +50,9 @@ pub enum RecordError {
     /// A model file cannot be read or written.
     #[error(transparent)]
     Model(#[from] common::model_file::ModelFileError),
+    /// The record's links cannot come from its plan (checked before any replay).
+    #[error("the record cannot come from its own plan: {0}")]
+    Implausible(String),
     /// The run's kernel set cannot run on this CPU.
     #[error("the run used kernel set {set}, which needs {feature}; this CPU lacks it, so it cannot replay the run")]
     Kernels {
@@ -61,7 +64,8 @@ pub enum RecordError {
 }
 
 /// The largest record `verify` reads: a million epochs of links with room
-/// to spare (a link is about 200 bytes of JSON).
+/// to spare (a link is about 200 bytes of JSON). Its size is checked before
+/// it is read ([`super::record_file`]).
 pub const MAX_RECORD_BYTES: u64 = 1 << 30;
 
 /// What a record's `format` field says.
@@ -220,12 +224,9 @@ impl RunRecord {
             .map(|s| s.as_u64().map(|s| s as usize))
             .collect::<Option<Vec<_>>>()
             .ok_or("flags.sizes holds something other than whole numbers".to_string())?;
-        if common::network::checked_parameter_count(&sizes, common::wire::MAX_PARAMETERS).is_none()
-        {
-            return Err(format!(
-                "flags.sizes {sizes:?} is not a network this build trains"
-            ));
-        }
+        // The rule --sizes follows: a record's plan is no less checked than a run's flags.
+        crate::config::check_sizes(&sizes)
+            .map_err(|why| format!("flags.sizes {sizes:?}: {why}"))?;
         let net = match f.get("net") {
             None => None,
             Some(v) => {
@@ -330,28 +331,13 @@ impl RunRecord {
                     .ok_or("init_model.weights_sha256 is not 64 hex digits".to_string())?,
             }),
         };
-        let mut links = Vec::new();
-        for (i, l) in v["links"]
+        let links = v["links"]
             .as_array()
             .ok_or("links is missing".to_string())?
             .iter()
             .enumerate()
-        {
-            let digest = |key: &str| {
-                l[key]
-                    .as_str()
-                    .and_then(chain::from_hex)
-                    .ok_or_else(|| format!("links[{i}].{key} is not 64 hex digits"))
-            };
-            links.push(chain::Link {
-                step: l["step"]
-                    .as_u64()
-                    .ok_or_else(|| format!("links[{i}].step is missing"))?,
-                epoch: l["epoch"].as_u64().map(|e| e as usize),
-                weights: digest("weights_sha256")?,
-                chain: digest("chain")?,
-            });
-        }
+            .map(|(i, l)| link_from_json(i, l))
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(RunRecord {
             plan,
             data,
@@ -376,37 +362,52 @@ impl RunRecord {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// Reads a record file.
+    /// Reads a record file, within the memory bound of [`super::record_file`].
     ///
     /// # Errors
     /// If it cannot be read or is not a valid record.
     pub fn load(path: &Path) -> Result<RunRecord, RecordError> {
-        let malformed = |why: String| RecordError::Malformed {
-            path: path.to_path_buf(),
-            why,
-        };
-        let io = |source| RecordError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        // Read at most one byte past the bound, so a huge file is refused
-        // without being read into memory.
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(std::fs::File::open(path).map_err(io)?, MAX_RECORD_BYTES + 1),
-            &mut bytes,
-        )
-        .map_err(io)?;
-        if bytes.len() as u64 > MAX_RECORD_BYTES {
-            return Err(malformed(format!(
-                "larger than {} MiB; not a record this build writes",
-                MAX_RECORD_BYTES >> 20
-            )));
-        }
-        let v: Value =
-            serde_json::from_slice(&bytes).map_err(|e| malformed(format!("not JSON: {e}")))?;
-        RunRecord::from_json(&v).map_err(malformed)
+        super::record_file::read(path)
     }
+}
+
+/// Link `i` of a record, from its JSON.
+///
+/// # Errors
+/// Naming the field that is missing or malformed.
+pub fn link_from_json(i: usize, l: &Value) -> Result<chain::Link, String> {
+    let digest = |key: &str| {
+        l[key]
+            .as_str()
+            .and_then(chain::from_hex)
+            .ok_or_else(|| format!("links[{i}].{key} is not 64 hex digits"))
+    };
+    let epoch = match &l["epoch"] {
+        Value::Null => None,
+        e => Some(
+            e.as_u64()
+                .and_then(|e| usize::try_from(e).ok())
+                .ok_or_else(|| format!("links[{i}].epoch is not a whole number"))?,
+        ),
+    };
+    Ok(chain::Link {
+        step: l["step"]
+            .as_u64()
+            .ok_or_else(|| format!("links[{i}].step is missing"))?,
+        epoch,
+        weights: digest("weights_sha256")?,
+        chain: digest("chain")?,
+    })
+}
+
+/// The most links a run of `plan` over `training` samples can record: the
+/// start, one per `record_every` steps, one per epoch.
+pub fn max_links(plan: &TrainingPlan, training: usize) -> u64 {
+    let per_epoch = training.div_ceil(plan.batch_size.max(1)) as u64;
+    let steps = per_epoch.saturating_mul(plan.epochs as u64);
+    let every = plan.record_every.map_or(0, |r| steps / r.max(1));
+    1u64.saturating_add(plan.epochs as u64)
+        .saturating_add(every)
 }
 
 /// What `verify` found.
@@ -489,9 +490,11 @@ pub fn verify(
     if record.plan.expand_data {
         data = data.expanded();
     }
+    plausible(record, data.training.len()).map_err(RecordError::Implausible)?;
     let mut state = RunState::new(&record.plan);
-    train_with_state(&mut network, &mut state, &data, &record.plan, Quiet);
-    let verdict = compare(&record.chain, &state.chain);
+    let mut checker = Checker::new(&record.chain);
+    train_with_state(&mut network, &mut state, &data, &record.plan, &mut checker);
+    let verdict = checker.finish(&state.chain);
     let Verdict::Verified { hashes, head } = verdict else {
         return Ok((verdict, notes));
     };
@@ -547,11 +550,86 @@ pub fn verify(
     ))
 }
 
-/// Compares the record's links with the replay's, in order.
-fn compare(recorded: &Chain, replayed: &Chain) -> Verdict {
-    let mut last_good: Option<u64> = None;
-    for (i, want) in recorded.links.iter().enumerate() {
-        let Some(got) = replayed.links.get(i) else {
+/// Whether `record`'s links could come from its plan over `training`
+/// samples, checked before any replay: at least the start, no more than
+/// the plan can produce, steps rising and within the plan's.
+fn plausible(record: &RunRecord, training: usize) -> Result<(), String> {
+    let links = &record.chain.links;
+    let max = max_links(&record.plan, training);
+    if links.is_empty() {
+        return Err("the record has no links".into());
+    }
+    if links.len() as u64 > max {
+        return Err(format!(
+            "the record has {} links; its plan can produce at most {max} over {training} training samples",
+            links.len()
+        ));
+    }
+    let per_epoch = training.div_ceil(record.plan.batch_size) as u64;
+    let steps = per_epoch.saturating_mul(record.plan.epochs as u64);
+    if let Some(w) = links.windows(2).find(|w| w[1].step <= w[0].step) {
+        return Err(format!(
+            "link steps must rise: step {} follows step {}",
+            w[1].step, w[0].step
+        ));
+    }
+    let last = links[links.len() - 1].step;
+    if last > steps {
+        return Err(format!(
+            "the record goes on to step {last}; its plan has {steps} steps"
+        ));
+    }
+    Ok(())
+}
+
+/// Compares the replay's links with the record's as the replay makes them,
+/// and stops it at the first that differs (or the first beyond the record).
+struct Checker<'a> {
+    recorded: &'a Chain,
+    /// Links compared so far.
+    checked: usize,
+    /// The step of the last link that matched.
+    last_good: Option<u64>,
+    /// The first difference, once found.
+    differs: Option<String>,
+}
+
+impl<'a> Checker<'a> {
+    fn new(recorded: &'a Chain) -> Self {
+        Self {
+            recorded,
+            checked: 0,
+            last_good: None,
+            differs: None,
+        }
+    }
+
+    /// Compares the replay's new links; false at the first difference.
+    fn check(&mut self, replayed: &Chain) -> bool {
+        while self.differs.is_none() && self.checked < replayed.links.len() {
+            let (i, got) = (self.checked, &replayed.links[self.checked]);
+            let Some(want) = self.recorded.links.get(i) else {
+                self.differs = Some(format!(
+                    "the record ends at step {} but the replay goes on to step {}",
+                    self.recorded.links.last().map_or(0, |l| l.step),
+                    got.step
+                ));
+                break;
+            };
+            self.differs = link_differs(i, want, got, self.last_good);
+            self.last_good = Some(want.step);
+            self.checked += 1;
+        }
+        self.differs.is_none()
+    }
+
+    /// The verdict once the replay is over (or was stopped).
+    fn finish(mut self, replayed: &Chain) -> Verdict {
+        self.check(replayed);
+        if let Some(what) = self.differs {
+            return Verdict::Differs { what };
+        }
+        if let Some(want) = self.recorded.links.get(self.checked) {
             return Verdict::Differs {
                 what: format!(
                     "the replay stopped at step {} but the record goes on to step {} (early stopping decided otherwise)",
@@ -559,54 +637,62 @@ fn compare(recorded: &Chain, replayed: &Chain) -> Verdict {
                     want.step
                 ),
             };
-        };
-        if got.step != want.step {
-            return Verdict::Differs {
-                what: format!(
-                    "link {i}: the record has step {}, the replay step {} (the flags or the data changed the run's length)",
-                    want.step, got.step
-                ),
-            };
         }
-        if got.weights != want.weights || got.chain != want.chain {
-            let at = match want.epoch {
-                Some(e) => format!("step {} (the end of epoch {e})", want.step),
-                None => format!("step {}", want.step),
-            };
-            let what = match last_good {
-                None if want.step == 0 => {
-                    "the initial weights differ (seed, sizes or initialiser)".to_string()
-                }
-                None => format!("the weights differ from the first recorded link on, at {at}"),
-                Some(_) if got.weights == want.weights => format!(
-                    "the weights at {at} match but the chain does not: the record's earlier links were altered"
-                ),
-                Some(good) if want.step == good + 1 => {
-                    format!("the weights first differ at step {}", want.step)
-                }
-                Some(good) => format!(
-                    "the weights first differ at {at}: the first differing step is one of {}..={} (record with --record-every to pinpoint it)",
-                    good + 1,
-                    want.step
-                ),
-            };
-            return Verdict::Differs { what };
+        Verdict::Verified {
+            hashes: self.recorded.links.len(),
+            head: self.recorded.head(),
         }
-        last_good = Some(want.step);
     }
-    if replayed.links.len() > recorded.links.len() {
-        return Verdict::Differs {
-            what: format!(
-                "the record ends at step {} but the replay goes on to step {}",
-                recorded.links.last().map_or(0, |l| l.step),
-                replayed.links.last().map_or(0, |l| l.step)
-            ),
-        };
+}
+
+impl Progress for &mut Checker<'_> {
+    fn epoch(&mut self, _report: &common::reference::EpochReport) {}
+
+    fn proceed(&mut self, chain: &Chain) -> bool {
+        self.check(chain)
     }
-    Verdict::Verified {
-        hashes: recorded.links.len(),
-        head: recorded.head(),
+}
+
+/// How link `i` of the replay differs from the record's, if it does, in
+/// words; `last_good` is the step of the last link that matched.
+fn link_differs(
+    i: usize,
+    want: &chain::Link,
+    got: &chain::Link,
+    last_good: Option<u64>,
+) -> Option<String> {
+    if got.step != want.step {
+        return Some(format!(
+            "link {i}: the record has step {}, the replay step {} (the flags or the data changed the run's length)",
+            want.step, got.step
+        ));
     }
+    if got.weights == want.weights && got.chain == want.chain {
+        return None;
+    }
+    let at = match want.epoch {
+        Some(e) => format!("step {} (the end of epoch {e})", want.step),
+        None => format!("step {}", want.step),
+    };
+    Some(match last_good {
+        None if want.step == 0 => "the initial weights differ (seed, sizes or initialiser)".to_string(),
+        None => format!("the weights differ from the first recorded link on, at {at}"),
+        Some(_) if got.weights == want.weights => format!(
+            "the weights at {at} match but the chain does not: the record's earlier links were altered"
+        ),
+        Some(good) if want.step == good + 1 => format!("the weights first differ at step {}", want.step),
+        Some(good) => format!(
+            "the weights first differ at {at}: the first differing step is one of {}..={} (record with --record-every to pinpoint it)",
+            good + 1,
+            want.step
+        ),
+    })
+}
+
+/// Compares the record's links with a finished replay's, in order.
+#[cfg(test)]
+fn compare(recorded: &Chain, replayed: &Chain) -> Verdict {
+    Checker::new(recorded).finish(replayed)
 }
 
 /// The record a run writes: its plan, data digests, init model and chain.

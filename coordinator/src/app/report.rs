@@ -149,7 +149,11 @@ pub type Curve = (String, Vec<(usize, f64)>);
 /// # Errors
 /// If the file cannot be read or lacks the column.
 pub fn read_metrics_column(path: &Path, column: &str) -> AppResult<Vec<(usize, f64)>> {
-    let text = std::fs::read_to_string(path).map_err(AppError::read(path))?;
+    let bytes = common::regular_file::read(path, common::regular_file::MAX_SMALL_FILE)
+        .map_err(AppError::read(path))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        AppError::read(path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    })?;
     let bad = |why: String| AppError::Metrics {
         path: path.to_path_buf(),
         why,

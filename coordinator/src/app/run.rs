@@ -34,7 +34,10 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> AppResult<()> {
         );
     }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        let read = |p: &std::path::PathBuf| std::fs::read(p).map_err(AppError::read(p));
+        let read = |p: &std::path::PathBuf| {
+            common::regular_file::read(p, common::regular_file::MAX_SMALL_FILE)
+                .map_err(AppError::read(p))
+        };
         config.tls = Some(crate::config::TlsPem {
             cert: read(cert)?,
             key: read(key)?,
@@ -284,6 +287,7 @@ fn start_dashboard(args: &Args, config: &crate::Config) -> AppResult<Option<Dash
     let d = Dashboard::start(dashboard::Options {
         listener,
         access,
+        hosts: args.dashboard_host.clone(),
         trace: args
             .trace
             .clone()

@@ -354,7 +354,7 @@ impl RemotePool {
                         current: self.next_step,
                     }),
                 );
-                self.count(id, verdict);
+                self.settle(id, &result, verdict);
             }
         }
         Ok(())
@@ -413,11 +413,8 @@ impl RemotePool {
                 }
                 None
             }
-            WorkerEvent::Result { id, result } => {
-                // Whatever its verdict, it answers the worker's oldest copy.
-                self.backlog.answered(id);
-                Some((id, result))
-            }
+            // Whether it answers a copy the worker holds is for `settle` and `accept`.
+            WorkerEvent::Result { id, result } => Some((id, result)),
         }
     }
 
@@ -442,6 +439,42 @@ impl RemotePool {
                 self.evict(id, v);
             }
         }
+    }
+
+    /// Handles a result that completes no shard (late, duplicate, from a
+    /// departed worker, or a violation). If it is for a copy its sender
+    /// still holds (a straggler's answer, or the second copy of a backed-up
+    /// shard), it answers that copy once its payload decodes, and a payload
+    /// that does not is rejected; anything else clears nothing (see
+    /// [`backlog`]). Returns whether the sender was dropped.
+    fn settle(&mut self, id: WorkerId, result: &pb::ShardResult, verdict: Verdict) -> bool {
+        let held = match verdict {
+            Verdict::Late | Verdict::Duplicate => {
+                self.backlog.held(id, result.step_id, result.shard_id)
+            }
+            _ => None,
+        };
+        if let Some(copy) = held {
+            let (samples, asked) = (copy.samples, copy.asked_first_error);
+            if let Err(e) = wire::decode_shard_result(result, &self.sizes, samples, asked) {
+                self.reject(id, e);
+                return true;
+            }
+            self.backlog.answered(id, result.step_id, result.shard_id);
+        }
+        let violation = matches!(verdict, Verdict::Violation(_));
+        self.count(id, verdict);
+        violation
+    }
+
+    /// Drops a worker whose result failed validation.
+    fn reject(&mut self, id: WorkerId, e: impl Into<Refusal>) {
+        self.stats.rejected += 1;
+        self.observer.emit(|| PoolEvent::Ignored {
+            worker: id,
+            why: observer::Ignored::Rejected,
+        });
+        self.evict(id, e);
     }
 
     /// Drops a worker, ending its stream with the status of `why`.
@@ -539,7 +572,14 @@ impl RemotePool {
                     at: now,
                 });
                 step.state.assign(id, shards, now);
-                self.backlog.sent(id, shards.len(), now);
+                for &i in shards {
+                    let copy = backlog::Held {
+                        sent: now,
+                        samples: step.shards[i].len(),
+                        asked_first_error: self.asks_first_error(step.shards[i].len()),
+                    };
+                    self.backlog.sent(id, step.state.id(), i as u32, copy);
+                }
                 true
             }
             Err(_) => {
@@ -567,11 +607,13 @@ impl RemotePool {
     }
 
     /// Drops every worker with a shard copy unanswered past the shard
-    /// timeout (of this step or an earlier one); their shards go to others.
+    /// timeout (of this step or an earlier one), whatever else it sent;
+    /// their shards go to others.
     fn expire(&mut self, step: &mut Step<'_>) {
-        for id in self.backlog.overdue(now(), self.timeouts.shard) {
+        for (id, (step_id, shard)) in self.backlog.overdue(now(), self.timeouts.shard) {
             let why = Refusal::TooSlow {
-                step: step.state.id(),
+                step: step_id,
+                shard,
                 timeout: self.timeouts.shard,
             };
             self.evict(id, why);
@@ -584,9 +626,7 @@ impl RemotePool {
         let i = match step.state.judge(id, live, result.step_id, result.shard_id) {
             Verdict::Accept(i) => i,
             verdict => {
-                let violation = matches!(verdict, Verdict::Violation(_));
-                self.count(id, verdict);
-                if violation {
+                if self.settle(id, &result, verdict) {
                     self.release(step, id);
                 }
                 return;
@@ -605,6 +645,7 @@ impl RemotePool {
         step.products += product_start.elapsed();
         match decoded {
             Ok(g) => {
+                self.backlog.answered(id, result.step_id, result.shard_id);
                 let verdict = if self.audit.selects(step.state.id(), i) {
                     self.stats.audited += 1;
                     self.audit.check(step.network, &step.shards[i], &g, step.keys[i])
@@ -649,12 +690,7 @@ impl RemotePool {
                 }
             }
             Err(e) => {
-                self.stats.rejected += 1;
-                self.observer.emit(|| PoolEvent::Ignored {
-                    worker: id,
-                    why: observer::Ignored::Rejected,
-                });
-                self.evict(id, e);
+                self.reject(id, e);
                 self.release(step, id);
             }
         }
@@ -1124,6 +1160,99 @@ mod tests {
         let got = got.unwrap();
         assert!(got.gradients == expected(&net));
         assert_eq!((pool.stats().reassigned, got.workers), (2, 1));
+    }
+
+    /// A worker that sends anything but answers to the shards it holds (a
+    /// result for the step before, its one answer again, a shard of a step
+    /// it never held) is dropped when its first shard's deadline passes,
+    /// with and without backups, exactly as a silent one: none of it resets
+    /// its clock. The run goes on meanwhile (with backups) or waits for it
+    /// (without). Paused time: each step takes the honest worker 50 ms, and
+    /// the drop comes exactly at the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn only_answers_reset_a_workers_clock() {
+        type Play = fn(&[pb::ShardResult]) -> Vec<pb::ShardResult>;
+        let deadline = Duration::from_secs(2);
+        // As many results as it holds shards (one per copy, as an honest
+        // worker would send), or more.
+        let moves: [(&str, Play); 3] = [
+            ("stale", |held| {
+                let stale = |r: &pb::ShardResult| pb::ShardResult {
+                    step_id: r.step_id - 1,
+                    ..r.clone()
+                };
+                held.iter().map(stale).collect()
+            }),
+            ("its first answer, repeated", |held| {
+                vec![held[0].clone(); 3]
+            }),
+            ("a shard of an older step", |held| {
+                let foreign = |r: &pb::ShardResult| pb::ShardResult {
+                    step_id: 0,
+                    shard_id: 1,
+                    ..r.clone()
+                };
+                held.iter().map(foreign).collect()
+            }),
+        ];
+        for backup in [BackupPolicy::OFF, BackupPolicy::DEFAULT] {
+            for (name, play) in moves {
+                let (tx, rx) = mpsc::channel(64);
+                let t = timeouts_with(5, deadline, backup);
+                let mut pool = RemotePool::new(rx, SIZES.to_vec(), t, STEP);
+                let mut inboxes = join(&tx, 0..2).await;
+                pool.wait_for_workers(2).await.unwrap();
+                let (mut honest, mut hostile) = (inboxes.pop().unwrap(), inboxes.pop().unwrap());
+                let honest_tx = tx.clone();
+                let honest = tokio::spawn(async move {
+                    while let Some(Ok(msg)) = honest.recv().await {
+                        if let Some(Kind::Step(step)) = msg.kind {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            for r in results_for(step, true) {
+                                send(&honest_tx, 1, r).await;
+                            }
+                        }
+                    }
+                });
+                let hostile_tx = tx.clone();
+                let started = Instant::now();
+                let hostile = tokio::spawn(async move {
+                    let held = compute_next(&mut hostile).await;
+                    for r in play(&held) {
+                        send(&hostile_tx, 0, r).await;
+                    }
+                    loop {
+                        if let Err(status) = hostile.recv().await.unwrap() {
+                            return (status, started.elapsed());
+                        }
+                    }
+                });
+                let net = Network::new(&SIZES, &mut init_rng(1));
+                let shards = shards();
+                let mut step = STEP;
+                let run = async {
+                    while pool.live_workers() == 2 {
+                        let got = pool.run_step(StepId(step), &net, &shards, KEY).await.unwrap();
+                        assert!(got.gradients == expected(&net), "{name}");
+                        step += 1;
+                    }
+                };
+                let never = tokio::time::timeout(deadline * 30, run).await;
+                assert!(never.is_ok(), "{name}, {backup:?}: never dropped");
+                let (status, took) = hostile.await.unwrap();
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::DeadlineExceeded,
+                    "{name}: {status:?}"
+                );
+                assert!(
+                    took >= deadline && took < deadline + Duration::from_millis(100),
+                    "{name}, {backup:?}: dropped after {took:?}"
+                );
+                pool.shutdown("done");
+                honest.await.unwrap();
+            }
+        }
     }
 
     /// A worker that stalls (a paused process) past the backup threshold:

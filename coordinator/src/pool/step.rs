@@ -12,6 +12,14 @@
 //! copied to an idle worker ([`StepState::plan_backups`]): either may answer,
 //! the first valid result wins, and the copies are bitwise identical. A
 //! worker that left or was evicted holds nothing ([`StepState::release`]).
+//!
+//! **Only answers count.** A verdict says whether a result may complete a
+//! shard; whether it also answers the sender's copy (and so resets its
+//! `--shard-timeout` clock) is [`super::backlog`]'s rule: only a valid
+//! result for a (step, shard) the sender holds does. A late or duplicate
+//! result answers a copy only when it is the sender's own unanswered one (a
+//! straggler waking up, the slower of a shard's two holders); stale,
+//! repeated and foreign results never do.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -23,9 +31,11 @@ use super::WorkerId;
 pub enum Verdict {
     /// Valid so far: decode it and, if it decodes, complete this shard.
     Accept(usize),
-    /// For a step that was issued and has finished: harmless, ignored.
+    /// For a step that was issued and has finished: never applied. It
+    /// answers the sender's copy only if the sender still holds it.
     Late,
-    /// From the shard's owner, for a shard already done: harmless, ignored.
+    /// From a holder of the shard, for a shard already done: never applied.
+    /// It answers the sender's copy only if the sender still holds it.
     Duplicate,
     /// From a worker that is no longer in the pool (its stream's last words):
     /// it owns nothing, so the result is ignored.

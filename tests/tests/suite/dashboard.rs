@@ -42,6 +42,7 @@ fn start(
     Dashboard::start(dashboard::Options {
         listener,
         access,
+        hosts: Vec::new(),
         trace,
         run: run_info(config),
     })
@@ -479,4 +480,72 @@ async fn a_browser_sees_the_run_learn_and_a_worker_die() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// Against DNS rebinding: over the wire, every path (the page, its
+/// documents, `/metrics`) answers only the dashboard's own `Host` names;
+/// any other, or none, gets 421 and nothing of the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_dashboards_own_host_names_are_served() {
+    let config = test_config(plan_for(1, 2, 3), 2);
+    let d = start(&config, Some(loopback()), Access::Open, None);
+    let addr = d.local_addr().unwrap();
+    let port = addr.port();
+    let own = [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "localhost".into(),
+    ];
+    let others = [
+        format!("evil.example:{port}"),
+        "evil.example".into(),
+        format!("localhost:{}", port.wrapping_add(1)),
+        format!("127.0.0.2:{port}"),
+        format!("localhost.evil.example:{port}"),
+        String::new(), // no Host at all
+    ];
+    for path in ["/", "/state.json", "/learned.json", "/metrics"] {
+        for host in own.iter().chain(&others) {
+            let r = get(addr, path, vec![("Host".into(), host.clone())]).await;
+            let want = if own.contains(host) { 200 } else { 421 };
+            assert_eq!(r.status, want, "{path} with Host {host:?}: {}", r.text());
+            if want == 421 {
+                assert!(!r.text().contains("ddp_"), "{path} with Host {host:?}");
+            }
+        }
+    }
+    d.finish("finished").await;
+}
+
+/// Event streams are capped ([`coordinator::fds::Budget`]): with the cap's
+/// worth open and never read, one more gets 503 at once, and the rest of
+/// the dashboard still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_capped_and_the_rest_still_answers() {
+    use std::io::{Read, Write};
+    let config = test_config(plan_for(1, 2, 3), 2);
+    let d = start(&config, Some(loopback()), Access::Open, None);
+    let addr = d.local_addr().unwrap();
+    let cap = coordinator::fds::Budget::current().subscribers;
+    let open: Vec<std::net::TcpStream> = tokio::task::spawn_blocking(move || {
+        (0..cap)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                let head = format!("GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+                s.write_all(head.as_bytes()).unwrap();
+                // Its status line, so the stream is counted before the next one.
+                let mut first = [0u8; 12];
+                s.read_exact(&mut first).unwrap();
+                assert_eq!(&first, b"HTTP/1.1 200");
+                s
+            })
+            .collect()
+    })
+    .await
+    .unwrap();
+    let over = get(addr, "/events", vec![]).await;
+    assert_eq!(over.status, 503, "{}", over.text());
+    assert_eq!(get(addr, "/metrics", vec![]).await.status, 200);
+    drop(open);
+    d.finish("finished").await;
 }

@@ -4,8 +4,13 @@
 //! answers, answers for other peers' shards (forged or honest bytes), for
 //! steps never issued, late ones, duplicates, NaNs, wrong lengths, garbage
 //! and sudden exits; whole gradients or the first layer's error (honest, NaN,
-//! or too large for its product). The property: the coordinator finishes, and the model is
-//! the undisturbed run's, bit for bit. proptest prints the failing scripts.
+//! or too large for its product); and stale, repeated or foreign results
+//! *instead of* answers, after which the peer waits. The property: the
+//! coordinator finishes within a bound that follows from `--shard-timeout`
+//! (each peer can hold the run still at most once, for at most that long,
+//! with backups or without), a peer that answers nothing it holds is
+//! dropped within it, and the model is the undisturbed run's, bit for bit.
+//! proptest prints the failing scripts.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -13,6 +18,7 @@ use std::time::Duration;
 use common::pb::{self, coordinator_message, worker_message};
 use common::plan::TrainingPlan;
 use common::{wire, Network};
+use coordinator::pool::backup::BackupPolicy;
 use integration_tests::{
     bits, fixture_data, honest_results, honest_results_with_first_errors, open_stream, plan_for,
     reference_network, result_message, test_config, Cluster,
@@ -20,6 +26,13 @@ use integration_tests::{
 use proptest::prelude::*;
 
 const SHARDS: usize = 3;
+
+/// `--shard-timeout` in these runs: short, so the bound below is too.
+const SHARD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Slack for an undisturbed run of [`plan`] on a loaded 2-core machine
+/// (it takes about a second), on top of one shard timeout per peer.
+const SLACK: Duration = Duration::from_secs(30);
 
 fn plan() -> TrainingPlan {
     TrainingPlan {
@@ -63,6 +76,15 @@ enum Move {
     Short,
     /// Closes its stream without answering.
     Leave,
+    /// Instead of answering, sends its first shard's result with the
+    /// previous step's id, then waits.
+    StaleInstead,
+    /// Instead of answering, sends its previous Step's answers again (or,
+    /// on its first Step, nothing), then waits.
+    RepeatInstead,
+    /// Instead of answering, sends its first shard's result for a step long
+    /// finished and a shard it never held there, then waits.
+    ForeignInstead,
 }
 
 fn moves() -> impl Strategy<Value = Move> {
@@ -80,6 +102,9 @@ fn moves() -> impl Strategy<Value = Move> {
         1 => Just(Move::NaN),
         1 => Just(Move::Short),
         1 => Just(Move::Leave),
+        1 => Just(Move::StaleInstead),
+        1 => Just(Move::RepeatInstead),
+        1 => Just(Move::ForeignInstead),
     ]
 }
 
@@ -94,12 +119,17 @@ fn hello(name: &str) -> pb::WorkerMessage {
 }
 
 /// A raw peer: joins, then plays `script` one move per Step, then answers
-/// honestly until it is dropped or the run ends.
-async fn raw_peer(addr: std::net::SocketAddr, script: Vec<Move>) {
+/// honestly until it is dropped or the run ends. Returns how long it stayed
+/// joined after its first move *instead of* answers, if it played one.
+async fn raw_peer(addr: std::net::SocketAddr, script: Vec<Move>) -> Option<Duration> {
     let (tx, response) = open_stream(addr, None, hello("raw")).await;
-    let Ok(mut inbound) = response else { return };
+    let Ok(mut inbound) = response else {
+        return None;
+    };
     let mut script = script.into_iter();
     let mut net = Network::zeros(&plan().sizes);
+    let mut previous: Vec<pb::ShardResult> = Vec::new();
+    let mut silent_since = None;
     while let Ok(Some(msg)) = inbound.message().await {
         let Some(coordinator_message::Kind::Step(step)) = msg.kind else {
             continue;
@@ -108,7 +138,15 @@ async fn raw_peer(addr: std::net::SocketAddr, script: Vec<Move>) {
         let mine: Vec<u32> = honest.iter().map(|r| r.shard_id).collect();
         let other = (0..SHARDS as u32).find(|s| !mine.contains(s));
         let mut first = honest[0].clone();
-        let sends: Vec<pb::ShardResult> = match script.next().unwrap_or(Move::Honest) {
+        let answered = std::mem::replace(&mut previous, honest.clone());
+        let mv = script.next().unwrap_or(Move::Honest);
+        if matches!(
+            mv,
+            Move::StaleInstead | Move::RepeatInstead | Move::ForeignInstead
+        ) {
+            silent_since.get_or_insert_with(std::time::Instant::now);
+        }
+        let sends: Vec<pb::ShardResult> = match mv {
             Move::Honest => honest,
             mv @ (Move::HonestFirstErrors | Move::FirstErrorNaN | Move::FirstErrorOverflow) => {
                 let mut answers = honest_results_with_first_errors(&step, &mut net);
@@ -159,14 +197,25 @@ async fn raw_peer(addr: std::net::SocketAddr, script: Vec<Move>) {
                 first.gradients = first.gradients.slice(4..);
                 vec![first]
             }
-            Move::Leave => return,
+            Move::Leave => return None,
+            Move::StaleInstead => {
+                first.step_id = step.step_id.wrapping_sub(1);
+                vec![first]
+            }
+            Move::RepeatInstead => answered,
+            Move::ForeignInstead => {
+                first.step_id = step.step_id.saturating_sub(2);
+                first.shard_id = other.unwrap_or(0);
+                vec![first]
+            }
         };
         for r in sends {
             if tx.send(result_message(r)).await.is_err() {
-                return;
+                break;
             }
         }
     }
+    silent_since.map(|t| t.elapsed())
 }
 
 proptest! {
@@ -175,28 +224,98 @@ proptest! {
     #[test]
     fn hostile_peers_never_change_the_model(
         scripts in proptest::collection::vec(proptest::collection::vec(moves(), 1..6), 1..4),
+        backups in any::<bool>(),
     ) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let summary = runtime.block_on(async {
-            let config = test_config(plan(), scripts.len() + 1);
+        let peers = scripts.len();
+        let started = std::time::Instant::now();
+        let (summary, held) = runtime.block_on(async {
+            let config = coordinator::Config {
+                shard_timeout: SHARD_TIMEOUT,
+                backup: if backups { BackupPolicy::DEFAULT } else { BackupPolicy::OFF },
+                ..test_config(plan(), peers + 1)
+            };
             let mut cluster = Cluster::start(config, fixture_data(), 0).await.unwrap();
-            let peers: Vec<_> = scripts
+            let raw: Vec<_> = scripts
                 .iter()
                 .map(|s| tokio::spawn(raw_peer(cluster.addr, s.clone())))
                 .collect();
             cluster.add_worker("honest");
             let (summary, _) = cluster.finish(Duration::from_secs(120)).await.unwrap();
-            for p in peers {
-                p.await.unwrap();
+            let mut held = Vec::new();
+            for p in raw {
+                held.extend(p.await.unwrap());
             }
-            summary
+            (summary, held)
         });
+        let took = started.elapsed();
         let summary = summary.map_err(|e| TestCaseError::fail(format!("the run failed: {e}")))?;
         prop_assert!(bits(&summary.network) == reference(), "the model changed");
+        let longest = held.iter().max().copied().unwrap_or_default();
+        println!("backups {backups}: run {took:.2?}, longest a peer answering nothing stayed joined {longest:.2?}");
+        prop_assert!(
+            longest <= SHARD_TIMEOUT + SLACK / 6,
+            "a peer answering nothing stayed joined {longest:?} (--shard-timeout {SHARD_TIMEOUT:?})"
+        );
+        let bound = SHARD_TIMEOUT * peers as u32 + SLACK;
+        prop_assert!(took <= bound, "the run took {took:?}, over {bound:?}");
+    }
+}
+
+/// The figure behind the property above: a peer that answers its third
+/// Step with a stale result and nothing else, against the same run
+/// without it, with backups and without. Without backups the run stands
+/// still until the peer's shard times out (once: it is then dropped); with
+/// backups its shards are copied at once and the run does not wait for it.
+#[test]
+fn one_stale_peer_holds_the_run_at_most_the_shard_timeout() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for backups in [false, true] {
+        let mut took = Vec::new();
+        for script in [vec![], vec![Move::Honest, Move::Honest, Move::StaleInstead]] {
+            let started = std::time::Instant::now();
+            let summary = runtime.block_on(async {
+                let config = coordinator::Config {
+                    shard_timeout: SHARD_TIMEOUT,
+                    backup: if backups {
+                        BackupPolicy::DEFAULT
+                    } else {
+                        BackupPolicy::OFF
+                    },
+                    ..test_config(plan(), 2)
+                };
+                let mut cluster = Cluster::start(config, fixture_data(), 0).await.unwrap();
+                let peer = tokio::spawn(raw_peer(cluster.addr, script.clone()));
+                if script.is_empty() {
+                    peer.abort(); // the undisturbed run: two honest workers
+                    cluster.add_worker("honest-2");
+                }
+                cluster.add_worker("honest");
+                cluster.finish(Duration::from_secs(120)).await.unwrap().0
+            });
+            assert!(bits(&summary.unwrap().network) == reference());
+            took.push(started.elapsed());
+        }
+        let held = took[1].saturating_sub(took[0]);
+        println!("backups {backups}: undisturbed {:.2?}, with a stale peer {:.2?}: held {held:.2?} (--shard-timeout {SHARD_TIMEOUT:?})", took[0], took[1]);
+        assert!(
+            held <= SHARD_TIMEOUT + SLACK / 6,
+            "backups {backups}: held {held:?}"
+        );
+        if !backups {
+            assert!(
+                held >= SHARD_TIMEOUT / 2,
+                "without backups the run waits for the shard timeout: {held:?}"
+            );
+        }
     }
 }
 

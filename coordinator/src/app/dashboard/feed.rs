@@ -136,4 +136,8 @@ impl<P: Progress> Progress for Watched<P> {
             feed.send(Feed::Epoch(Box::new(report.clone())));
         }
     }
+
+    fn proceed(&mut self, chain: &common::chain::Chain) -> bool {
+        self.inner.proceed(chain)
+    }
 }

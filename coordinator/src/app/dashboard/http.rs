@@ -9,6 +9,14 @@
 //! | `/metrics` | Prometheus exposition ([`super::prometheus`]): OpenMetrics if asked for, else the text format 0.0.4 |
 //! | `/login?code=…` | trades the one-time code for a session cookie |
 //!
+//! **Host names.** Only requests whose `Host` is one of the dashboard's own
+//! names are served ([`super::hosts`]): the rest get 421, against DNS
+//! rebinding.
+//!
+//! **Limits.** At most [`crate::fds::Budget`]'s connections and event
+//! streams at once; one more connection is closed at once, one more event
+//! stream gets 503.
+//!
 //! **Access.** On loopback the page is open, as the gRPC port is. Bound to
 //! any other interface it needs the run's token, as a `Authorization:
 //! Bearer` header (scrapers, curl) or through a cookie that the one-time
@@ -28,9 +36,10 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::hosts::AllowedHosts;
 use super::Published;
 
 /// The page, embedded in the binary.
@@ -147,35 +156,76 @@ fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
     r
 }
 
-/// Serves the dashboard on `listener` until the process exits.
-pub async fn serve(listener: tokio::net::TcpListener, access: Access, published: Published) {
-    let access = Arc::new(access);
+/// What a dashboard serves besides its documents: who may read, under
+/// which `Host` names, and how many connections and event streams at once.
+pub struct Gate {
+    /// Who may read.
+    pub access: Access,
+    /// The `Host` names served.
+    pub hosts: AllowedHosts,
+    /// Connections and event streams at once ([`crate::fds::Budget`]).
+    pub budget: crate::fds::Budget,
+}
+
+/// Serves the dashboard on `listener` until the process exits. A
+/// connection over the budget is closed as soon as it is accepted; a failed
+/// accept (out of file descriptors) pauses the loop instead of spinning.
+pub async fn serve(listener: tokio::net::TcpListener, gate: Gate, published: Published) {
+    let connections = Arc::new(Semaphore::new(gate.budget.dashboard));
+    let subscribers = Arc::new(Semaphore::new(gate.budget.subscribers));
+    let gate = Arc::new(gate);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                // Out of file descriptors and the like: back off, do not spin.
-                tracing::warn!(error = %e, "dashboard: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tracing::warn!(error = %e, "dashboard: accept failed; pausing");
+                tokio::time::sleep(crate::fds::ACCEPT_BACKOFF).await;
                 continue;
             }
         };
-        let (access, published) = (Arc::clone(&access), published.clone());
+        let Ok(slot) = Arc::clone(&connections).try_acquire_owned() else {
+            tracing::debug!("dashboard: connection limit reached; closed");
+            continue;
+        };
+        let (gate, published, subscribers) = (
+            Arc::clone(&gate),
+            published.clone(),
+            Arc::clone(&subscribers),
+        );
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let (access, published) = (Arc::clone(&access), published.clone());
-                async move { Ok::<_, Infallible>(respond(req, &access, &published)) }
+                let (gate, published) = (Arc::clone(&gate), published.clone());
+                let subscribers = Arc::clone(&subscribers);
+                async move { Ok::<_, Infallible>(respond(req, &gate, &published, &subscribers)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(slot);
         });
     }
 }
 
-fn respond(req: Request<Incoming>, access: &Access, published: &Published) -> Response<Body> {
+fn respond(
+    req: Request<Incoming>,
+    gate: &Gate,
+    published: &Published,
+    subscribers: &Arc<Semaphore>,
+) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if !gate.hosts.allows(host) {
+        return full(
+            StatusCode::MISDIRECTED_REQUEST,
+            "text/plain; charset=utf-8",
+            "This dashboard does not serve that host name (see --dashboard-host).\n",
+        );
+    }
+    let access = &gate.access;
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = full(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "read-only\n");
         r.headers_mut()
@@ -209,7 +259,14 @@ fn respond(req: Request<Incoming>, access: &Access, published: &Published) -> Re
     }
     match req.uri().path() {
         "/" | "/index.html" => full(StatusCode::OK, "text/html; charset=utf-8", PAGE),
-        "/events" => events(published),
+        "/events" => match Arc::clone(subscribers).try_acquire_owned() {
+            Ok(slot) => events(published, slot),
+            Err(_) => full(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                "too many event streams open; try again later\n",
+            ),
+        },
         "/state.json" => full(
             StatusCode::OK,
             "application/json",
@@ -265,11 +322,12 @@ fn sse(event: &str, data: &str) -> Result<Frame<Bytes>, Infallible> {
 
 /// The event stream: the current documents at once, then each change, then
 /// `end` when the run is over (so the page stops listening instead of reconnecting).
-fn events(published: &Published) -> Response<Body> {
+fn events(published: &Published, slot: OwnedSemaphorePermit) -> Response<Body> {
     let (tx, rx) = mpsc::channel(4);
     let mut state = published.state.clone();
     let mut learned = published.learned.clone();
     tokio::spawn(async move {
+        let _slot = slot; // held while the stream lasts
         let first = learned.borrow_and_update().clone();
         if &*first != "null" && tx.send(sse("learned", &first)).await.is_err() {
             return;

@@ -8,6 +8,7 @@
 //! - [`learned`]: per epoch, what the network learned (tiles, confusion, misses);
 //! - [`prometheus`]: the `/metrics` registry;
 //! - [`http`]: the read-only HTTP server: the page, its event stream, `/metrics`, access rule;
+//! - [`hosts`]: the `Host` names it answers (against DNS rebinding);
 //! - `page.html`: the page, embedded in the binary (no external assets).
 //!
 //! One collector task owns all of it. The pool and the loop push onto an
@@ -16,6 +17,7 @@
 //! server's event streams follow.
 
 pub mod feed;
+pub mod hosts;
 pub mod http;
 pub mod learned;
 pub mod prometheus;
@@ -46,6 +48,8 @@ pub struct Options {
     pub listener: Option<std::net::TcpListener>,
     /// Who may read it.
     pub access: Access,
+    /// `Host` names served besides its address and `localhost` (`--dashboard-host`).
+    pub hosts: Vec<String>,
     /// Write a timeline.
     pub trace: Option<TraceOptions>,
     /// The run, as the page describes it.
@@ -91,8 +95,14 @@ impl Dashboard {
         if let Some(listener) = options.listener {
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            addr = Some(listener.local_addr()?);
-            tokio::spawn(http::serve(listener, options.access, published));
+            let bound = listener.local_addr()?;
+            addr = Some(bound);
+            let gate = http::Gate {
+                access: options.access,
+                hosts: hosts::AllowedHosts::new(bound, &options.hosts),
+                budget: crate::fds::Budget::current(),
+            };
+            tokio::spawn(http::serve(listener, gate, published));
         }
         let collector = Collector {
             state,
