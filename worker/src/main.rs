@@ -41,18 +41,18 @@ struct Args {
     #[arg(long, default_value = "text")]
     log_format: common::logging::LogFormat,
     /// Fault injection: on receiving step N, drop the connection mid-step and exit with status 3.
-    #[arg(long, value_name = "N", conflicts_with = "stall_at_step")]
+    #[arg(long, value_name = "N", conflicts_with = "stall_at_step", help_heading = FAULTS)]
     exit_at_step: Option<u64>,
     /// Fault injection: on receiving step N, stop answering but keep the connection open;
     /// exit with status 3 once the coordinator drops this worker (see its --shard-timeout).
-    #[arg(long, value_name = "N", conflicts_with_all = ["corrupt_at_step", "corrupt_from_step"])]
+    #[arg(long, value_name = "N", conflicts_with_all = ["corrupt_at_step", "corrupt_from_step"], help_heading = FAULTS)]
     stall_at_step: Option<u64>,
     /// Fault injection: on step N, flip the lowest mantissa bit of one gradient value
     /// (silent data corruption; only the coordinator's --audit-rate can catch it).
-    #[arg(long, value_name = "N", conflicts_with_all = ["exit_at_step", "corrupt_from_step"])]
+    #[arg(long, value_name = "N", conflicts_with_all = ["exit_at_step", "corrupt_from_step"], help_heading = FAULTS)]
     corrupt_at_step: Option<u64>,
     /// Fault injection: the same on every step from N on (a persistently faulty CPU).
-    #[arg(long, value_name = "N", conflicts_with = "exit_at_step")]
+    #[arg(long, value_name = "N", conflicts_with = "exit_at_step", help_heading = FAULTS)]
     corrupt_from_step: Option<u64>,
     /// Compute only with this kernel set: portable or avx2 [default: any this
     /// CPU can run; the coordinator's --kernels chooses]. A run that uses
@@ -60,6 +60,9 @@ struct Args {
     #[arg(long, value_name = "portable|avx2", value_parser = parse_kernels)]
     kernels: Option<common::kernels::KernelSet>,
 }
+
+/// The help heading of the fault-injection flags, which only tests and drills use.
+const FAULTS: &str = "Fault injection (for tests and drills)";
 
 fn parse_kernels(s: &str) -> Result<common::kernels::KernelSet, String> {
     let set = common::kernels::KernelSet::from_name(s)
