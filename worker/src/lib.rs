@@ -183,17 +183,12 @@ impl<'a> Retries<'a> {
     }
 }
 
-/// Works for the coordinator at `config.endpoint` until it says Shutdown
-/// (returns `Ok`) or `shutdown` completes (returns `Ok`). A lost connection is
-/// retried with bounded backoff.
+/// The coordinator's endpoint as `config` names it, with TLS, keepalive
+/// and the transport settings; checked here, not after a minute of retries.
 ///
 /// # Errors
-/// [`WorkerError`] if the address is invalid, the coordinator stays
-/// unreachable for `retry_for`, or it refuses this worker.
-pub async fn run(
-    config: WorkerConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), WorkerError> {
+/// [`WorkerError::BadEndpoint`] saying what is wrong with the address.
+fn endpoint(config: &WorkerConfig) -> Result<Endpoint, WorkerError> {
     let bad = |reason: String| WorkerError::BadEndpoint {
         endpoint: config.endpoint.clone(),
         reason,
@@ -207,7 +202,6 @@ pub async fn run(
         format!("http://{}", config.endpoint)
     };
     let mut endpoint = Endpoint::from_shared(address).map_err(|e| bad(e.to_string()))?;
-    // Caught here, not after a minute of retries.
     if unix {
         let path = config.endpoint["unix:".len()..].trim_start_matches("//");
         if path.is_empty() {
@@ -242,7 +236,7 @@ pub async fn run(
         }
         endpoint = endpoint.tls_config(tls).map_err(|e| bad(e.to_string()))?;
     }
-    let endpoint = endpoint
+    Ok(endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         // One 95 KB step in one HTTP/2 frame instead of six.
@@ -251,7 +245,21 @@ pub async fn run(
         .initial_stream_window_size(Some(16 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .http2_keep_alive_interval(config.keepalive)
-        .keep_alive_timeout(config.keepalive * 2);
+        .keep_alive_timeout(config.keepalive * 2))
+}
+
+/// Works for the coordinator at `config.endpoint` until it says Shutdown
+/// (returns `Ok`) or `shutdown` completes (returns `Ok`). A lost connection is
+/// retried with bounded backoff.
+///
+/// # Errors
+/// [`WorkerError`] if the address is invalid, the coordinator stays
+/// unreachable for `retry_for`, or it refuses this worker.
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let endpoint = endpoint(&config)?;
     let sessions = async {
         let mut retries = Retries::new(&config);
         loop {

@@ -99,7 +99,53 @@ pub async fn run(
     config: &WorkerConfig,
     joined: &mut bool,
 ) -> Result<String, SessionError> {
-    let (name, fault) = (config.name.as_str(), config.fault);
+    let (tx, mut inbound) = open(channel, config).await?;
+    let (run, mut network) = receive_welcome(&mut inbound, config).await?;
+    *joined = true;
+    config.set_joined(true).await;
+    while let Some(msg) = inbound.message().await? {
+        match msg.kind {
+            Some(coordinator_message::Kind::Step(step)) => {
+                injected_fault(config.fault, step.step_id, &mut inbound).await?;
+                network = run.answer(step, network, &tx).await?;
+            }
+            Some(coordinator_message::Kind::Shutdown(s)) => {
+                // Close our half, then let the coordinator close its half, so the
+                // stream ends with OK rather than a reset.
+                drop(tx);
+                let drained = tokio::time::timeout(Duration::from_secs(5), async {
+                    while let Ok(Some(_)) = inbound.message().await {}
+                });
+                let _ = drained.await;
+                return Ok(s.reason);
+            }
+            Some(coordinator_message::Kind::Welcome(_)) => {
+                return Err(WireError::Unexpected {
+                    expected: "Step or Shutdown",
+                    got: "a second Welcome",
+                }
+                .into())
+            }
+            None => {
+                return Err(WireError::Unexpected {
+                    expected: "Step or Shutdown",
+                    got: "an empty message",
+                }
+                .into())
+            }
+        }
+    }
+    Err(SessionError::Closed)
+}
+
+/// Where results go, and the coordinator's messages come from.
+type Stream = (
+    mpsc::Sender<pb::WorkerMessage>,
+    tonic::Streaming<pb::CoordinatorMessage>,
+);
+
+/// Opens the Train stream on `channel` (with the token, if any) and sends Hello.
+async fn open(channel: Channel, config: &WorkerConfig) -> Result<Stream, SessionError> {
     let auth = config
         .token
         .as_ref()
@@ -117,7 +163,7 @@ pub async fn run(
         .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel(64);
     let hello = pb::Hello {
-        name: name.to_string(),
+        name: config.name.clone(),
         protocol_version: PROTOCOL_VERSION,
         kernels: wire::hello_kernels(&config.offered_kernels()),
     };
@@ -126,8 +172,25 @@ pub async fn run(
     })
     .await
     .map_err(|_| SessionError::Closed)?;
-    let mut inbound = client.train(ReceiverStream::new(rx)).await?.into_inner();
+    let inbound = client.train(ReceiverStream::new(rx)).await?.into_inner();
+    Ok((tx, inbound))
+}
 
+/// What the Welcome says the run computes with.
+struct Joined {
+    cost: common::cost::Cost,
+    kernels: common::kernels::KernelSet,
+    /// The run's seed, for dropout masks.
+    seed: u64,
+    fault: Option<Fault>,
+}
+
+/// Waits for the Welcome and checks it; returns the run and a network of
+/// its shape (its weights come with each Step).
+async fn receive_welcome(
+    inbound: &mut tonic::Streaming<pb::CoordinatorMessage>,
+    config: &WorkerConfig,
+) -> Result<(Joined, Network), SessionError> {
     let welcome = match inbound.message().await? {
         Some(pb::CoordinatorMessage {
             kind: Some(coordinator_message::Kind::Welcome(w)),
@@ -160,106 +223,98 @@ pub async fn run(
     }
     let described = net.as_ref().map_or_else(|| format!("{sizes:?}"), |n| n.to_string());
     info!(worker = welcome.worker_id, run = %welcome.run_id, model = %described, %cost, %kernels, "joined");
-    *joined = true;
-    config.set_joined(true).await;
-    let mut network = match &net {
+    let network = match &net {
         Some(spec) => Network::for_net(spec),
         None => Network::zeros(&sizes),
     };
-    let seed = welcome.seed;
+    let joined = Joined {
+        cost,
+        kernels,
+        seed: welcome.seed,
+        fault: config.fault,
+    };
+    Ok((joined, network))
+}
 
-    while let Some(msg) = inbound.message().await? {
-        match msg.kind {
-            Some(coordinator_message::Kind::Step(step)) => {
-                match fault {
-                    Some(Fault::ExitAtStep(n)) if step.step_id == n => {
-                        warn!(step = n, "injected fault: exiting mid-step");
-                        return Err(SessionError::InjectedExit(n));
-                    }
-                    Some(Fault::StallAtStep(n)) if step.step_id == n => {
-                        warn!(
-                            step = n,
-                            "injected fault: going silent until the coordinator drops this worker"
-                        );
-                        let ended = loop {
-                            match inbound.message().await {
-                                Ok(Some(_)) => continue, // heard, never answered
-                                Ok(None) => break "closed".to_string(),
-                                Err(status) => break status.message().to_string(),
-                            }
-                        };
-                        info!(%ended, "dropped by the coordinator while silent");
-                        return Err(SessionError::InjectedExit(n));
-                    }
-                    _ => {}
+/// The exit and stall faults (`--exit-at-step`, `--stall-at-step`), at step `step_id`.
+async fn injected_fault(
+    fault: Option<Fault>,
+    step_id: u64,
+    inbound: &mut tonic::Streaming<pb::CoordinatorMessage>,
+) -> Result<(), SessionError> {
+    match fault {
+        Some(Fault::ExitAtStep(n)) if step_id == n => {
+            warn!(step = n, "injected fault: exiting mid-step");
+            Err(SessionError::InjectedExit(n))
+        }
+        Some(Fault::StallAtStep(n)) if step_id == n => {
+            warn!(
+                step = n,
+                "injected fault: going silent until the coordinator drops this worker"
+            );
+            let ended = loop {
+                match inbound.message().await {
+                    Ok(Some(_)) => continue, // heard, never answered
+                    Ok(None) => break "closed".to_string(),
+                    Err(status) => break status.message().to_string(),
                 }
-                let decode_start = Instant::now();
-                let shards = wire::decode_step(&step, &mut network)?;
-                let shards: Vec<_> = (shards.into_iter().zip(&step.shards))
-                    .map(|((id, samples), shard)| ShardInput {
-                        id,
-                        samples,
-                        ask_first_error: shard.ask_first_error,
-                        key: DropoutKey {
-                            seed,
-                            epoch: step.epoch,
-                            first: shard.position,
-                        },
-                    })
-                    .collect();
-                // Each result carries its share of the Step's decoding.
-                let decode_share = decode_start.elapsed() / shards.len().max(1) as u32;
-                debug!(step = step.step_id, shards = shards.len(), "step");
-                let (net, mut outputs) =
-                    shard_gradients_blocking(network, shards, cost, kernels).await;
-                network = net;
-                if let (Some(f), Some(out)) = (fault, outputs.first_mut()) {
-                    if f.corrupts(step.step_id) {
-                        let flipped = corrupt(&mut out.gradients);
-                        warn!(
-                            step = step.step_id,
-                            shard = out.id.0,
-                            flipped,
-                            "injected fault: one gradient bit flipped"
-                        );
-                    }
-                }
-                for out in outputs {
-                    let encode_start = Instant::now();
-                    let (s, g, e) = (step.step_id, &out.gradients, out.first_error.as_deref());
-                    let mut result = wire::encode_shard_answer(s, out.id, out.samples, g, e);
-                    result.compute_nanos = nanos(out.compute);
-                    result.codec_nanos = nanos(decode_share + encode_start.elapsed());
-                    tx.send(result_message(result))
-                        .await
-                        .map_err(|_| SessionError::Closed)?;
-                }
-            }
-            Some(coordinator_message::Kind::Shutdown(s)) => {
-                // Close our half, then let the coordinator close its half, so the
-                // stream ends with OK rather than a reset.
-                drop(tx);
-                let drained = tokio::time::timeout(Duration::from_secs(5), async {
-                    while let Ok(Some(_)) = inbound.message().await {}
-                });
-                let _ = drained.await;
-                return Ok(s.reason);
-            }
-            Some(coordinator_message::Kind::Welcome(_)) => {
-                return Err(WireError::Unexpected {
-                    expected: "Step or Shutdown",
-                    got: "a second Welcome",
-                }
-                .into())
-            }
-            None => {
-                return Err(WireError::Unexpected {
-                    expected: "Step or Shutdown",
-                    got: "an empty message",
-                }
-                .into())
+            };
+            info!(%ended, "dropped by the coordinator while silent");
+            Err(SessionError::InjectedExit(n))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl Joined {
+    /// Computes `step`'s shards on `network` (which takes the Step's
+    /// weights) and sends one ShardResult per shard; returns the network.
+    async fn answer(
+        &self,
+        step: pb::Step,
+        mut network: Network,
+        tx: &mpsc::Sender<pb::WorkerMessage>,
+    ) -> Result<Network, SessionError> {
+        let decode_start = Instant::now();
+        let shards = wire::decode_step(&step, &mut network)?;
+        let shards: Vec<_> = (shards.into_iter().zip(&step.shards))
+            .map(|((id, samples), shard)| ShardInput {
+                id,
+                samples,
+                ask_first_error: shard.ask_first_error,
+                key: DropoutKey {
+                    seed: self.seed,
+                    epoch: step.epoch,
+                    first: shard.position,
+                },
+            })
+            .collect();
+        // Each result carries its share of the Step's decoding.
+        let decode_share = decode_start.elapsed() / shards.len().max(1) as u32;
+        debug!(step = step.step_id, shards = shards.len(), "step");
+        let (network, mut outputs) =
+            shard_gradients_blocking(network, shards, self.cost, self.kernels).await;
+        if let (Some(f), Some(out)) = (self.fault, outputs.first_mut()) {
+            if f.corrupts(step.step_id) {
+                let flipped = corrupt(&mut out.gradients);
+                warn!(
+                    step = step.step_id,
+                    shard = out.id.0,
+                    flipped,
+                    "injected fault: one gradient bit flipped"
+                );
             }
         }
+        for out in outputs {
+            let encode_start = Instant::now();
+            let (s, g, e) = (step.step_id, &out.gradients, out.first_error.as_deref());
+            let mut result = wire::encode_shard_answer(s, out.id, out.samples, g, e);
+            result.compute_nanos = nanos(out.compute);
+            result.codec_nanos = nanos(decode_share + encode_start.elapsed());
+            tx.send(result_message(result))
+                .await
+                .map_err(|_| SessionError::Closed)?;
+        }
+        Ok(network)
     }
-    Err(SessionError::Closed)
 }
