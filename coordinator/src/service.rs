@@ -116,16 +116,17 @@ fn kind_name(msg: &pb::WorkerMessage) -> &'static str {
     }
 }
 
-#[tonic::async_trait]
-impl pb::trainer_server::Trainer for TrainerService {
-    type TrainStream = ReceiverStream<Result<pb::CoordinatorMessage, Status>>;
-
-    async fn train(
+impl TrainerService {
+    /// The stream's first message, which must be a valid Hello within the
+    /// hello timeout, for a run of this service's kernel set.
+    ///
+    /// # Errors
+    /// The refusal, as the status the worker gets.
+    async fn receive_hello(
         &self,
-        request: Request<Streaming<pb::WorkerMessage>>,
-    ) -> Result<Response<Self::TrainStream>, Status> {
-        let peer = request.remote_addr();
-        let mut inbound = request.into_inner();
+        inbound: &mut Streaming<pb::WorkerMessage>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<pb::Hello, Status> {
         let first = tokio::time::timeout(self.hello_timeout, inbound.message())
             .await
             .map_err(|_| Refusal::NoHello {
@@ -152,6 +153,71 @@ impl pb::trainer_server::Trainer for TrainerService {
             warn!(?peer, error = %e, "worker refused");
             return Err(Refusal::from(e).into());
         }
+        Ok(hello)
+    }
+}
+
+/// Forwards worker `id`'s results to the pool until its stream ends, then
+/// reports it gone. Anything but a result ends the stream, and the worker
+/// is told why through `outbox` (held weakly, so that dropping the
+/// registry's handle ends the stream).
+async fn forward_results(
+    id: WorkerId,
+    mut inbound: Streaming<pb::WorkerMessage>,
+    events: mpsc::Sender<WorkerEvent>,
+    outbox: mpsc::WeakSender<Result<pb::CoordinatorMessage, Status>>,
+) {
+    let weak = outbox;
+    let reason = loop {
+        match inbound.message().await {
+            Ok(Some(pb::WorkerMessage {
+                kind: Some(worker_message::Kind::Result(result)),
+            })) => {
+                if events
+                    .send(WorkerEvent::Result { id, result })
+                    .await
+                    .is_err()
+                {
+                    return; // the registry is gone: the run is over
+                }
+            }
+            Ok(Some(other)) => {
+                let e = WireError::Unexpected {
+                    expected: "ShardResult",
+                    got: kind_name(&other),
+                };
+                if let Some(outbox) = weak.upgrade() {
+                    let _ = outbox.try_send(Err(Refusal::from(e.clone()).into()));
+                }
+                break e.to_string();
+            }
+            Ok(None) => break "stream closed by the worker".to_string(),
+            Err(status) => {
+                let status = Status::from(Refusal::Stream(status));
+                // E.g. a message over the size limit: tell the worker why its stream ends.
+                if let Some(outbox) = weak.upgrade() {
+                    let _ = outbox.try_send(Err(status.clone()));
+                }
+                break format!("stream error: {}", status.message());
+            }
+        }
+    };
+    // The pool logs losses that matter (mid-run) at warn; this is the stream's view.
+    debug!(worker = %id, %reason, "worker stream ended");
+    let _ = events.send(WorkerEvent::Left { id, reason }).await;
+}
+
+#[tonic::async_trait]
+impl pb::trainer_server::Trainer for TrainerService {
+    type TrainStream = ReceiverStream<Result<pb::CoordinatorMessage, Status>>;
+
+    async fn train(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::TrainStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let hello = self.receive_hello(&mut inbound, peer).await?;
         let id = WorkerId(self.next_id.fetch_add(1, Ordering::Relaxed));
         // Capacity: a step sends one message per worker and waits, so a few suffice;
         // a worker that lets this fill up is treated as gone (see pool).
@@ -182,47 +248,7 @@ impl pb::trainer_server::Trainer for TrainerService {
             return Err(Refusal::TrainingOver.into());
         }
         debug!(worker = %id, ?peer, name = %hello.name, "handshake done");
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            let reason = loop {
-                match inbound.message().await {
-                    Ok(Some(pb::WorkerMessage {
-                        kind: Some(worker_message::Kind::Result(result)),
-                    })) => {
-                        if events
-                            .send(WorkerEvent::Result { id, result })
-                            .await
-                            .is_err()
-                        {
-                            return; // the registry is gone: the run is over
-                        }
-                    }
-                    Ok(Some(other)) => {
-                        let e = WireError::Unexpected {
-                            expected: "ShardResult",
-                            got: kind_name(&other),
-                        };
-                        // The outbox is held weakly so that dropping the registry's handle ends the stream.
-                        if let Some(outbox) = weak.upgrade() {
-                            let _ = outbox.try_send(Err(Refusal::from(e.clone()).into()));
-                        }
-                        break e.to_string();
-                    }
-                    Ok(None) => break "stream closed by the worker".to_string(),
-                    Err(status) => {
-                        let status = Status::from(Refusal::Stream(status));
-                        // E.g. a message over the size limit: tell the worker why its stream ends.
-                        if let Some(outbox) = weak.upgrade() {
-                            let _ = outbox.try_send(Err(status.clone()));
-                        }
-                        break format!("stream error: {}", status.message());
-                    }
-                }
-            };
-            // The pool logs losses that matter (mid-run) at warn; this is the stream's view.
-            debug!(worker = %id, %reason, "worker stream ended");
-            let _ = events.send(WorkerEvent::Left { id, reason }).await;
-        });
+        tokio::spawn(forward_results(id, inbound, self.events.clone(), weak));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
