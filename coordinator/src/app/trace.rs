@@ -40,21 +40,7 @@ pub struct TraceOptions {
     pub steps: Range<u64>,
 }
 
-/// Parses `A..B` (B exclusive).
-///
-/// # Errors
-/// A message saying what is wrong.
-pub fn parse_steps(s: &str) -> Result<Range<u64>, String> {
-    let (a, b) = s
-        .split_once("..")
-        .ok_or_else(|| format!("{s:?}: expected A..B, e.g. 0..200"))?;
-    let a: u64 = a.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
-    let b: u64 = b.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
-    if b <= a {
-        return Err(format!("{s:?}: the end must be after the start"));
-    }
-    Ok(a..b)
-}
+pub use crate::config::parse_steps;
 
 #[derive(Debug, Default)]
 struct Message {
@@ -188,106 +174,99 @@ impl TraceRecorder {
             events.push(json!({"ph": "M", "name": "thread_name", "pid": 1, "tid": tid, "args": {"name": format!("worker {id}: {name}")}}));
             events.push(json!({"ph": "M", "name": "thread_sort_index", "pid": 1, "tid": tid, "args": {"sort_index": tid}}));
         }
-        let span = |name: &str, tid: u64, start: u64, end: u64, args: Value| {
-            json!({"ph": "X", "cat": "step", "name": name, "pid": 1, "tid": tid,
-                   "ts": start, "dur": end.saturating_sub(start), "args": args})
-        };
         // Per worker track: where its last window ended, so windows never overlap.
         let mut track_end: BTreeMap<WorkerId, u64> = BTreeMap::new();
         for (&step, r) in &self.steps {
-            if let Some((start, end, reduce)) = r.done {
-                let (s, e) = (self.us(start), self.us(end));
-                events.push(span(
-                    &format!("step {step}"),
-                    0,
-                    s,
-                    e,
-                    json!({"step": step}),
-                ));
-                let first_send = r.messages.values().flatten().filter_map(|m| m.sent).min();
-                let last_result = r
-                    .messages
-                    .values()
-                    .flatten()
-                    .flat_map(|m| m.results.iter().map(|x| x.1))
-                    .max();
-                let reduce_start = e.saturating_sub(reduce.as_micros() as u64).max(s);
-                if let (Some(a), Some(b)) = (first_send, last_result) {
-                    let a = self.us(a).clamp(s, reduce_start);
-                    let b = self.us(b).clamp(a, reduce_start);
-                    events.push(span("wait for results", 0, a, b, json!({"step": step})));
-                }
-                events.push(span(
-                    "reduce/update",
-                    0,
-                    reduce_start,
-                    e,
-                    json!({"step": step}),
-                ));
-            }
-            for &(shard, from, at) in &r.reassigned {
-                events.push(json!({"ph": "i", "s": "t", "name": "reassign", "pid": 1, "tid": 0,
-                    "ts": self.us(at), "args": {"step": step, "shard": shard, "from": format!("worker {from}")}}));
-            }
+            self.coordinator_spans(step, r, &mut events);
             for (id, messages) in &r.messages {
-                let tid = u64::from(id.0) + 1;
                 for m in messages {
-                    let Some(sent) = m.sent else { continue };
-                    let floor = track_end.get(id).copied().unwrap_or(0);
-                    let start = self.us(sent).max(floor);
-                    let end = m
-                        .results
-                        .iter()
-                        .map(|x| self.us(x.1))
-                        .max()
-                        .or(m.lost.map(|t| self.us(t)))
-                        .unwrap_or(start)
-                        .max(start);
-                    track_end.insert(*id, end);
-                    let shards = m.shards.clone();
-                    events.push(span(
-                        &format!("step {step}"),
-                        tid,
-                        start,
-                        end,
-                        json!({"step": step, "shards": shards}),
-                    ));
-                    if m.results.is_empty() {
-                        events.push(span(
-                            "lost",
-                            tid,
-                            start,
-                            end,
-                            json!({"step": step, "shards": shards}),
-                        ));
-                        continue;
-                    }
-                    let window = end - start;
-                    let compute: u64 = m
-                        .results
-                        .iter()
-                        .map(|x| x.2.as_micros() as u64)
-                        .sum::<u64>()
-                        .min(window);
-                    let send_end = start + (window - compute) / 2;
-                    events.push(span("send", tid, start, send_end, json!({"step": step})));
-                    let mut t = send_end;
-                    let mut results = m.results.clone();
-                    results.sort_by_key(|x| x.1);
-                    for (shard, _, c) in results {
-                        let d = (c.as_micros() as u64).min(send_end + compute - t);
-                        let mut args = json!({"step": step, "shard": shard});
-                        if let Some((_, from, _)) = r.reassigned.iter().find(|x| x.0 == shard) {
-                            args["reassigned_from"] = json!(format!("worker {from}"));
-                        }
-                        events.push(span("compute", tid, t, t + d, args));
-                        t += d;
-                    }
-                    events.push(span("result", tid, t, end, json!({"step": step})));
+                    self.message_spans(step, r, *id, m, &mut track_end, &mut events);
                 }
             }
         }
         json!({"traceEvents": events, "displayTimeUnit": "ms"})
+    }
+
+    /// The coordinator's track for `step`: the step, the wait for results,
+    /// the reduce and update, and reassignments.
+    fn coordinator_spans(&self, step: u64, r: &StepRecord, events: &mut Vec<Value>) {
+        if let Some((start, end, reduce)) = r.done {
+            let (s, e) = (self.us(start), self.us(end));
+            events.push(span(&format!("step {step}"), 0, s, e, json!({"step": step})));
+            let first_send = r.messages.values().flatten().filter_map(|m| m.sent).min();
+            let last_result = r
+                .messages
+                .values()
+                .flatten()
+                .flat_map(|m| m.results.iter().map(|x| x.1))
+                .max();
+            let reduce_start = e.saturating_sub(reduce.as_micros() as u64).max(s);
+            if let (Some(a), Some(b)) = (first_send, last_result) {
+                let a = self.us(a).clamp(s, reduce_start);
+                let b = self.us(b).clamp(a, reduce_start);
+                events.push(span("wait for results", 0, a, b, json!({"step": step})));
+            }
+            events.push(span("reduce/update", 0, reduce_start, e, json!({"step": step})));
+        }
+        for &(shard, from, at) in &r.reassigned {
+            events.push(json!({"ph": "i", "s": "t", "name": "reassign", "pid": 1, "tid": 0,
+                "ts": self.us(at), "args": {"step": step, "shard": shard, "from": format!("worker {from}")}}));
+        }
+    }
+
+    /// Worker `id`'s track for one message of `step`: its window, split
+    /// into send, each shard's compute, and the result (or lost).
+    fn message_spans(
+        &self,
+        step: u64,
+        r: &StepRecord,
+        id: WorkerId,
+        m: &Message,
+        track_end: &mut BTreeMap<WorkerId, u64>,
+        events: &mut Vec<Value>,
+    ) {
+        let tid = u64::from(id.0) + 1;
+        let Some(sent) = m.sent else { return };
+        let floor = track_end.get(&id).copied().unwrap_or(0);
+        let start = self.us(sent).max(floor);
+        let end = m
+            .results
+            .iter()
+            .map(|x| self.us(x.1))
+            .max()
+            .or(m.lost.map(|t| self.us(t)))
+            .unwrap_or(start)
+            .max(start);
+        track_end.insert(id, end);
+        let shards = m.shards.clone();
+        let args = json!({"step": step, "shards": shards});
+        events.push(span(&format!("step {step}"), tid, start, end, args.clone()));
+        if m.results.is_empty() {
+            events.push(span("lost", tid, start, end, args));
+            return;
+        }
+        let window = end - start;
+        let compute: u64 = m
+            .results
+            .iter()
+            .map(|x| x.2.as_micros() as u64)
+            .sum::<u64>()
+            .min(window);
+        let send_end = start + (window - compute) / 2;
+        events.push(span("send", tid, start, send_end, json!({"step": step})));
+        let mut t = send_end;
+        let mut results = m.results.clone();
+        results.sort_by_key(|x| x.1);
+        for (shard, _, c) in results {
+            let d = (c.as_micros() as u64).min(send_end + compute - t);
+            let mut args = json!({"step": step, "shard": shard});
+            if let Some((_, from, _)) = r.reassigned.iter().find(|x| x.0 == shard) {
+                args["reassigned_from"] = json!(format!("worker {from}"));
+            }
+            events.push(span("compute", tid, t, t + d, args));
+            t += d;
+        }
+        events.push(span("result", tid, t, end, json!({"step": step})));
     }
 
     /// Writes the file once (later calls do nothing).
@@ -304,6 +283,12 @@ impl TraceRecorder {
         tracing::info!(path = %self.options.path.display(), steps = ?self.options.steps, "trace written");
         Ok(())
     }
+}
+
+/// A complete event ("X") on track `tid` from `start` to `end` (µs).
+fn span(name: &str, tid: u64, start: u64, end: u64, args: Value) -> Value {
+    json!({"ph": "X", "cat": "step", "name": name, "pid": 1, "tid": tid,
+           "ts": start, "dur": end.saturating_sub(start), "args": args})
 }
 
 #[cfg(test)]
