@@ -211,30 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             init,
         } => {
             common::logging::init(cli.log_format, std::io::stderr);
-            let start = std::time::Instant::now();
-            let (verdict, notes) = tokio::task::spawn_blocking(move || {
-                let run = coordinator::app::record::RunRecord::load(&record)?;
-                let dir = data_dir.unwrap_or_else(common::dataset::fetch::default_data_dir);
-                coordinator::app::record::verify(&run, &dir, model.as_deref(), init.as_deref())
-            })
-            .await??;
-            for note in &notes {
-                println!("note: {note}");
-            }
-            let took = start.elapsed().as_secs_f64();
-            match verdict {
-                coordinator::app::record::Verdict::Verified { hashes, head } => {
-                    println!(
-                        "verified: {hashes} hashes match, replayed in {took:.1} s; final chain value {}",
-                        common::chain::hex(&head)
-                    );
-                    Ok(ok)
-                }
-                coordinator::app::record::Verdict::Differs { what } => {
-                    println!("DIFFERS: {what} (replayed in {took:.1} s)");
-                    Ok(std::process::ExitCode::FAILURE)
-                }
-            }
+            verify(record, model, data_dir, init).await
         }
         Command::PlotRuns {
             out,
@@ -244,25 +221,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             runs,
         } => {
             common::logging::init(cli.log_format, std::io::stderr);
-            let mut curves = Vec::new();
-            for run in &runs {
-                let (label, csv) = run
-                    .split_once('=')
-                    .with_context(|| format!("{run:?}: expected LABEL=CSV"))?;
-                let points = coordinator::app::report::read_metrics_column(
-                    std::path::Path::new(csv),
-                    &column,
-                )?;
-                curves.push((label.to_string(), points));
-            }
-            coordinator::app::report::plot_runs(
-                &out,
-                &title,
-                &format!("{column} (%)"),
-                &curves,
-                floor,
-            )?;
-            println!("{} runs drawn to {}", curves.len(), out.display());
+            plot_runs(&out, &column, &title, floor, &runs)?;
             Ok(ok)
         }
         Command::Health {
@@ -292,4 +251,60 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             })
         }
     }
+}
+
+/// `coordinator verify`: replays the record's run and prints the verdict;
+/// exit status 1 if it differs.
+async fn verify(
+    record: PathBuf,
+    model: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    init: Option<PathBuf>,
+) -> anyhow::Result<std::process::ExitCode> {
+    let start = std::time::Instant::now();
+    let (verdict, notes) = tokio::task::spawn_blocking(move || {
+        let run = coordinator::app::record::RunRecord::load(&record)?;
+        let dir = data_dir.unwrap_or_else(common::dataset::fetch::default_data_dir);
+        coordinator::app::record::verify(&run, &dir, model.as_deref(), init.as_deref())
+    })
+    .await??;
+    for note in &notes {
+        println!("note: {note}");
+    }
+    let took = start.elapsed().as_secs_f64();
+    match verdict {
+        coordinator::app::record::Verdict::Verified { hashes, head } => {
+            println!(
+                "verified: {hashes} hashes match, replayed in {took:.1} s; final chain value {}",
+                common::chain::hex(&head)
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        coordinator::app::record::Verdict::Differs { what } => {
+            println!("DIFFERS: {what} (replayed in {took:.1} s)");
+            Ok(std::process::ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `coordinator plot-runs`: one column of several runs' metrics CSVs in one plot.
+fn plot_runs(
+    out: &std::path::Path,
+    column: &str,
+    title: &str,
+    floor: f64,
+    runs: &[String],
+) -> anyhow::Result<()> {
+    let mut curves = Vec::new();
+    for run in runs {
+        let (label, csv) = run
+            .split_once('=')
+            .with_context(|| format!("{run:?}: expected LABEL=CSV"))?;
+        let points =
+            coordinator::app::report::read_metrics_column(std::path::Path::new(csv), column)?;
+        curves.push((label.to_string(), points));
+    }
+    coordinator::app::report::plot_runs(out, title, &format!("{column} (%)"), &curves, floor)?;
+    println!("{} runs drawn to {}", curves.len(), out.display());
+    Ok(())
 }
