@@ -15,13 +15,10 @@
 use std::path::{Path, PathBuf};
 
 use common::chain::Chain;
-use common::cost::Cost;
-use common::kernels::KernelSet;
 use common::model_file::{self, ModelFileError};
-use common::network::Init;
 use common::optimizer::Velocity;
 use common::plan::{BestEpoch, RunState, TrainingPlan};
-use common::stopping::{EtaSchedule, Stopping};
+use common::stopping::Stopping;
 use common::Network;
 
 /// Where a run is: the next mini-batch to train is batch `batch` of epoch `epoch`.
@@ -67,8 +64,8 @@ pub enum CheckpointError {
     Mismatch {
         /// The file.
         path: PathBuf,
-        /// Which setting differs.
-        field: &'static str,
+        /// Which setting differs: its flag, or `epoch`.
+        field: String,
         /// The checkpoint's value.
         checkpoint: String,
         /// The flags' value.
@@ -93,38 +90,14 @@ pub fn save(
         ("epoch", position.epoch.to_string()),
         ("batch", position.batch.to_string()),
         ("step", position.step.to_string()),
-        ("seed", plan.seed.to_string()),
-        ("batch_size", plan.batch_size.to_string()),
-        // The exact bits of eta, so a resume compares what was used, not a rounding of it.
-        ("eta_bits", plan.eta.to_bits().to_string()),
-        ("shards", plan.shards.to_string()),
-        ("epochs", plan.epochs.to_string()),
-        ("cost", plan.cost.name().to_string()),
-        ("init", plan.init.name().to_string()),
-        ("kernels", plan.kernels.name().to_string()),
-        (
-            "record_every",
-            plan.record_every.map_or("none".into(), |n| n.to_string()),
-        ),
         ("chain", state.chain.to_text()),
-        ("lambda_bits", plan.lambda.to_bits().to_string()),
-        ("momentum_bits", plan.momentum.to_bits().to_string()),
-        (
-            "early_stop",
-            plan.early_stop.map_or("none".into(), |n| n.to_string()),
-        ),
-        (
-            "eta_schedule",
-            plan.eta_schedule.map_or("none".into(), |e| e.to_string()),
-        ),
         ("since_best", s.since_best.to_string()),
         ("since_change", s.since_change.to_string()),
         ("halvings", s.halvings.to_string()),
         ("stopped", s.stopped.to_string()),
     ];
-    if plan.expand_data {
-        meta.push(("expand_data", "true".to_string()));
-    }
+    // The plan's settings (their keys and encodings are in `settings`).
+    meta.extend(crate::settings::to_checkpoint(plan));
     if let Some(b) = &state.best {
         meta.push(("best_epoch", b.epoch.to_string()));
         meta.push(("best_validation", b.validation_correct.to_string()));
@@ -158,10 +131,6 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let optional = |key: &'static str, absent: &str| -> String {
         meta.get(key).cloned().unwrap_or_else(|| absent.to_string())
     };
-    let bits = |key: &'static str| -> Result<f32, CheckpointError> {
-        let v: u64 = optional(key, "0").parse().map_err(|_| bad(key))?;
-        u32::try_from(v).map(f32::from_bits).map_err(|_| bad(key))
-    };
     let count = |key: &'static str| -> Result<usize, CheckpointError> {
         optional(key, "0").parse().map_err(|_| bad(key))
     };
@@ -170,40 +139,12 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
         batch: get("batch")? as usize,
         step: get("step")?,
     };
-    let early_stop = match optional("early_stop", "none").as_str() {
-        "none" => None,
-        n => Some(n.parse().map_err(|_| bad("early_stop"))?),
-    };
-    let eta_schedule = match optional("eta_schedule", "none").as_str() {
-        "none" => None,
-        s => Some(s.parse::<EtaSchedule>().map_err(|_| bad("eta_schedule"))?),
-    };
-    let plan = TrainingPlan {
+    let mut plan = TrainingPlan {
         sizes: network.sizes.clone(),
         net: network.net.clone(),
-        expand_data: optional("expand_data", "false") == "true",
-        epochs: get("epochs")? as usize,
-        batch_size: get("batch_size")? as usize,
-        eta: f32::from_bits(u32::try_from(get("eta_bits")?).map_err(|_| bad("eta_bits"))?),
-        shards: get("shards")? as usize,
-        seed: get("seed")?,
-        cost: Cost::from_name(&optional("cost", "quadratic")).ok_or(bad("cost"))?,
-        init: Init::from_name(&optional("init", "large")).ok_or(bad("init"))?,
-        lambda: bits("lambda_bits")?,
-        momentum: bits("momentum_bits")?,
-        early_stop,
-        eta_schedule,
-        monitor: Default::default(),
-        // Checkpoints from before kernel sets: computed with this CPU's best.
-        kernels: match meta.get("kernels") {
-            None => KernelSet::best(),
-            Some(k) => KernelSet::from_name(k).ok_or(bad("kernels"))?,
-        },
-        record_every: match optional("record_every", "none").as_str() {
-            "none" => None,
-            n => Some(n.parse().map_err(|_| bad("record_every"))?),
-        },
+        ..TrainingPlan::default()
     };
+    crate::settings::from_checkpoint(&mut plan, |key| meta.get(key).cloned()).map_err(bad)?;
     let velocity = model_file::load_part(path, "velocity.", &network)?.map(Velocity);
     if (plan.momentum > 0.0) != velocity.is_some() {
         return Err(bad("velocity"));
@@ -246,7 +187,7 @@ impl Checkpoint {
     /// # Errors
     /// [`CheckpointError::Mismatch`] naming the first setting that differs.
     pub fn check_matches(&self, path: &Path, plan: &TrainingPlan) -> Result<(), CheckpointError> {
-        let mismatch = |field, checkpoint: String, flags: String| {
+        let mismatch = |field: String, checkpoint: String, flags: String| {
             Err(CheckpointError::Mismatch {
                 path: path.to_path_buf(),
                 field,
@@ -263,7 +204,7 @@ impl Checkpoint {
         }
         if self.position.epoch > plan.epochs {
             return mismatch(
-                "epoch",
+                "epoch".into(),
                 self.position.epoch.to_string(),
                 format!("--epochs {}", plan.epochs),
             );
@@ -273,41 +214,23 @@ impl Checkpoint {
 }
 
 /// Every setting a checkpoint must share with the flags that resume it, as
-/// the flag and its value, in the order a mismatch is looked for. Finite
-/// numbers print as the shortest text that reads back to the same bits
-/// (`-0` included), so two of them differ exactly when their texts do; the
-/// flags' values are finite (`validate`), so a non-finite value in a
-/// checkpoint differs from them too.
-fn settings(plan: &TrainingPlan) -> [(&'static str, String); 15] {
-    let show = |v: Option<String>| v.unwrap_or_else(|| "none".to_string());
-    [
-        ("--sizes", format!("{:?}", plan.sizes)),
-        ("--net", show(plan.net.as_ref().map(|n| n.to_string()))),
-        ("--expand-data", plan.expand_data.to_string()),
-        ("--seed", plan.seed.to_string()),
-        ("--batch-size", plan.batch_size.to_string()),
-        ("--eta", plan.eta.to_string()),
-        ("--shards", plan.shards.to_string()),
-        ("--kernels", plan.kernels.to_string()),
-        (
-            "--record-every",
-            show(plan.record_every.map(|n| n.to_string())),
-        ),
-        ("--cost", plan.cost.to_string()),
-        ("--init-weights", plan.init.to_string()),
-        ("--lambda", plan.lambda.to_string()),
-        ("--momentum", plan.momentum.to_string()),
-        ("--early-stop", show(plan.early_stop.map(|n| n.to_string()))),
-        (
-            "--eta-schedule",
-            show(plan.eta_schedule.map(|s| s.to_string())),
-        ),
-    ]
+/// the flag and its value, in the order a mismatch is looked for (the
+/// table's, [`crate::settings::SETTINGS`]). Finite numbers print as the
+/// shortest text that reads back to the same bits (`-0` included), so two
+/// of them differ exactly when their texts do; the flags' values are finite
+/// (`validate`), so a non-finite value in a checkpoint differs from them too.
+fn settings(plan: &TrainingPlan) -> Vec<(String, String)> {
+    crate::settings::resumed(plan)
+        .into_iter()
+        .map(|(flag, value)| (format!("--{flag}"), value))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::cost::Cost;
+    use common::network::Init;
 
     fn plan() -> TrainingPlan {
         TrainingPlan {

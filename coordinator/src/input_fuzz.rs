@@ -92,7 +92,7 @@ proptest! {
         let argv = ["coordinator".to_string(), "--sizes".into(), list.join(",")];
         if let Ok(parsed) = Args::try_parse_from(&argv) {
             if let Ok(config) = parsed.validate() {
-                prop_assert!(common::network::parameter_count(&config.plan.sizes) <= common::wire::MAX_PARAMETERS);
+                prop_assert!(common::network::parameter_count(&config.config.plan.sizes) <= common::wire::MAX_PARAMETERS);
             }
         }
     }

@@ -4,7 +4,10 @@
 //!
 //! # Layout
 //! The server, in this crate's top-level modules:
-//! - [`config`]: flags and the validated [`Config`];
+//! - [`config`]: flags in groups, and [`config::RunSpec`], everything a run
+//!   needs resolved from them once (with the server's [`Config`]);
+//! - [`settings`]: the plan's settings, each once: its flag, and how
+//!   checkpoints, run records and presets write and read it;
 //! - [`listen`], [`incoming`]: where it listens (TCP, or a Unix socket for
 //!   workers on this host) and the connections it accepts;
 //! - [`fds`]: the file limit, and how many connections each accept loop may hold;
@@ -33,6 +36,7 @@ pub mod listen;
 pub mod pool;
 pub mod refusal;
 pub mod service;
+pub mod settings;
 pub mod training;
 
 #[cfg(test)]
@@ -149,62 +153,10 @@ pub async fn serve(
     progress: impl Progress,
     observer: pool::Observer,
 ) -> Result<RunSummary, CoordinatorError> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status(TRAINER_SERVICE, ServingStatus::NotServing)
-        .await;
-    health.set_service_status("", ServingStatus::Serving).await;
-
     let plan = &config.plan;
     let run_id = format!("seed{}-pid{}", plan.seed, std::process::id());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    let service = TrainerService::new(events_tx, &plan.sizes, &run_id, HANDSHAKE_TIMEOUT)
-        .with_cost(plan.cost)
-        .with_kernels(plan.kernels)
-        .with_net(plan.net.as_ref(), plan.seed);
-    // A worker sends only Hello and ShardResults, whose largest legitimate
-    // size is known exactly from the model's sizes.
-    let trainer = TrainerServer::new(service)
-        .max_decoding_message_size(wire::max_result_bytes(plan.parameter_count()))
-        .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
-    // The health service stays open to probes; the trainer checks the token.
-    let trainer = InterceptedService::new(trainer, service::authenticate(config.token.clone()));
-    let (stopping_tx, stopping) = watch::channel(false);
-    let slots = fds::Budget::current().grpc;
-    let incoming = incoming::incoming(listener.into(), HANDSHAKE_TIMEOUT, stopping, slots);
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let mut builder = Server::builder();
-    if let Some(tls) = &config.tls {
-        let identity = tonic::transport::Identity::from_pem(&tls.cert, &tls.key);
-        let tls = tonic::transport::ServerTlsConfig::new()
-            .identity(identity)
-            .timeout(HANDSHAKE_TIMEOUT);
-        builder = builder.tls_config(tls).map_err(CoordinatorError::Tls)?;
-    }
-    let server = tokio::spawn(
-        builder
-            // One 95 KB step in one HTTP/2 frame instead of six.
-            .max_frame_size(1 << 20)
-            // A chapter-6 net's result (343 KB for ch6-conv2, 6.7 MB for
-            // ch6-dropout) in one flight, not one window of 64 KB at a time.
-            .initial_stream_window_size(Some(FLOW_WINDOW))
-            .initial_connection_window_size(Some(FLOW_WINDOW))
-            // Detects a dead peer even when its TCP connection stays half-open.
-            .http2_keepalive_interval(Some(config.keepalive))
-            .http2_keepalive_timeout(Some(config.keepalive * 2))
-            .max_concurrent_streams(Some(STREAMS_PER_CONNECTION))
-            .add_service(health_service)
-            // Server reflection, so `grpcurl list` and `describe` work with no
-            // `.proto` at hand: v1, and v1alpha for older clients.
-            .add_service(reflection().build_v1().expect(DESCRIPTORS_VALID))
-            .add_service(reflection().build_v1alpha().expect(DESCRIPTORS_VALID))
-            .add_service(trainer)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop_rx.await;
-                let _ = stopping_tx.send(true);
-            }),
-    );
-
+    let (health, server) = start_server(listener.into(), &config, events_tx, &run_id).await?;
     tokio::pin!(shutdown);
     let data = tokio::select! {
         data = data => data.map_err(CoordinatorError::Data),
@@ -213,36 +165,16 @@ pub async fn serve(
     let data = match data {
         Ok(data) => data,
         Err(e) => {
-            let _ = stop_tx.send(());
-            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+            let _ = server.stop().await;
             return Err(e);
         }
     };
-
     let timeouts = pool::Timeouts {
         wait_for_worker: config.wait_timeout,
         shard: config.shard_timeout,
         backup: config.backup,
     };
-    let (mut network, mut position, mut state) = match config.resume.clone() {
-        Some(c) => {
-            info!(
-                epoch = c.position.epoch,
-                batch = c.position.batch,
-                step = c.position.step,
-                "resuming from checkpoint"
-            );
-            (c.network, c.position, c.state)
-        }
-        None => (
-            config
-                .init
-                .clone()
-                .unwrap_or_else(|| plan.initial_network()),
-            checkpoint::Position::default(),
-            RunState::new(plan),
-        ),
-    };
+    let (mut network, mut position, mut state) = starting_point(&config);
     let mut pool = RemotePool::new(events_rx, plan.sizes.clone(), timeouts, position.step)
         .with_audit(pool::Audit::new(config.audit_rate, plan.cost, plan.kernels))
         .with_first_errors(config.first_errors_up_to, plan.kernels)
@@ -285,9 +217,8 @@ pub async fn serve(
     pool.shutdown(reason);
     let stats = pool.stats().clone();
     drop(pool); // closes the registry: late joiners are told training is over
-    let _ = stop_tx.send(());
     // Graceful stop waits for workers to close their streams after Shutdown; bounded.
-    match tokio::time::timeout(Duration::from_secs(10), server).await {
+    match server.stop().await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "server error while stopping"),
         Ok(Err(e)) => warn!(error = %e, "server task failed"),
@@ -301,6 +232,115 @@ pub async fn serve(
         stats,
         elapsed,
     })
+}
+
+/// Where the run starts: the checkpoint it resumes, or step 0 with the
+/// `--init` model or the plan's initial weights.
+fn starting_point(config: &Config) -> (Network, checkpoint::Position, RunState) {
+    match config.resume.clone() {
+        Some(c) => {
+            info!(
+                epoch = c.position.epoch,
+                batch = c.position.batch,
+                step = c.position.step,
+                "resuming from checkpoint"
+            );
+            (c.network, c.position, c.state)
+        }
+        None => (
+            config
+                .init
+                .clone()
+                .unwrap_or_else(|| config.plan.initial_network()),
+            checkpoint::Position::default(),
+            RunState::new(&config.plan),
+        ),
+    }
+}
+
+/// The running gRPC server, and how to stop it.
+struct Served {
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    stop: oneshot::Sender<()>,
+}
+
+impl Served {
+    /// Stops accepting, and waits up to 10 s for the server to finish.
+    async fn stop(
+        self,
+    ) -> Result<
+        Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+        tokio::time::error::Elapsed,
+    > {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task).await
+    }
+}
+
+/// Starts serving health (the trainer NOT_SERVING for now), reflection and
+/// the trainer, whose workers' events go to `events`.
+///
+/// # Errors
+/// [`CoordinatorError::Tls`] if the TLS identity is unusable.
+async fn start_server(
+    listener: listen::Listener,
+    config: &Config,
+    events: mpsc::Sender<pool::WorkerEvent>,
+    run_id: &str,
+) -> Result<(tonic_health::server::HealthReporter, Served), CoordinatorError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(TRAINER_SERVICE, ServingStatus::NotServing)
+        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
+    let plan = &config.plan;
+    let service = TrainerService::new(events, &plan.sizes, run_id, HANDSHAKE_TIMEOUT)
+        .with_cost(plan.cost)
+        .with_kernels(plan.kernels)
+        .with_net(plan.net.as_ref(), plan.seed);
+    // A worker sends only Hello and ShardResults, whose largest legitimate
+    // size is known exactly from the model's sizes.
+    let trainer = TrainerServer::new(service)
+        .max_decoding_message_size(wire::max_result_bytes(plan.parameter_count()))
+        .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
+    // The health service stays open to probes; the trainer checks the token.
+    let trainer = InterceptedService::new(trainer, service::authenticate(config.token.clone()));
+    let (stopping_tx, stopping) = watch::channel(false);
+    let slots = fds::Budget::current().grpc;
+    let incoming = incoming::incoming(listener, HANDSHAKE_TIMEOUT, stopping, slots);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        let identity = tonic::transport::Identity::from_pem(&tls.cert, &tls.key);
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(identity)
+            .timeout(HANDSHAKE_TIMEOUT);
+        builder = builder.tls_config(tls).map_err(CoordinatorError::Tls)?;
+    }
+    let task = tokio::spawn(
+        builder
+            // One 95 KB step in one HTTP/2 frame instead of six.
+            .max_frame_size(1 << 20)
+            // A chapter-6 net's result (343 KB for ch6-conv2, 6.7 MB for
+            // ch6-dropout) in one flight, not one window of 64 KB at a time.
+            .initial_stream_window_size(Some(FLOW_WINDOW))
+            .initial_connection_window_size(Some(FLOW_WINDOW))
+            // Detects a dead peer even when its TCP connection stays half-open.
+            .http2_keepalive_interval(Some(config.keepalive))
+            .http2_keepalive_timeout(Some(config.keepalive * 2))
+            .max_concurrent_streams(Some(STREAMS_PER_CONNECTION))
+            .add_service(health_service)
+            // Server reflection, so `grpcurl list` and `describe` work with no
+            // `.proto` at hand: v1, and v1alpha for older clients.
+            .add_service(reflection().build_v1().expect(DESCRIPTORS_VALID))
+            .add_service(reflection().build_v1alpha().expect(DESCRIPTORS_VALID))
+            .add_service(trainer)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop_rx.await;
+                let _ = stopping_tx.send(true);
+            }),
+    );
+    Ok((health, Served { task, stop: stop_tx }))
 }
 
 /// Why building reflection cannot fail.

@@ -27,17 +27,7 @@ pub enum LaunchError {
     },
 }
 
-/// How spawned workers reach a coordinator that asks for a token or TLS.
-/// The token goes in the children's environment (`DDP_TOKEN`), never on
-/// their command line, where any local user could read it.
-#[derive(Debug, Clone, Default)]
-pub struct Credentials {
-    /// The run's token.
-    pub token: Option<String>,
-    /// The coordinator's certificate (PEM), trusted by the workers, and the
-    /// name they check it for.
-    pub tls: Option<(PathBuf, String)>,
-}
+pub use crate::config::Credentials;
 
 /// Where the workers' log lines go instead of straight to the terminal (the
 /// coordinator's progress bar writes them above itself).

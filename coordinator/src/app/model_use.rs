@@ -15,16 +15,7 @@ use super::{digits, AppError, AppResult};
 /// # Errors
 /// If the file cannot be read or its shape does not fit MNIST.
 pub fn load_model(path: &Path) -> AppResult<Network> {
-    let network = model_file::load(path)?;
-    let sizes = &network.sizes;
-    if sizes.first() != Some(&IMAGE_SIZE) || sizes.last() != Some(&10) {
-        return Err(AppError::ModelShape {
-            path: path.to_path_buf(),
-            sizes: sizes.clone(),
-            why: "do not fit MNIST (784 inputs, 10 outputs)".into(),
-        });
-    }
-    Ok(network)
+    Ok(crate::config::load_mnist_model(path)?)
 }
 
 /// Formats `export` writes.

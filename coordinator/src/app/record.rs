@@ -12,13 +12,10 @@
 use std::path::{Path, PathBuf};
 
 use common::chain::{self, Chain, Digest32};
-use common::cost::Cost;
 use common::dataset::{find_file, idx, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS};
 use common::kernels::KernelSet;
-use common::network::Init;
 use common::plan::{RunState, TrainingPlan};
 use common::reference::{train_with_state, Progress};
-use common::stopping::EtaSchedule;
 use common::{model_file, Network};
 use serde_json::{json, Value};
 
@@ -113,11 +110,6 @@ pub fn data_digests(dir: &Path) -> Result<Vec<(String, String)>, RecordError> {
         .collect()
 }
 
-/// An f32 as the shortest decimal that reads back as the same f32.
-fn number(x: f32) -> Value {
-    json!(x.to_string().parse::<f64>().unwrap_or(f64::NAN))
-}
-
 impl RunRecord {
     /// The record as JSON.
     pub fn to_json(&self) -> Value {
@@ -135,25 +127,12 @@ impl RunRecord {
                 })
             })
             .collect();
-        let mut record = json!({
+        json!({
             "format": FORMAT,
             "code_version": self.code_version,
-            "flags": {
-                "sizes": p.sizes,
-                "epochs": p.epochs,
-                "batch_size": p.batch_size,
-                "eta": number(p.eta),
-                "shards": p.shards,
-                "seed": p.seed,
-                "cost": p.cost.name(),
-                "init_weights": p.init.name(),
-                "lambda": number(p.lambda),
-                "momentum": number(p.momentum),
-                "early_stop": p.early_stop,
-                "eta_schedule": p.eta_schedule.map(|s| s.to_string()),
-                "kernels": p.kernels.name(),
-                "record_every": p.record_every,
-            },
+            // Chapter 6's keys appear only in runs that use them, so every
+            // earlier record's text is unchanged (see `settings`).
+            "flags": crate::settings::to_record(p),
             "init_model": self.init.as_ref().map(|i| json!({
                 "path": i.path.display().to_string(),
                 "weights_sha256": chain::hex(&i.weights),
@@ -164,17 +143,7 @@ impl RunRecord {
                 .map(|(name, digest)| (name.clone(), json!(digest)))
                 .collect::<serde_json::Map<String, Value>>(),
             "links": links,
-        });
-        // Chapter 6's keys appear only in runs that use them, so every
-        // earlier record's text is unchanged.
-        let flags = record["flags"].as_object_mut().expect("flags is an object");
-        if let Some(net) = &p.net {
-            flags.insert("net".into(), json!(net.to_string()));
-        }
-        if p.expand_data {
-            flags.insert("expand_data".into(), json!(true));
-        }
-        record
+        })
     }
 
     /// Reads a record from JSON.
@@ -188,122 +157,11 @@ impl RunRecord {
                 v["format"]
             ));
         }
-        let f = &v["flags"];
-        let field = |key: &str| -> Result<&Value, String> {
-            f.get(key).ok_or_else(|| format!("flags.{key} is missing"))
-        };
-        let uint = |key: &str| -> Result<u64, String> {
-            field(key)?
-                .as_u64()
-                .ok_or_else(|| format!("flags.{key} is not a whole number"))
-        };
-        let float = |key: &str| -> Result<f32, String> {
-            let n = field(key)?;
-            n.as_f64()
-                .and_then(|_| n.to_string().parse::<f32>().ok())
-                .ok_or_else(|| format!("flags.{key} is not a number"))
-        };
-        let text = |key: &str| -> Result<&str, String> {
-            field(key)?
-                .as_str()
-                .ok_or_else(|| format!("flags.{key} is not a string"))
-        };
-        let optional_uint = |key: &str| -> Result<Option<u64>, String> {
-            match field(key)? {
-                Value::Null => Ok(None),
-                n => n
-                    .as_u64()
-                    .map(Some)
-                    .ok_or_else(|| format!("flags.{key} is not a whole number")),
-            }
-        };
-        let sizes = field("sizes")?
-            .as_array()
-            .ok_or("flags.sizes is not a list".to_string())?
-            .iter()
-            .map(|s| s.as_u64().map(|s| s as usize))
-            .collect::<Option<Vec<_>>>()
-            .ok_or("flags.sizes holds something other than whole numbers".to_string())?;
-        // The rule --sizes follows: a record's plan is no less checked than a run's flags.
-        crate::config::check_sizes(&sizes)
-            .map_err(|why| format!("flags.sizes {sizes:?}: {why}"))?;
-        let net = match f.get("net") {
-            None => None,
-            Some(v) => {
-                let text = v.as_str().ok_or("flags.net is not a string".to_string())?;
-                Some(crate::config::parse_net(text).map_err(|e| format!("flags.net: {e}"))?)
-            }
-        };
-        let expand_data = match f.get("expand_data") {
-            None => false,
-            Some(v) => v.as_bool().ok_or("flags.expand_data is not true or false".to_string())?,
-        };
-        if let Some(spec) = &net {
-            if sizes != [spec.input.len(), spec.classes()] {
-                return Err(format!("flags.sizes {sizes:?} does not fit flags.net"));
-            }
-        }
-        let plan = TrainingPlan {
-            sizes,
-            net,
-            expand_data,
-            epochs: uint("epochs")? as usize,
-            batch_size: uint("batch_size")? as usize,
-            eta: float("eta")?,
-            shards: uint("shards")? as usize,
-            seed: uint("seed")?,
-            cost: Cost::from_name(text("cost")?).ok_or("flags.cost is not a cost".to_string())?,
-            init: Init::from_name(text("init_weights")?)
-                .ok_or("flags.init_weights is not an initialiser".to_string())?,
-            lambda: float("lambda")?,
-            momentum: float("momentum")?,
-            early_stop: optional_uint("early_stop")?.map(|n| n as usize),
-            eta_schedule: match field("eta_schedule")? {
-                Value::Null => None,
-                s => Some(
-                    s.as_str()
-                        .ok_or("flags.eta_schedule is not a string".to_string())?
-                        .parse::<EtaSchedule>()
-                        .map_err(|e| format!("flags.eta_schedule: {e}"))?,
-                ),
-            },
-            monitor: Default::default(),
-            kernels: KernelSet::from_name(text("kernels")?)
-                .ok_or("flags.kernels is not a kernel set".to_string())?,
-            record_every: optional_uint("record_every")?,
-        };
+        let plan = crate::settings::from_record(&v["flags"])?;
         // The ranges the coordinator's flags accept: a crafted record must
         // not make a replay allocate or loop beyond what a run could.
-        let checks: [(bool, &str); 7] = [
-            (
-                (1..=1_000_000).contains(&plan.epochs),
-                "flags.epochs must be 1..=1000000",
-            ),
-            (plan.batch_size > 0, "flags.batch_size must be at least 1"),
-            (
-                (1..=4096).contains(&plan.shards),
-                "flags.shards must be 1..=4096",
-            ),
-            (
-                plan.eta.is_finite() && plan.eta > 0.0,
-                "flags.eta must be finite and > 0",
-            ),
-            (
-                plan.lambda.is_finite() && plan.lambda >= 0.0,
-                "flags.lambda must be finite and >= 0",
-            ),
-            (
-                (0.0..1.0).contains(&plan.momentum),
-                "flags.momentum must be in [0, 1)",
-            ),
-            (
-                plan.early_stop != Some(0) && plan.record_every != Some(0),
-                "flags.early_stop and flags.record_every must be at least 1",
-            ),
-        ];
-        if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
-            return Err(why.to_string());
-        }
+        crate::config::check_plan(&plan)
+            .map_err(|e| format!("flags.{} {}", e.flag.replace('-', "_"), e.why))?;
         let data = v["data_sha256"]
             .as_object()
             .ok_or("data_sha256 is missing".to_string())?
@@ -317,20 +175,6 @@ impl RunRecord {
                 ))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let init = match &v["init_model"] {
-            Value::Null => None,
-            i => Some(InitModel {
-                path: PathBuf::from(
-                    i["path"]
-                        .as_str()
-                        .ok_or("init_model.path is missing".to_string())?,
-                ),
-                weights: i["weights_sha256"]
-                    .as_str()
-                    .and_then(chain::from_hex)
-                    .ok_or("init_model.weights_sha256 is not 64 hex digits".to_string())?,
-            }),
-        };
         let links = v["links"]
             .as_array()
             .ok_or("links is missing".to_string())?
@@ -341,7 +185,7 @@ impl RunRecord {
         Ok(RunRecord {
             plan,
             data,
-            init,
+            init: init_from_json(&v["init_model"])?,
             code_version: v["code_version"].as_str().unwrap_or("unknown").to_string(),
             chain: Chain { links },
         })
@@ -369,6 +213,24 @@ impl RunRecord {
     pub fn load(path: &Path) -> Result<RunRecord, RecordError> {
         super::record_file::read(path)
     }
+}
+
+/// A record's `init_model`: the model the run started from, if any.
+fn init_from_json(i: &Value) -> Result<Option<InitModel>, String> {
+    if i.is_null() {
+        return Ok(None);
+    }
+    Ok(Some(InitModel {
+        path: PathBuf::from(
+            i["path"]
+                .as_str()
+                .ok_or("init_model.path is missing".to_string())?,
+        ),
+        weights: i["weights_sha256"]
+            .as_str()
+            .and_then(chain::from_hex)
+            .ok_or("init_model.weights_sha256 is not 64 hex digits".to_string())?,
+    }))
 }
 
 /// Link `i` of a record, from its JSON.
@@ -442,46 +304,24 @@ pub fn verify(
     model: Option<&Path>,
     init: Option<&Path>,
 ) -> Result<(Verdict, Vec<String>), RecordError> {
-    let mut notes = Vec::new();
     if let Some(feature) = record.plan.kernels.missing_feature() {
         return Err(RecordError::Kernels {
             set: record.plan.kernels,
             feature,
         });
     }
-    if record.code_version != env!("CARGO_PKG_VERSION") {
-        notes.push(format!(
-            "the run was trained by version {}, this is {}",
-            record.code_version,
-            env!("CARGO_PKG_VERSION")
-        ));
-    }
-    let digests = data_digests(data_dir)?;
-    for (name, digest) in &digests {
-        match record.data.iter().find(|(n, _)| n == name) {
-            Some((_, want)) if want == digest => {}
-            Some((_, want)) => notes.push(format!(
-                "data file {name} in {} differs from the run's (SHA-256 {digest}, the record says {want})",
-                data_dir.display()
-            )),
-            None => notes.push(format!("the record has no digest for {name}")),
-        }
-    }
+    let mut notes = provenance_notes(record, data_dir)?;
     let mut network = match &record.init {
         None => record.plan.initial_network(),
         Some(i) => {
             let path = init.unwrap_or(&i.path);
             let network = model_file::load(path)?;
             if chain::weights_digest(&network) != i.weights {
-                return Ok((
-                    Verdict::Differs {
-                        what: format!(
-                            "the --init model {} is not the one the run started from",
-                            path.display()
-                        ),
-                    },
-                    notes,
-                ));
+                let what = format!(
+                    "the --init model {} is not the one the run started from",
+                    path.display()
+                );
+                return Ok((Verdict::Differs { what }, notes));
             }
             network
         }
@@ -501,6 +341,50 @@ pub fn verify(
     let Some(model) = model else {
         return Ok((Verdict::Verified { hashes, head }, notes));
     };
+    let verdict = check_model_file(record, model, hashes, head, &mut notes)?;
+    Ok((verdict, notes))
+}
+
+/// Notes on where the run came from that do not stop a replay: another
+/// code version, data files that differ from the record's.
+///
+/// # Errors
+/// If a data file is missing or unreadable.
+fn provenance_notes(record: &RunRecord, data_dir: &Path) -> Result<Vec<String>, RecordError> {
+    let mut notes = Vec::new();
+    if record.code_version != env!("CARGO_PKG_VERSION") {
+        notes.push(format!(
+            "the run was trained by version {}, this is {}",
+            record.code_version,
+            env!("CARGO_PKG_VERSION")
+        ));
+    }
+    let digests = data_digests(data_dir)?;
+    for (name, digest) in &digests {
+        match record.data.iter().find(|(n, _)| n == name) {
+            Some((_, want)) if want == digest => {}
+            Some((_, want)) => notes.push(format!(
+                "data file {name} in {} differs from the run's (SHA-256 {digest}, the record says {want})",
+                data_dir.display()
+            )),
+            None => notes.push(format!("the record has no digest for {name}")),
+        }
+    }
+    Ok(notes)
+}
+
+/// Whether the model file holds the record's final weights and chain value
+/// `head`, after a replay that verified `hashes` links.
+///
+/// # Errors
+/// If the model file cannot be read, or the record has no links.
+fn check_model_file(
+    record: &RunRecord,
+    model: &Path,
+    hashes: usize,
+    head: Digest32,
+    notes: &mut Vec<String>,
+) -> Result<Verdict, RecordError> {
     let (saved, meta) = model_file::load_with_metadata(model)?;
     let last = record
         .chain
@@ -511,43 +395,34 @@ pub fn verify(
             why: "the record has no links".into(),
         })?;
     if chain::weights_digest(&saved) != last.weights {
-        return Ok((
-            Verdict::Differs {
-                what: format!(
-                    "{} does not hold the run's final weights (step {})",
-                    model.display(),
-                    last.step
-                ),
-            },
-            notes,
-        ));
+        return Ok(Verdict::Differs {
+            what: format!(
+                "{} does not hold the run's final weights (step {})",
+                model.display(),
+                last.step
+            ),
+        });
     }
     match meta.get(MODEL_CHAIN_KEY) {
         Some(c) if *c == chain::hex(&head) => {}
         Some(c) => {
-            return Ok((
-                Verdict::Differs {
-                    what: format!(
-                        "{}'s chain value {c} is not the record's {}",
-                        model.display(),
-                        chain::hex(&head)
-                    ),
-                },
-                notes,
-            ))
+            return Ok(Verdict::Differs {
+                what: format!(
+                    "{}'s chain value {c} is not the record's {}",
+                    model.display(),
+                    chain::hex(&head)
+                ),
+            })
         }
         None => notes.push(format!(
             "{} carries no chain value (saved by another tool?); its weights match",
             model.display()
         )),
     }
-    Ok((
-        Verdict::Verified {
-            hashes: hashes + 1,
-            head,
-        },
-        notes,
-    ))
+    Ok(Verdict::Verified {
+        hashes: hashes + 1,
+        head,
+    })
 }
 
 /// Whether `record`'s links could come from its plan over `training`
@@ -810,11 +685,8 @@ mod tests {
             ("batch_size", json!(0), "flags.batch_size"),
             ("eta", json!(-1.0), "flags.eta"),
             ("momentum", json!(1.0), "flags.momentum"),
-            (
-                "record_every",
-                json!(0),
-                "flags.early_stop and flags.record_every",
-            ),
+            ("record_every", json!(0), "flags.record_every"),
+            ("early_stop", json!(0), "flags.early_stop"),
             ("sizes", json!([784, 1u64 << 40, 10]), "flags.sizes"),
         ] {
             let mut v = record.to_json();

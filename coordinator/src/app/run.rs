@@ -7,23 +7,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::model_file;
-use common::plan::RunState;
+use common::plan::{RunState, TrainingPlan};
 use common::reference::EpochReport;
 use common::Network;
 
 use crate::app::dashboard::{self, Dashboard, Feed, Watched};
-use crate::app::launch::{sibling_worker_binary, Credentials, LocalWorkers};
+use crate::app::launch::{sibling_worker_binary, LocalWorkers};
 use crate::app::record::{self, RunRecord};
 use crate::app::ui::Ui;
-use crate::app::{data, model_use, AppError, AppResult};
-use crate::listen::Listener;
+use crate::app::{data, AppError, AppResult};
+use crate::config::{Credentials, Mode, Outputs, RunSpec};
+use crate::listen::{ListenAddr, Listener};
 use crate::pool::PoolStats;
 use crate::Args;
 
 /// Trains as the flags say, saves the model and prints the summary.
 pub async fn train(args: Args, bar: indicatif::ProgressBar) -> AppResult<()> {
-    let mut config = args.validate()?;
-    if let Some(preset) = args.preset {
+    let spec = args.validate()?;
+    if let Some(preset) = spec.preset {
         // The flags the preset stands for; explicit flags have overridden any of them.
         eprintln!(
             "preset {}: {}",
@@ -33,128 +34,110 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> AppResult<()> {
             preset.flags()
         );
     }
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        let read = |p: &std::path::PathBuf| {
-            common::regular_file::read(p, common::regular_file::MAX_SMALL_FILE)
-                .map_err(AppError::read(p))
-        };
-        config.tls = Some(crate::config::TlsPem {
-            cert: read(cert)?,
-            key: read(key)?,
-        });
-    }
-    let auto = args
-        .checkpoint
-        .as_ref()
-        .filter(|p| args.auto_resume && p.exists());
     let mut record = Recording {
-        path: args
-            .record
-            .clone()
-            .unwrap_or_else(|| args.out.with_extension("record.json")),
-        data_dir: args
+        path: spec.outputs.record.clone(),
+        data_dir: spec
             .data_dir
             .clone()
             .unwrap_or_else(common::dataset::fetch::default_data_dir),
         init: None,
     };
-    if let Some(path) = args.resume.as_ref().or(auto) {
-        let c = crate::checkpoint::load(path)?;
-        c.check_matches(path, &config.plan)?;
+    if let (Some(path), Some(c)) = (&spec.resumed_from, &spec.config.resume) {
         // The model the run started from is in the record it has written so far.
         record.init = RunRecord::load(&record.path).ok().and_then(|r| r.init);
-        if c.position.epoch >= config.plan.epochs || c.state.stopping.stopped {
+        if c.position.epoch >= spec.config.plan.epochs || c.state.stopping.stopped {
             // A supervisor restarted a finished run: keep the result, train nothing.
-            record.write(&config.plan, &c.state)?;
-            record::save_model(&args.out, &c.network, &c.state.chain)?;
-            save_best(&args, &config.plan, &c.state)?;
+            record.write(&spec.config.plan, &c.state)?;
+            record::save_model(&spec.outputs.model, &c.network, &c.state.chain)?;
+            save_best(&spec.outputs, &c.state)?;
             println!(
                 "Done: {} already holds all {} epochs; model saved to {}",
                 path.display(),
-                config.plan.epochs,
-                args.out.display()
+                spec.config.plan.epochs,
+                spec.outputs.model.display()
             );
             return Ok(());
         }
-        config.resume = Some(c);
     }
-    if let Some(path) = &args.init {
-        let network = model_use::load_model(path)?;
-        if network.sizes != config.plan.sizes || network.net != config.plan.net {
-            let model = match &network.net {
-                Some(net) => format!("the net {net}"),
-                None => format!("layer sizes {:?}", network.sizes),
-            };
-            let run = match &config.plan.net {
-                Some(net) => format!("--net is {net}"),
-                None => format!("--sizes is {:?}", config.plan.sizes),
-            };
-            return Err(AppError::Usage(format!(
-                "--init {}: the model has {model}, but {run}",
-                path.display()
-            )));
-        }
+    if let (Some(path), Some(network)) = (&spec.init_from, &spec.config.init) {
         record.init = Some(record::InitModel {
             path: path.clone(),
-            weights: common::chain::weights_digest(&network),
+            weights: common::chain::weights_digest(network),
         });
-        config.init = Some(network);
     }
     let ui = Ui::new(
         bar.clone(),
-        args.progress.shows(),
-        config.plan.batch_size,
-        args.metrics.clone(),
-        args.plot.clone(),
+        spec.watch.progress.shows(),
+        spec.config.plan.batch_size,
+        spec.outputs.metrics.clone(),
+        spec.outputs.plot.clone(),
     )?
-    .with_epochs(config.plan.epochs);
-    let data_dir = args.data_dir.clone();
-    let expand = config.plan.expand_data;
-    let load = || async move {
-        tokio::task::spawn_blocking(move || data::load_mnist(data_dir.as_deref(), expand))
-            .await
-            .map_err(|_| AppError::Panicked {
-                what: "loading the data",
-            })?
-            .map(Arc::new)
-    };
-
-    if args.local {
-        if args.dashboard.is_some() || args.trace.is_some() {
-            return Err(AppError::Usage(
-                "--dashboard and --trace watch a cluster run; drop --local".into(),
-            ));
+    .with_epochs(spec.config.plan.epochs);
+    match spec.mode.clone() {
+        Mode::Local => train_local(spec, ui, record).await,
+        Mode::Serve { listen, spawn } => {
+            train_served(spec, &listen, spawn, ui, bar, record).await
         }
-        let data = load().await?;
-        let start = std::time::Instant::now();
-        let mut network = config
-            .init
-            .clone()
-            .unwrap_or_else(|| config.plan.initial_network());
-        let plan = config.plan.clone();
-        let (network, state, reports) = tokio::task::spawn_blocking(move || {
-            let mut state = RunState::new(&plan);
-            let reports =
-                common::reference::train_with_state(&mut network, &mut state, &data, &plan, ui);
-            (network, state, reports)
-        })
-        .await
-        .map_err(|_| AppError::Panicked { what: "training" })?;
-        return finish(
-            &args,
-            &record,
-            &config.plan,
-            network,
-            &state,
-            &reports,
-            start.elapsed(),
-            None,
-        );
     }
+}
 
-    let listen = args.listen_addr()?;
+/// Loads MNIST (expanded if the plan says so) off the async threads.
+async fn load_data(
+    data_dir: Option<PathBuf>,
+    expand: bool,
+) -> AppResult<Arc<common::dataset::Mnist>> {
+    tokio::task::spawn_blocking(move || data::load_mnist(data_dir.as_deref(), expand))
+        .await
+        .map_err(|_| AppError::Panicked {
+            what: "loading the data",
+        })?
+        .map(Arc::new)
+}
+
+/// `--local`: trains in this process with the reference trainer.
+async fn train_local(spec: RunSpec, ui: Ui, record: Recording) -> AppResult<()> {
+    let data = load_data(spec.data_dir.clone(), spec.config.plan.expand_data).await?;
+    let start = std::time::Instant::now();
+    let mut network = spec
+        .config
+        .init
+        .clone()
+        .unwrap_or_else(|| spec.config.plan.initial_network());
+    let plan = spec.config.plan.clone();
+    let (network, state, reports) = tokio::task::spawn_blocking(move || {
+        let mut state = RunState::new(&plan);
+        let reports =
+            common::reference::train_with_state(&mut network, &mut state, &data, &plan, ui);
+        (network, state, reports)
+    })
+    .await
+    .map_err(|_| AppError::Panicked { what: "training" })?;
+    finish(
+        &spec.outputs,
+        &spec.config.plan,
+        &record,
+        Trained {
+            network,
+            state: &state,
+            reports: &reports,
+            elapsed: start.elapsed(),
+            stats: None,
+        },
+    )
+}
+
+/// A served run: binds, starts the dashboard and any local workers, serves
+/// the run until it ends, then saves and reports it.
+async fn train_served(
+    spec: RunSpec,
+    listen: &ListenAddr,
+    spawn: Option<Credentials>,
+    ui: Ui,
+    bar: indicatif::ProgressBar,
+    record: Recording,
+) -> AppResult<()> {
     let bind_error = |what: String| move |source| AppError::Bind { what, source };
-    let (listener, _socket_file) = Listener::bind(&listen)
+    let (listener, _socket_file) = Listener::bind(listen)
         .await
         .map_err(bind_error(format!("{listen:?}")))?;
     let addr = listener
@@ -162,38 +145,19 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> AppResult<()> {
         .map_err(bind_error(format!("{listen:?}")))?;
     // First line of stdout, so scripts and tests can find a port chosen with :0.
     println!("Listening on {addr}");
-    let dashboard = start_dashboard(&args, &config)?;
+    let dashboard = start_dashboard(&spec)?;
     let feed = dashboard.as_ref().map(Dashboard::feed);
-    let mut local = if args.spawn_workers {
-        let credentials = Credentials {
-            token: args.token.clone(),
-            tls: args
-                .tls_cert
-                .clone()
-                .map(|cert| (cert, args.tls_domain.clone())),
-        };
-        // Their log lines go through the bar, so they never tear it.
-        let bar = bar.clone();
-        let log = move |line: &str| bar.suspend(|| eprintln!("{line}"));
-        let scheme = if credentials.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        Some(LocalWorkers::spawn(
-            &sibling_worker_binary()?,
-            config.workers,
-            &listener
+    let mut local = match spawn {
+        Some(credentials) => {
+            let scheme = if credentials.tls.is_some() { "https" } else { "http" };
+            let worker_address = listener
                 .worker_address(scheme)
-                .map_err(bind_error(format!("{listen:?}")))?,
-            &credentials,
-            Some(Arc::new(log)),
-        )?)
-    } else {
-        None
+                .map_err(bind_error(format!("{listen:?}")))?;
+            Some(spawn_workers(&spec, &worker_address, &credentials, &bar)?)
+        }
+        None => None,
     };
     let mut workers_gone = false;
-
     let shutdown = async {
         // Ctrl-C or SIGTERM (as from Kubernetes or a process manager): stop, checkpoint, exit.
         let mut term =
@@ -208,9 +172,11 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> AppResult<()> {
             }
         }
     };
-    let config_plan = config.plan.clone();
+    let (data_dir, expand) = (spec.data_dir.clone(), spec.config.plan.expand_data);
     let data = async {
-        let data = load().await.map_err(crate::DataLoadError::from)?;
+        let data = load_data(data_dir, expand)
+            .await
+            .map_err(crate::DataLoadError::from)?;
         if let Some(feed) = &feed {
             feed.send(Feed::Data(Arc::clone(&data)));
         }
@@ -220,6 +186,8 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> AppResult<()> {
         .as_ref()
         .map_or_else(crate::pool::Observer::none, Dashboard::observer);
     let progress = Watched::new(ui, feed.clone());
+    let RunSpec { config, outputs, .. } = spec;
+    let plan = config.plan.clone();
     let summary = crate::serve(listener, config, data, shutdown, progress, observer).await;
     // Whatever ended the run, the bar goes: no half-drawn bar under the last
     // lines, and none redrawn around the workers' last log lines either.
@@ -243,28 +211,52 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> AppResult<()> {
     }
     let summary = summary?;
     finish(
-        &args,
+        &outputs,
+        &plan,
         &record,
-        &config_plan,
-        summary.network,
-        &summary.state,
-        &summary.reports,
-        summary.elapsed,
-        Some(&summary.stats),
+        Trained {
+            network: summary.network,
+            state: &summary.state,
+            reports: &summary.reports,
+            elapsed: summary.elapsed,
+            stats: Some(&summary.stats),
+        },
     )
+}
+
+/// Starts `--workers` local worker processes dialling `address`; their log
+/// lines go through the bar, so they never tear it.
+fn spawn_workers(
+    spec: &RunSpec,
+    address: &str,
+    credentials: &Credentials,
+    bar: &indicatif::ProgressBar,
+) -> AppResult<LocalWorkers> {
+    let bar = bar.clone();
+    let log = move |line: &str| bar.suspend(|| eprintln!("{line}"));
+    Ok(LocalWorkers::spawn(
+        &sibling_worker_binary()?,
+        spec.config.workers,
+        address,
+        credentials,
+        Some(Arc::new(log)),
+    )?)
 }
 
 /// Starts the dashboard and trace recorder the flags ask for, printing
 /// where the page is.
-fn start_dashboard(args: &Args, config: &crate::Config) -> AppResult<Option<Dashboard>> {
-    if args.dashboard.is_none() && args.trace.is_none() {
+fn start_dashboard(spec: &RunSpec) -> AppResult<Option<Dashboard>> {
+    let watch = &spec.watch;
+    if watch.dashboard.is_none() && watch.trace.is_none() {
         return Ok(None);
     }
-    let (listener, access) = match &args.dashboard {
-        Some(value) => {
-            let addr = dashboard::parse_addr(value)?;
-            let (access, code) =
-                dashboard::access_rule(addr, config.token.as_ref(), args.insecure_no_token)?;
+    let (listener, access) = match watch.dashboard {
+        Some(addr) => {
+            let (access, code) = dashboard::access_rule(
+                addr,
+                spec.config.token.as_ref(),
+                watch.insecure_no_token,
+            )?;
             let dashboard_error = |source| AppError::Bind {
                 what: format!("the dashboard on {addr}"),
                 source,
@@ -283,24 +275,21 @@ fn start_dashboard(args: &Args, config: &crate::Config) -> AppResult<Option<Dash
         }
         None => (None, dashboard::Access::Open),
     };
-    let plan = &config.plan;
+    let plan = &spec.config.plan;
     let d = Dashboard::start(dashboard::Options {
         listener,
         access,
-        hosts: args.dashboard_host.clone(),
-        trace: args
+        hosts: watch.dashboard_hosts.clone(),
+        trace: watch
             .trace
             .clone()
-            .map(|path| crate::app::trace::TraceOptions {
-                path,
-                steps: args.trace_steps.clone(),
-            }),
+            .map(|(path, steps)| crate::app::trace::TraceOptions { path, steps }),
         run: dashboard::RunInfo {
             sizes: plan.sizes.clone(),
             epochs: plan.epochs,
             batch: plan.batch_size,
             shards: plan.shards,
-            workers: config.workers,
+            workers: spec.config.workers,
             eta: plan.eta,
             cost: plan.cost,
             kernels: plan.kernels,
@@ -313,29 +302,12 @@ fn start_dashboard(args: &Args, config: &crate::Config) -> AppResult<Option<Dash
     Ok(Some(d))
 }
 
-/// Where the best validation epoch's model goes: `--best-out`, or, with
-/// early stopping or a schedule, `--out` with `.best` before its extension.
-fn best_path(args: &Args, plan: &common::plan::TrainingPlan) -> Option<PathBuf> {
-    args.best_out.clone().or_else(|| {
-        (plan.early_stop.is_some() || plan.eta_schedule.is_some()).then(|| {
-            let ext = args.out.extension().map_or("best".to_string(), |e| {
-                format!("best.{}", e.to_string_lossy())
-            });
-            args.out.with_extension(ext)
-        })
-    })
-}
-
-/// Saves the best validation epoch's model where [`best_path`] says; returns the path.
-fn save_best(
-    args: &Args,
-    plan: &common::plan::TrainingPlan,
-    state: &RunState,
-) -> AppResult<Option<PathBuf>> {
-    match (best_path(args, plan), &state.best) {
+/// Saves the best validation epoch's model where `outputs.best` says; returns the path.
+fn save_best(outputs: &Outputs, state: &RunState) -> AppResult<Option<PathBuf>> {
+    match (&outputs.best, &state.best) {
         (Some(path), Some(best)) => {
-            model_file::save(&path, &best.network)?;
-            Ok(Some(path))
+            model_file::save(path, &best.network)?;
+            Ok(Some(path.clone()))
         }
         _ => Ok(None),
     }
@@ -350,25 +322,36 @@ struct Recording {
 
 impl Recording {
     /// Writes the record of a run of `plan` that has reached `state`.
-    fn write(&self, plan: &common::plan::TrainingPlan, state: &RunState) -> AppResult<()> {
+    fn write(&self, plan: &TrainingPlan, state: &RunState) -> AppResult<()> {
         let digests = record::data_digests(&self.data_dir)?;
         Ok(record::of_run(plan, digests, self.init.clone(), &state.chain).save(&self.path)?)
     }
 }
 
+/// What a run ended with.
+struct Trained<'a> {
+    network: Network,
+    state: &'a RunState,
+    reports: &'a [EpochReport],
+    elapsed: Duration,
+    stats: Option<&'a PoolStats>,
+}
+
 /// Saves the model (and the best validation epoch's) and the run record,
 /// and prints the run's summary.
-#[allow(clippy::too_many_arguments)]
 fn finish(
-    args: &Args,
+    outputs: &Outputs,
+    plan: &TrainingPlan,
     recording: &Recording,
-    plan: &common::plan::TrainingPlan,
-    network: Network,
-    state: &RunState,
-    reports: &[EpochReport],
-    elapsed: Duration,
-    stats: Option<&PoolStats>,
+    trained: Trained<'_>,
 ) -> AppResult<()> {
+    let Trained {
+        network,
+        state,
+        reports,
+        elapsed,
+        stats,
+    } = trained;
     let last = reports
         .last()
         .ok_or_else(|| AppError::Usage("no epoch ran".into()))?;
@@ -376,14 +359,14 @@ fn finish(
         .iter()
         .max_by_key(|r| (r.test_correct, std::cmp::Reverse(r.epoch)))
         .unwrap_or(last);
-    record::save_model(&args.out, &network, &state.chain)?;
+    record::save_model(&outputs.model, &network, &state.chain)?;
     recording.write(plan, state)?;
     // Per epoch of training samples: an epoch resumed mid-way counts for the part that ran.
     let epochs_run: f64 = reports
         .iter()
         .map(|r| r.trained as f64 / r.samples.max(1) as f64)
         .sum();
-    let best_saved = save_best(args, plan, state)?;
+    let best_saved = save_best(outputs, state)?;
     let at_best_validation = state.best.as_ref().map_or(String::new(), |b| {
         format!(
             ", at best validation {:.2}% (epoch {}, validation {:.2}%)",
@@ -400,7 +383,7 @@ fn finish(
         reports.len(),
         elapsed.as_secs_f64(),
         elapsed.as_secs_f64() / epochs_run.max(1e-9),
-        args.out.display(),
+        outputs.model.display(),
         best_saved.map_or(String::new(), |p| format!(", best validation epoch's to {}", p.display()))
     );
     println!(

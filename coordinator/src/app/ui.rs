@@ -11,26 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::app::report::{self, MetricsCsv};
 
-/// Whether to draw a progress bar (`--progress`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BarMode {
-    /// A bar when stderr is a terminal.
-    Auto,
-    /// A bar (indicatif still draws nothing when stderr is not a terminal).
-    Bar,
-    /// No bar.
-    None,
-}
-
-impl BarMode {
-    /// Whether a bar is drawn in this process.
-    pub fn shows(self) -> bool {
-        match self {
-            BarMode::Auto | BarMode::Bar => std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            BarMode::None => false,
-        }
-    }
-}
+pub use crate::config::BarMode;
 
 /// A progress bar that log lines can write around (see [`BarWriter`]).
 /// It starts hidden; [`Ui`] draws it from the first step on if asked to.

@@ -329,34 +329,9 @@ impl Collector {
 /// Why the dashboard cannot be served as asked.
 #[derive(Debug, thiserror::Error)]
 pub enum DashboardError {
-    /// The address does not parse or resolve.
-    #[error("--dashboard {value}: expected IP:PORT or HOST:PORT ({why})")]
-    Addr {
-        /// The flag's value.
-        value: String,
-        /// Why.
-        why: String,
-    },
     /// Beyond loopback with no token and no `--insecure-no-token`.
     #[error("--dashboard on {0} (beyond loopback) needs the run's token (--token or DDP_TOKEN), or --insecure-no-token to let anyone who reaches it read it")]
     NeedsToken(SocketAddr),
-}
-
-/// Resolves `--dashboard`'s value.
-///
-/// # Errors
-/// [`DashboardError::Addr`].
-pub fn parse_addr(value: &str) -> Result<SocketAddr, DashboardError> {
-    use std::net::ToSocketAddrs;
-    let err = |why: String| DashboardError::Addr {
-        value: value.to_string(),
-        why,
-    };
-    value
-        .to_socket_addrs()
-        .map_err(|e| err(e.to_string()))?
-        .next()
-        .ok_or_else(|| err("the host name has no address".into()))
 }
 
 /// The access rule, the gRPC port's: on loopback the page is open; beyond
