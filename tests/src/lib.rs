@@ -223,23 +223,17 @@ pub async fn run_cluster(
     summary.unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
-/// A run configuration for tests: `plan` on `workers` workers, 30 s timeouts,
-/// the default backups for stragglers, 10 s keepalive, no checkpoint, token or TLS (override fields with struct update syntax).
+/// A run configuration for tests: `plan` on `workers` workers, with the
+/// CLI's defaults for everything else ([`Config::cli_defaults`]: 30 s shard
+/// timeout, the default backups for stragglers, 10 s keepalive, no
+/// checkpoint, token or TLS), except a 30 s wait for a replacement worker.
+/// Override fields with struct update syntax.
 pub fn test_config(plan: common::plan::TrainingPlan, workers: usize) -> Config {
     Config {
         plan,
         workers,
         wait_timeout: Duration::from_secs(30),
-        shard_timeout: Duration::from_secs(30),
-        backup: coordinator::pool::backup::BackupPolicy::DEFAULT,
-        audit_rate: 0.0,
-        first_errors_up_to: coordinator::pool::FIRST_ERROR_MAX_SAMPLES,
-        keepalive: Duration::from_secs(10),
-        checkpoint: None,
-        resume: None,
-        init: None,
-        token: None,
-        tls: None,
+        ..Config::cli_defaults()
     }
 }
 

@@ -1,9 +1,13 @@
-//! Helpers for tests that run the real binaries as processes.
+//! Helpers for tests that run the real binaries as processes: guards and
+//! waits, and the coordinator and workers started on the committed MNIST
+//! slice ([`coordinator`], [`worker_process`], [`assert_same_as_local`]).
 
 use std::io::{BufRead, BufReader};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use crate::{binary, fixture_dir, TempDir};
 
 /// Kills the process if a test fails before waiting on it.
 pub struct Guard(pub Child);
@@ -126,4 +130,149 @@ pub fn drain(rx: &mpsc::Receiver<String>) -> Vec<String> {
             Err(e) => panic!("stdout still open a minute after exit: {e}"),
         }
     }
+}
+
+// ---- The real coordinator and worker binaries on the committed MNIST slice
+
+/// The real coordinator on the MNIST slice with seed 3, on 127.0.0.1:0
+/// unless `args` has its own `--listen`.
+pub fn coordinator(args: &[&str], out: &std::path::Path) -> Guard {
+    let listen: &[&str] = if args.contains(&"--listen") {
+        &[]
+    } else {
+        &["--listen", "127.0.0.1:0"]
+    };
+    spawn_coordinator(&[listen, &["--seed", "3"], args].concat(), out)
+}
+
+/// The real coordinator on the MNIST slice with `args`, writing its model to
+/// `out`, both output streams piped.
+pub fn spawn_coordinator(args: &[&str], out: &std::path::Path) -> Guard {
+    spawn_coordinator_command(Command::new(binary("coordinator")), args, out)
+}
+
+/// `command` (a coordinator binary, or a wrapper that runs one) given the
+/// MNIST slice, `args` and `out` for its model.
+pub fn coordinator_command(
+    mut command: Command,
+    args: &[&str],
+    out: &std::path::Path,
+) -> Command {
+    command
+        .arg("--data-dir")
+        .arg(fixture_dir())
+        .arg("--out")
+        .arg(out)
+        .args(args);
+    command
+}
+
+/// [`coordinator_command`] spawned, both output streams piped.
+pub fn spawn_coordinator_command(
+    command: Command,
+    args: &[&str],
+    out: &std::path::Path,
+) -> Guard {
+    let child = coordinator_command(command, args, out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start coordinator");
+    Guard(child)
+}
+
+/// The address from the coordinator's first stdout line, `Listening on ADDR`.
+pub fn address(rx: &std::sync::mpsc::Receiver<String>) -> String {
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("coordinator prints its address");
+    let addr = first
+        .strip_prefix("Listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    addr.to_string()
+}
+
+/// Replays the run in one process (`--local`) and checks the cluster's model
+/// file `out` is byte-identical to the replay's; then checks that `coordinator
+/// verify` accepts the cluster run's record ([`assert_verifies`]).
+pub fn assert_same_as_local(
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    shards: usize,
+    epochs: usize,
+    what: &str,
+) {
+    let replay = dir.join("replay.safetensors");
+    let (shards, epochs) = (shards.to_string(), epochs.to_string());
+    let mut local = coordinator(
+        &["--local", "--shards", &shards, "--epochs", &epochs],
+        &replay,
+    );
+    expect_success(&mut local, Duration::from_secs(120), "coordinator --local");
+    assert!(
+        std::fs::read(out).unwrap() == std::fs::read(&replay).unwrap(),
+        "{what}"
+    );
+    assert_verifies(out);
+}
+
+/// `coordinator verify` replays the run of model file `out` from its record
+/// (`<out>.record.json`) and every hash matches, the model file's included.
+pub fn assert_verifies(out: &std::path::Path) {
+    let record = out.with_extension("record.json");
+    let verify = Command::new(binary("coordinator"))
+        .arg("verify")
+        .arg(&record)
+        .arg("--model")
+        .arg(out)
+        .arg("--data-dir")
+        .arg(fixture_dir())
+        .output()
+        .expect("run coordinator verify");
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && stdout.contains("verified: "),
+        "verify {}: {stdout}{}",
+        verify.status,
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+/// A worker process joining the coordinator at TCP address `addr` (`http://` is prefixed).
+pub fn worker_process(addr: &str, name: &str, extra: &[&str]) -> Guard {
+    worker_at(&format!("http://{addr}"), name, extra)
+}
+
+/// A worker process joining the coordinator at `endpoint`, as given, with
+/// `extra` flags and its stderr piped.
+pub fn worker_at(endpoint: &str, name: &str, extra: &[&str]) -> Guard {
+    Guard(
+        Command::new(binary("worker"))
+            .args(["--connect", endpoint, "--name", name])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start worker"),
+    )
+}
+
+pub fn tempdir(name: &str) -> TempDir {
+    TempDir::new(name)
+}
+
+/// A fresh [`tempdir`] for test `name`, and the path in it of the model file
+/// the test's run writes.
+pub fn run_dir(name: &str) -> (TempDir, std::path::PathBuf) {
+    let dir = tempdir(name);
+    let out = dir.join("model.safetensors");
+    (dir, out)
+}
+
+/// [`run_dir`], and the path in it of the run's checkpoint file.
+pub fn checkpointed_run_dir(
+    name: &str,
+) -> (TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let (dir, out) = run_dir(name);
+    let ck = dir.join("checkpoint.safetensors");
+    (dir, out, ck)
 }

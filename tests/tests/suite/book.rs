@@ -171,7 +171,7 @@ const CH3: &[&str] = &[
 ];
 
 fn coordinator(args: &[&str], out: &Path) -> Guard {
-    crate::processes::spawn_coordinator(&[&["--progress", "none"], args].concat(), out)
+    integration_tests::process::spawn_coordinator(&[&["--progress", "none"], args].concat(), out)
 }
 
 fn worker(addr: &str) -> Guard {

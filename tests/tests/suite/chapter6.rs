@@ -13,7 +13,7 @@ use common::reference::train_with_state;
 use integration_tests::process::{expect_failure, expect_success, lines};
 use integration_tests::{bits, fixture_data, max_abs_diff, plan_for, run_cluster, test_config};
 
-use crate::processes::{address, coordinator, run_dir, worker_process};
+use integration_tests::process::{address, coordinator, run_dir, worker_process};
 
 /// A dropout net small enough for the MNIST slice: every layer type.
 const DROPOUT_NET: &str = "conv4x5:relu,pool2,fc20:relu:dropout=0.3,softmax10:dropout=0.2";

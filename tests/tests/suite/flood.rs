@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use integration_tests::process::{lines, wait_exit, Guard};
 use integration_tests::{binary, TempDir};
 
-use crate::processes::{coordinator_command, worker_process};
+use integration_tests::process::{coordinator_command, worker_process};
 
 /// The coordinator's file limit.
 const LIMIT: u64 = 256;

@@ -349,7 +349,7 @@ fn flood_memory_and_shutdown() {
         let dir = std::env::temp_dir().join(format!("ddp-flood-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut coord = Guard(
-            crate::processes::coordinator_command(
+            integration_tests::process::coordinator_command(
                 Command::new(integration_tests::binary("coordinator")),
                 &[
                     "--listen",

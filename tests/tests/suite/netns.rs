@@ -14,7 +14,7 @@ use std::time::Duration;
 use integration_tests::process::{wait_exit, Guard};
 use integration_tests::{binary, skip};
 
-use crate::processes::{coordinator_command, spawn_coordinator_command};
+use integration_tests::process::{coordinator_command, spawn_coordinator_command};
 
 /// Runs `ip`/`tc` and says whether it succeeded.
 fn run(program: &str, args: &[&str]) -> bool {

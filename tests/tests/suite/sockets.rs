@@ -8,7 +8,7 @@ use integration_tests::process::{
     expect_all_success, expect_success_with_output, lines, stderr_of, Guard,
 };
 
-use crate::processes::{
+use integration_tests::process::{
     address, assert_same_as_local, coordinator, run_dir, spawn_coordinator, worker_at,
 };
 
