@@ -304,6 +304,7 @@ fn start_dashboard(args: &Args, config: &crate::Config) -> AppResult<Option<Dash
             eta: plan.eta,
             cost: plan.cost,
             kernels: plan.kernels,
+            net: plan.net.as_ref().map(|n| n.to_string()),
         },
     })
     .map_err(|source| AppError::Bind {
