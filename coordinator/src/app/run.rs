@@ -293,6 +293,7 @@ fn start_dashboard(spec: &RunSpec) -> AppResult<Option<Dashboard>> {
             eta: plan.eta,
             cost: plan.cost,
             kernels: plan.kernels,
+            net: plan.net.as_ref().map(|n| n.to_string()),
         },
     })
     .map_err(|source| AppError::Bind {

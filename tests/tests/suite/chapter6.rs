@@ -133,6 +133,50 @@ fn dropout_net_with_a_killed_worker_equals_local_and_verifies() {
     assert!(verify.status.success() && stdout.contains("verified: "), "verify: {stdout}{}", String::from_utf8_lossy(&verify.stderr));
 }
 
+/// SIGKILL the coordinator of a dropout run with L2 and momentum after its
+/// first epoch, resume from its checkpoint on the same address (the same
+/// worker processes reconnect): the model equals `--local`'s byte for byte,
+/// and resuming with another net is refused, naming the flag.
+#[test]
+fn dropout_net_killed_and_resumed_equals_local() {
+    let (dir, out, ck) = crate::processes::checkpointed_run_dir("ch6-resume");
+    let flags = [
+        "--net", DROPOUT_NET, "--eta", "0.1", "--lambda", "0.1", "--momentum", "0.5", "--shards", "2",
+        "--epochs", "3", "--checkpoint", ck.to_str().unwrap(), "--checkpoint-every", "17",
+    ];
+    let mut first = coordinator(&[&flags[..], &["--workers", "2"]].concat(), &out);
+    let rx = lines(&mut first);
+    let addr = address(&rx);
+    let mut workers = [worker_process(&addr, "w0", &[]), worker_process(&addr, "w1", &[])];
+    let epoch0 = rx.recv_timeout(Duration::from_secs(120)).expect("an epoch line");
+    assert!(epoch0.starts_with("Epoch 0: "), "{epoch0}");
+    first.0.kill().expect("SIGKILL the coordinator");
+    first.0.wait().unwrap();
+    let saved = coordinator::checkpoint::load(&ck).expect("a checkpoint was written before the kill");
+    assert!(saved.network.net.is_some(), "the checkpoint holds the net");
+    assert!(saved.state.velocity.is_some(), "and its velocity");
+
+    let resume = ["--listen", &addr, "--resume", ck.to_str().unwrap(), "--workers", "2"];
+    let mut second = coordinator(&[&flags[..], &resume].concat(), &out);
+    expect_success(&mut second, Duration::from_secs(300), "resumed coordinator");
+    integration_tests::process::expect_all_success(&mut workers, Duration::from_secs(60), "worker");
+    let replay = dir.join("replay.safetensors");
+    let mut local = coordinator(&[&flags[..12], &["--local"]].concat(), &replay);
+    expect_success(&mut local, Duration::from_secs(300), "coordinator --local");
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(),
+        "the resumed dropout run differs from --local's"
+    );
+    // Another net: refused, naming the flag.
+    let (_d, other) = run_dir("ch6-resume-other");
+    let mut wrong = coordinator(
+        &["--local", "--net", "fc30,softmax10", "--epochs", "3", "--resume", ck.to_str().unwrap()],
+        &other,
+    );
+    let err = expect_failure(&mut wrong, Duration::from_secs(60), "resume with another net");
+    assert!(err.contains("--net"), "{err}");
+}
+
 #[test]
 fn a_net_that_cannot_be_built_is_refused_naming_the_layer() {
     for (net, says) in [

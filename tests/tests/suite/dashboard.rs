@@ -30,6 +30,7 @@ fn run_info(config: &Config) -> RunInfo {
         eta: p.eta,
         cost: p.cost,
         kernels: p.kernels,
+        net: p.net.as_ref().map(|n| n.to_string()),
     }
 }
 
@@ -390,6 +391,9 @@ const PAGE_FACTS: &str = r##"
     points: Number(document.getElementById("acc").dataset.points || 0),
     rows: rows,
     tiles: Number(document.getElementById("tiles").dataset.tiles || 0),
+    side: Number(document.getElementById("tiles").dataset.side || 0),
+    title: document.getElementById("tiles-title").textContent,
+    run: document.getElementById("run").textContent,
     confusion: Number(document.getElementById("confusion").dataset.drawn || 0),
     misses: document.querySelectorAll("#misses canvas").length,
     phase: document.getElementById("phase").textContent,
@@ -480,6 +484,47 @@ async fn a_browser_sees_the_run_learn_and_a_worker_die() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// A conv net's page: the first layer's 5×5 filters are the tiles, and the
+/// run line names the net.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_sees_a_conv_nets_filters() {
+    let Some((chromium, driver)) = find_browser() else {
+        return skip(
+            "a_browser_sees_a_conv_nets_filters",
+            "chromium and chromedriver are not installed (Debian: chromium chromium-driver)",
+        );
+    };
+    let plan = common::plan::TrainingPlan {
+        net: Some(coordinator::config::parse_net("conv6x5:relu,pool2,fc10,softmax10").unwrap()),
+        sizes: vec![784, 10],
+        eta: 0.1,
+        ..plan_for(2, 2, 7)
+    };
+    let config = test_config(plan, 2);
+    let d = start(&config, Some(loopback()), Access::Open, None);
+    let url = format!("http://{}/", d.local_addr().unwrap());
+    let browser = tokio::task::spawn_blocking(move || {
+        let b = Browser::start(&chromium, &driver, 1400, 2000)?;
+        b.open(&url)?;
+        anyhow::Ok(b)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let cluster = Cluster::start_watched(config, fixture_data(), 2, &d).await.unwrap();
+    let watching = tokio::task::spawn_blocking(move || {
+        browser.wait_for(PAGE_FACTS, LIMIT, |v| v["ended"] == Value::Bool(true))
+    });
+    let (summary, _) = cluster.finish(LIMIT).await.unwrap();
+    summary.unwrap();
+    d.finish("finished").await;
+    let seen = watching.await.unwrap().unwrap();
+    let last = seen.last().unwrap();
+    assert_eq!((last["tiles"].as_u64(), last["side"].as_u64()), (Some(6), Some(5)), "{last}");
+    assert!(last["title"].as_str().unwrap().contains("filters as 5×5"), "{last}");
+    assert!(last["run"].as_str().unwrap().contains("conv6x5:relu,pool2"), "{last}");
 }
 
 /// Against DNS rebinding: over the wire, every path (the page, its

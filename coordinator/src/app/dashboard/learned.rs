@@ -8,6 +8,7 @@ use base64::Engine;
 use common::cost::Cost;
 use common::dataset::{Mnist, Samples, IMAGE_SIZE};
 use common::kernels::KernelSet;
+use common::layers::Layer;
 use common::network::argmax;
 use common::Network;
 
@@ -42,8 +43,12 @@ pub struct Learned {
     pub epoch: usize,
     /// Per first-layer hidden unit, its 784 incoming weights scaled to
     /// `-127..=127` by the tile's largest magnitude, stored `+128` as bytes, base64.
-    /// Empty when the first layer's input is not a 28×28 image.
+    /// For a chapter-6 net whose first layer is a conv layer on one
+    /// channel, its filters instead, K×K each. Empty when the first layer's
+    /// input is neither.
     pub tiles: Vec<String>,
+    /// The side of each square tile: 28, or a conv layer's K.
+    pub tile_side: usize,
     /// Hidden units in the first layer (tiles may be fewer, see [`MAX_TILES`]).
     pub hidden: usize,
     /// `confusion[label][predicted]` on the test set.
@@ -80,7 +85,8 @@ pub fn learn(
 ) -> Learned {
     let b64 = base64::engine::general_purpose::STANDARD;
     let w0 = &network.weights[0];
-    let tiles = if w0.ncols() == IMAGE_SIZE {
+    let tile_side = tile_side(network);
+    let tiles = if tile_side > 0 {
         w0.rows()
             .into_iter()
             .take(MAX_TILES)
@@ -124,12 +130,24 @@ pub fn learn(
     Learned {
         epoch,
         tiles,
+        tile_side,
         hidden: w0.nrows(),
         confusion,
         misclassified,
         test_cost: test_cost / test.len().max(1) as f64,
         validation_cost: mean_cost(network, &data.validation, cost, kernels),
         training_cost_sample: mean_cost(network, &training_sample(data), cost, kernels),
+    }
+}
+
+/// The side of the first layer's tiles: 28 when each unit sees the whole
+/// image, K for a conv layer's K×K filters on one channel, 0 otherwise.
+fn tile_side(network: &Network) -> usize {
+    match network.net.as_ref().and_then(|n| n.layers.first().map(|l| (n.input, *l))) {
+        Some((input, Layer::ConvPool { kernel, .. })) if input.channels == 1 => kernel,
+        Some(_) => 0,
+        None if network.weights[0].ncols() == IMAGE_SIZE => 28,
+        None => 0,
     }
 }
 
@@ -140,6 +158,7 @@ impl Learned {
             "epoch": self.epoch,
             "hidden": self.hidden,
             "tiles": self.tiles,
+            "tile_side": self.tile_side,
             "confusion": self.confusion,
             "misclassified": self.misclassified.iter().map(|m| serde_json::json!({
                 "index": m.index, "label": m.label, "predicted": m.predicted, "pixels": m.pixels,
@@ -180,5 +199,13 @@ mod tests {
             (wrong as usize).min(MISCLASSIFIED_SHOWN)
         );
         assert!(l.misclassified.iter().all(|m| m.label != m.predicted));
+        assert_eq!(l.tile_side, 28);
+        // A conv net's first layer: its 5×5 filters.
+        let spec = crate::config::parse_net("conv6x5,pool2,fc10,softmax10").unwrap();
+        let conv = Network::network3(&spec, &mut common::schedule::init_rng(3));
+        let l = learn(&conv, &data, Cost::Quadratic, KernelSet::best(), 0);
+        assert_eq!((l.tiles.len(), l.tile_side, l.hidden), (6, 5, 6));
+        let tile = base64::engine::general_purpose::STANDARD.decode(&l.tiles[0]).unwrap();
+        assert_eq!(tile.len(), 25);
     }
 }

@@ -39,6 +39,8 @@ pub struct RunInfo {
     pub cost: common::cost::Cost,
     /// The run's kernel set (evaluation uses it too).
     pub kernels: common::kernels::KernelSet,
+    /// A chapter-6 net's `--net` text, shown instead of the sizes.
+    pub net: Option<String>,
 }
 
 /// Where a worker is.
@@ -454,7 +456,7 @@ impl State {
             "run": {
                 "sizes": r.sizes, "epochs": r.epochs, "batch": r.batch, "shards": r.shards,
                 "workers": r.workers, "eta": r.eta, "cost": r.cost.to_string(),
-                "kernels": r.kernels.name(),
+                "kernels": r.kernels.name(), "net": r.net,
             },
             "phase": self.phase,
             "elapsed": self.start.elapsed().as_secs_f64(),
