@@ -139,7 +139,7 @@ fn dropout_net_with_a_killed_worker_equals_local_and_verifies() {
 /// and resuming with another net is refused, naming the flag.
 #[test]
 fn dropout_net_killed_and_resumed_equals_local() {
-    let (dir, out, ck) = crate::processes::checkpointed_run_dir("ch6-resume");
+    let (dir, out, ck) = integration_tests::process::checkpointed_run_dir("ch6-resume");
     let flags = [
         "--net", DROPOUT_NET, "--eta", "0.1", "--lambda", "0.1", "--momentum", "0.5", "--shards", "2",
         "--epochs", "3", "--checkpoint", ck.to_str().unwrap(), "--checkpoint-every", "17",
