@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::cost::Cost;
 use common::layers::spec::SpecError;
-use common::layers::{NetSpec, Shape};
+use common::layers::NetSpec;
 use common::dataset::{CLASSES, IMAGE_SIZE};
 use common::kernels::KernelSet;
 use common::network::Init;
@@ -857,20 +857,12 @@ pub fn parse_monitor(given: &str) -> Result<Monitor, ConfigError> {
 }
 
 /// Parses `--net` for MNIST's 1×28×28 images and 10 classes.
+///
+/// # Errors
+/// [`ConfigError::Net`] naming the layer.
 pub fn parse_net(given: &str) -> Result<NetSpec, ConfigError> {
-    let spec = NetSpec::parse(given, MNIST_SHAPE).map_err(ConfigError::Net)?;
-    if spec.classes() != CLASSES {
-        let last = spec.layers.len();
-        return Err(ConfigError::Net(SpecError(format!(
-            "layer {last} `{}`: MNIST has {CLASSES} classes",
-            spec.layer_names()[last - 1]
-        ))));
-    }
-    Ok(spec)
+    crate::settings::parse_mnist_net(given).map_err(ConfigError::Net)
 }
-
-/// The shape of an MNIST image, the input of a `--net`.
-pub const MNIST_SHAPE: Shape = Shape { channels: 1, height: 28, width: 28 };
 
 /// Parses `"784,30,10"` into layer sizes fit for MNIST.
 ///
@@ -893,31 +885,7 @@ pub fn parse_sizes(given: &str) -> Result<Vec<usize>, ConfigError> {
     Ok(sizes)
 }
 
-/// Whether `sizes` is a network this build trains on MNIST: the one rule
-/// for `--sizes` and for a run record's plan (`verify`).
-///
-/// # Errors
-/// What is wrong, in words.
-pub fn check_sizes(sizes: &[usize]) -> Result<(), String> {
-    if sizes.len() < 2 {
-        return Err("need at least an input and an output layer".into());
-    }
-    if sizes.contains(&0) {
-        return Err("layer sizes must be positive".into());
-    }
-    if sizes[0] != IMAGE_SIZE || sizes[sizes.len() - 1] != CLASSES {
-        return Err(format!(
-            "MNIST needs {IMAGE_SIZE} inputs and {CLASSES} outputs, e.g. 784,30,10"
-        ));
-    }
-    if common::network::checked_parameter_count(sizes, common::wire::MAX_PARAMETERS).is_none() {
-        return Err(format!(
-            "more than {} parameters",
-            common::wire::MAX_PARAMETERS
-        ));
-    }
-    Ok(())
-}
+pub use crate::settings::check_sizes;
 
 /// The longest timeout a flag takes (a year): longer ones are surely typos,
 /// and would overflow a clock's deadline arithmetic.

@@ -205,11 +205,31 @@ pub async fn serve(
             Err(save) => warn!(error = %save, "could not save a checkpoint"),
         }
     }
+    let stats = stop(health, pool, server, outcome.is_ok()).await;
+    let reports = outcome?;
+    Ok(RunSummary {
+        network,
+        state,
+        reports,
+        stats,
+        elapsed,
+    })
+}
 
+/// Ends a run, finished or not: the trainer reports NOT_SERVING, the
+/// workers are told to shut down, late joiners that training is over, and
+/// the server stops (waiting, bounded, for workers to close their streams).
+/// Returns the pool's statistics.
+async fn stop(
+    health: tonic_health::server::HealthReporter,
+    mut pool: RemotePool,
+    server: Served,
+    finished: bool,
+) -> PoolStats {
     health
         .set_service_status(TRAINER_SERVICE, ServingStatus::NotServing)
         .await;
-    let reason = if outcome.is_ok() {
+    let reason = if finished {
         "training finished"
     } else {
         "coordinator stopping"
@@ -224,14 +244,7 @@ pub async fn serve(
         Ok(Err(e)) => warn!(error = %e, "server task failed"),
         Err(_) => warn!("workers did not close their streams within 10 s; stopping anyway"),
     }
-    let reports = outcome?;
-    Ok(RunSummary {
-        network,
-        state,
-        reports,
-        stats,
-        elapsed,
-    })
+    stats
 }
 
 /// Where the run starts: the checkpoint it resumes, or step 0 with the

@@ -231,24 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             tls_ca,
         } => {
             common::logging::init(cli.log_format, std::io::stderr);
-            anyhow::ensure!(
-                timeout.is_finite() && timeout > 0.0,
-                "--timeout {timeout}: must be seconds > 0"
-            );
-            let ca = tls_ca
-                .map(|p| {
-                    common::regular_file::read(&p, common::regular_file::MAX_SMALL_FILE)
-                        .with_context(|| format!("reading {}", p.display()))
-                })
-                .transpose()?;
-            let (serving, status) =
-                health::health(&addr, &service, Duration::from_secs_f64(timeout), ca).await?;
-            println!("{status}");
-            Ok(if serving {
-                ok
-            } else {
-                std::process::ExitCode::FAILURE
-            })
+            health_check(&addr, &service, timeout, tls_ca).await
         }
     }
 }
@@ -307,4 +290,32 @@ fn plot_runs(
     coordinator::app::report::plot_runs(out, title, &format!("{column} (%)"), &curves, floor)?;
     println!("{} runs drawn to {}", curves.len(), out.display());
     Ok(())
+}
+
+/// `coordinator health`: asks a server's grpc.health.v1; exit status 1
+/// unless it is SERVING.
+async fn health_check(
+    addr: &str,
+    service: &str,
+    timeout: f64,
+    tls_ca: Option<PathBuf>,
+) -> anyhow::Result<std::process::ExitCode> {
+    anyhow::ensure!(
+        timeout.is_finite() && timeout > 0.0,
+        "--timeout {timeout}: must be seconds > 0"
+    );
+    let ca = tls_ca
+        .map(|p| {
+            common::regular_file::read(&p, common::regular_file::MAX_SMALL_FILE)
+                .with_context(|| format!("reading {}", p.display()))
+        })
+        .transpose()?;
+    let (serving, status) =
+        health::health(addr, service, Duration::from_secs_f64(timeout), ca).await?;
+    println!("{status}");
+    Ok(if serving {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }

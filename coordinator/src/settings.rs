@@ -10,11 +10,64 @@
 //! `absent` value reads as that value when missing.
 
 use common::cost::Cost;
+use common::dataset::{CLASSES, IMAGE_SIZE};
 use common::kernels::KernelSet;
+use common::layers::spec::SpecError;
+use common::layers::{NetSpec, Shape};
 use common::network::Init;
 use common::plan::TrainingPlan;
 use common::stopping::EtaSchedule;
 use serde_json::{json, Value as Json};
+
+/// The shape of an MNIST image, the input of a `--net`.
+pub const MNIST_SHAPE: Shape = Shape {
+    channels: 1,
+    height: 28,
+    width: 28,
+};
+
+/// Parses a net (`--net`, a record's `flags.net`) for MNIST's 1×28×28
+/// images and 10 classes.
+///
+/// # Errors
+/// What is wrong, naming the layer.
+pub fn parse_mnist_net(given: &str) -> Result<NetSpec, SpecError> {
+    let spec = NetSpec::parse(given, MNIST_SHAPE)?;
+    if spec.classes() != CLASSES {
+        let last = spec.layers.len();
+        return Err(SpecError(format!(
+            "layer {last} `{}`: MNIST has {CLASSES} classes",
+            spec.layer_names()[last - 1]
+        )));
+    }
+    Ok(spec)
+}
+
+/// Whether `sizes` is a network this build trains on MNIST: the one rule
+/// for `--sizes` and for a run record's plan (`verify`).
+///
+/// # Errors
+/// What is wrong, in words.
+pub fn check_sizes(sizes: &[usize]) -> Result<(), String> {
+    if sizes.len() < 2 {
+        return Err("need at least an input and an output layer".into());
+    }
+    if sizes.contains(&0) {
+        return Err("layer sizes must be positive".into());
+    }
+    if sizes[0] != IMAGE_SIZE || sizes[sizes.len() - 1] != CLASSES {
+        return Err(format!(
+            "MNIST needs {IMAGE_SIZE} inputs and {CLASSES} outputs, e.g. 784,30,10"
+        ));
+    }
+    if common::network::checked_parameter_count(sizes, common::wire::MAX_PARAMETERS).is_none() {
+        return Err(format!(
+            "more than {} parameters",
+            common::wire::MAX_PARAMETERS
+        ));
+    }
+    Ok(())
+}
 
 /// A setting's value, typed by how it is written.
 #[derive(Debug, Clone, PartialEq)]
@@ -200,7 +253,7 @@ pub const SETTINGS: [Setting; 16] = [
         set: |p, v| match v {
             Value::MaybeText(None) => Ok(p.net = None),
             Value::MaybeText(Some(text)) => {
-                p.net = Some(crate::config::parse_net(&text).map_err(|e| format!(": {e}"))?);
+                p.net = Some(parse_mnist_net(&text).map_err(|e| format!(": {e}"))?);
                 Ok(())
             }
             v => Err(kind(v)),
@@ -217,7 +270,7 @@ pub const SETTINGS: [Setting; 16] = [
         get: |p| Value::Sizes(p.sizes.clone()),
         set: |p, v| match v {
             Value::Sizes(sizes) => {
-                crate::config::check_sizes(&sizes).map_err(|why| format!(" {sizes:?}: {why}"))?;
+                check_sizes(&sizes).map_err(|why| format!(" {sizes:?}: {why}"))?;
                 Ok(p.sizes = sizes)
             }
             v => Err(kind(v)),
@@ -600,7 +653,7 @@ mod tests {
     #[test]
     fn plans_round_trip_through_both_files() {
         let plan = TrainingPlan {
-            net: Some(crate::config::parse_net("fc100,softmax10").unwrap()),
+            net: Some(parse_mnist_net("fc100,softmax10").unwrap()),
             sizes: vec![784, 10],
             expand_data: true,
             eta: 0.1,

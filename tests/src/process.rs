@@ -256,6 +256,7 @@ pub fn worker_at(endpoint: &str, name: &str, extra: &[&str]) -> Guard {
     )
 }
 
+/// A fresh temporary directory for test `name`, removed when dropped.
 pub fn tempdir(name: &str) -> TempDir {
     TempDir::new(name)
 }

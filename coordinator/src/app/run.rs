@@ -189,26 +189,7 @@ async fn train_served(
     let RunSpec { config, outputs, .. } = spec;
     let plan = config.plan.clone();
     let summary = crate::serve(listener, config, data, shutdown, progress, observer).await;
-    // Whatever ended the run, the bar goes: no half-drawn bar under the last
-    // lines, and none redrawn around the workers' last log lines either.
-    bar.finish_and_clear();
-    bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    if let Some(d) = dashboard {
-        let outcome = match &summary {
-            Ok(_) => "finished".to_string(),
-            Err(e) => format!("stopped: {e}"),
-        };
-        d.finish(&outcome).await;
-    }
-    if workers_gone && summary.is_err() {
-        return Err(AppError::Usage(
-            "every spawned worker exited before training finished; their errors are above".into(),
-        ));
-    }
-    if let Some(local) = local {
-        let clean = local.wait(Duration::from_secs(10)).await;
-        tracing::info!(clean, "local workers exited");
-    }
+    wind_down(&bar, dashboard, summary.as_ref().err(), workers_gone, local).await?;
     let summary = summary?;
     finish(
         &outputs,
@@ -222,6 +203,42 @@ async fn train_served(
             stats: Some(&summary.stats),
         },
     )
+}
+
+/// After a served run, however it ended (`failed` says why, if it did):
+/// the bar goes, the dashboard shows the outcome, and spawned workers are
+/// waited for.
+///
+/// # Errors
+/// If every spawned worker exited before the run finished.
+async fn wind_down(
+    bar: &indicatif::ProgressBar,
+    dashboard: Option<Dashboard>,
+    failed: Option<&crate::CoordinatorError>,
+    workers_gone: bool,
+    local: Option<LocalWorkers>,
+) -> AppResult<()> {
+    // Whatever ended the run, the bar goes: no half-drawn bar under the last
+    // lines, and none redrawn around the workers' last log lines either.
+    bar.finish_and_clear();
+    bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    if let Some(d) = dashboard {
+        let outcome = match failed {
+            None => "finished".to_string(),
+            Some(e) => format!("stopped: {e}"),
+        };
+        d.finish(&outcome).await;
+    }
+    if workers_gone && failed.is_some() {
+        return Err(AppError::Usage(
+            "every spawned worker exited before training finished; their errors are above".into(),
+        ));
+    }
+    if let Some(local) = local {
+        let clean = local.wait(Duration::from_secs(10)).await;
+        tracing::info!(clean, "local workers exited");
+    }
+    Ok(())
 }
 
 /// Starts `--workers` local worker processes dialling `address`; their log

@@ -1,16 +1,16 @@
 //! The real `coordinator` and `worker` binaries as separate processes on
 //! loopback, training on the committed MNIST slice.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::process::{
     address, assert_same_as_local, assert_verifies, checkpointed_run_dir, coordinator, drain,
     expect_all_success, expect_failure, expect_refusal, expect_success,
-    expect_success_with_output, lines, run_dir, spawn_coordinator, stderr_of, tempdir, wait_exit,
-    worker_at, worker_process, Guard,
+    expect_success_with_output, lines, run_dir, spawn_coordinator_command, stderr_of, tempdir,
+    wait_exit, worker_process, Guard,
 };
-use integration_tests::{binary, fixture_dir, TempDir};
+use integration_tests::{binary, fixture_dir};
 
 #[test]
 fn coordinator_and_four_worker_processes_train_and_all_exit_0() {
