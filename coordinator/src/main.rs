@@ -34,7 +34,7 @@ struct Cli {
     #[command(flatten)]
     train: Args,
     /// Log format on stderr: text, or json (one object per line, for log collectors).
-    #[arg(long, global = true, default_value = "text")]
+    #[arg(long, global = true, default_value = "text", help_heading = "Options")]
     log_format: LogFormat,
 }
 
