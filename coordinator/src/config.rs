@@ -1038,11 +1038,10 @@ impl Args {
             momentum: t.momentum.unwrap_or(0.0),
             early_stop,
             eta_schedule,
-            monitor: Monitor::default(),
-            kernels: KernelSet::Portable,
+            monitor: parse_monitor(&t.monitor)?,
+            kernels: t.kernels.resolve()?,
             record_every: self.trust.record_every,
         };
-        let monitor = parse_monitor(&t.monitor)?;
         if let Some(n) = self.cluster.threads.filter(|n| !(1..=MAX_THREADS).contains(n)) {
             return Err(range("threads", &n, "must be 1..=256"));
         }
@@ -1051,11 +1050,7 @@ impl Args {
             return Err(range("workers", &workers, "must be 1..=1024"));
         }
         check_plan(&plan)?;
-        Ok(TrainingPlan {
-            monitor,
-            kernels: t.kernels.resolve()?,
-            ..plan
-        })
+        Ok(plan)
     }
 
     /// What the server needs besides the plan: workers, timeouts, backups,
