@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::cost::Cost;
-use common::layers::spec::SpecError;
-use common::layers::NetSpec;
 use common::dataset::{CLASSES, IMAGE_SIZE};
 use common::kernels::KernelSet;
+use common::layers::spec::SpecError;
+use common::layers::NetSpec;
 use common::network::Init;
 use common::plan::{Monitor, TrainingPlan};
 use common::stopping::EtaSchedule;
@@ -601,8 +601,7 @@ impl Config {
     /// # Panics
     /// Never: the defaults parse and validate (a unit test checks it).
     pub fn cli_defaults() -> Config {
-        let args = <Args as clap::Parser>::try_parse_from(["coordinator"])
-            .expect("no flags parse");
+        let args = <Args as clap::Parser>::try_parse_from(["coordinator"]).expect("no flags parse");
         Config {
             token: None,
             ..args.validate().expect("the defaults are valid").config
@@ -704,13 +703,15 @@ impl Preset {
             net: None,
             expand_data: false,
         };
-        let ch6 = |net: &'static str, eta: f32, lambda: f32, epochs: usize, expand_data: bool| PresetValues {
-            net: Some(net),
-            eta,
-            lambda,
-            epochs,
-            expand_data,
-            ..chapter1.clone()
+        let ch6 = |net: &'static str, eta: f32, lambda: f32, epochs: usize, expand_data: bool| {
+            PresetValues {
+                net: Some(net),
+                eta,
+                lambda,
+                epochs,
+                expand_data,
+                ..chapter1.clone()
+            }
         };
         const CONV2_RELU: &str = "conv20x5:relu,pool2,conv40x5:relu,pool2,fc100:relu,softmax10";
         let l2 = PresetValues {
@@ -910,8 +911,16 @@ fn seconds(flag: &'static str, value: f64, positive: bool) -> Result<Duration, C
     };
     match (ok, positive) {
         (true, _) => Ok(Duration::from_secs_f64(value)),
-        (false, true) => Err(range(flag, &value, "must be a number of seconds > 0, at most a year")),
-        (false, false) => Err(range(flag, &value, "must be a number of seconds from 0 to a year")),
+        (false, true) => Err(range(
+            flag,
+            &value,
+            "must be a number of seconds > 0, at most a year",
+        )),
+        (false, false) => Err(range(
+            flag,
+            &value,
+            "must be a number of seconds from 0 to a year",
+        )),
     }
 }
 
@@ -1042,7 +1051,11 @@ impl Args {
             kernels: t.kernels.resolve()?,
             record_every: self.trust.record_every,
         };
-        if let Some(n) = self.cluster.threads.filter(|n| !(1..=MAX_THREADS).contains(n)) {
+        if let Some(n) = self
+            .cluster
+            .threads
+            .filter(|n| !(1..=MAX_THREADS).contains(n))
+        {
             return Err(range("threads", &n, "must be 1..=256"));
         }
         let workers = self.cluster.workers;
@@ -1077,7 +1090,11 @@ impl Args {
         }
         let keepalive = seconds("keepalive", c.keepalive, true)?;
         if !(0.0..=1.0).contains(&t.audit_rate) {
-            return Err(range("audit-rate", &t.audit_rate, "must be a fraction from 0 to 1"));
+            return Err(range(
+                "audit-rate",
+                &t.audit_rate,
+                "must be a fraction from 0 to 1",
+            ));
         }
         let shard_timeout = seconds("shard-timeout", f.shard_timeout, true)?;
         if !(f.backup_factor.is_finite() && (0.0..=1e6).contains(&f.backup_factor)) {
@@ -1132,7 +1149,11 @@ impl Args {
     /// The progress bar, the dashboard's address and the trace.
     fn watch(&self) -> Result<Watch, ConfigError> {
         let w = &self.watching;
-        let dashboard = w.dashboard.as_deref().map(parse_dashboard_addr).transpose()?;
+        let dashboard = w
+            .dashboard
+            .as_deref()
+            .map(parse_dashboard_addr)
+            .transpose()?;
         Ok(Watch {
             progress: w.progress,
             dashboard,
@@ -1188,7 +1209,12 @@ pub struct OutOfRange {
 pub fn check_plan(plan: &TrainingPlan) -> Result<(), OutOfRange> {
     let (eta, lambda, momentum) = (plan.eta, plan.lambda, plan.momentum);
     let checks: [(&'static str, String, bool, &'static str); 8] = [
-        ("eta", eta.to_string(), eta.is_finite() && eta > 0.0, "must be finite and > 0"),
+        (
+            "eta",
+            eta.to_string(),
+            eta.is_finite() && eta > 0.0,
+            "must be finite and > 0",
+        ),
         (
             "lambda",
             lambda.to_string(),
@@ -1454,14 +1480,22 @@ mod tests {
         assert_eq!(c.plan.init, Init::Large);
         assert_eq!((c.plan.lambda, c.plan.momentum), (0.0, 0.0));
         assert_eq!(
-            args(&["--preset", "network.py"]).validate().unwrap().config.plan,
+            args(&["--preset", "network.py"])
+                .validate()
+                .unwrap()
+                .config
+                .plan,
             c.plan
         );
     }
 
     #[test]
     fn presets_set_the_books_runs_and_explicit_flags_win() {
-        let c = args(&["--preset", "ch3-98-stop"]).validate().unwrap().config.plan;
+        let c = args(&["--preset", "ch3-98-stop"])
+            .validate()
+            .unwrap()
+            .config
+            .plan;
         assert_eq!(c.sizes, vec![784, 100, 10]);
         assert_eq!((c.epochs, c.eta, c.lambda), (60, 0.1, 5.0));
         assert_eq!((c.cost, c.init), (Cost::CrossEntropy, Init::Scaled));
@@ -1507,7 +1541,10 @@ mod tests {
             let want = match v.net {
                 Some(net) => {
                     let expand = if v.expand_data { " --expand-data" } else { "" };
-                    format!("--net {net} --epochs {} --eta {} --lambda {}{expand}", v.epochs, v.eta, v.lambda)
+                    format!(
+                        "--net {net} --epochs {} --eta {} --lambda {}{expand}",
+                        v.epochs, v.eta, v.lambda
+                    )
                 }
                 None => {
                     let mut flags = format!(

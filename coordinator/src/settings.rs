@@ -110,12 +110,7 @@ impl Value {
         match self {
             Value::MaybeCount(None) | Value::MaybeText(None) | Value::Switch(false) => None,
             Value::Switch(true) => Some(String::new()),
-            Value::Sizes(s) => Some(
-                s.iter()
-                    .map(usize::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
+            Value::Sizes(s) => Some(s.iter().map(usize::to_string).collect::<Vec<_>>().join(",")),
             other => Some(other.show()),
         }
     }
@@ -135,7 +130,7 @@ impl Value {
     }
 
     /// A value of the same kind as `self`, from a run record's JSON.
-    fn from_json(&self, v: &Json) -> Result<Value, &'static str> {
+    fn read_json(&self, v: &Json) -> Result<Value, &'static str> {
         let count = |v: &Json| v.as_u64().ok_or(" is not a whole number");
         let text = |v: &Json| v.as_str().map(str::to_string).ok_or(" is not a string");
         Ok(match self {
@@ -172,7 +167,7 @@ impl Value {
     }
 
     /// A value of the same kind as `self`, from a checkpoint's metadata.
-    fn from_text(&self, t: &str) -> Option<Value> {
+    fn read_text(&self, t: &str) -> Option<Value> {
         let maybe = |t: &str| (t != "none").then(|| t.to_string());
         Some(match self {
             Value::Count(_) => Value::Count(t.parse().ok()?),
@@ -251,7 +246,10 @@ pub const SETTINGS: [Setting; 16] = [
         besides_net: false,
         get: |p| Value::MaybeText(p.net.as_ref().map(|n| n.to_string())),
         set: |p, v| match v {
-            Value::MaybeText(None) => Ok(p.net = None),
+            Value::MaybeText(None) => {
+                p.net = None;
+                Ok(())
+            }
             Value::MaybeText(Some(text)) => {
                 p.net = Some(parse_mnist_net(&text).map_err(|e| format!(": {e}"))?);
                 Ok(())
@@ -271,7 +269,8 @@ pub const SETTINGS: [Setting; 16] = [
         set: |p, v| match v {
             Value::Sizes(sizes) => {
                 check_sizes(&sizes).map_err(|why| format!(" {sizes:?}: {why}"))?;
-                Ok(p.sizes = sizes)
+                p.sizes = sizes;
+                Ok(())
             }
             v => Err(kind(v)),
         },
@@ -289,7 +288,10 @@ pub const SETTINGS: [Setting; 16] = [
         besides_net: false,
         get: |p| Value::Count(p.epochs as u64),
         set: |p, v| match v {
-            Value::Count(n) => Ok(p.epochs = usize_of(n)),
+            Value::Count(n) => {
+                p.epochs = usize_of(n);
+                Ok(())
+            }
             v => Err(kind(v)),
         },
     },
@@ -306,7 +308,10 @@ pub const SETTINGS: [Setting; 16] = [
         besides_net: false,
         get: |p| Value::Real(p.eta),
         set: |p, v| match v {
-            Value::Real(x) => Ok(p.eta = x),
+            Value::Real(x) => {
+                p.eta = x;
+                Ok(())
+            }
             v => Err(kind(v)),
         },
     },
@@ -323,7 +328,10 @@ pub const SETTINGS: [Setting; 16] = [
         besides_net: true,
         get: |p| Value::Text(p.cost.name().to_string()),
         set: |p, v| match v {
-            Value::Text(t) => Ok(p.cost = Cost::from_name(&t).ok_or(" is not a cost")?),
+            Value::Text(t) => {
+                p.cost = Cost::from_name(&t).ok_or(" is not a cost")?;
+                Ok(())
+            }
             v => Err(kind(v)),
         },
     },
@@ -340,7 +348,10 @@ pub const SETTINGS: [Setting; 16] = [
         besides_net: true,
         get: |p| Value::Text(p.init.name().to_string()),
         set: |p, v| match v {
-            Value::Text(t) => Ok(p.init = Init::from_name(&t).ok_or(" is not an initialiser")?),
+            Value::Text(t) => {
+                p.init = Init::from_name(&t).ok_or(" is not an initialiser")?;
+                Ok(())
+            }
             v => Err(kind(v)),
         },
     },
@@ -357,7 +368,10 @@ pub const SETTINGS: [Setting; 16] = [
         besides_net: false,
         get: |p| Value::Real(p.lambda),
         set: |p, v| match v {
-            Value::Real(x) => Ok(p.lambda = x),
+            Value::Real(x) => {
+                p.lambda = x;
+                Ok(())
+            }
             v => Err(kind(v)),
         },
     },
@@ -374,7 +388,10 @@ pub const SETTINGS: [Setting; 16] = [
         besides_net: false,
         get: |p| Value::MaybeCount(p.early_stop.map(|n| n as u64)),
         set: |p, v| match v {
-            Value::MaybeCount(n) => Ok(p.early_stop = n.map(usize_of)),
+            Value::MaybeCount(n) => {
+                p.early_stop = n.map(usize_of);
+                Ok(())
+            }
             v => Err(kind(v)),
         },
     },
@@ -391,7 +408,10 @@ pub const SETTINGS: [Setting; 16] = [
         besides_net: false,
         get: |p| Value::MaybeText(p.eta_schedule.map(|s| s.to_string())),
         set: |p, v| match v {
-            Value::MaybeText(None) => Ok(p.eta_schedule = None),
+            Value::MaybeText(None) => {
+                p.eta_schedule = None;
+                Ok(())
+            }
             Value::MaybeText(Some(s)) => {
                 p.eta_schedule = Some(s.parse::<EtaSchedule>().map_err(|e| format!(": {e}"))?);
                 Ok(())
@@ -412,7 +432,10 @@ pub const SETTINGS: [Setting; 16] = [
         besides_net: false,
         get: |p| Value::Switch(p.expand_data),
         set: |p, v| match v {
-            Value::Switch(b) => Ok(p.expand_data = b),
+            Value::Switch(b) => {
+                p.expand_data = b;
+                Ok(())
+            }
             v => Err(kind(v)),
         },
     },
@@ -429,7 +452,10 @@ pub const SETTINGS: [Setting; 16] = [
         besides_net: false,
         get: |p| Value::Count(p.seed),
         set: |p, v| match v {
-            Value::Count(n) => Ok(p.seed = n),
+            Value::Count(n) => {
+                p.seed = n;
+                Ok(())
+            }
             v => Err(kind(v)),
         },
     },
@@ -446,7 +472,10 @@ pub const SETTINGS: [Setting; 16] = [
         besides_net: false,
         get: |p| Value::Count(p.batch_size as u64),
         set: |p, v| match v {
-            Value::Count(n) => Ok(p.batch_size = usize_of(n)),
+            Value::Count(n) => {
+                p.batch_size = usize_of(n);
+                Ok(())
+            }
             v => Err(kind(v)),
         },
     },
@@ -463,7 +492,10 @@ pub const SETTINGS: [Setting; 16] = [
         besides_net: false,
         get: |p| Value::Count(p.shards as u64),
         set: |p, v| match v {
-            Value::Count(n) => Ok(p.shards = usize_of(n)),
+            Value::Count(n) => {
+                p.shards = usize_of(n);
+                Ok(())
+            }
             v => Err(kind(v)),
         },
     },
@@ -482,7 +514,8 @@ pub const SETTINGS: [Setting; 16] = [
         get: |p| Value::Text(p.kernels.name().to_string()),
         set: |p, v| match v {
             Value::Text(t) => {
-                Ok(p.kernels = KernelSet::from_name(&t).ok_or(" is not a kernel set")?)
+                p.kernels = KernelSet::from_name(&t).ok_or(" is not a kernel set")?;
+                Ok(())
             }
             v => Err(kind(v)),
         },
@@ -500,7 +533,10 @@ pub const SETTINGS: [Setting; 16] = [
         besides_net: false,
         get: |p| Value::MaybeCount(p.record_every),
         set: |p, v| match v {
-            Value::MaybeCount(n) => Ok(p.record_every = n),
+            Value::MaybeCount(n) => {
+                p.record_every = n;
+                Ok(())
+            }
             v => Err(kind(v)),
         },
     },
@@ -517,7 +553,10 @@ pub const SETTINGS: [Setting; 16] = [
         besides_net: false,
         get: |p| Value::Real(p.momentum),
         set: |p, v| match v {
-            Value::Real(x) => Ok(p.momentum = x),
+            Value::Real(x) => {
+                p.momentum = x;
+                Ok(())
+            }
             v => Err(kind(v)),
         },
     },
@@ -549,7 +588,7 @@ pub fn from_record(flags: &Json) -> Result<TrainingPlan, String> {
         let key = s.record;
         let value = match (flags.get(key), s.omitted) {
             (Some(v), _) => (s.get)(&plan)
-                .from_json(v)
+                .read_json(v)
                 .map_err(|why| format!("flags.{key}{why}"))?,
             (None, Some(omitted)) => omitted(),
             (None, None) => return Err(format!("flags.{key} is missing")),
@@ -558,7 +597,10 @@ pub fn from_record(flags: &Json) -> Result<TrainingPlan, String> {
     }
     if let Some(spec) = &plan.net {
         if plan.sizes != [spec.input.len(), spec.classes()] {
-            return Err(format!("flags.sizes {:?} does not fit flags.net", plan.sizes));
+            return Err(format!(
+                "flags.sizes {:?} does not fit flags.net",
+                plan.sizes
+            ));
         }
     }
     Ok(plan)
@@ -590,7 +632,7 @@ pub fn from_checkpoint(
             continue;
         };
         let value = match (meta(key), absent) {
-            (Some(text), _) => (s.get)(plan).from_text(&text).ok_or(key)?,
+            (Some(text), _) => (s.get)(plan).read_text(&text).ok_or(key)?,
             (None, Some(absent)) => absent(),
             (None, None) => return Err(key),
         };
@@ -637,7 +679,9 @@ mod tests {
         let command = <crate::Args as clap::CommandFactory>::command();
         for s in &SETTINGS {
             assert!(
-                command.get_arguments().any(|a| a.get_long() == Some(s.flag)),
+                command
+                    .get_arguments()
+                    .any(|a| a.get_long() == Some(s.flag)),
                 "--{} is not a flag",
                 s.flag
             );
@@ -676,7 +720,9 @@ mod tests {
             ..TrainingPlan::default()
         };
         from_checkpoint(&mut back, |k| {
-            meta.iter().find(|(key, _)| *key == k).map(|(_, v)| v.clone())
+            meta.iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.clone())
         })
         .unwrap();
         assert_eq!(back, plan);

@@ -153,11 +153,7 @@ pub fn spawn_coordinator(args: &[&str], out: &std::path::Path) -> Guard {
 
 /// `command` (a coordinator binary, or a wrapper that runs one) given the
 /// MNIST slice, `args` and `out` for its model.
-pub fn coordinator_command(
-    mut command: Command,
-    args: &[&str],
-    out: &std::path::Path,
-) -> Command {
+pub fn coordinator_command(mut command: Command, args: &[&str], out: &std::path::Path) -> Command {
     command
         .arg("--data-dir")
         .arg(fixture_dir())
@@ -168,11 +164,7 @@ pub fn coordinator_command(
 }
 
 /// [`coordinator_command`] spawned, both output streams piped.
-pub fn spawn_coordinator_command(
-    command: Command,
-    args: &[&str],
-    out: &std::path::Path,
-) -> Guard {
+pub fn spawn_coordinator_command(command: Command, args: &[&str], out: &std::path::Path) -> Guard {
     let child = coordinator_command(command, args, out)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -270,9 +262,7 @@ pub fn run_dir(name: &str) -> (TempDir, std::path::PathBuf) {
 }
 
 /// [`run_dir`], and the path in it of the run's checkpoint file.
-pub fn checkpointed_run_dir(
-    name: &str,
-) -> (TempDir, std::path::PathBuf, std::path::PathBuf) {
+pub fn checkpointed_run_dir(name: &str) -> (TempDir, std::path::PathBuf, std::path::PathBuf) {
     let (dir, out) = run_dir(name);
     let ck = dir.join("checkpoint.safetensors");
     (dir, out, ck)

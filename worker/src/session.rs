@@ -221,7 +221,9 @@ async fn receive_welcome(
         }
         .into());
     }
-    let described = net.as_ref().map_or_else(|| format!("{sizes:?}"), |n| n.to_string());
+    let described = net
+        .as_ref()
+        .map_or_else(|| format!("{sizes:?}"), |n| n.to_string());
     info!(worker = welcome.worker_id, run = %welcome.run_id, model = %described, %cost, %kernels, "joined");
     let network = match &net {
         Some(spec) => Network::for_net(spec),

@@ -75,9 +75,7 @@ pub async fn train(args: Args, bar: indicatif::ProgressBar) -> AppResult<()> {
     .with_epochs(spec.config.plan.epochs);
     match spec.mode.clone() {
         Mode::Local => train_local(spec, ui, record).await,
-        Mode::Serve { listen, spawn } => {
-            train_served(spec, &listen, spawn, ui, bar, record).await
-        }
+        Mode::Serve { listen, spawn } => train_served(spec, &listen, spawn, ui, bar, record).await,
     }
 }
 
@@ -149,7 +147,11 @@ async fn train_served(
     let feed = dashboard.as_ref().map(Dashboard::feed);
     let mut local = match spawn {
         Some(credentials) => {
-            let scheme = if credentials.tls.is_some() { "https" } else { "http" };
+            let scheme = if credentials.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             let worker_address = listener
                 .worker_address(scheme)
                 .map_err(bind_error(format!("{listen:?}")))?;
@@ -186,7 +188,9 @@ async fn train_served(
         .as_ref()
         .map_or_else(crate::pool::Observer::none, Dashboard::observer);
     let progress = Watched::new(ui, feed.clone());
-    let RunSpec { config, outputs, .. } = spec;
+    let RunSpec {
+        config, outputs, ..
+    } = spec;
     let plan = config.plan.clone();
     let summary = crate::serve(listener, config, data, shutdown, progress, observer).await;
     wind_down(&bar, dashboard, summary.as_ref().err(), workers_gone, local).await?;
@@ -269,11 +273,8 @@ fn start_dashboard(spec: &RunSpec) -> AppResult<Option<Dashboard>> {
     }
     let (listener, access) = match watch.dashboard {
         Some(addr) => {
-            let (access, code) = dashboard::access_rule(
-                addr,
-                spec.config.token.as_ref(),
-                watch.insecure_no_token,
-            )?;
+            let (access, code) =
+                dashboard::access_rule(addr, spec.config.token.as_ref(), watch.insecure_no_token)?;
             let dashboard_error = |source| AppError::Bind {
                 what: format!("the dashboard on {addr}"),
                 source,

@@ -192,7 +192,13 @@ impl TraceRecorder {
     fn coordinator_spans(&self, step: u64, r: &StepRecord, events: &mut Vec<Value>) {
         if let Some((start, end, reduce)) = r.done {
             let (s, e) = (self.us(start), self.us(end));
-            events.push(span(&format!("step {step}"), 0, s, e, json!({"step": step})));
+            events.push(span(
+                &format!("step {step}"),
+                0,
+                s,
+                e,
+                json!({"step": step}),
+            ));
             let first_send = r.messages.values().flatten().filter_map(|m| m.sent).min();
             let last_result = r
                 .messages
@@ -206,7 +212,13 @@ impl TraceRecorder {
                 let b = self.us(b).clamp(a, reduce_start);
                 events.push(span("wait for results", 0, a, b, json!({"step": step})));
             }
-            events.push(span("reduce/update", 0, reduce_start, e, json!({"step": step})));
+            events.push(span(
+                "reduce/update",
+                0,
+                reduce_start,
+                e,
+                json!({"step": step}),
+            ));
         }
         for &(shard, from, at) in &r.reassigned {
             events.push(json!({"ph": "i", "s": "t", "name": "reassign", "pid": 1, "tid": 0,

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use integration_tests::process::{
     address, assert_same_as_local, assert_verifies, checkpointed_run_dir, coordinator, drain,
-    expect_all_success, expect_failure, expect_refusal, expect_success,
-    expect_success_with_output, lines, run_dir, spawn_coordinator_command, stderr_of, tempdir,
-    wait_exit, worker_process, Guard,
+    expect_all_success, expect_failure, expect_refusal, expect_success, expect_success_with_output,
+    lines, run_dir, spawn_coordinator_command, stderr_of, tempdir, wait_exit, worker_process,
+    Guard,
 };
 use integration_tests::{binary, fixture_dir};
 
