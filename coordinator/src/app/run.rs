@@ -146,27 +146,13 @@ async fn train_served(
     let dashboard = start_dashboard(&spec)?;
     let feed = dashboard.as_ref().map(Dashboard::feed);
     let mut local = match spawn {
-        Some(credentials) => {
-            let scheme = if credentials.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            let worker_address = listener
-                .worker_address(scheme)
-                .map_err(bind_error(format!("{listen:?}")))?;
-            Some(spawn_workers(&spec, &worker_address, &credentials, &bar)?)
-        }
+        Some(credentials) => Some(spawn_workers(&spec, &listener, listen, &credentials, &bar)?),
         None => None,
     };
     let mut workers_gone = false;
     let shutdown = async {
-        // Ctrl-C or SIGTERM (as from Kubernetes or a process manager): stop, checkpoint, exit.
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            () = stop_signal() => {}
             // Spawned workers exit only after the run's Shutdown, or when they
             // cannot join (their errors are on stderr above); don't wait forever.
             () = async { match local.as_mut() { Some(l) => l.all_exited().await, None => std::future::pending().await } } => {
@@ -245,20 +231,43 @@ async fn wind_down(
     Ok(())
 }
 
-/// Starts `--workers` local worker processes dialling `address`; their log
-/// lines go through the bar, so they never tear it.
+/// Ctrl-C or SIGTERM (as from Kubernetes or a process manager): the run
+/// stops, checkpoints and exits.
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// Starts `--workers` local worker processes dialling `listener` (over TLS
+/// when the credentials carry a certificate); their log lines go through
+/// the bar, so they never tear it.
 fn spawn_workers(
     spec: &RunSpec,
-    address: &str,
+    listener: &Listener,
+    listen: &ListenAddr,
     credentials: &Credentials,
     bar: &indicatif::ProgressBar,
 ) -> AppResult<LocalWorkers> {
+    let scheme = if credentials.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let address = listener
+        .worker_address(scheme)
+        .map_err(|source| AppError::Bind {
+            what: format!("{listen:?}"),
+            source,
+        })?;
     let bar = bar.clone();
     let log = move |line: &str| bar.suspend(|| eprintln!("{line}"));
     Ok(LocalWorkers::spawn(
         &sibling_worker_binary()?,
         spec.config.workers,
-        address,
+        &address,
         credentials,
         Some(Arc::new(log)),
     )?)
