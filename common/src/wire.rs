@@ -1079,4 +1079,21 @@ mod tests {
             WireError::UnknownCost { value: 7 }
         );
     }
+
+    #[test]
+    fn a_welcome_names_a_net_the_worker_builds_or_says_why_not() {
+        let welcome = |net: &str| pb::Welcome {
+            sizes: vec![784, 10],
+            net: net.into(),
+            ..Default::default()
+        };
+        let spec = welcome_net(&welcome("conv20x5:relu,pool2,fc100:relu,softmax10")).unwrap().unwrap();
+        assert_eq!(spec.parameter_count(), 20 * 25 + 20 + 100 * 2880 + 100 + 10 * 100 + 10);
+        assert_eq!(welcome_net(&welcome("")).unwrap(), None);
+        let err = welcome_net(&welcome("conv20x5,pool7,softmax10")).unwrap_err().to_string();
+        assert!(err.contains("layer 1 `conv20x5,pool7`: pool7 does not divide"), "{err}");
+        let err = welcome_net(&welcome("fc10,softmax3")).unwrap_err().to_string();
+        assert!(err.contains("does not classify MNIST"), "{err}");
+    }
+
 }
