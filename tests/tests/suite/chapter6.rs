@@ -191,3 +191,32 @@ fn a_net_that_cannot_be_built_is_refused_naming_the_layer() {
         assert!(err.contains(says), "--net {net}: {err}");
     }
 }
+
+/// A trained dropout net's model file, read by numpy and safetensors with
+/// only the layout the docs state (tests/python/predict_net.py), predicts
+/// what the trainer predicts on every test image of the slice.
+#[test]
+fn a_saved_net_gives_the_same_predictions_in_python() {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&python).args(["-c", "import numpy, safetensors"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        return integration_tests::skip(
+            "a_saved_net_gives_the_same_predictions_in_python",
+            &format!("{python} lacks numpy or safetensors; `pip install numpy safetensors` to run it"),
+        );
+    }
+    let (dir, out) = run_dir("ch6-python");
+    let net = "conv4x5:relu,pool2,conv3x3:tanh,pool2,fc20:relu:dropout=0.3,softmax10:dropout=0.2";
+    let mut c = coordinator(&["--local", "--net", net, "--eta", "0.3", "--epochs", "4"], &out);
+    expect_success(&mut c, Duration::from_secs(300), "coordinator --local");
+    let (from_python, _) = integration_tests::python_predictions(&python, "predict_net.py", &out, &dir);
+    let network = common::model_file::load(&out).unwrap();
+    let test = &fixture_data().test;
+    let ours = network.predict(test.inputs().view());
+    let agree = from_python.iter().zip(&ours).filter(|(a, b)| a == b).count();
+    // numpy computes in float64: a near tie may go the other way, rarely.
+    assert!(agree + 2 >= ours.len(), "{agree} of {} predictions agree", ours.len());
+    // Not a degenerate net that answers one digit for everything.
+    let distinct: std::collections::BTreeSet<_> = ours.iter().collect();
+    assert!(distinct.len() >= 5, "predicted digits: {distinct:?}");
+}
