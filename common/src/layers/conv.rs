@@ -29,13 +29,17 @@ pub fn conv_map(input: Shape, k: usize) -> (usize, usize) {
 /// run of `K` pixels per `(channel, ky)`, in the patch's row order.
 fn run_offsets(input: Shape, k: usize) -> Vec<usize> {
     let (h, w) = (input.height, input.width);
-    (0..input.channels).flat_map(|ch| (0..k).map(move |ky| (ch * h + ky) * w)).collect()
+    (0..input.channels)
+        .flat_map(|ch| (0..k).map(move |ky| (ch * h + ky) * w))
+        .collect()
 }
 
 /// Copies each run of the window at `corner` of `image` into `patch`.
 fn copy_runs<const K: usize>(patch: &mut [f32], image: &[f32], corner: usize, offsets: &[usize]) {
     for (dst, &off) in patch.chunks_exact_mut(K).zip(offsets) {
-        let src: &[f32; K] = image[corner + off..corner + off + K].try_into().expect("K values");
+        let src: &[f32; K] = image[corner + off..corner + off + K]
+            .try_into()
+            .expect("K values");
         let dst: &mut [f32; K] = dst.try_into().expect("K values");
         *dst = *src;
     }
@@ -44,7 +48,9 @@ fn copy_runs<const K: usize>(patch: &mut [f32], image: &[f32], corner: usize, of
 /// Adds each run of `patch` to the window at `corner` of `image`.
 fn add_runs<const K: usize>(image: &mut [f32], patch: &[f32], corner: usize, offsets: &[usize]) {
     for (src, &off) in patch.chunks_exact(K).zip(offsets) {
-        let dst: &mut [f32; K] = (&mut image[corner + off..corner + off + K]).try_into().expect("K values");
+        let dst: &mut [f32; K] = (&mut image[corner + off..corner + off + K])
+            .try_into()
+            .expect("K values");
         for (d, &v) in dst.iter_mut().zip(src) {
             *d += v;
         }
@@ -130,7 +136,13 @@ pub fn patches(x: ArrayView2<f32>, input: Shape, k: usize) -> Array2<f32> {
 /// separate multiplies and adds, zero errors skipped); then each patch's
 /// gradient is added back to its pixels, patches in `(oy, ox)` order, rows
 /// in `(c, ky, kx)` order.
-pub fn input_error(d: &Array2<f32>, from: &[u32], w: &Array2<f32>, input: Shape, k: usize) -> Array2<f32> {
+pub fn input_error(
+    d: &Array2<f32>,
+    from: &[u32],
+    w: &Array2<f32>,
+    input: Shape,
+    k: usize,
+) -> Array2<f32> {
     let (per_sample, n) = d.dim();
     let (filters, rows) = w.dim();
     let per_filter = per_sample / filters;
@@ -139,7 +151,10 @@ pub fn input_error(d: &Array2<f32>, from: &[u32], w: &Array2<f32>, input: Shape,
     let offsets = run_offsets(input, k);
     let dt = d.t();
     let (dt, w) = (dt.as_standard_layout(), w.as_standard_layout());
-    let (ds, ws) = (dt.as_slice().expect("standard layout"), w.as_slice().expect("standard layout"));
+    let (ds, ws) = (
+        dt.as_slice().expect("standard layout"),
+        w.as_slice().expect("standard layout"),
+    );
     let mut dp = vec![0.0f32; windows * rows]; // one sample's patch gradients, reused
     let mut out = vec![0.0f32; len * n];
     for (s, image) in out.chunks_exact_mut(len).enumerate() {
@@ -173,14 +188,22 @@ pub fn input_error(d: &Array2<f32>, from: &[u32], w: &Array2<f32>, input: Shape,
 /// order, with separate multiplies and adds (the same bits on every CPU),
 /// skipping zero errors (which add nothing). A quarter of the dense `δ·xᵀ`
 /// at P = 2.
-pub fn filter_gradient(d: &Array2<f32>, from: &[u32], patches: &Array2<f32>, filters: usize) -> Array2<f32> {
+pub fn filter_gradient(
+    d: &Array2<f32>,
+    from: &[u32],
+    patches: &Array2<f32>,
+    filters: usize,
+) -> Array2<f32> {
     let (per_sample, n) = d.dim();
     let per_filter = per_sample / filters;
     let rows = patches.nrows();
     // Column by column, whatever the arrays' layouts (a view when they already are).
     let (dt, pt) = (d.t(), patches.t());
     let (dt, pt) = (dt.as_standard_layout(), pt.as_standard_layout());
-    let (ds, ps) = (dt.as_slice().expect("standard layout"), pt.as_slice().expect("standard layout"));
+    let (ds, ps) = (
+        dt.as_slice().expect("standard layout"),
+        pt.as_slice().expect("standard layout"),
+    );
     let mut out = vec![0.0f32; filters * rows];
     for s in 0..n {
         for i in 0..per_sample {
@@ -203,7 +226,12 @@ pub fn filter_gradient(d: &Array2<f32>, from: &[u32], patches: &Array2<f32>, fil
 /// pooled maps `(N·PH·PW, n)`, column-major, and for each pooled value the
 /// column of `z` it came from (the first largest of its window, scanned
 /// row by row).
-pub fn max_pool(z: &Array2<f32>, map: (usize, usize), p: usize, n: usize) -> (Array2<f32>, Vec<u32>) {
+pub fn max_pool(
+    z: &Array2<f32>,
+    map: (usize, usize),
+    p: usize,
+    n: usize,
+) -> (Array2<f32>, Vec<u32>) {
     let (filters, (oh, ow)) = (z.nrows(), map);
     let (ph, pw) = (oh / p, ow / p);
     let per_sample = filters * ph * pw;
@@ -236,4 +264,3 @@ pub fn max_pool(z: &Array2<f32>, map: (usize, usize), p: usize, n: usize) -> (Ar
     let pooled = Array2::from_shape_vec((per_sample, n).f(), pooled).expect("pooled values");
     (pooled, from)
 }
-
