@@ -12,10 +12,14 @@
 //! - `w · x` and `wᵀ · δ`: the kernel set's products, over the inner
 //!   dimension (the layer's inputs, or its outputs);
 //! - `∇w = δ · xᵀ`: for fc and softmax layers the kernel set's product over
-//!   the shard's samples in order; for a conv layer a sum over the pooled
-//!   values that won their window, in `(sample, py, px)` order, with
-//!   separate multiplies and adds on every kernel set
-//!   ([`conv::filter_gradient`]), and likewise the error sent back
+//!   the shard's samples in order; for a conv layer whose filters have at
+//!   least [`conv::SPARSE_MIN_ROWS`] weights, a sum over the pooled values
+//!   that won their window, in `(sample, py, px)` order, with separate
+//!   multiplies and adds on every kernel set ([`conv::filter_gradient`]);
+//!   for smaller filters (short rows, where that sum's overhead loses to a
+//!   product) the kernel set's product of the unpooled error and the
+//!   patches, over the patches in `(sample, oy, ox)` order;
+//! - a conv layer's error sent back: the same sum over the winners
 //!   ([`conv::input_error`]);
 //! - `∇b`: one running sum per output, over samples in order (and, in a conv
 //!   layer, over each sample's pooled positions in row-major order).
@@ -265,7 +269,12 @@ fn layer_backward(
     if let Layer::ConvPool { kernel, .. } = *layer {
         let (filters, from) = (w.nrows(), &cache.pooled_from);
         let nabla_b = filter_sums(&delta, filters);
-        let nabla_w = conv::filter_gradient(&delta, from, &cache.input, filters);
+        let nabla_w = if cache.input.nrows() >= conv::SPARSE_MIN_ROWS {
+            conv::filter_gradient(&delta, from, &cache.input, filters)
+        } else {
+            let d_conv = conv::unpool(&delta, from, filters, cache.input.ncols());
+            kernels::delta_dot_xt(k, &d_conv, &cache.input.view())
+        };
         let input_error =
             want_input_error.then(|| conv::input_error(&delta, from, w, input, kernel));
         return Backward {
