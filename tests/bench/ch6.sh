@@ -9,7 +9,7 @@
 #   tests/bench/ch6.sh cluster    # ch6-conv2, batch 10 and 100: --local --shards W vs W = 2 and 4 worker processes
 #                                 # (samples/s of one epoch each, and cmp of the model files)
 #   tests/bench/ch6.sh memory     # peak RSS of the coordinator and each worker, ch6-dropout on 2 workers
-#                                 # (sampled for SECONDS=60 of training, then stopped)
+#                                 # (sampled after SECONDS_TO_SAMPLE=60 s of training, then stopped)
 #   tests/bench/ch6.sh vs-ddp     # ch6-conv2, 2 workers, batch 10 and 100: our step p50 beside PyTorch DDP's median
 #                                 # (gloo, 2 processes, one thread each); needs TORCHRUN=/venv/bin/torchrun and ANCHORS
 #
