@@ -29,8 +29,16 @@ impl Gradients {
     /// All-zero gradients shaped like `network`'s parameters (either kind).
     pub fn zeros_like(network: &crate::Network) -> Self {
         Self {
-            nabla_w: network.weights.iter().map(|w| Array2::zeros(w.dim())).collect(),
-            nabla_b: network.biases.iter().map(|b| Array1::zeros(b.len())).collect(),
+            nabla_w: network
+                .weights
+                .iter()
+                .map(|w| Array2::zeros(w.dim()))
+                .collect(),
+            nabla_b: network
+                .biases
+                .iter()
+                .map(|b| Array1::zeros(b.len()))
+                .collect(),
         }
     }
 

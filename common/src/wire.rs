@@ -364,6 +364,19 @@ pub fn decode_gradients(sizes: &[usize], bytes: &[u8]) -> Result<Gradients, Wire
     Ok(g)
 }
 
+/// [`WireError::SampleCount`] unless `result` counts `expected` samples.
+fn check_sample_count(result: &pb::ShardResult, expected: usize) -> Result<(), WireError> {
+    if result.sample_count as usize == expected {
+        return Ok(());
+    }
+    Err(WireError::SampleCount {
+        step: result.step_id,
+        shard: result.shard_id,
+        expected,
+        got: result.sample_count,
+    })
+}
+
 /// Unpacks the gradients of a chapter-6 net's `ShardResult` for a shard of
 /// `expected_samples` samples, validated (nets never send a first error).
 ///
@@ -375,14 +388,7 @@ pub fn decode_net_result(
     net: &Network,
     expected_samples: usize,
 ) -> Result<Gradients, WireError> {
-    if result.sample_count as usize != expected_samples {
-        return Err(WireError::SampleCount {
-            step: result.step_id,
-            shard: result.shard_id,
-            expected: expected_samples,
-            got: result.sample_count,
-        });
-    }
+    check_sample_count(result, expected_samples)?;
     if !result.first_error.is_empty() {
         return Err(WireError::FirstErrorNotAsked {
             step: result.step_id,
@@ -723,14 +729,7 @@ pub fn decode_shard_result(
     expected_samples: usize,
     first_error_asked: bool,
 ) -> Result<ShardGradients, WireError> {
-    if result.sample_count as usize != expected_samples {
-        return Err(WireError::SampleCount {
-            step: result.step_id,
-            shard: result.shard_id,
-            expected: expected_samples,
-            got: result.sample_count,
-        });
-    }
+    check_sample_count(result, expected_samples)?;
     if result.first_error.is_empty() {
         return Ok(ShardGradients {
             gradients: decode_gradients(sizes, &result.gradients)?,
@@ -1079,4 +1078,21 @@ mod tests {
             WireError::UnknownCost { value: 7 }
         );
     }
+
+    #[test]
+    fn a_welcome_names_a_net_the_worker_builds_or_says_why_not() {
+        let welcome = |net: &str| pb::Welcome {
+            sizes: vec![784, 10],
+            net: net.into(),
+            ..Default::default()
+        };
+        let spec = welcome_net(&welcome("conv20x5:relu,pool2,fc100:relu,softmax10")).unwrap().unwrap();
+        assert_eq!(spec.parameter_count(), 20 * 25 + 20 + 100 * 2880 + 100 + 10 * 100 + 10);
+        assert_eq!(welcome_net(&welcome("")).unwrap(), None);
+        let err = welcome_net(&welcome("conv20x5,pool7,softmax10")).unwrap_err().to_string();
+        assert!(err.contains("layer 1 `conv20x5,pool7`: pool7 does not divide"), "{err}");
+        let err = welcome_net(&welcome("fc10,softmax3")).unwrap_err().to_string();
+        assert!(err.contains("does not classify MNIST"), "{err}");
+    }
+
 }

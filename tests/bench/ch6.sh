@@ -8,7 +8,10 @@
 #                                 # with TORCH=/path/to/venv/bin/python and ANCHORS=dir of network3_torch.py, PyTorch's beside it
 #   tests/bench/ch6.sh cluster    # ch6-conv2, batch 10 and 100: --local --shards W vs W = 2 and 4 worker processes
 #                                 # (samples/s of one epoch each, and cmp of the model files)
-#   tests/bench/ch6.sh memory     # peak RSS of the coordinator and each worker for 1 epoch of ch6-dropout
+#   tests/bench/ch6.sh memory     # peak RSS of the coordinator and each worker, ch6-dropout on 2 workers
+#                                 # (sampled after SECONDS_TO_SAMPLE=60 s of training, then stopped)
+#   tests/bench/ch6.sh vs-ddp     # ch6-conv2, 2 workers, batch 10 and 100: our step p50 beside PyTorch DDP's median
+#                                 # (gloo, 2 processes, one thread each); needs TORCHRUN=/venv/bin/torchrun and ANCHORS
 #
 # Wall times on a shared 2-core machine are noisy: compare rows of one run.
 set -euo pipefail
@@ -58,12 +61,28 @@ cluster)
   done
   ;;
 memory)
-  /usr/bin/time -v $bin/coordinator --workers 2 --spawn-workers --listen 127.0.0.1:0 --preset ch6-dropout \
-    --epochs 1 --progress none --out "$out/m.safetensors" 2>"$out/time.txt" | epoch_line
-  grep 'Maximum resident' "$out/time.txt"
+  $bin/coordinator --workers 2 --spawn-workers --listen 127.0.0.1:0 --preset ch6-dropout --epochs 1 \
+    --progress none --out "$out/m.safetensors" >/dev/null 2>&1 &
+  coord=$!
+  sleep "${SECONDS_TO_SAMPLE:-60}"   # the peaks are reached in the first steps; sample them after a while
+  for pid in $coord $(pgrep -P $coord); do
+    echo "$(tr '\0' ' ' </proc/$pid/cmdline | cut -c1-60): $(grep VmHWM /proc/$pid/status)"
+  done
+  kill $coord
+  wait $coord || true
+  ;;
+vs-ddp)
+  data=${MNIST_DATA_DIR:-$HOME/.cache/nielsen-ddp/mnist}
+  for batch in 10 100; do
+    ours=$($bin/coordinator --workers 2 --spawn-workers --listen 127.0.0.1:0 --preset ch6-conv2 --batch-size "$batch" \
+      --epochs 1 --monitor none --progress none --out "$out/m.safetensors" 2>/dev/null | epoch_line)
+    echo "batch $batch, ours (2 workers): $ours"
+    (cd "${ANCHORS:?dir of network3_ddp.py}" && OMP_NUM_THREADS=1 "${TORCHRUN:?path of torchrun}" --standalone \
+      --nproc-per-node 2 network3_ddp.py --data "$data" --preset conv2 --batch "$batch" --steps 300 2>/dev/null | tail -1)
+  done
   ;;
 *)
-  echo "usage: $0 table|speed|cluster|memory" >&2
+  echo "usage: $0 table|speed|cluster|memory|vs-ddp" >&2
   exit 2
   ;;
 esac

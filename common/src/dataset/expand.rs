@@ -45,7 +45,10 @@ mod tests {
     #[test]
     fn shifts_move_one_pixel_and_zero_the_wrapped_line() {
         let image: Vec<u8> = (0..IMAGE_SIZE).map(|i| (i % 251) as u8 + 1).collect();
-        let s = Samples { pixels: image.clone(), labels: vec![7] };
+        let s = Samples {
+            pixels: image.clone(),
+            labels: vec![7],
+        };
         let e = expand(&s);
         assert_eq!(e.len(), 5);
         assert_eq!(e.labels, vec![7; 5]);

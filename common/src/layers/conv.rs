@@ -29,13 +29,17 @@ pub fn conv_map(input: Shape, k: usize) -> (usize, usize) {
 /// run of `K` pixels per `(channel, ky)`, in the patch's row order.
 fn run_offsets(input: Shape, k: usize) -> Vec<usize> {
     let (h, w) = (input.height, input.width);
-    (0..input.channels).flat_map(|ch| (0..k).map(move |ky| (ch * h + ky) * w)).collect()
+    (0..input.channels)
+        .flat_map(|ch| (0..k).map(move |ky| (ch * h + ky) * w))
+        .collect()
 }
 
 /// Copies each run of the window at `corner` of `image` into `patch`.
 fn copy_runs<const K: usize>(patch: &mut [f32], image: &[f32], corner: usize, offsets: &[usize]) {
     for (dst, &off) in patch.chunks_exact_mut(K).zip(offsets) {
-        let src: &[f32; K] = image[corner + off..corner + off + K].try_into().expect("K values");
+        let src: &[f32; K] = image[corner + off..corner + off + K]
+            .try_into()
+            .expect("K values");
         let dst: &mut [f32; K] = dst.try_into().expect("K values");
         *dst = *src;
     }
@@ -44,7 +48,9 @@ fn copy_runs<const K: usize>(patch: &mut [f32], image: &[f32], corner: usize, of
 /// Adds each run of `patch` to the window at `corner` of `image`.
 fn add_runs<const K: usize>(image: &mut [f32], patch: &[f32], corner: usize, offsets: &[usize]) {
     for (src, &off) in patch.chunks_exact(K).zip(offsets) {
-        let dst: &mut [f32; K] = (&mut image[corner + off..corner + off + K]).try_into().expect("K values");
+        let dst: &mut [f32; K] = (&mut image[corner + off..corner + off + K])
+            .try_into()
+            .expect("K values");
         for (d, &v) in dst.iter_mut().zip(src) {
             *d += v;
         }
@@ -130,7 +136,13 @@ pub fn patches(x: ArrayView2<f32>, input: Shape, k: usize) -> Array2<f32> {
 /// separate multiplies and adds, zero errors skipped); then each patch's
 /// gradient is added back to its pixels, patches in `(oy, ox)` order, rows
 /// in `(c, ky, kx)` order.
-pub fn input_error(d: &Array2<f32>, from: &[u32], w: &Array2<f32>, input: Shape, k: usize) -> Array2<f32> {
+pub fn input_error(
+    d: &Array2<f32>,
+    from: &[u32],
+    w: &Array2<f32>,
+    input: Shape,
+    k: usize,
+) -> Array2<f32> {
     let (per_sample, n) = d.dim();
     let (filters, rows) = w.dim();
     let per_filter = per_sample / filters;
@@ -139,23 +151,24 @@ pub fn input_error(d: &Array2<f32>, from: &[u32], w: &Array2<f32>, input: Shape,
     let offsets = run_offsets(input, k);
     let dt = d.t();
     let (dt, w) = (dt.as_standard_layout(), w.as_standard_layout());
-    let (ds, ws) = (dt.as_slice().expect("standard layout"), w.as_slice().expect("standard layout"));
+    let (ds, ws) = (
+        dt.as_slice().expect("standard layout"),
+        w.as_slice().expect("standard layout"),
+    );
     let mut dp = vec![0.0f32; windows * rows]; // one sample's patch gradients, reused
+    let mut terms = Vec::with_capacity(per_sample);
     let mut out = vec![0.0f32; len * n];
     for (s, image) in out.chunks_exact_mut(len).enumerate() {
         dp.fill(0.0);
         let errors = &ds[s * per_sample..(s + 1) * per_sample];
+        terms.clear();
         for (i, (&g, &column)) in errors.iter().zip(&from[s * per_sample..]).enumerate() {
-            if g == 0.0 {
-                continue;
-            }
-            let f = i / per_filter;
-            let window = column as usize - s * windows;
-            let dst = &mut dp[window * rows..(window + 1) * rows];
-            for (o, &wv) in dst.iter_mut().zip(&ws[f * rows..(f + 1) * rows]) {
-                *o += g * wv;
+            if g != 0.0 {
+                let window = column as usize - s * windows;
+                terms.push((g, window as u32, (i / per_filter) as u32));
             }
         }
+        accumulate(&mut dp, ws, rows, &terms);
         for (window, patch) in dp.chunks_exact(rows).enumerate() {
             let corner = (window / ow) * input.width + window % ow;
             with_k!(k, add_window, image, patch, corner, &offsets);
@@ -173,37 +186,97 @@ pub fn input_error(d: &Array2<f32>, from: &[u32], w: &Array2<f32>, input: Shape,
 /// order, with separate multiplies and adds (the same bits on every CPU),
 /// skipping zero errors (which add nothing). A quarter of the dense `δ·xᵀ`
 /// at P = 2.
-pub fn filter_gradient(d: &Array2<f32>, from: &[u32], patches: &Array2<f32>, filters: usize) -> Array2<f32> {
+pub fn filter_gradient(
+    d: &Array2<f32>,
+    from: &[u32],
+    patches: &Array2<f32>,
+    filters: usize,
+) -> Array2<f32> {
     let (per_sample, n) = d.dim();
     let per_filter = per_sample / filters;
     let rows = patches.nrows();
     // Column by column, whatever the arrays' layouts (a view when they already are).
     let (dt, pt) = (d.t(), patches.t());
     let (dt, pt) = (dt.as_standard_layout(), pt.as_standard_layout());
-    let (ds, ps) = (dt.as_slice().expect("standard layout"), pt.as_slice().expect("standard layout"));
-    let mut out = vec![0.0f32; filters * rows];
+    let (ds, ps) = (
+        dt.as_slice().expect("standard layout"),
+        pt.as_slice().expect("standard layout"),
+    );
+    let mut terms = Vec::with_capacity(ds.len());
     for s in 0..n {
         for i in 0..per_sample {
             let g = ds[s * per_sample + i];
-            if g == 0.0 {
-                continue;
-            }
-            let f = i / per_filter;
-            let column = from[s * per_sample + i] as usize;
-            let dst = &mut out[f * rows..(f + 1) * rows];
-            for (o, &p) in dst.iter_mut().zip(&ps[column * rows..(column + 1) * rows]) {
-                *o += g * p;
+            if g != 0.0 {
+                terms.push((g, (i / per_filter) as u32, from[s * per_sample + i]));
             }
         }
     }
+    let mut out = vec![0.0f32; filters * rows];
+    accumulate(&mut out, ps, rows, &terms);
     Array2::from_shape_vec((filters, rows), out).expect("filters × rows values")
+}
+
+/// Filters of at least this many weights (`C·K·K`) take the sum over the
+/// pooled winners for their gradient ([`filter_gradient`]); smaller ones
+/// the kernel set's product of the unpooled error ([`unpool`]) and the
+/// patches. Measured on ch6-conv2 at n = 10: conv20x5's 25 weights were
+/// faster as a product, conv40x5's 500 as the sum.
+pub const SPARSE_MIN_ROWS: usize = 64;
+
+/// The error of the convolution's output `(N, columns)` from `d`, the error
+/// of the pooled maps `(N·PH·PW, n)`: each pooled value's goes to the column
+/// [`max_pool`] took it from; the rest are zero.
+pub fn unpool(d: &Array2<f32>, from: &[u32], filters: usize, columns: usize) -> Array2<f32> {
+    let (per_sample, n) = d.dim();
+    let per_filter = per_sample / filters;
+    let mut out = Array2::zeros((filters, columns));
+    for s in 0..n {
+        for i in 0..per_sample {
+            out[[i / per_filter, from[s * per_sample + i] as usize]] = d[[i, s]];
+        }
+    }
+    out
+}
+
+/// `dst[a] += g · src[b]`, each a run of `rows` values, for every term
+/// `(g, a, b)` in order, with separate multiplies and adds. Each value's
+/// operations are the same at any vector width, so the AVX2 build of the
+/// loop (taken where the CPU has AVX2) and the plain one give the same bits.
+fn accumulate(dst: &mut [f32], src: &[f32], rows: usize, terms: &[(f32, u32, u32)]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: this CPU has AVX2.
+        return unsafe { accumulate_avx2(dst, src, rows, terms) };
+    }
+    accumulate_plain(dst, src, rows, terms)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn accumulate_avx2(dst: &mut [f32], src: &[f32], rows: usize, terms: &[(f32, u32, u32)]) {
+    accumulate_plain(dst, src, rows, terms)
+}
+
+#[inline(always)]
+fn accumulate_plain(dst: &mut [f32], src: &[f32], rows: usize, terms: &[(f32, u32, u32)]) {
+    for &(g, a, b) in terms {
+        let (a, b) = (a as usize * rows, b as usize * rows);
+        for (d, &v) in dst[a..a + rows].iter_mut().zip(&src[b..b + rows]) {
+            *d += g * v;
+        }
+    }
 }
 
 /// P×P max-pooling of the convolution's output `z` `(N, n·OH·OW)`: the
 /// pooled maps `(N·PH·PW, n)`, column-major, and for each pooled value the
 /// column of `z` it came from (the first largest of its window, scanned
 /// row by row).
-pub fn max_pool(z: &Array2<f32>, map: (usize, usize), p: usize, n: usize) -> (Array2<f32>, Vec<u32>) {
+pub fn max_pool(
+    z: &Array2<f32>,
+    map: (usize, usize),
+    p: usize,
+    n: usize,
+) -> (Array2<f32>, Vec<u32>) {
     let (filters, (oh, ow)) = (z.nrows(), map);
     let (ph, pw) = (oh / p, ow / p);
     let per_sample = filters * ph * pw;
@@ -236,4 +309,3 @@ pub fn max_pool(z: &Array2<f32>, map: (usize, usize), p: usize, n: usize) -> (Ar
     let pooled = Array2::from_shape_vec((per_sample, n).f(), pooled).expect("pooled values");
     (pooled, from)
 }
-

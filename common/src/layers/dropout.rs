@@ -64,11 +64,24 @@ mod tests {
 
     #[test]
     fn a_samples_mask_depends_on_its_position_not_on_its_shard() {
-        let key = DropoutKey { seed: 7, epoch: 3, first: 100 };
+        let key = DropoutKey {
+            seed: 7,
+            epoch: 3,
+            first: 100,
+        };
         let whole = mask(key, 2, 0.5, 50, 10);
         for split in 1..10 {
             let left = mask(key, 2, 0.5, 50, split);
-            let right = mask(DropoutKey { first: 100 + split as u64, ..key }, 2, 0.5, 50, 10 - split);
+            let right = mask(
+                DropoutKey {
+                    first: 100 + split as u64,
+                    ..key
+                },
+                2,
+                0.5,
+                50,
+                10 - split,
+            );
             let joined = ndarray::concatenate![ndarray::Axis(1), left, right];
             assert_eq!(joined, whole);
         }
@@ -78,7 +91,11 @@ mod tests {
 
     #[test]
     fn keeps_about_one_minus_p() {
-        let key = DropoutKey { seed: 1, epoch: 0, first: 0 };
+        let key = DropoutKey {
+            seed: 1,
+            epoch: 0,
+            first: 0,
+        };
         for p in [0.0f32, 0.2, 0.5, 0.9] {
             let m = mask(key, 0, p, 1000, 100);
             let kept = m.sum() / 100_000.0;

@@ -12,10 +12,14 @@
 //! - `w · x` and `wᵀ · δ`: the kernel set's products, over the inner
 //!   dimension (the layer's inputs, or its outputs);
 //! - `∇w = δ · xᵀ`: for fc and softmax layers the kernel set's product over
-//!   the shard's samples in order; for a conv layer a sum over the pooled
-//!   values that won their window, in `(sample, py, px)` order, with
-//!   separate multiplies and adds on every kernel set
-//!   ([`conv::filter_gradient`]), and likewise the error sent back
+//!   the shard's samples in order; for a conv layer whose filters have at
+//!   least [`conv::SPARSE_MIN_ROWS`] weights, a sum over the pooled values
+//!   that won their window, in `(sample, py, px)` order, with separate
+//!   multiplies and adds on every kernel set ([`conv::filter_gradient`]);
+//!   for smaller filters (short rows, where that sum's overhead loses to a
+//!   product) the kernel set's product of the unpooled error and the
+//!   patches, over the patches in `(sample, oy, ox)` order;
+//! - a conv layer's error sent back: the same sum over the winners
 //!   ([`conv::input_error`]);
 //! - `∇b`: one running sum per output, over samples in order (and, in a conv
 //!   layer, over each sample's pooled positions in row-major order).
@@ -67,12 +71,19 @@ struct Cache {
 /// layer starts at zero.
 pub fn initial_params(spec: &NetSpec, rng: &mut impl Rng) -> (Vec<Array2<f32>>, Vec<Array1<f32>>) {
     let mut draw = |len: usize, scale: f64| -> Vec<f32> {
-        (0..len).map(|_| (rng.sample::<f64, _>(StandardNormal) * scale) as f32).collect()
+        (0..len)
+            .map(|_| (rng.sample::<f64, _>(StandardNormal) * scale) as f32)
+            .collect()
     };
     let (mut weights, mut biases) = (Vec::new(), Vec::new());
     for (layer, (o, i)) in spec.layers.iter().zip(spec.weight_shapes()) {
         let (w, b) = match *layer {
-            Layer::ConvPool { filters, kernel, pool, .. } => {
+            Layer::ConvPool {
+                filters,
+                kernel,
+                pool,
+                ..
+            } => {
                 let n_out = (filters * kernel * kernel) as f64 / (pool * pool) as f64;
                 (draw(o * i, (1.0 / n_out).sqrt()), draw(o, 1.0))
             }
@@ -92,7 +103,13 @@ pub fn feedforward(spec: &NetSpec, p: Params, x: ArrayView2<f32>, k: KernelSet) 
 }
 
 /// The softmax layer's outputs `(classes, n)` for inputs `x` in a pass of `mode`.
-pub fn forward(spec: &NetSpec, p: Params, x: ArrayView2<f32>, k: KernelSet, mode: Mode) -> Array2<f32> {
+pub fn forward(
+    spec: &NetSpec,
+    p: Params,
+    x: ArrayView2<f32>,
+    k: KernelSet,
+    mode: Mode,
+) -> Array2<f32> {
     let shapes = spec.shapes();
     let mut a = x.to_owned();
     for (l, layer) in spec.layers.iter().enumerate() {
@@ -162,7 +179,9 @@ pub fn log_likelihood(a: &Array2<f32>, labels: &[u8]) -> f64 {
 fn activation_of(layer: &Layer) -> crate::layers::activation::Activation {
     match *layer {
         Layer::ConvPool { activation, .. } | Layer::Fc { activation, .. } => activation,
-        Layer::Softmax { .. } => unreachable!("the softmax layer is last: no layer above feeds it an error"),
+        Layer::Softmax { .. } => {
+            unreachable!("the softmax layer is last: no layer above feeds it an error")
+        }
     }
 }
 
@@ -177,7 +196,13 @@ fn layer_forward(
     mode: Mode,
 ) -> Cache {
     let (w, b, n) = (&p.weights[l], &p.biases[l], a.ncols());
-    if let Layer::ConvPool { kernel, pool, activation, .. } = *layer {
+    if let Layer::ConvPool {
+        kernel,
+        pool,
+        activation,
+        ..
+    } = *layer
+    {
         let patches = conv::patches(a, input, kernel);
         let z = kernels::w_dot_x(k, w, &patches.view());
         let (mut pooled, pooled_from) = conv::max_pool(&z, conv::conv_map(input, kernel), pool, n);
@@ -187,7 +212,12 @@ fn layer_forward(
             row.mapv_inplace(|v| v + bias);
         }
         let output = activation.apply(k, pooled);
-        return Cache { input: patches, mask: None, pooled_from, output };
+        return Cache {
+            input: patches,
+            mask: None,
+            pooled_from,
+            output,
+        };
     }
     let dropout = layer.dropout();
     let (input, mask, mut z) = match mode {
@@ -211,7 +241,12 @@ fn layer_forward(
         Layer::Fc { activation, .. } => activation.apply(k, z),
         _ => softmax(z),
     };
-    Cache { input, mask, pooled_from: Vec::new(), output }
+    Cache {
+        input,
+        mask,
+        pooled_from: Vec::new(),
+        output,
+    }
 }
 
 /// A layer's gradients, and the error of its input if asked for.
@@ -234,9 +269,19 @@ fn layer_backward(
     if let Layer::ConvPool { kernel, .. } = *layer {
         let (filters, from) = (w.nrows(), &cache.pooled_from);
         let nabla_b = filter_sums(&delta, filters);
-        let nabla_w = conv::filter_gradient(&delta, from, &cache.input, filters);
-        let input_error = want_input_error.then(|| conv::input_error(&delta, from, w, input, kernel));
-        return Backward { nabla_w, nabla_b, input_error };
+        let nabla_w = if cache.input.nrows() >= conv::SPARSE_MIN_ROWS {
+            conv::filter_gradient(&delta, from, &cache.input, filters)
+        } else {
+            let d_conv = conv::unpool(&delta, from, filters, cache.input.ncols());
+            kernels::delta_dot_xt(k, &d_conv, &cache.input.view())
+        };
+        let input_error =
+            want_input_error.then(|| conv::input_error(&delta, from, w, input, kernel));
+        return Backward {
+            nabla_w,
+            nabla_b,
+            input_error,
+        };
     }
     let nabla_b = row_sums(&delta);
     let nabla_w = kernels::delta_dot_xt(k, &delta, &cache.input.view());
@@ -247,7 +292,11 @@ fn layer_backward(
         }
         d
     });
-    Backward { nabla_w, nabla_b, input_error }
+    Backward {
+        nabla_w,
+        nabla_b,
+        input_error,
+    }
 }
 
 /// Softmax of each column: `e^(z_i − max) / Σ_j e^(z_j − max)`, with
@@ -278,6 +327,8 @@ fn filter_sums(delta: &Array2<f32>, filters: usize) -> Array1<f32> {
     let per_filter = delta.nrows() / filters;
     Array1::from_iter((0..filters).map(|f| {
         let rows = f * per_filter..(f + 1) * per_filter;
-        (0..delta.ncols()).fold(0.0f32, |acc, s| rows.clone().fold(acc, |acc, r| acc + delta[[r, s]]))
+        (0..delta.ncols()).fold(0.0f32, |acc, s| {
+            rows.clone().fold(acc, |acc, r| acc + delta[[r, s]])
+        })
     }))
 }

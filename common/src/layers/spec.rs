@@ -31,7 +31,11 @@ pub struct Shape {
 impl Shape {
     /// A flat vector of `n` values (the input of an fc or softmax layer).
     pub fn flat(n: usize) -> Shape {
-        Shape { channels: n, height: 1, width: 1 }
+        Shape {
+            channels: n,
+            height: 1,
+            width: 1,
+        }
     }
 
     /// Values per sample.
@@ -96,7 +100,12 @@ impl Layer {
     /// The output shape for `input`, assuming the layer was validated for it.
     pub fn output(&self, input: Shape) -> Shape {
         match *self {
-            Layer::ConvPool { filters, kernel, pool, .. } => Shape {
+            Layer::ConvPool {
+                filters,
+                kernel,
+                pool,
+                ..
+            } => Shape {
                 channels: filters,
                 height: (input.height + 1 - kernel) / pool,
                 width: (input.width + 1 - kernel) / pool,
@@ -110,9 +119,9 @@ impl Layer {
     /// filters are `(N, C·K·K)`, each row one filter as `(c, ky, kx)`.
     pub fn weight_shape(&self, input: Shape) -> (usize, usize) {
         match *self {
-            Layer::ConvPool { filters, kernel, .. } => {
-                (filters, input.channels * kernel * kernel)
-            }
+            Layer::ConvPool {
+                filters, kernel, ..
+            } => (filters, input.channels * kernel * kernel),
             Layer::Fc { neurons, .. } => (neurons, input.len()),
             Layer::Softmax { classes, .. } => (classes, input.len()),
         }
@@ -131,12 +140,21 @@ impl fmt::Display for Layer {
             Ok(())
         };
         match *self {
-            Layer::ConvPool { filters, kernel, pool, activation } => {
+            Layer::ConvPool {
+                filters,
+                kernel,
+                pool,
+                activation,
+            } => {
                 write!(f, "conv{filters}x{kernel}")?;
                 suffixes(f, Some(activation), 0.0)?;
                 write!(f, ",pool{pool}")
             }
-            Layer::Fc { neurons, activation, dropout } => {
+            Layer::Fc {
+                neurons,
+                activation,
+                dropout,
+            } => {
                 write!(f, "fc{neurons}")?;
                 suffixes(f, Some(activation), dropout)
             }
@@ -195,7 +213,9 @@ impl NetSpec {
                     .get(i + 1)
                     .and_then(|t| t.strip_prefix("pool"))
                     .and_then(number)
-                    .ok_or_else(|| at("a conv layer must be followed by pool<P>, e.g. pool2".into()))?;
+                    .ok_or_else(|| {
+                        at("a conv layer must be followed by pool<P>, e.g. pool2".into())
+                    })?;
                 layers.push(Layer::ConvPool {
                     filters: n,
                     kernel: k,
@@ -209,14 +229,23 @@ impl NetSpec {
                 return Err(at("a pool must follow a conv layer".into()));
             }
             let layer = if let Some(n) = head.strip_prefix("fc").and_then(number) {
-                Layer::Fc { neurons: n, activation: activation.unwrap_or_default(), dropout }
+                Layer::Fc {
+                    neurons: n,
+                    activation: activation.unwrap_or_default(),
+                    dropout,
+                }
             } else if let Some(n) = head.strip_prefix("softmax").and_then(number) {
                 if activation.is_some() {
                     return Err(at("a softmax layer takes no activation".into()));
                 }
-                Layer::Softmax { classes: n, dropout }
+                Layer::Softmax {
+                    classes: n,
+                    dropout,
+                }
             } else {
-                return Err(at("expected conv<N>x<K>, pool<P>, fc<N> or softmax<N>".into()));
+                return Err(at(
+                    "expected conv<N>x<K>, pool<P>, fc<N> or softmax<N>".into()
+                ));
             };
             layers.push(layer);
             i += 1;
@@ -229,7 +258,8 @@ impl NetSpec {
     /// Checks the shapes layer by layer; `text` is what was parsed (to name layers).
     fn validate(&self, text: &str) -> Result<(), SpecError> {
         let names = self.layer_names();
-        let at = |l: usize, msg: String| SpecError(format!("layer {} `{}`: {msg}", l + 1, names[l]));
+        let at =
+            |l: usize, msg: String| SpecError(format!("layer {} `{}`: {msg}", l + 1, names[l]));
         if self.layers.is_empty() || text.is_empty() {
             return Err(SpecError("a net needs at least one layer".into()));
         }
@@ -237,19 +267,33 @@ impl NetSpec {
         for (l, layer) in self.layers.iter().enumerate() {
             let last = l + 1 == self.layers.len();
             match *layer {
-                Layer::ConvPool { filters, kernel, pool, .. } => {
+                Layer::ConvPool {
+                    filters,
+                    kernel,
+                    pool,
+                    ..
+                } => {
                     if shape.height * shape.width <= 1 {
-                        return Err(at(l, "a conv layer needs an image, not a flat vector".into()));
+                        return Err(at(
+                            l,
+                            "a conv layer needs an image, not a flat vector".into(),
+                        ));
                     }
                     if filters == 0 || kernel == 0 || pool == 0 {
                         return Err(at(l, "filters, kernel and pool must be positive".into()));
                     }
                     if kernel > shape.height || kernel > shape.width {
-                        return Err(at(l, format!("a {kernel}×{kernel} filter does not fit the {shape} map")));
+                        return Err(at(
+                            l,
+                            format!("a {kernel}×{kernel} filter does not fit the {shape} map"),
+                        ));
                     }
                     let (h, w) = (shape.height + 1 - kernel, shape.width + 1 - kernel);
                     if h % pool != 0 || w % pool != 0 {
-                        return Err(at(l, format!("pool{pool} does not divide the {h}×{w} map the conv makes")));
+                        return Err(at(
+                            l,
+                            format!("pool{pool} does not divide the {h}×{w} map the conv makes"),
+                        ));
                     }
                 }
                 Layer::Fc { neurons: 0, .. } | Layer::Softmax { classes: 0, .. } => {
@@ -262,7 +306,10 @@ impl NetSpec {
                 return Err(at(l, format!("dropout {p} is not in [0, 1)")));
             }
             if matches!(layer, Layer::Softmax { .. }) != last {
-                return Err(at(l, "the last layer, and only the last, must be softmax<N>".into()));
+                return Err(at(
+                    l,
+                    "the last layer, and only the last, must be softmax<N>".into(),
+                ));
             }
             let (o, i) = layer.weight_shape(shape);
             let out = layer.output(shape);
@@ -271,9 +318,16 @@ impl NetSpec {
                 .and_then(|w| w.checked_add(o))
                 .and_then(|n| n.checked_add(params))
                 .filter(|&n| n <= MAX_PARAMETERS)
-                .ok_or_else(|| at(l, format!("the net has more than {MAX_PARAMETERS} parameters")))?;
+                .ok_or_else(|| {
+                    at(
+                        l,
+                        format!("the net has more than {MAX_PARAMETERS} parameters"),
+                    )
+                })?;
             let conv_values = match *layer {
-                Layer::ConvPool { filters, kernel, .. } => {
+                Layer::ConvPool {
+                    filters, kernel, ..
+                } => {
                     filters.saturating_mul((shape.height + 1 - kernel) * (shape.width + 1 - kernel))
                 }
                 _ => 0,
@@ -303,7 +357,11 @@ impl NetSpec {
     /// The `(out, in)` shape of each layer's weight matrix.
     pub fn weight_shapes(&self) -> Vec<(usize, usize)> {
         let shapes = self.shapes();
-        self.layers.iter().zip(&shapes).map(|(l, &s)| l.weight_shape(s)).collect()
+        self.layers
+            .iter()
+            .zip(&shapes)
+            .map(|(l, &s)| l.weight_shape(s))
+            .collect()
     }
 
     /// Number of f32 parameters (weights and biases).
@@ -372,7 +430,9 @@ fn parse_suffixes(suffixes: &[&str]) -> Result<(Option<Activation>, f32), String
                 return Err("two activations".into());
             }
         } else {
-            return Err(format!("unknown suffix `:{s}` (sigmoid, relu, tanh or dropout=P)"));
+            return Err(format!(
+                "unknown suffix `:{s}` (sigmoid, relu, tanh or dropout=P)"
+            ));
         }
     }
     Ok((activation, dropout))

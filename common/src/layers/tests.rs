@@ -22,7 +22,11 @@ const NETS: [&str; 6] = [
 ];
 
 fn input_shape() -> Shape {
-    Shape { channels: 1, height: 8, width: 8 }
+    Shape {
+        channels: 1,
+        height: 8,
+        width: 8,
+    }
 }
 
 /// A net with random (not network3's zero) softmax weights, so every gradient is exercised.
@@ -41,7 +45,9 @@ fn random_params(spec: &NetSpec, seed: u64) -> (Vec<Array2<f32>>, Vec<Array1<f32
 fn random_batch(spec: &NetSpec, n: usize, seed: u64) -> (Array2<f32>, Array2<f32>, Vec<u8>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let x = Array2::from_shape_fn((spec.input.len(), n), |_| rng.random_range(0.0..1.0));
-    let labels: Vec<u8> = (0..n).map(|_| rng.random_range(0..spec.classes() as u8)).collect();
+    let labels: Vec<u8> = (0..n)
+        .map(|_| rng.random_range(0..spec.classes() as u8))
+        .collect();
     let mut y = Array2::zeros((spec.classes(), n));
     for (s, &l) in labels.iter().enumerate() {
         y[[usize::from(l), s]] = 1.0;
@@ -50,8 +56,18 @@ fn random_batch(spec: &NetSpec, n: usize, seed: u64) -> (Array2<f32>, Array2<f32
 }
 
 /// The training cost with the masks of `key`, in f64.
-fn cost(spec: &NetSpec, w: &[Array2<f32>], b: &[Array1<f32>], x: &Array2<f32>, labels: &[u8], key: DropoutKey) -> f64 {
-    let p = Params { weights: w, biases: b };
+fn cost(
+    spec: &NetSpec,
+    w: &[Array2<f32>],
+    b: &[Array1<f32>],
+    x: &Array2<f32>,
+    labels: &[u8],
+    key: DropoutKey,
+) -> f64 {
+    let p = Params {
+        weights: w,
+        biases: b,
+    };
     let a = net::forward(spec, p, x.view(), KernelSet::Portable, Mode::Train(key));
     net::log_likelihood(&a, labels)
 }
@@ -62,23 +78,34 @@ fn cost(spec: &NetSpec, w: &[Array2<f32>], b: &[Array1<f32>], x: &Array2<f32>, l
 fn finite_difference(mut cost_at: impl FnMut(f32) -> f64, at: f32, eps: f32) -> Option<f64> {
     let (c0, up, down) = (cost_at(at), cost_at(at + eps), cost_at(at - eps));
     let (fwd, bwd) = ((up - c0) / f64::from(eps), (c0 - down) / f64::from(eps));
-    ((fwd - bwd).abs() <= 2e-3 + 0.05 * fwd.abs().max(bwd.abs())).then_some((up - down) / (2.0 * f64::from(eps)))
+    ((fwd - bwd).abs() <= 2e-3 + 0.05 * fwd.abs().max(bwd.abs()))
+        .then_some((up - down) / (2.0 * f64::from(eps)))
 }
 
 #[test]
 fn gradients_match_finite_differences() {
-    let key = DropoutKey { seed: 3, epoch: 1, first: 17 };
+    let key = DropoutKey {
+        seed: 3,
+        epoch: 1,
+        first: 17,
+    };
     for (i, text) in NETS.iter().enumerate() {
         let spec = NetSpec::parse(text, input_shape()).unwrap();
         let (mut w, mut b) = random_params(&spec, i as u64);
         let (x, y, labels) = random_batch(&spec, 3, 100 + i as u64);
-        let p = Params { weights: &w, biases: &b };
+        let p = Params {
+            weights: &w,
+            biases: &b,
+        };
         let g = net::backprop(&spec, p, x.view(), y.view(), KernelSet::Portable, key);
         let (eps, mut checked, mut kinks) = (3e-3f32, 0, 0);
         let mut check = |fd: Option<f64>, got: f32, what: String| match fd {
             Some(fd) => {
                 let got = f64::from(got);
-                assert!((fd - got).abs() <= 2e-3 + 2e-2 * fd.abs(), "{text}: {what}: backprop {got}, finite differences {fd}");
+                assert!(
+                    (fd - got).abs() <= 2e-3 + 2e-2 * fd.abs(),
+                    "{text}: {what}: backprop {got}, finite differences {fd}"
+                );
                 checked += 1;
             }
             None => kinks += 1,
@@ -87,18 +114,35 @@ fn gradients_match_finite_differences() {
             for j in (0..w[l].len()).step_by(5) {
                 let (r, c) = (j / w[l].ncols(), j % w[l].ncols());
                 let orig = w[l][[r, c]];
-                let fd = finite_difference(|v| { w[l][[r, c]] = v; cost(&spec, &w, &b, &x, &labels, key) }, orig, eps);
+                let fd = finite_difference(
+                    |v| {
+                        w[l][[r, c]] = v;
+                        cost(&spec, &w, &b, &x, &labels, key)
+                    },
+                    orig,
+                    eps,
+                );
                 w[l][[r, c]] = orig;
                 check(fd, g.nabla_w[l][[r, c]], format!("w{l}[{r},{c}]"));
             }
             for j in 0..b[l].len() {
                 let orig = b[l][j];
-                let fd = finite_difference(|v| { b[l][j] = v; cost(&spec, &w, &b, &x, &labels, key) }, orig, eps);
+                let fd = finite_difference(
+                    |v| {
+                        b[l][j] = v;
+                        cost(&spec, &w, &b, &x, &labels, key)
+                    },
+                    orig,
+                    eps,
+                );
                 b[l][j] = orig;
                 check(fd, g.nabla_b[l][j], format!("b{l}[{j}]"));
             }
         }
-        assert!(checked > 20 && kinks * 5 < checked, "{text}: {checked} checked, {kinks} at kinks");
+        assert!(
+            checked > 20 && kinks * 5 < checked,
+            "{text}: {checked} checked, {kinks} at kinks"
+        );
     }
 }
 
@@ -107,11 +151,15 @@ fn evaluation_scales_dropped_inputs_by_one_minus_p() {
     let spec = NetSpec::parse("fc5:dropout=0.5,softmax3:dropout=0.25", Shape::flat(4)).unwrap();
     let (w, b) = random_params(&spec, 9);
     let (x, _, _) = random_batch(&spec, 2, 9);
-    let p = Params { weights: &w, biases: &b };
+    let p = Params {
+        weights: &w,
+        biases: &b,
+    };
     let out = net::feedforward(&spec, p, x.view(), KernelSet::Portable);
     // the same net written out by hand: activation((1 − p)·w·x + b)
-    let h = ((w[0].dot(&x) * 0.5) + &b[0].view().insert_axis(ndarray::Axis(1))).mapv(|z| 1.0 / (1.0 + (-z).exp()));
-    let z = (w[1].dot(&h) * 0.75) + &b[1].view().insert_axis(ndarray::Axis(1));
+    let h = ((w[0].dot(&x) * 0.5) + b[0].view().insert_axis(ndarray::Axis(1)))
+        .mapv(|z| 1.0 / (1.0 + (-z).exp()));
+    let z = (w[1].dot(&h) * 0.75) + b[1].view().insert_axis(ndarray::Axis(1));
     for s in 0..2 {
         let e: Vec<f32> = z.column(s).iter().map(|v| v.exp()).collect();
         let sum: f32 = e.iter().sum();
@@ -163,17 +211,36 @@ proptest! {
 
 #[test]
 fn parse_errors_name_the_layer() {
-    let mnist = Shape { channels: 1, height: 28, width: 28 };
+    let mnist = Shape {
+        channels: 1,
+        height: 28,
+        width: 28,
+    };
     for (text, needle) in [
-        ("conv20x5,fc100,softmax10", "layer 1 `conv20x5`: a conv layer must be followed by pool"),
-        ("conv20x5,pool5,softmax10", "layer 1 `conv20x5,pool5`: pool5 does not divide the 24×24 map"),
+        (
+            "conv20x5,fc100,softmax10",
+            "layer 1 `conv20x5`: a conv layer must be followed by pool",
+        ),
+        (
+            "conv20x5,pool5,softmax10",
+            "layer 1 `conv20x5,pool5`: pool5 does not divide the 24×24 map",
+        ),
         ("fc100,softmax10,fc5", "layer 2 `softmax10`"),
-        ("fc100", "layer 1 `fc100`: the last layer, and only the last, must be softmax"),
+        (
+            "fc100",
+            "layer 1 `fc100`: the last layer, and only the last, must be softmax",
+        ),
         ("fc100:dropout=1.5,softmax10", "layer 1 `fc100:dropout=1.5`"),
         ("fc100:gelu,softmax10", "unknown suffix `:gelu`"),
         ("conv20x30,pool1,softmax10", "does not fit the 1×28×28 map"),
-        ("fc100,conv2x2,pool1,softmax10", "layer 2 `conv2x2,pool1`: a conv layer needs an image"),
-        ("fc100000,fc100000,softmax10", "more than 100000000 parameters"),
+        (
+            "fc100,conv2x2,pool1,softmax10",
+            "layer 2 `conv2x2,pool1`: a conv layer needs an image",
+        ),
+        (
+            "fc100000,fc100000,softmax10",
+            "more than 100000000 parameters",
+        ),
         ("", "layer 1 ``"),
         ("pool2,softmax10", "a pool must follow a conv layer"),
         ("softmax10:relu", "takes no activation"),
@@ -185,12 +252,24 @@ fn parse_errors_name_the_layer() {
 
 #[test]
 fn canonical_text_round_trips() {
-    let mnist = Shape { channels: 1, height: 28, width: 28 };
+    let mnist = Shape {
+        channels: 1,
+        height: 28,
+        width: 28,
+    };
     let text = "conv20x5:relu,pool2,conv40x5:relu,pool2,fc1000:relu:dropout=0.5,fc100:dropout=0.5,softmax10:dropout=0.5";
     let spec = NetSpec::parse(text, mnist).unwrap();
     assert_eq!(spec.to_string(), text);
-    assert_eq!(NetSpec::parse("conv20x5:sigmoid,pool2,fc100,softmax10", mnist).unwrap().to_string(), "conv20x5,pool2,fc100,softmax10");
+    assert_eq!(
+        NetSpec::parse("conv20x5:sigmoid,pool2,fc100,softmax10", mnist)
+            .unwrap()
+            .to_string(),
+        "conv20x5,pool2,fc100,softmax10"
+    );
     let conv2 = NetSpec::parse("conv20x5,pool2,conv40x5,pool2,fc100,softmax10", mnist).unwrap();
     assert_eq!(conv2.parameter_count(), 85_670, "the book's conv2 net");
-    assert_eq!(conv2.weight_shapes(), vec![(20, 25), (40, 500), (100, 640), (10, 100)]);
+    assert_eq!(
+        conv2.weight_shapes(),
+        vec![(20, 25), (40, 500), (100, 640), (10, 100)]
+    );
 }

@@ -38,6 +38,13 @@ pub fn export(
     cost: Option<common::cost::Cost>,
 ) -> AppResult<String> {
     let (network, metadata) = model_file::load_with_metadata(model)?;
+    if let Some(net) = &network.net {
+        return Err(AppError::Usage(format!(
+            "{}: the net {net} is chapter 6's; network2.py loads only chapter 1-3 networks (--sizes). \
+             Load it in Python with safetensors instead (docs/using-the-model.md)",
+            model.display()
+        )));
+    }
     let recorded = metadata
         .get("cost")
         .and_then(|c| common::cost::Cost::from_name(c));

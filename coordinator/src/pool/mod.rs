@@ -456,7 +456,7 @@ impl RemotePool {
         };
         if let Some(copy) = held {
             let (samples, asked) = (copy.samples, copy.asked_first_error);
-            if let Err(e) = wire::decode_shard_result(result, &self.sizes, samples, asked) {
+            if let Err(e) = self.decode(result, samples, asked) {
                 self.reject(id, e);
                 return true;
             }
@@ -465,6 +465,21 @@ impl RemotePool {
         let violation = matches!(verdict, Verdict::Violation(_));
         self.count(id, verdict);
         violation
+    }
+
+    /// Decodes and validates a result for a shard of `samples` samples, by
+    /// the run's model: a chapter-6 net's shapes, or the sizes (with the
+    /// first layer's error where `asked`).
+    fn decode(
+        &self,
+        result: &pb::ShardResult,
+        samples: usize,
+        asked: bool,
+    ) -> Result<wire::ShardGradients, wire::WireError> {
+        match &self.net {
+            Some(net) => wire::decode_net_result(result, net, samples).map(Into::into),
+            None => wire::decode_shard_result(result, &self.sizes, samples, asked),
+        }
     }
 
     /// Drops a worker whose result failed validation.
@@ -635,10 +650,7 @@ impl RemotePool {
         let decode_start = Instant::now();
         let shard = &step.shards[i];
         let asked = self.asks_first_error(shard.len());
-        let decoded = match &self.net {
-            Some(net) => wire::decode_net_result(&result, net, shard.len()).map(Into::into),
-            None => wire::decode_shard_result(&result, &self.sizes, shard.len(), asked),
-        };
+        let decoded = self.decode(&result, shard.len(), asked);
         step.codec += decode_start.elapsed();
         let product_start = Instant::now();
         let decoded = decoded.and_then(|d| d.complete(shard, self.kernels));
