@@ -10,7 +10,8 @@ use std::hint::black_box;
 
 use common::dataset::{Samples, IMAGE_SIZE};
 use common::plan::TrainingPlan;
-use common::reference::{apply_step, shard_gradients};
+use common::shard::quadratic_gradient as shard_gradients;
+use common::step::reduce_and_apply as apply_step;
 use common::schedule::{init_rng, ShardId};
 use common::{wire, Network};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

@@ -638,7 +638,7 @@ pub fn encode_shard_result(
     }
 }
 
-/// A `ShardResult` as [`crate::reference::shard_answer`] gives it: with no
+/// A `ShardResult` as [`crate::shard::answer`] gives it: with no
 /// `first_error`, [`encode_shard_result`]; with one (`sizes[1]` × `samples`,
 /// row-major), that error and every tensor of `g` but the first weight
 /// matrix (ignored: it may be empty), which the coordinator computes from the
@@ -693,7 +693,7 @@ impl ShardGradients {
             return Ok(self.gradients);
         };
         let mut g = self.gradients;
-        crate::reference::first_weight_gradient(&mut g, shard, &error, kernels);
+        crate::shard::complete_first_weights(&mut g, shard, &error, kernels);
         let w = g.nabla_w[0].as_slice().expect("standard layout");
         check_finite("first weights, from the error", 0, w)?;
         Ok(g)
@@ -896,8 +896,8 @@ mod tests {
             let shard = random_shard(n, seed + 1);
             let cost = if cross_entropy { Cost::CrossEntropy } else { Cost::Quadratic };
             for kernels in KernelSet::supported() {
-                let whole = crate::reference::shard_gradients_with(&net, &shard, cost, kernels);
-                let (g, error) = crate::reference::shard_answer(&net, &shard, cost, kernels, true, KEY);
+                let whole = crate::shard::summed_gradient(&net, &shard, cost, kernels);
+                let (g, error) = crate::shard::answer(&net, &shard, cost, kernels, crate::shard::AnswerForm::FirstError, KEY);
                 let r = encode_shard_answer(2, ShardId(0), n, &g, error.as_deref());
                 let dense = encode_shard_result(2, ShardId(0), n, &whole);
                 proptest::prop_assert_eq!(
@@ -919,7 +919,7 @@ mod tests {
         let sizes = [784, 5, 10];
         let (net, shard) = (net(), random_shard(3, 4));
         let k = KernelSet::Portable;
-        let (g, error) = crate::reference::shard_answer(&net, &shard, Cost::Quadratic, k, true, KEY);
+        let (g, error) = crate::shard::answer(&net, &shard, Cost::Quadratic, k, crate::shard::AnswerForm::FirstError, KEY);
         let error = error.expect("asked for");
         let with = |e: &[f32]| encode_shard_answer(1, ShardId(2), 3, &g, Some(e));
         let r = with(&error);
@@ -971,7 +971,7 @@ mod tests {
             "{overflow:?}"
         );
         let mut dense_and_error = with(&error);
-        let whole = crate::reference::shard_gradients_with(&net, &shard, Cost::Quadratic, k);
+        let whole = crate::shard::summed_gradient(&net, &shard, Cost::Quadratic, k);
         dense_and_error.gradients = encode_gradients(&whole);
         let both = decode_shard_result(&dense_and_error, &sizes, 3, true);
         assert!(

@@ -356,7 +356,8 @@ unsafe fn scale_pixels_avx2(pixels: &[u8], out: &mut [f32], table: &[f32; 256]) 
 mod tests {
     use super::*;
     use crate::network::Init;
-    use crate::reference::{apply_step, shard_gradients_with, step_shards, StepBuffers};
+    use crate::shard::summed_gradient as shard_gradients_with;
+    use crate::step::{reduce_and_apply as apply_step, split_batch as step_shards, StepBuffers};
     use crate::schedule::init_rng;
     use ndarray::{Array1, Array2};
     use rand::Rng;

@@ -824,7 +824,8 @@ mod tests {
     use common::pb::coordinator_message::Kind;
 
     const KEY: DropoutKey = DropoutKey { seed: 0, epoch: 0, first: 0 };
-    use common::reference::{shard_gradients, step_shards};
+    use common::shard::quadratic_gradient as shard_gradients;
+    use common::step::split_batch as step_shards;
     use common::schedule::init_rng;
     use rand::seq::SliceRandom;
     use tokio::sync::mpsc::Receiver;
@@ -890,7 +891,7 @@ mod tests {
             .map(|s| s.ask_first_error && knows_first_errors);
         let result = |((id, samples), asked): (&(ShardId, Samples), bool)| {
             let (k, cost) = (KernelSet::best(), common::cost::Cost::Quadratic);
-            let (g, e) = common::reference::shard_answer(&net, samples, cost, k, asked, KEY);
+            let (g, e) = common::shard::answer(&net, samples, cost, k, common::shard::AnswerForm::first_error_if(asked), KEY);
             wire::encode_shard_answer(step.step_id, *id, samples.len(), &g, e.as_deref())
         };
         shards.iter().zip(asked).map(result).collect()
