@@ -36,14 +36,14 @@ use common::{wire, Gradients, Network};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, Violation};
 use tracing::{info, warn};
 
 pub use audit::Audit;
 use backlog::Backlog;
 use backup::{BackupPolicy, ShardTimes};
 pub use observer::{Observer, PoolEvent};
-use step::{judge_step_id, StepState, Verdict, Violation};
+use step::{judge_step_id, StepState, Verdict};
 
 /// Id the coordinator gives a worker's stream; unique within a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -348,12 +348,9 @@ impl RemotePool {
             let event = self.events.recv().await.ok_or(PoolError::ServiceGone)?;
             if let Some((id, result)) = self.handle_membership(event) {
                 // No step is in flight: every result is late or never issued.
-                let verdict = judge_step_id(result.step_id, self.next_step).unwrap_or(
-                    Verdict::Violation(Violation::UnissuedStep {
-                        step: result.step_id,
-                        current: self.next_step,
-                    }),
-                );
+                let (step, current) = (StepId(result.step_id), StepId(self.next_step));
+                let verdict = judge_step_id(step, current)
+                    .unwrap_or(Verdict::Violation(Violation::UnissuedStep { step, current }));
                 self.settle(id, &result, verdict);
             }
         }
@@ -612,8 +609,8 @@ impl RemotePool {
     fn expire(&mut self, step: &mut Step<'_>) {
         for (id, (step_id, shard)) in self.backlog.overdue(now(), self.timeouts.shard) {
             let why = Refusal::TooSlow {
-                step: step_id,
-                shard,
+                step: StepId(step_id),
+                shard: ShardId(shard),
                 timeout: self.timeouts.shard,
             };
             self.evict(id, why);
@@ -623,7 +620,7 @@ impl RemotePool {
 
     fn accept(&mut self, step: &mut Step<'_>, id: WorkerId, result: pb::ShardResult) {
         let live = self.workers.contains_key(&id);
-        let i = match step.state.judge(id, live, result.step_id, result.shard_id) {
+        let i = match step.state.judge(id, live, StepId(result.step_id), ShardId(result.shard_id)) {
             Verdict::Accept(i) => i,
             verdict => {
                 if self.settle(id, &result, verdict) {
@@ -681,8 +678,8 @@ impl RemotePool {
                             why: observer::Ignored::AuditFailed,
                         });
                         let why = Refusal::AuditFailed {
-                            step: step.state.id(),
-                            shard: i,
+                            step: StepId(step.state.id()),
+                            shard: ShardId(result.shard_id),
                         };
                         self.evict(id, why);
                         self.release(step, id);
