@@ -18,11 +18,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use rand::Rng;
 
 fn samples(n: usize) -> Samples {
-    let mut rng = init_rng(42);
-    Samples {
-        pixels: (0..n * IMAGE_SIZE).map(|_| rng.random()).collect(),
-        labels: (0..n).map(|_| rng.random_range(0..10)).collect(),
-    }
+    Samples::random_seeded(n, 42)
 }
 
 fn backprop(c: &mut Criterion) {
@@ -82,7 +78,7 @@ fn messages(c: &mut Criterion) {
         b.iter(|| wire::encode_shard_result(0, ShardId(0), 3, black_box(&g)))
     });
     group.bench_function("decode_gradients", |b| {
-        b.iter(|| wire::decode_shard_result(black_box(&result), &net.sizes, 3, false).unwrap())
+        b.iter(|| wire::decode_shard_result(black_box(&result), &net.sizes, 3, common::shard::AnswerForm::Whole).unwrap())
     });
     group.finish();
 }

@@ -224,18 +224,9 @@ mod tests {
         }
     }
 
+    /// `n` random training samples, 10 validation and 20 test.
     pub(crate) fn synthetic(n: usize) -> Mnist {
-        use rand::Rng;
-        let mut rng = common::schedule::init_rng(99);
-        let samples = |n: usize, rng: &mut rand_chacha::ChaCha8Rng| Samples {
-            pixels: (0..n * 784).map(|_| rng.random()).collect(),
-            labels: (0..n).map(|_| rng.random_range(0..10)).collect(),
-        };
-        Mnist {
-            training: samples(n, &mut rng),
-            validation: samples(10, &mut rng),
-            test: samples(20, &mut rng),
-        }
+        Mnist::random(n, 10, 20, 99)
     }
 
     /// network.py's run, and one with every chapter 3 option that changes

@@ -110,8 +110,8 @@ fn evaluation_scales_dropped_inputs_by_one_minus_p() {
     let p = Params { weights: &w, biases: &b };
     let out = net::feedforward(&spec, p, x.view(), KernelSet::Portable);
     // the same net written out by hand: activation((1 − p)·w·x + b)
-    let h = ((w[0].dot(&x) * 0.5) + &b[0].view().insert_axis(ndarray::Axis(1))).mapv(|z| 1.0 / (1.0 + (-z).exp()));
-    let z = (w[1].dot(&h) * 0.75) + &b[1].view().insert_axis(ndarray::Axis(1));
+    let h = ((w[0].dot(&x) * 0.5) + b[0].view().insert_axis(ndarray::Axis(1))).mapv(|z| 1.0 / (1.0 + (-z).exp()));
+    let z = (w[1].dot(&h) * 0.75) + b[1].view().insert_axis(ndarray::Axis(1));
     for s in 0..2 {
         let e: Vec<f32> = z.column(s).iter().map(|v| v.exp()).collect();
         let sum: f32 = e.iter().sum();

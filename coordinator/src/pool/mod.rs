@@ -32,6 +32,7 @@ use common::layers::DropoutKey;
 use common::metrics::StepTiming;
 use common::pb::{self, coordinator_message};
 use common::schedule::{ShardId, StepId};
+use common::shard::AnswerForm;
 use common::{wire, Gradients, Network};
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -294,12 +295,13 @@ impl RemotePool {
         }
     }
 
-    /// Whether a shard of `samples` samples is asked for its first layer's
-    /// error: never where the error would be no smaller than the matrix
-    /// (`sizes[0]` samples or more), which could also outgrow the limit on a
-    /// worker's message.
-    fn asks_first_error(&self, samples: usize) -> bool {
-        self.net.is_none() && samples <= self.first_errors_up_to && samples < self.sizes[0]
+    /// The answer a shard of `samples` samples is asked for: with its first
+    /// layer's error only where that is smaller than the matrix (fewer than
+    /// `sizes[0]` samples, so it cannot outgrow the limit on a worker's
+    /// message either), up to `--first-errors-up-to` samples, for an MLP.
+    fn answer_form(&self, samples: usize) -> AnswerForm {
+        let small = samples <= self.first_errors_up_to && samples < self.sizes[0];
+        AnswerForm::first_error_if(self.net.is_none() && small)
     }
 
     /// The same pool for the chapter-6 net `net` (whose shapes fix the
@@ -452,7 +454,7 @@ impl RemotePool {
             _ => None,
         };
         if let Some(copy) = held {
-            let (samples, asked) = (copy.samples, copy.asked_first_error);
+            let (samples, asked) = (copy.samples, copy.asked);
             if let Err(e) = wire::decode_shard_result(result, &self.sizes, samples, asked) {
                 self.reject(id, e);
                 return true;
@@ -548,7 +550,7 @@ impl RemotePool {
             shards: shards
                 .iter()
                 .map(|&i| pb::Shard {
-                    ask_first_error: self.asks_first_error(step.shards[i].len()),
+                    ask_first_error: self.answer_form(step.shards[i].len()) == AnswerForm::FirstError,
                     position: step.keys[i].first,
                     ..wire::encode_shard(ShardId(i as u32), &step.shards[i])
                 })
@@ -573,7 +575,7 @@ impl RemotePool {
                     let copy = backlog::Held {
                         sent: now,
                         samples: step.shards[i].len(),
-                        asked_first_error: self.asks_first_error(step.shards[i].len()),
+                        asked: self.answer_form(step.shards[i].len()),
                     };
                     self.backlog.sent(id, step.state.id(), i as u32, copy);
                 }
@@ -631,7 +633,7 @@ impl RemotePool {
         };
         let decode_start = Instant::now();
         let shard = &step.shards[i];
-        let asked = self.asks_first_error(shard.len());
+        let asked = self.answer_form(shard.len());
         let decoded = match &self.net {
             Some(net) => wire::decode_net_result(&result, net, shard.len()).map(Into::into),
             None => wire::decode_shard_result(&result, &self.sizes, shard.len(), asked),
@@ -847,12 +849,7 @@ mod tests {
     }
 
     fn shards() -> Vec<Samples> {
-        use rand::Rng;
-        let mut rng = init_rng(9);
-        let training = Samples {
-            pixels: (0..10 * 784).map(|_| rng.random()).collect(),
-            labels: (0..10).map(|_| rng.random_range(0..10)).collect(),
-        };
+        let training = Samples::random_seeded(10, 9);
         step_shards(&training, &(0..10).collect::<Vec<_>>(), 4)
     }
 

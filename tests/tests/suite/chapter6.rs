@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use common::plan::{RunState, TrainingPlan};
-use common::reference::train_with_state;
+use common::local::train_in_process_with_state as train_with_state;
 use integration_tests::process::{expect_failure, expect_success, lines};
 use integration_tests::{bits, fixture_data, max_abs_diff, plan_for, run_cluster, test_config};
 
@@ -55,7 +55,7 @@ async fn every_chapter6_option_is_bitwise_identical_on_1_2_and_4_workers_and_equ
         };
         let mut reference = plan.initial_network();
         let mut ref_state = RunState::new(&plan);
-        let quiet = common::reference::Quiet;
+        let quiet = common::progress::Quiet;
         train_with_state(&mut reference, &mut ref_state, &data, &plan, quiet);
         assert!(reference != plan.initial_network(), "{name}: training moved the weights");
         for workers in [1, 2, 4] {
@@ -85,7 +85,7 @@ fn the_shard_count_changes_only_the_order_of_addition() {
         let plan = TrainingPlan { shards, batch_size: 12, ..net_plan(DROPOUT_NET, 0.1, 0.0) };
         let mut net = plan.initial_network();
         let mut state = RunState::new(&plan);
-        let steps = common::reference::Quiet;
+        let steps = common::progress::Quiet;
         train_with_state(&mut net, &mut state, &data, &plan, steps);
         net
     };
