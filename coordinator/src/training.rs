@@ -21,6 +21,9 @@ use crate::checkpoint::{self, Position};
 use crate::pool::WorkerPool;
 use crate::CoordinatorError;
 
+/// [`train_on_pool`]'s old name, until its caller in `lib.rs` moves.
+pub use self::train_on_pool as run;
+
 /// Where and how often to checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpointing {
@@ -58,7 +61,7 @@ pub async fn save_checkpoint(
 /// [`CoordinatorError`] if a step cannot be completed or a checkpoint cannot
 /// be written; `network`, `position` and `state` then describe the last applied step.
 #[allow(clippy::too_many_arguments)]
-pub async fn run(
+pub async fn train_on_pool(
     pool: &mut impl WorkerPool,
     network: &mut Network,
     state: &mut RunState,
@@ -282,7 +285,7 @@ mod tests {
             let (reference, ref_state, ref_reports) = reference_run(plan, &data);
             let mut net = plan.initial_network();
             let mut state = RunState::new(plan);
-            let reports = run(
+            let reports = train_on_pool(
                 &mut InPlace(plan.cost),
                 &mut net,
                 &mut state,
@@ -349,7 +352,7 @@ mod tests {
         let (net, state, pos) = run;
         let mut pool = Crashing(crash_at, plan.cost);
         let quiet = common::progress::Quiet;
-        super::run(
+        super::train_on_pool(
             &mut pool,
             net,
             state,
