@@ -1,7 +1,7 @@
 //! What a step's summed gradient does to the network: network2.py's
 //! `update_mini_batch` update with L2 regularisation, and chapter 3's
 //! momentum-based gradient descent. This happens only at the coordinator
-//! (and in the reference trainer): workers never see λ, μ or the velocity.
+//! (and in one process, `--local`): workers never see λ, μ or the velocity.
 //!
 //! With `m` the mini-batch length, `n` the training-set size and `Σ∇` the
 //! gradient summed over the mini-batch:
