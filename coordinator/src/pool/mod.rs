@@ -455,7 +455,12 @@ impl RemotePool {
         };
         if let Some(copy) = held {
             let (samples, asked) = (copy.samples, copy.asked);
-            if let Err(e) = wire::decode_shard_result(result, &self.sizes, samples, asked) {
+            // Decoded as `accept` decodes: a chapter-6 net's result has the net's shapes.
+            let decoded = match &self.net {
+                Some(net) => wire::decode_net_result(result, net, samples).map(drop),
+                None => wire::decode_shard_result(result, &self.sizes, samples, asked).map(drop),
+            };
+            if let Err(e) = decoded {
                 self.reject(id, e);
                 return true;
             }
