@@ -128,7 +128,9 @@ pub trait StepRunner {
         train_time: Duration,
         step_times: StepSummary,
     ) -> EpochReport {
-        evaluate_epoch(network, data, plan, eta, epoch, steps, train_time, step_times)
+        evaluate_epoch(
+            network, data, plan, eta, epoch, steps, train_time, step_times,
+        )
     }
 }
 
@@ -205,15 +207,30 @@ pub async fn drive<R: StepRunner, P: Progress>(
     runner: &mut R,
     run: Run<'_, P>,
 ) -> Result<Vec<EpochReport>, R::Error> {
-    let Run { network, state, data, plan, mut position, mut progress } = run;
+    let Run {
+        network,
+        state,
+        data,
+        plan,
+        mut position,
+        mut progress,
+    } = run;
     let mut reports = Vec::new();
     state.chain.start(position.step, network);
     while position.epoch < plan.epochs && !state.stopping.stopped {
         let epoch = position.epoch;
         let eta = state.eta(plan);
         let start = Instant::now();
-        let Some(steps) =
-            epoch_steps(runner, network, state, data, plan, &mut position, &mut progress).await?
+        let Some(steps) = epoch_steps(
+            runner,
+            network,
+            state,
+            data,
+            plan,
+            &mut position,
+            &mut progress,
+        )
+        .await?
         else {
             return Ok(reports);
         };
@@ -224,12 +241,28 @@ pub async fn drive<R: StepRunner, P: Progress>(
         }
         let summary = StepSummary::of(&steps.timings);
         let mut report = runner
-            .evaluate(network, data, plan, eta, epoch, position.step, train_time, summary)
+            .evaluate(
+                network,
+                data,
+                plan,
+                eta,
+                epoch,
+                position.step,
+                train_time,
+                summary,
+            )
             .await;
         end_epoch(plan, state, network, &mut report);
-        position = Position { epoch: epoch + 1, batch: 0, step: position.step };
+        position = Position {
+            epoch: epoch + 1,
+            batch: 0,
+            step: position.step,
+        };
         runner.moved(position);
-        if runner.checkpoint(Boundary::Epoch, network, position, state).await? {
+        if runner
+            .checkpoint(Boundary::Epoch, network, position, state)
+            .await?
+        {
             progress.checkpoint(position.step);
         }
         report.trained = steps.samples;
@@ -281,7 +314,9 @@ async fn epoch_steps<R: StepRunner, P: Progress>(
         position.batch += 1;
         position.step += 1;
         runner.moved(*position);
-        state.chain.after_step(position.step, plan.record_every, network);
+        state
+            .chain
+            .after_step(position.step, plan.record_every, network);
         if !progress.proceed(&state.chain) {
             return Ok(None);
         }
@@ -300,7 +335,10 @@ async fn epoch_steps<R: StepRunner, P: Progress>(
             workers: stepped.workers,
         });
         progress.weights(network);
-        if runner.checkpoint(Boundary::Step, network, *position, state).await? {
+        if runner
+            .checkpoint(Boundary::Step, network, *position, state)
+            .await?
+        {
             progress.checkpoint(position.step);
         }
     }
@@ -314,8 +352,126 @@ async fn epoch_steps<R: StepRunner, P: Progress>(
 /// If `future` is not ready after one poll.
 pub fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
-    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
         Poll::Ready(output) => output,
         Poll::Pending => panic!("a future that never waits waited"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop's resume contract, in one process: stop after any step,
+    //! drive again from the position the runner was told, get the same bits.
+    use super::*;
+    use crate::local::{train_in_process_with_state, InProcess};
+    use crate::progress::Quiet;
+
+    /// [`InProcess`], failing every step from `.1` on and keeping the
+    /// position it was told.
+    struct Stopping<'a>(InProcess<'a>, u64, Position);
+
+    impl StepRunner for Stopping<'_> {
+        type Error = StepId;
+
+        async fn step(
+            &mut self,
+            network: &mut Network,
+            velocity: Option<&mut Velocity>,
+            step: Step<'_>,
+        ) -> Result<Stepped, StepId> {
+            if step.id.0 >= self.1 {
+                return Err(step.id);
+            }
+            Ok(self
+                .0
+                .step(network, velocity, step)
+                .await
+                .unwrap_or_else(|e| match e {}))
+        }
+
+        fn moved(&mut self, position: Position) {
+            self.2 = position;
+        }
+    }
+
+    fn plan() -> TrainingPlan {
+        TrainingPlan {
+            sizes: vec![784, 8, 10],
+            epochs: 3,
+            batch_size: 10,
+            eta: 0.5,
+            shards: 3,
+            seed: 5,
+            momentum: 0.6,
+            ..TrainingPlan::default()
+        }
+    }
+
+    #[test]
+    fn stopping_after_any_step_and_driving_on_from_its_position_is_bitwise_exact() {
+        let (plan, data) = (plan(), Mnist::random(95, 10, 20, 99));
+        let mut reference = plan.initial_network();
+        let mut ref_state = RunState::new(&plan);
+        let ref_reports =
+            train_in_process_with_state(&mut reference, &mut ref_state, &data, &plan, Quiet);
+        assert_eq!(ref_reports.len(), 3);
+        for stop in [1, 9, 10, 11, 20, 29] {
+            let (mut network, mut state) = (plan.initial_network(), RunState::new(&plan));
+            let mut runner = Stopping(InProcess::new(&plan), stop, Position::default());
+            fn run<'a>(
+                network: &'a mut Network,
+                state: &'a mut RunState,
+                (data, plan): (&'a Mnist, &'a TrainingPlan),
+                position: Position,
+            ) -> Run<'a, Quiet> {
+                Run {
+                    network,
+                    state,
+                    data,
+                    plan,
+                    position,
+                    progress: Quiet,
+                }
+            }
+            let start = run(
+                &mut network,
+                &mut state,
+                (&data, &plan),
+                Position::default(),
+            );
+            let first = block_on(drive(&mut runner, start));
+            assert_eq!(first.unwrap_err(), StepId(stop));
+            let position = runner.2;
+            assert_eq!(position.step, stop, "stop {stop}");
+            runner.1 = u64::MAX;
+            let rest = run(&mut network, &mut state, (&data, &plan), position);
+            block_on(drive(&mut runner, rest)).unwrap();
+            assert!(network == reference, "stop {stop}: weights differ");
+            assert!(state == ref_state, "stop {stop}: state differs");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "a position within its epoch")]
+    fn a_position_past_its_epoch_is_refused() {
+        let (plan, data) = (plan(), Mnist::random(20, 10, 10, 1));
+        let (mut network, mut state) = (plan.initial_network(), RunState::new(&plan));
+        let position = Position {
+            epoch: 0,
+            batch: 3,
+            step: 3,
+        };
+        let run = Run {
+            network: &mut network,
+            state: &mut state,
+            data: &data,
+            plan: &plan,
+            position,
+            progress: Quiet,
+        };
+        let _ = block_on(drive(&mut InProcess::new(&plan), run));
     }
 }

@@ -27,7 +27,10 @@ pub struct InProcess<'a> {
 impl<'a> InProcess<'a> {
     /// Steps of `plan`, with fresh buffers.
     pub fn new(plan: &'a TrainingPlan) -> Self {
-        InProcess { plan, buffers: StepBuffers::default() }
+        InProcess {
+            plan,
+            buffers: StepBuffers::default(),
+        }
     }
 }
 
@@ -44,12 +47,25 @@ impl StepRunner for InProcess<'_> {
         if let Some(next) = step.next {
             Workspace::prefetch(step.training, next);
         }
-        let Step { training, batch, update, key, .. } = step;
-        self.buffers.step(network, training, batch, self.plan, update, velocity, key);
+        let Step {
+            training,
+            batch,
+            update,
+            key,
+            ..
+        } = step;
+        self.buffers
+            .step(network, training, batch, self.plan, update, velocity, key);
         // compute and update are one pass (the first layer's weights are
         // updated as their gradient is computed): no reduce phase of its own
-        let timing = StepTiming { compute: start.elapsed(), ..StepTiming::default() };
-        Ok(Stepped { timing, ..Stepped::default() })
+        let timing = StepTiming {
+            compute: start.elapsed(),
+            ..StepTiming::default()
+        };
+        Ok(Stepped {
+            timing,
+            ..Stepped::default()
+        })
     }
 }
 
@@ -74,7 +90,14 @@ pub fn train_in_process_with_state(
     plan: &TrainingPlan,
     progress: impl Progress,
 ) -> Vec<EpochReport> {
-    let run = Run { network, state, data, plan, position: Position::default(), progress };
+    let run = Run {
+        network,
+        state,
+        data,
+        plan,
+        position: Position::default(),
+        progress,
+    };
     match block_on(drive(&mut InProcess::new(plan), run)) {
         Ok(reports) => reports,
         Err(never) => match never {},

@@ -7,10 +7,13 @@ pub use crate::epochs::end_epoch;
 pub use crate::evaluation::{
     confusion_matrix, correct_count, cost_and_correct, evaluate_epoch as epoch_report, mean_cost,
 };
-pub use crate::local::{train_in_process as train, train_in_process_with_state as train_with_state};
+pub use crate::local::{
+    train_in_process as train, train_in_process_with_state as train_with_state,
+};
 pub use crate::progress::{EpochReport, Progress, Quiet, StepProgress};
 pub use crate::shard::{
-    complete_first_weights as first_weight_gradient, gradient_and_first_error as shard_gradients_first_error,
+    complete_first_weights as first_weight_gradient,
+    gradient_and_first_error as shard_gradients_first_error,
     net_gradient as layered_shard_gradients, quadratic_gradient as shard_gradients,
     summed_gradient as shard_gradients_with,
 };

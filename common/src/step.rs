@@ -80,7 +80,10 @@ impl StepBuffers {
             let shards: Vec<Gradients> = shard_ranges(batch.len(), plan.shards)
                 .into_iter()
                 .map(|r| {
-                    let first = DropoutKey { first: key.first + r.start as u64, ..key };
+                    let first = DropoutKey {
+                        first: key.first + r.start as u64,
+                        ..key
+                    };
                     net_gradient(network, &training.gather(&batch[r]), kernels, first)
                 })
                 .collect();

@@ -197,8 +197,8 @@ mod tests {
     //! returns them through the same shard-order contract.
     use super::*;
     use crate::pool::{PoolError, StepOutput};
-    use common::layers::DropoutKey;
     use common::dataset::Samples;
+    use common::layers::DropoutKey;
     use common::schedule::StepId;
     use common::shard::summed_gradient as shard_gradients_with;
 
