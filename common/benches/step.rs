@@ -10,18 +10,15 @@ use std::hint::black_box;
 
 use common::dataset::{Samples, IMAGE_SIZE};
 use common::plan::TrainingPlan;
-use common::reference::{apply_step, shard_gradients};
+use common::shard::quadratic_gradient as shard_gradients;
+use common::step::reduce_and_apply as apply_step;
 use common::schedule::{init_rng, ShardId};
 use common::{wire, Network};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::Rng;
 
 fn samples(n: usize) -> Samples {
-    let mut rng = init_rng(42);
-    Samples {
-        pixels: (0..n * IMAGE_SIZE).map(|_| rng.random()).collect(),
-        labels: (0..n).map(|_| rng.random_range(0..10)).collect(),
-    }
+    Samples::random_seeded(n, 42)
 }
 
 fn backprop(c: &mut Criterion) {
@@ -81,7 +78,7 @@ fn messages(c: &mut Criterion) {
         b.iter(|| wire::encode_shard_result(0, ShardId(0), 3, black_box(&g)))
     });
     group.bench_function("decode_gradients", |b| {
-        b.iter(|| wire::decode_shard_result(black_box(&result), &net.sizes, 3, false).unwrap())
+        b.iter(|| wire::decode_shard_result(black_box(&result), &net.sizes, 3, common::shard::AnswerForm::Whole).unwrap())
     });
     group.finish();
 }

@@ -1,5 +1,5 @@
 //! Times one training step of the reference loop on real MNIST, the
-//! allocating path (`step_shards`, `backprop_with`, `apply_step`) against
+//! allocating path (`split_batch`, `backprop_with`, `reduce_and_apply`) against
 //! the workspace path (`StepBuffers::step`), in blocks of 500
 //! steps taken in turn so both see the same machine; prints each path's
 //! median and best block median per step, and checks the weights agree.
@@ -11,7 +11,7 @@ use std::time::Instant;
 use common::dataset::{fetch::default_data_dir, Mnist};
 use common::network::Network;
 use common::plan::TrainingPlan;
-use common::reference::{apply_step, step_shards, StepBuffers};
+use common::step::{reduce_and_apply, split_batch, StepBuffers};
 use common::schedule::{epoch_order, init_rng};
 use common::Gradients;
 
@@ -52,11 +52,11 @@ fn main() {
         let mut times = Vec::with_capacity(block);
         for b in steps {
             let start = Instant::now();
-            let results: Vec<Gradients> = step_shards(&data.training, b, shards)
+            let results: Vec<Gradients> = split_batch(&data.training, b, shards)
                 .iter()
                 .map(|s| old.backprop_with(s.inputs().view(), s.targets().view(), cost, k))
                 .collect();
-            apply_step(&mut old, &results, update, b.len(), None);
+            reduce_and_apply(&mut old, &results, update, b.len(), None);
             times.push(start.elapsed().as_secs_f64());
         }
         t_old.push(median(&mut times));

@@ -52,10 +52,18 @@ impl Cost {
     /// The output error `δ^L = ∂C_x/∂z^L` of every column, from the output
     /// activations `a` `(out, n)` and targets `y` `(out, n)`.
     pub fn delta(self, a: &Array2<f32>, y: ArrayView2<f32>) -> Array2<f32> {
+        Zip::from(a)
+            .and(y)
+            .map_collect(|&a, &y| self.output_error(a, y))
+    }
+
+    /// One entry of [`Cost::delta`]: the output error of an output
+    /// activation `a` with target `y`.
+    pub fn output_error(self, a: f32, y: f32) -> f32 {
         match self {
             // (a − y) · σ'(z), σ'(z) = a(1 − a); the same expression (and bits) as network.py's.
-            Cost::Quadratic => (a - &y) * a.mapv(|s| s * (1.0 - s)),
-            Cost::CrossEntropy => a - &y,
+            Cost::Quadratic => (a - y) * (a * (1.0 - a)),
+            Cost::CrossEntropy => a - y,
         }
     }
 

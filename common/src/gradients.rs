@@ -1,7 +1,7 @@
 //! Summed gradients and their reduction in logical-shard order.
 //!
 //! Float addition is not associative, so the order in which shard results are
-//! added decides the bits of the update. Everybody (the reference trainer, the
+//! added decides the bits of the update. Everybody (`--local`, the
 //! coordinator, the tests) reduces through [`Gradients::sum_in_shard_order`],
 //! which adds shard 0, then 1, then 2, ..., never in arrival order.
 

@@ -16,8 +16,16 @@
 //! - [`workspace`]: the same backprop into buffers reused every step (the fast path);
 //! - [`plan`]: what a run trains (the flags that decide the weights) and its
 //!   state besides the weights, which checkpoints carry;
-//! - [`reference`]: the single-process reference trainer (`--local`) and the
-//!   step pieces the coordinator's loop reuses; it reads the [`dataset`];
+//! - [`epochs`]: the one epoch loop (η, shuffle, steps, hash chain, timings,
+//!   progress, evaluation, early stopping), for `--local` and the cluster alike;
+//! - [`step`]: a step's shards, their reduction in shard order and the
+//!   update, and the in-process step without allocation;
+//! - [`shard`]: a shard's gradient as a worker computes it (whole, or with
+//!   the first layer's error);
+//! - [`evaluation`]: accuracy, costs and the epoch's report;
+//! - [`progress`]: the reports a run gives its watchers, and the [`progress::Progress`] trait;
+//! - [`local`]: training in this process (`--local`), on the [`epochs`] loop;
+//! - [`reference`]: the old names of those pieces, until their last callers move;
 //! - [`network2_json`]: a model as the JSON `network2.py`'s `load` reads;
 //! - [`dataset`]: IDX parsing, Nielsen's split, fetching MNIST;
 //! - [`metrics`]: step timings and their per-epoch percentiles;
@@ -41,9 +49,12 @@ pub mod auth;
 pub mod chain;
 pub mod cost;
 pub mod dataset;
+pub mod epochs;
+pub mod evaluation;
 pub mod gradients;
 pub mod kernels;
 pub mod layers;
+pub mod local;
 pub mod logging;
 pub mod metrics;
 pub mod model_file;
@@ -51,9 +62,12 @@ pub mod network;
 pub mod network2_json;
 pub mod optimizer;
 pub mod plan;
+pub mod progress;
 pub mod reference;
 pub mod regular_file;
 pub mod schedule;
+pub mod shard;
+pub mod step;
 pub mod stopping;
 pub mod wire;
 pub mod workspace;

@@ -244,16 +244,26 @@ impl Network {
         Gradients { nabla_w, nabla_b }
     }
 
-    /// `w ← w − (eta / len) · nabla_w` and `b ← b − (eta / len) · nabla_b`, where
-    /// `nabla` is the gradient summed over a mini-batch of `len` samples.
+    /// The SGD step, network.py's `update_mini_batch` (network2.py's with
+    /// L2): `w ← w − rate·∇w` (or `decay·w − rate·∇w`) for the weights of
+    /// layers `first_weights..` (a fused kernel updated those before), and
+    /// `b ← b − rate·∇b` for every bias, `nabla` being the gradient summed
+    /// over the mini-batch. The one place the plain update is written:
+    /// [`crate::optimizer::Update::apply`] and [`crate::workspace::Workspace::step`]
+    /// call it, and [`kernels::Descend::scalar`] is its per-weight form.
     ///
     /// # Panics
-    /// If `len` is zero or `nabla` has other shapes than the network.
-    pub fn apply(&mut self, nabla: &Gradients, eta: f32, len: usize) {
-        assert!(len > 0, "a mini-batch has at least one sample");
-        let rate = eta / len as f32;
-        for (w, nw) in self.weights.iter_mut().zip(&nabla.nabla_w) {
-            Zip::from(w).and(nw).for_each(|w, &nw| *w -= rate * nw);
+    /// If `nabla` has other shapes than the network.
+    pub fn descend(&mut self, nabla: &Gradients, d: kernels::Descend, first_weights: usize) {
+        let rate = d.rate;
+        let layers = self.weights.iter_mut().zip(&nabla.nabla_w).skip(first_weights);
+        for (w, nw) in layers {
+            match d.decay {
+                None => Zip::from(w).and(nw).for_each(|w, &nw| *w -= rate * nw),
+                Some(decay) => Zip::from(w)
+                    .and(nw)
+                    .for_each(|w, &nw| *w = decay * *w - rate * nw),
+            }
         }
         for (b, nb) in self.biases.iter_mut().zip(&nabla.nabla_b) {
             Zip::from(b).and(nb).for_each(|b, &nb| *b -= rate * nb);

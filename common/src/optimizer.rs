@@ -1,7 +1,7 @@
 //! What a step's summed gradient does to the network: network2.py's
 //! `update_mini_batch` update with L2 regularisation, and chapter 3's
 //! momentum-based gradient descent. This happens only at the coordinator
-//! (and in the reference trainer): workers never see λ, μ or the velocity.
+//! (and in one process, `--local`): workers never see λ, μ or the velocity.
 //!
 //! With `m` the mini-batch length, `n` the training-set size and `Σ∇` the
 //! gradient summed over the mini-batch:
@@ -80,22 +80,9 @@ impl Update {
         velocity: Option<&mut Velocity>,
     ) {
         assert!(len > 0, "a mini-batch has at least one sample");
-        if self.momentum == 0.0 {
-            if self.lambda == 0.0 {
-                // network.py's update, kept as the very same code so its bits never change.
-                network.apply(nabla, self.eta, len);
-                return;
-            }
-            let rate = self.eta / len as f32;
-            let decay = self.decay();
-            for (w, nw) in network.weights.iter_mut().zip(&nabla.nabla_w) {
-                Zip::from(w)
-                    .and(nw)
-                    .for_each(|w, &nw| *w = decay * *w - rate * nw);
-            }
-            for (b, nb) in network.biases.iter_mut().zip(&nabla.nabla_b) {
-                Zip::from(b).and(nb).for_each(|b, &nb| *b -= rate * nb);
-            }
+        if let Some(plain) = self.descend(len) {
+            // λ = 0 gives network.py's update, λ > 0 network2.py's.
+            network.descend(nabla, plain, 0);
             return;
         }
         let Velocity(v) = velocity.expect("momentum needs a velocity");
@@ -161,7 +148,14 @@ mod tests {
         let mut a = Network::new(&[6, 4, 3], &mut init_rng(1));
         let mut b = a.clone();
         let g = grads(&a, 0.5);
-        a.apply(&g, 3.0, 10);
+        // network.py: w - (eta/len(mini_batch))*nw, b - (eta/len(mini_batch))*nb
+        let rate = 3.0f32 / 10.0;
+        for (w, nw) in a.weights.iter_mut().zip(&g.nabla_w) {
+            Zip::from(w).and(nw).for_each(|w, &nw| *w -= rate * nw);
+        }
+        for (b, nb) in a.biases.iter_mut().zip(&g.nabla_b) {
+            Zip::from(b).and(nb).for_each(|b, &nb| *b -= rate * nb);
+        }
         let u = Update {
             eta: 3.0,
             lambda: 0.0,

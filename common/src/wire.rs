@@ -18,6 +18,7 @@ use crate::layers::{NetSpec, Shape};
 use crate::network::{checked_parameter_count, parameter_count, Network};
 use crate::pb;
 use crate::schedule::ShardId;
+use crate::shard::AnswerForm;
 
 /// The protocol version this build speaks (`package ddp.v1`).
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -644,7 +645,7 @@ pub fn encode_shard_result(
     }
 }
 
-/// A `ShardResult` as [`crate::reference::shard_answer`] gives it: with no
+/// A `ShardResult` as [`crate::shard::answer`] gives it: with no
 /// `first_error`, [`encode_shard_result`]; with one (`sizes[1]` × `samples`,
 /// row-major), that error and every tensor of `g` but the first weight
 /// matrix (ignored: it may be empty), which the coordinator computes from the
@@ -699,7 +700,7 @@ impl ShardGradients {
             return Ok(self.gradients);
         };
         let mut g = self.gradients;
-        crate::reference::first_weight_gradient(&mut g, shard, &error, kernels);
+        crate::shard::complete_first_weights(&mut g, shard, &error, kernels);
         let w = g.nabla_w[0].as_slice().expect("standard layout");
         check_finite("first weights, from the error", 0, w)?;
         Ok(g)
@@ -718,7 +719,7 @@ impl From<Gradients> for ShardGradients {
 
 /// The gradients of a `ShardResult` for a shard of `expected_samples` samples, validated.
 /// The caller has already matched its step and shard ids to an open shard;
-/// `first_error_asked` is whether its `Shard` asked for the first layer's error.
+/// `asked` is the form its `Shard` asked for (whole, or with the first layer's error).
 ///
 /// # Errors
 /// [`WireError::SampleCount`], [`WireError::Length`], [`WireError::NonFinite`],
@@ -727,7 +728,7 @@ pub fn decode_shard_result(
     result: &pb::ShardResult,
     sizes: &[usize],
     expected_samples: usize,
-    first_error_asked: bool,
+    asked: AnswerForm,
 ) -> Result<ShardGradients, WireError> {
     check_sample_count(result, expected_samples)?;
     if result.first_error.is_empty() {
@@ -736,7 +737,7 @@ pub fn decode_shard_result(
             first_error: None,
         });
     }
-    if !first_error_asked {
+    if asked == AnswerForm::Whole {
         return Err(WireError::FirstErrorNotAsked {
             step: result.step_id,
             shard: result.shard_id,
@@ -868,12 +869,7 @@ mod tests {
 
     /// Random pixels and labels for `n` samples.
     fn random_shard(n: usize, seed: u64) -> Samples {
-        use rand::Rng;
-        let mut rng = init_rng(seed);
-        Samples {
-            pixels: (0..n * IMAGE_SIZE).map(|_| rng.random()).collect(),
-            labels: (0..n).map(|_| rng.random_range(0..10)).collect(),
-        }
+        Samples::random_seeded(n, seed)
     }
 
     proptest::proptest! {
@@ -895,15 +891,15 @@ mod tests {
             let shard = random_shard(n, seed + 1);
             let cost = if cross_entropy { Cost::CrossEntropy } else { Cost::Quadratic };
             for kernels in KernelSet::supported() {
-                let whole = crate::reference::shard_gradients_with(&net, &shard, cost, kernels);
-                let (g, error) = crate::reference::shard_answer(&net, &shard, cost, kernels, true, KEY);
+                let whole = crate::shard::summed_gradient(&net, &shard, cost, kernels);
+                let (g, error) = crate::shard::answer(&net, &shard, cost, kernels, crate::shard::AnswerForm::FirstError, KEY);
                 let r = encode_shard_answer(2, ShardId(0), n, &g, error.as_deref());
                 let dense = encode_shard_result(2, ShardId(0), n, &whole);
                 proptest::prop_assert_eq!(
                     r.gradients.len() + r.first_error.len() + 4 * sizes[1] * (IMAGE_SIZE - n),
                     dense.gradients.len()
                 );
-                let decoded = decode_shard_result(&r, &sizes, n, true).unwrap();
+                let decoded = decode_shard_result(&r, &sizes, n, AnswerForm::FirstError).unwrap();
                 let completed = decoded.complete(&shard, kernels).unwrap();
                 let bits = |g: &Gradients| encode_gradients(g);
                 proptest::prop_assert!(bits(&completed) == bits(&whole), "{kernels:?}");
@@ -918,15 +914,15 @@ mod tests {
         let sizes = [784, 5, 10];
         let (net, shard) = (net(), random_shard(3, 4));
         let k = KernelSet::Portable;
-        let (g, error) = crate::reference::shard_answer(&net, &shard, Cost::Quadratic, k, true, KEY);
+        let (g, error) = crate::shard::answer(&net, &shard, Cost::Quadratic, k, crate::shard::AnswerForm::FirstError, KEY);
         let error = error.expect("asked for");
         let with = |e: &[f32]| encode_shard_answer(1, ShardId(2), 3, &g, Some(e));
         let r = with(&error);
         assert_eq!(
-            decode_shard_result(&r, &sizes, 3, false),
+            decode_shard_result(&r, &sizes, 3, AnswerForm::Whole),
             Err(WireError::FirstErrorNotAsked { step: 1, shard: 2 })
         );
-        let short = decode_shard_result(&with(&error[1..]), &sizes, 3, true);
+        let short = decode_shard_result(&with(&error[1..]), &sizes, 3, AnswerForm::FirstError);
         assert!(
             matches!(
                 short,
@@ -941,7 +937,7 @@ mod tests {
         );
         let mut nan = error.clone();
         nan[7] = f32::NAN;
-        let nan = decode_shard_result(&with(&nan), &sizes, 3, true);
+        let nan = decode_shard_result(&with(&nan), &sizes, 3, AnswerForm::FirstError);
         assert!(
             matches!(
                 nan,
@@ -953,7 +949,7 @@ mod tests {
             ),
             "{nan:?}"
         );
-        let huge = decode_shard_result(&with(&[3e38; 15]), &sizes, 3, true).unwrap();
+        let huge = decode_shard_result(&with(&[3e38; 15]), &sizes, 3, AnswerForm::FirstError).unwrap();
         let white = Samples {
             pixels: vec![255; 3 * IMAGE_SIZE],
             labels: vec![0; 3],
@@ -970,9 +966,9 @@ mod tests {
             "{overflow:?}"
         );
         let mut dense_and_error = with(&error);
-        let whole = crate::reference::shard_gradients_with(&net, &shard, Cost::Quadratic, k);
+        let whole = crate::shard::summed_gradient(&net, &shard, Cost::Quadratic, k);
         dense_and_error.gradients = encode_gradients(&whole);
-        let both = decode_shard_result(&dense_and_error, &sizes, 3, true);
+        let both = decode_shard_result(&dense_and_error, &sizes, 3, AnswerForm::FirstError);
         assert!(
             matches!(
                 both,
@@ -989,8 +985,8 @@ mod tests {
     fn sample_count_must_match() {
         let g = Gradients::zeros(&[784, 5, 10]);
         let r = encode_shard_result(4, ShardId(1), 3, &g);
-        assert!(decode_shard_result(&r, &[784, 5, 10], 3, false).is_ok());
-        let err = decode_shard_result(&r, &[784, 5, 10], 2, false).unwrap_err();
+        assert!(decode_shard_result(&r, &[784, 5, 10], 3, AnswerForm::Whole).is_ok());
+        let err = decode_shard_result(&r, &[784, 5, 10], 2, AnswerForm::Whole).unwrap_err();
         assert!(
             err.to_string()
                 .contains("step 4 shard 1: result covers 3 samples, the shard has 2"),

@@ -13,7 +13,7 @@
 //! that [`Workspace::backprop`] equals it bit for bit over many shapes,
 //! batch lengths, costs and kernel sets.
 
-use ndarray::{ArrayView2, ShapeBuilder, Zip};
+use ndarray::{ArrayView2, ShapeBuilder};
 
 use crate::cost::Cost;
 use crate::dataset::{Samples, CLASSES, IMAGE_SIZE};
@@ -203,20 +203,8 @@ impl Workspace {
             let nabla_w = grads.nabla_w[0].as_slice_mut().expect("standard layout");
             kernels::delta_dot_xt_into(k, &delta, &x, nabla_w, &mut self.scratch);
         }
-        // the rest of the update, as `Update::apply` (`Network::apply` without L2)
-        let skip = usize::from(fused);
-        let rate = descend.rate;
-        for (w, nw) in network.weights.iter_mut().zip(&grads.nabla_w).skip(skip) {
-            match descend.decay {
-                None => Zip::from(w).and(nw).for_each(|w, &nw| *w -= rate * nw),
-                Some(decay) => Zip::from(w)
-                    .and(nw)
-                    .for_each(|w, &nw| *w = decay * *w - rate * nw),
-            }
-        }
-        for (b, nb) in network.biases.iter_mut().zip(&grads.nabla_b) {
-            Zip::from(b).and(nb).for_each(|b, &nb| *b -= rate * nb);
-        }
+        // the rest of the update, as `Update::apply` does it
+        network.descend(grads, descend, usize::from(fused));
     }
 
     /// Forward and backward passes into the workspace's gradient, the first
@@ -246,14 +234,11 @@ impl Workspace {
             }
             kernels::sigmoid_in_place(k, z);
         }
-        // the output error, as `cost.delta`
+        // the output error δᴸ, `cost.delta`'s
         let out = &self.activations[layers - 1];
         self.delta.clear();
         self.delta
-            .extend(out.iter().zip(&self.y).map(|(&a, &y)| match cost {
-                Cost::Quadratic => (a - y) * (a * (1.0 - a)),
-                Cost::CrossEntropy => a - y,
-            }));
+            .extend(out.iter().zip(&self.y).map(|(&a, &y)| cost.output_error(a, y)));
         // backward pass, from the last layer down
         for l in (0..layers).rev() {
             let rows = sizes[l + 1];
@@ -356,25 +341,23 @@ unsafe fn scale_pixels_avx2(pixels: &[u8], out: &mut [f32], table: &[f32; 256]) 
 mod tests {
     use super::*;
     use crate::network::Init;
-    use crate::reference::{apply_step, shard_gradients_with, step_shards, StepBuffers};
+    use crate::shard::summed_gradient as shard_gradients_with;
+    use crate::step::{reduce_and_apply as apply_step, split_batch as step_shards, StepBuffers};
     use crate::schedule::init_rng;
     use ndarray::{Array1, Array2};
     use rand::Rng;
 
+    /// Random samples with many pixels at the ends of their range.
     fn samples(len: usize, seed: u64) -> Samples {
-        let mut rng = init_rng(seed);
-        Samples {
-            pixels: (0..len * IMAGE_SIZE)
-                .map(|i| match i % 5 {
-                    0 | 1 => 0,
-                    2 => 255,
-                    _ => rng.random(),
-                })
-                .collect(),
-            labels: (0..len)
-                .map(|_| rng.random_range(0..CLASSES as u8))
-                .collect(),
+        let mut s = Samples::random_seeded(len, seed);
+        for (i, p) in s.pixels.iter_mut().enumerate() {
+            match i % 5 {
+                0 | 1 => *p = 0,
+                2 => *p = 255,
+                _ => {}
+            }
         }
+        s
     }
 
     /// The bits of every weight (or weight gradient), then every bias.

@@ -10,7 +10,7 @@ use common::logging::Seconds;
 use common::wire::WireError;
 use tonic::{Code, Status};
 
-use crate::pool::step::Violation;
+use common::schedule::{ShardId, StepId};
 
 /// Why a worker is refused at the handshake or dropped later.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -57,9 +57,9 @@ pub enum Refusal {
     #[error("no result for step {step} shard {shard} within {}", Seconds(*.timeout))]
     TooSlow {
         /// The step of its oldest unanswered copy.
-        step: u64,
+        step: StepId,
         /// That copy's shard.
-        shard: u32,
+        shard: ShardId,
         /// The shard timeout.
         timeout: Duration,
     },
@@ -70,9 +70,40 @@ pub enum Refusal {
     )]
     AuditFailed {
         /// The step.
-        step: u64,
+        step: StepId,
         /// The shard.
-        shard: usize,
+        shard: ShardId,
+    },
+}
+
+/// A result that no honest worker could send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    /// A step id the coordinator has not issued yet.
+    #[error("step {step} has not been issued (the step in flight is {current})")]
+    UnissuedStep {
+        /// The id in the result.
+        step: StepId,
+        /// The step in flight (or the next one, between steps).
+        current: StepId,
+    },
+    /// A shard id beyond the step's shards.
+    #[error("step {step} has {count} shards; shard {shard} does not exist")]
+    UnknownShard {
+        /// The step.
+        step: StepId,
+        /// The id in the result.
+        shard: ShardId,
+        /// Shards in the step.
+        count: usize,
+    },
+    /// A shard assigned to another worker, or to no one.
+    #[error("step {step} shard {shard} is not assigned to this worker")]
+    NotOwner {
+        /// The step.
+        step: StepId,
+        /// The shard.
+        shard: ShardId,
     },
 }
 
@@ -163,23 +194,23 @@ mod tests {
             ),
             (
                 Violation::UnissuedStep {
-                    step: 9,
-                    current: 3,
+                    step: StepId(9),
+                    current: StepId(3),
                 }
                 .into(),
                 Code::InvalidArgument,
             ),
             (
                 Violation::UnknownShard {
-                    step: 3,
-                    shard: 7,
+                    step: StepId(3),
+                    shard: ShardId(7),
                     count: 4,
                 }
                 .into(),
                 Code::InvalidArgument,
             ),
             (
-                Violation::NotOwner { step: 3, shard: 1 }.into(),
+                Violation::NotOwner { step: StepId(3), shard: ShardId(1) }.into(),
                 Code::PermissionDenied,
             ),
             (
@@ -194,13 +225,13 @@ mod tests {
             (Refusal::NotReading, Code::ResourceExhausted),
             (
                 Refusal::TooSlow {
-                    step: 4,
-                    shard: 1,
+                    step: StepId(4),
+                    shard: ShardId(1),
                     timeout: Duration::from_secs(30),
                 },
                 Code::DeadlineExceeded,
             ),
-            (Refusal::AuditFailed { step: 37, shard: 2 }, Code::DataLoss),
+            (Refusal::AuditFailed { step: StepId(37), shard: ShardId(2) }, Code::DataLoss),
         ];
         for (refusal, code) in cases {
             let text = refusal.to_string();

@@ -1,24 +1,28 @@
-//! The training loop of DESIGN.md: for each epoch, shuffle; for each
-//! mini-batch, split it into logical shards, have the pool compute them, add
-//! the results in shard order and apply the update; after each epoch,
-//! evaluate. It knows shards and results, not gRPC: any [`WorkerPool`] drives it.
+//! The cluster's training: [`common::epochs`]' one epoch loop, with every
+//! step's shards computed by a [`WorkerPool`] and checkpoints written as
+//! asked. For each mini-batch it splits the shards, has the pool compute
+//! them, adds the results in shard order and applies the update. It knows
+//! shards and results, not gRPC: any [`WorkerPool`] drives it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::dataset::Mnist;
+use common::epochs::{self, Boundary, Run, Step, StepRunner, Stepped};
 use common::metrics::StepSummary;
+use common::optimizer::Velocity;
 use common::plan::{RunState, TrainingPlan};
-use common::reference::{
-    apply_step, end_epoch, epoch_report, step_shards, EpochReport, Progress, StepProgress,
-};
-use common::schedule::{epoch_order, StepId};
+use common::progress::{EpochReport, Progress};
+use common::step::{reduce_and_apply, split_batch};
 use common::Network;
 
 use crate::checkpoint::{self, Position};
 use crate::pool::WorkerPool;
 use crate::CoordinatorError;
+
+/// [`train_on_pool`]'s old name, until its caller in `lib.rs` moves.
+pub use self::train_on_pool as run;
 
 /// Where and how often to checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,18 +53,15 @@ pub async fn save_checkpoint(
 }
 
 /// Trains `network` by `plan` on `data` from `position` (advanced as steps
-/// are applied) and `state` (velocity, early stopping, best model), telling
-/// `progress` after each step and epoch and checkpointing as asked.
-///
-/// An epoch ends with its evaluation, which early stopping and the η
-/// schedule judge; only then does the position move to the next epoch, so a
-/// checkpoint never holds an epoch whose verdict is missing.
+/// are applied) and `state` (velocity, early stopping, best model), with
+/// `pool` computing every step's shards, telling `progress` after each step
+/// and epoch and checkpointing as asked: [`epochs::drive`] on a pool.
 ///
 /// # Errors
 /// [`CoordinatorError`] if a step cannot be completed or a checkpoint cannot
 /// be written; `network`, `position` and `state` then describe the last applied step.
 #[allow(clippy::too_many_arguments)]
-pub async fn run(
+pub async fn train_on_pool(
     pool: &mut impl WorkerPool,
     network: &mut Network,
     state: &mut RunState,
@@ -68,109 +69,126 @@ pub async fn run(
     plan: &TrainingPlan,
     position: &mut Position,
     checkpointing: Option<&Checkpointing>,
-    mut progress: impl Progress,
+    progress: impl Progress,
 ) -> Result<Vec<EpochReport>, CoordinatorError> {
-    let mut reports = Vec::new();
-    state.chain.start(position.step, network);
-    while position.epoch < plan.epochs && !state.stopping.stopped {
-        let epoch = position.epoch;
-        let eta = state.eta(plan);
-        let update = plan.update(eta, data.training.len());
+    let batches = data.training.len().div_ceil(plan.batch_size);
+    if position.batch > batches {
+        return Err(CoordinatorError::Position {
+            batch: position.batch,
+            batches,
+        });
+    }
+    let start = epochs::Position {
+        epoch: position.epoch,
+        batch: position.batch,
+        step: position.step,
+    };
+    let mut runner = OnPool {
+        pool,
+        plan,
+        data: Arc::clone(data),
+        position,
+        checkpointing,
+    };
+    let run = Run {
+        network,
+        state,
+        data,
+        plan,
+        position: start,
+        progress,
+    };
+    epochs::drive(&mut runner, run).await
+}
+
+/// Steps computed by a [`WorkerPool`], with the run's position kept in the
+/// caller's [`Position`] and checkpoints written as asked.
+struct OnPool<'a, P> {
+    pool: &'a mut P,
+    plan: &'a TrainingPlan,
+    /// For evaluation off the async threads.
+    data: Arc<Mnist>,
+    position: &'a mut Position,
+    checkpointing: Option<&'a Checkpointing>,
+}
+
+impl<P: WorkerPool> StepRunner for OnPool<'_, P> {
+    type Error = CoordinatorError;
+
+    async fn step(
+        &mut self,
+        network: &mut Network,
+        velocity: Option<&mut Velocity>,
+        step: Step<'_>,
+    ) -> Result<Stepped, CoordinatorError> {
         let start = Instant::now();
-        let mut recomputed = 0;
-        let mut backups = 0;
-        let mut workers = 0;
-        let order = epoch_order(plan.seed, epoch, data.training.len());
-        let total = order.len().div_ceil(plan.batch_size);
-        if position.batch > total {
-            return Err(CoordinatorError::Position {
-                batch: position.batch,
-                batches: total,
-            });
-        }
-        let mut timings = Vec::with_capacity(total - position.batch);
-        // After a resume mid-epoch, only part of it runs: report what did.
-        let mut samples = 0;
-        for batch in order.chunks(plan.batch_size).skip(position.batch) {
-            let step_start = Instant::now();
-            let shards = step_shards(&data.training, batch, plan.shards);
-            let gathered = step_start.elapsed();
-            let key = plan.dropout_key(epoch, position.batch * plan.batch_size);
-            let output = pool
-                .run_step(StepId(position.step), network, &shards, key)
-                .await?;
-            let reduce_start = Instant::now();
-            // Network, velocity and position change together, with no await in
-            // between: a cancelled run always leaves a consistent set to checkpoint.
-            apply_step(
-                network,
-                &output.gradients,
-                update,
-                batch.len(),
-                state.velocity.as_mut(),
-            );
-            samples += batch.len();
-            position.batch += 1;
-            position.step += 1;
-            state
-                .chain
-                .after_step(position.step, plan.record_every, network);
-            (recomputed, workers) = (recomputed + output.reassigned, output.workers);
-            backups += output.backups;
-            let mut timing = output.timing;
-            timing.codec += gathered;
-            timing.reduce = reduce_start.elapsed();
-            timing.total = step_start.elapsed();
-            timings.push(timing);
-            progress.step(&StepProgress {
-                epoch,
-                done: position.batch,
-                total,
-                timing,
-                workers,
-            });
-            progress.weights(network);
-            let due = |c: &&Checkpointing| c.every.is_some_and(|n| position.step % n == 0);
-            if let Some(c) = checkpointing.filter(due) {
-                save_checkpoint(c, network, *position, plan, state).await?;
-                progress.checkpoint(position.step);
-            }
-        }
-        let train_time = start.elapsed();
-        state.chain.after_epoch(epoch, position.step, network);
-        // Evaluation is ~70k feedforwards: CPU work, kept off the async threads.
-        let (net, data_ref, steps, plan_ref) = (
-            network.clone(),
-            Arc::clone(data),
-            position.step,
-            plan.clone(),
-        );
-        let summary = StepSummary::of(&timings);
-        let mut report = tokio::task::spawn_blocking(move || {
-            epoch_report(
-                &net, &data_ref, &plan_ref, eta, epoch, steps, train_time, summary,
+        let shards = split_batch(step.training, step.batch, self.plan.shards);
+        let gathered = start.elapsed();
+        let output = self
+            .pool
+            .run_step(step.id, network, &shards, step.key)
+            .await?;
+        let reduce_start = Instant::now();
+        let len = step.batch.len();
+        reduce_and_apply(network, &output.gradients, step.update, len, velocity);
+        let mut timing = output.timing;
+        timing.codec += gathered;
+        timing.reduce = reduce_start.elapsed();
+        Ok(Stepped {
+            timing,
+            workers: output.workers,
+            reassigned: output.reassigned,
+            backups: output.backups,
+        })
+    }
+
+    fn moved(&mut self, p: epochs::Position) {
+        *self.position = Position {
+            epoch: p.epoch,
+            batch: p.batch,
+            step: p.step,
+        };
+    }
+
+    async fn checkpoint(
+        &mut self,
+        at: Boundary,
+        network: &Network,
+        position: epochs::Position,
+        state: &RunState,
+    ) -> Result<bool, CoordinatorError> {
+        let due = |c: &&Checkpointing| match at {
+            Boundary::Epoch => true,
+            Boundary::Step => c.every.is_some_and(|n| position.step % n == 0),
+        };
+        let Some(c) = self.checkpointing.filter(due) else {
+            return Ok(false);
+        };
+        save_checkpoint(c, network, *self.position, self.plan, state).await?;
+        Ok(true)
+    }
+
+    /// Evaluation is ~70k feedforwards: CPU work, kept off the async threads.
+    async fn evaluate(
+        &mut self,
+        network: &Network,
+        _data: &Mnist,
+        plan: &TrainingPlan,
+        eta: f32,
+        epoch: usize,
+        steps: u64,
+        train_time: Duration,
+        step_times: StepSummary,
+    ) -> EpochReport {
+        let (net, data, plan) = (network.clone(), Arc::clone(&self.data), plan.clone());
+        tokio::task::spawn_blocking(move || {
+            common::evaluation::evaluate_epoch(
+                &net, &data, &plan, eta, epoch, steps, train_time, step_times,
             )
         })
         .await
-        .expect("evaluation does not panic on validated data");
-        end_epoch(plan, state, network, &mut report);
-        *position = Position {
-            epoch: epoch + 1,
-            batch: 0,
-            step: position.step,
-        };
-        if let Some(c) = checkpointing {
-            save_checkpoint(c, network, *position, plan, state).await?;
-            progress.checkpoint(position.step);
-        }
-        report.trained = samples;
-        report.workers = workers;
-        report.recomputed = recomputed;
-        report.backups = backups;
-        progress.epoch(&report);
-        reports.push(report);
+        .expect("evaluation does not panic on validated data")
     }
-    Ok(reports)
 }
 
 #[cfg(test)]
@@ -179,9 +197,10 @@ mod tests {
     //! returns them through the same shard-order contract.
     use super::*;
     use crate::pool::{PoolError, StepOutput};
-    use common::layers::DropoutKey;
     use common::dataset::Samples;
-    use common::reference::shard_gradients_with;
+    use common::layers::DropoutKey;
+    use common::schedule::StepId;
+    use common::shard::summed_gradient as shard_gradients_with;
 
     struct InPlace(common::cost::Cost);
 
@@ -208,18 +227,9 @@ mod tests {
         }
     }
 
+    /// `n` random training samples, 10 validation and 20 test.
     pub(crate) fn synthetic(n: usize) -> Mnist {
-        use rand::Rng;
-        let mut rng = common::schedule::init_rng(99);
-        let samples = |n: usize, rng: &mut rand_chacha::ChaCha8Rng| Samples {
-            pixels: (0..n * 784).map(|_| rng.random()).collect(),
-            labels: (0..n).map(|_| rng.random_range(0..10)).collect(),
-        };
-        Mnist {
-            training: samples(n, &mut rng),
-            validation: samples(10, &mut rng),
-            test: samples(20, &mut rng),
-        }
+        Mnist::random(n, 10, 20, 99)
     }
 
     /// network.py's run, and one with every chapter 3 option that changes
@@ -255,15 +265,15 @@ mod tests {
     fn reference_run(
         plan: &TrainingPlan,
         data: &Mnist,
-    ) -> (Network, RunState, Vec<common::reference::EpochReport>) {
+    ) -> (Network, RunState, Vec<common::progress::EpochReport>) {
         let mut network = plan.initial_network();
         let mut state = RunState::new(plan);
-        let reports = common::reference::train_with_state(
+        let reports = common::local::train_in_process_with_state(
             &mut network,
             &mut state,
             data,
             plan,
-            common::reference::Quiet,
+            common::progress::Quiet,
         );
         (network, state, reports)
     }
@@ -275,7 +285,7 @@ mod tests {
             let (reference, ref_state, ref_reports) = reference_run(plan, &data);
             let mut net = plan.initial_network();
             let mut state = RunState::new(plan);
-            let reports = run(
+            let reports = train_on_pool(
                 &mut InPlace(plan.cost),
                 &mut net,
                 &mut state,
@@ -283,7 +293,7 @@ mod tests {
                 plan,
                 &mut Position::default(),
                 None,
-                common::reference::Quiet,
+                common::progress::Quiet,
             )
             .await
             .unwrap();
@@ -341,8 +351,8 @@ mod tests {
     ) -> Result<Vec<EpochReport>, CoordinatorError> {
         let (net, state, pos) = run;
         let mut pool = Crashing(crash_at, plan.cost);
-        let quiet = common::reference::Quiet;
-        super::run(
+        let quiet = common::progress::Quiet;
+        super::train_on_pool(
             &mut pool,
             net,
             state,

@@ -30,6 +30,21 @@ pub struct Samples {
 }
 
 impl Samples {
+    /// `n` samples of uniformly random pixels and labels from the seeded
+    /// generator `rng` (every pixel, then every label): the synthetic data
+    /// of tests and benchmarks.
+    pub fn random(n: usize, rng: &mut impl rand::Rng) -> Samples {
+        Samples {
+            pixels: (0..n * IMAGE_SIZE).map(|_| rng.random()).collect(),
+            labels: (0..n).map(|_| rng.random_range(0..CLASSES as u8)).collect(),
+        }
+    }
+
+    /// [`Samples::random`] from a fresh generator seeded with `seed`.
+    pub fn random_seeded(n: usize, seed: u64) -> Samples {
+        Samples::random(n, &mut crate::schedule::init_rng(seed))
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -179,6 +194,18 @@ fn load_pair(
 }
 
 impl Mnist {
+    /// Random training, validation and test sets of these sizes, drawn in
+    /// that order from one generator seeded with `seed` ([`Samples::random`]):
+    /// synthetic data for tests.
+    pub fn random(training: usize, validation: usize, test: usize, seed: u64) -> Mnist {
+        let mut rng = crate::schedule::init_rng(seed);
+        Mnist {
+            training: Samples::random(training, &mut rng),
+            validation: Samples::random(validation, &mut rng),
+            test: Samples::random(test, &mut rng),
+        }
+    }
+
     /// The same sets with the training set expanded (`--expand-data`,
     /// [`expand::expand`]); validation and test stay as they are.
     pub fn expanded(self) -> Mnist {

@@ -446,7 +446,7 @@ mod portable;
 mod fma;
 
 /// The plain update of one weight tensor, applied as its gradient is
-/// computed: `w ← w − rate·g` ([`crate::network::Network::apply`]), or with
+/// computed: `w ← w − rate·g` ([`crate::network::Network::descend`]), or with
 /// L2 `w ← decay·w − rate·g` ([`crate::optimizer::Update::apply`]): the
 /// same multiplies and subtraction, in the same order, so the same bits.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -23,7 +23,7 @@ use common::cost::Cost;
 use common::dataset::Samples;
 use common::kernels::KernelSet;
 use common::layers::DropoutKey;
-use common::reference::{layered_shard_gradients, shard_gradients_with};
+use common::shard::{net_gradient, summed_gradient};
 use common::{Gradients, Network};
 
 /// The audit policy of a run.
@@ -83,8 +83,8 @@ impl Audit {
         key: DropoutKey,
     ) -> Result<(), Gradients> {
         let verified = match network.net {
-            Some(_) => layered_shard_gradients(network, samples, self.kernels, key),
-            None => shard_gradients_with(network, samples, self.cost, self.kernels),
+            Some(_) => net_gradient(network, samples, self.kernels, key),
+            None => summed_gradient(network, samples, self.cost, self.kernels),
         };
         if same_bits(&verified, claimed) {
             Ok(())
@@ -158,7 +158,7 @@ mod tests {
         };
         for kernels in KernelSet::supported() {
             let audit = Audit::with_key(1.0, Cost::CrossEntropy, kernels, 1);
-            let honest = shard_gradients_with(&network, &samples, Cost::CrossEntropy, kernels);
+            let honest = summed_gradient(&network, &samples, Cost::CrossEntropy, kernels);
             assert_eq!(audit.check(&network, &samples, &honest, KEY), Ok(()));
             let mut corrupt = honest.clone();
             let v = &mut corrupt.nabla_w[0][(3, 400)];

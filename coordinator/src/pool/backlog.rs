@@ -19,6 +19,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::shard::AnswerForm;
+
 use super::WorkerId;
 
 /// One shard copy a worker holds: when it was sent, and what a valid
@@ -29,8 +31,8 @@ pub struct Held {
     pub sent: Instant,
     /// The shard's sample count.
     pub samples: usize,
-    /// Whether the copy asked for the first layer's error.
-    pub asked_first_error: bool,
+    /// The form of answer the copy asked for.
+    pub asked: AnswerForm,
 }
 
 /// Per worker, its unanswered shard copies by (step, shard).
@@ -108,7 +110,7 @@ mod tests {
         Held {
             sent,
             samples: 3,
-            asked_first_error: false,
+            asked: AnswerForm::Whole,
         }
     }
 

@@ -32,18 +32,19 @@ use common::layers::DropoutKey;
 use common::metrics::StepTiming;
 use common::pb::{self, coordinator_message};
 use common::schedule::{ShardId, StepId};
+use common::shard::AnswerForm;
 use common::{wire, Gradients, Network};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, Violation};
 use tracing::{info, warn};
 
 pub use audit::Audit;
 use backlog::Backlog;
 use backup::{BackupPolicy, ShardTimes};
 pub use observer::{Observer, PoolEvent};
-use step::{judge_step_id, StepState, Verdict, Violation};
+use step::{judge_step_id, StepState, Verdict};
 
 /// Id the coordinator gives a worker's stream; unique within a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -294,12 +295,13 @@ impl RemotePool {
         }
     }
 
-    /// Whether a shard of `samples` samples is asked for its first layer's
-    /// error: never where the error would be no smaller than the matrix
-    /// (`sizes[0]` samples or more), which could also outgrow the limit on a
-    /// worker's message.
-    fn asks_first_error(&self, samples: usize) -> bool {
-        self.net.is_none() && samples <= self.first_errors_up_to && samples < self.sizes[0]
+    /// The answer a shard of `samples` samples is asked for: with its first
+    /// layer's error only where that is smaller than the matrix (fewer than
+    /// `sizes[0]` samples, so it cannot outgrow the limit on a worker's
+    /// message either), up to `--first-errors-up-to` samples, for an MLP.
+    fn answer_form(&self, samples: usize) -> AnswerForm {
+        let small = samples <= self.first_errors_up_to && samples < self.sizes[0];
+        AnswerForm::first_error_if(self.net.is_none() && small)
     }
 
     /// The same pool for the chapter-6 net `net` (whose shapes fix the
@@ -348,12 +350,9 @@ impl RemotePool {
             let event = self.events.recv().await.ok_or(PoolError::ServiceGone)?;
             if let Some((id, result)) = self.handle_membership(event) {
                 // No step is in flight: every result is late or never issued.
-                let verdict = judge_step_id(result.step_id, self.next_step).unwrap_or(
-                    Verdict::Violation(Violation::UnissuedStep {
-                        step: result.step_id,
-                        current: self.next_step,
-                    }),
-                );
+                let (step, current) = (StepId(result.step_id), StepId(self.next_step));
+                let verdict = judge_step_id(step, current)
+                    .unwrap_or(Verdict::Violation(Violation::UnissuedStep { step, current }));
                 self.settle(id, &result, verdict);
             }
         }
@@ -455,7 +454,7 @@ impl RemotePool {
             _ => None,
         };
         if let Some(copy) = held {
-            let (samples, asked) = (copy.samples, copy.asked_first_error);
+            let (samples, asked) = (copy.samples, copy.asked);
             if let Err(e) = self.decode(result, samples, asked) {
                 self.reject(id, e);
                 return true;
@@ -474,7 +473,7 @@ impl RemotePool {
         &self,
         result: &pb::ShardResult,
         samples: usize,
-        asked: bool,
+        asked: AnswerForm,
     ) -> Result<wire::ShardGradients, wire::WireError> {
         match &self.net {
             Some(net) => wire::decode_net_result(result, net, samples).map(Into::into),
@@ -566,7 +565,7 @@ impl RemotePool {
             shards: shards
                 .iter()
                 .map(|&i| pb::Shard {
-                    ask_first_error: self.asks_first_error(step.shards[i].len()),
+                    ask_first_error: self.answer_form(step.shards[i].len()) == AnswerForm::FirstError,
                     position: step.keys[i].first,
                     ..wire::encode_shard(ShardId(i as u32), &step.shards[i])
                 })
@@ -591,7 +590,7 @@ impl RemotePool {
                     let copy = backlog::Held {
                         sent: now,
                         samples: step.shards[i].len(),
-                        asked_first_error: self.asks_first_error(step.shards[i].len()),
+                        asked: self.answer_form(step.shards[i].len()),
                     };
                     self.backlog.sent(id, step.state.id(), i as u32, copy);
                 }
@@ -627,8 +626,8 @@ impl RemotePool {
     fn expire(&mut self, step: &mut Step<'_>) {
         for (id, (step_id, shard)) in self.backlog.overdue(now(), self.timeouts.shard) {
             let why = Refusal::TooSlow {
-                step: step_id,
-                shard,
+                step: StepId(step_id),
+                shard: ShardId(shard),
                 timeout: self.timeouts.shard,
             };
             self.evict(id, why);
@@ -638,7 +637,7 @@ impl RemotePool {
 
     fn accept(&mut self, step: &mut Step<'_>, id: WorkerId, result: pb::ShardResult) {
         let live = self.workers.contains_key(&id);
-        let i = match step.state.judge(id, live, result.step_id, result.shard_id) {
+        let i = match step.state.judge(id, live, StepId(result.step_id), ShardId(result.shard_id)) {
             Verdict::Accept(i) => i,
             verdict => {
                 if self.settle(id, &result, verdict) {
@@ -649,7 +648,7 @@ impl RemotePool {
         };
         let decode_start = Instant::now();
         let shard = &step.shards[i];
-        let asked = self.asks_first_error(shard.len());
+        let asked = self.answer_form(shard.len());
         let decoded = self.decode(&result, shard.len(), asked);
         step.codec += decode_start.elapsed();
         let product_start = Instant::now();
@@ -693,8 +692,8 @@ impl RemotePool {
                             why: observer::Ignored::AuditFailed,
                         });
                         let why = Refusal::AuditFailed {
-                            step: step.state.id(),
-                            shard: i,
+                            step: StepId(step.state.id()),
+                            shard: ShardId(result.shard_id),
                         };
                         self.evict(id, why);
                         self.release(step, id);
@@ -836,7 +835,8 @@ mod tests {
     use common::pb::coordinator_message::Kind;
 
     const KEY: DropoutKey = DropoutKey { seed: 0, epoch: 0, first: 0 };
-    use common::reference::{shard_gradients, step_shards};
+    use common::shard::quadratic_gradient as shard_gradients;
+    use common::step::split_batch as step_shards;
     use common::schedule::init_rng;
     use rand::seq::SliceRandom;
     use tokio::sync::mpsc::Receiver;
@@ -861,12 +861,7 @@ mod tests {
     }
 
     fn shards() -> Vec<Samples> {
-        use rand::Rng;
-        let mut rng = init_rng(9);
-        let training = Samples {
-            pixels: (0..10 * 784).map(|_| rng.random()).collect(),
-            labels: (0..10).map(|_| rng.random_range(0..10)).collect(),
-        };
+        let training = Samples::random_seeded(10, 9);
         step_shards(&training, &(0..10).collect::<Vec<_>>(), 4)
     }
 
@@ -902,7 +897,7 @@ mod tests {
             .map(|s| s.ask_first_error && knows_first_errors);
         let result = |((id, samples), asked): (&(ShardId, Samples), bool)| {
             let (k, cost) = (KernelSet::best(), common::cost::Cost::Quadratic);
-            let (g, e) = common::reference::shard_answer(&net, samples, cost, k, asked, KEY);
+            let (g, e) = common::shard::answer(&net, samples, cost, k, common::shard::AnswerForm::first_error_if(asked), KEY);
             wire::encode_shard_answer(step.step_id, *id, samples.len(), &g, e.as_deref())
         };
         shards.iter().zip(asked).map(result).collect()

@@ -24,7 +24,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::schedule::{ShardId, StepId};
+
 use super::WorkerId;
+use crate::refusal::Violation;
 
 /// What to do with a result, by the ownership rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,41 +47,10 @@ pub enum Verdict {
     Violation(Violation),
 }
 
-/// A result that no honest worker could send.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Violation {
-    /// A step id the coordinator has not issued yet.
-    #[error("step {step} has not been issued (the step in flight is {current})")]
-    UnissuedStep {
-        /// The id in the result.
-        step: u64,
-        /// The step in flight (or the next one, between steps).
-        current: u64,
-    },
-    /// A shard id beyond the step's shards.
-    #[error("step {step} has {count} shards; shard {shard} does not exist")]
-    UnknownShard {
-        /// The step.
-        step: u64,
-        /// The id in the result.
-        shard: u32,
-        /// Shards in the step.
-        count: usize,
-    },
-    /// A shard assigned to another worker, or to no one.
-    #[error("step {step} shard {shard} is not assigned to this worker")]
-    NotOwner {
-        /// The step.
-        step: u64,
-        /// The shard.
-        shard: u32,
-    },
-}
-
 /// Judges a result's step id against `current`, the step in flight (or, when
 /// none is, the next to be issued): earlier steps are late, later ones were
 /// never issued. `None` means it is for `current`.
-pub fn judge_step_id(step: u64, current: u64) -> Option<Verdict> {
+pub fn judge_step_id(step: StepId, current: StepId) -> Option<Verdict> {
     match step.cmp(&current) {
         std::cmp::Ordering::Less => Some(Verdict::Late),
         std::cmp::Ordering::Equal => None,
@@ -224,11 +196,11 @@ impl StepState {
     /// from `from`, where `live` says whether `from` is still in the pool.
     /// Any holder of a shard may answer it (its owner or its backup); the
     /// first valid result wins and the other copy's is a duplicate.
-    pub fn judge(&self, from: WorkerId, live: bool, step: u64, shard: u32) -> Verdict {
-        if let Some(verdict) = judge_step_id(step, self.id) {
+    pub fn judge(&self, from: WorkerId, live: bool, step: StepId, shard: ShardId) -> Verdict {
+        if let Some(verdict) = judge_step_id(step, StepId(self.id)) {
             return verdict;
         }
-        let i = shard as usize;
+        let i = shard.0 as usize;
         if i >= self.done.len() {
             return Verdict::Violation(Violation::UnknownShard {
                 step,
@@ -308,7 +280,7 @@ mod tests {
                 true,
                 5,
                 2,
-                Violation(super::Violation::NotOwner { step: 5, shard: 2 }),
+                Violation(super::Violation::NotOwner { step: StepId(5), shard: ShardId(2) }),
             ),
             (
                 "another worker's done shard",
@@ -316,7 +288,7 @@ mod tests {
                 true,
                 5,
                 0,
-                Violation(super::Violation::NotOwner { step: 5, shard: 0 }),
+                Violation(super::Violation::NotOwner { step: StepId(5), shard: ShardId(0) }),
             ),
             (
                 "a worker with no shards",
@@ -324,7 +296,7 @@ mod tests {
                 true,
                 5,
                 1,
-                Violation(super::Violation::NotOwner { step: 5, shard: 1 }),
+                Violation(super::Violation::NotOwner { step: StepId(5), shard: ShardId(1) }),
             ),
             ("the step just finished", C, true, 4, 0, Late),
             ("an older step", B, true, 0, 9, Late),
@@ -335,8 +307,8 @@ mod tests {
                 6,
                 2,
                 Violation(super::Violation::UnissuedStep {
-                    step: 6,
-                    current: 5,
+                    step: StepId(6),
+                    current: StepId(5),
                 }),
             ),
             (
@@ -346,8 +318,8 @@ mod tests {
                 u64::MAX,
                 0,
                 Violation(super::Violation::UnissuedStep {
-                    step: u64::MAX,
-                    current: 5,
+                    step: StepId(u64::MAX),
+                    current: StepId(5),
                 }),
             ),
             (
@@ -357,8 +329,8 @@ mod tests {
                 5,
                 4,
                 Violation(super::Violation::UnknownShard {
-                    step: 5,
-                    shard: 4,
+                    step: StepId(5),
+                    shard: ShardId(4),
                     count: 4,
                 }),
             ),
@@ -369,8 +341,8 @@ mod tests {
                 5,
                 u32::MAX,
                 Violation(super::Violation::UnknownShard {
-                    step: 5,
-                    shard: u32::MAX,
+                    step: StepId(5),
+                    shard: ShardId(u32::MAX),
                     count: 4,
                 }),
             ),
@@ -380,7 +352,7 @@ mod tests {
         let (s, _) = step();
         for (name, from, live, step_id, shard, want) in cases {
             assert_eq!(
-                &s.judge(*from, *live, *step_id, *shard),
+                &s.judge(*from, *live, StepId(*step_id), ShardId(*shard)),
                 want,
                 "case: {name}"
             );
@@ -402,13 +374,13 @@ mod tests {
             "round-robin restarts at the first live worker"
         );
         s.assign(C, &[2], t0);
-        assert_eq!(s.judge(C, true, 5, 2), Verdict::Accept(2));
+        assert_eq!(s.judge(C, true, StepId(5), ShardId(2)), Verdict::Accept(2));
         assert!(matches!(
-            s.judge(A, true, 5, 2),
+            s.judge(A, true, StepId(5), ShardId(2)),
             Verdict::Violation(Violation::NotOwner { .. })
         ));
         assert!(matches!(
-            s.judge(B, true, 5, 2),
+            s.judge(B, true, StepId(5), ShardId(2)),
             Verdict::Violation(Violation::NotOwner { .. })
         ));
     }
@@ -451,15 +423,15 @@ mod tests {
         );
         assert_eq!(s.backup_due(after), None);
         // Either holder may answer; the first wins, the other is a duplicate.
-        assert_eq!(s.judge(B, true, 5, 2), Verdict::Accept(2));
-        assert_eq!(s.judge(A, true, 5, 2), Verdict::Accept(2));
+        assert_eq!(s.judge(B, true, StepId(5), ShardId(2)), Verdict::Accept(2));
+        assert_eq!(s.judge(A, true, StepId(5), ShardId(2)), Verdict::Accept(2));
         assert!(matches!(
-            s.judge(C, true, 5, 2),
+            s.judge(C, true, StepId(5), ShardId(2)),
             Verdict::Violation(Violation::NotOwner { .. })
         ));
         s.complete(2);
-        assert_eq!(s.judge(A, true, 5, 2), Verdict::Duplicate);
-        assert_eq!(s.judge(B, true, 5, 2), Verdict::Duplicate);
+        assert_eq!(s.judge(A, true, StepId(5), ShardId(2)), Verdict::Duplicate);
+        assert_eq!(s.judge(B, true, StepId(5), ShardId(2)), Verdict::Duplicate);
         assert!(s.is_done());
     }
 
@@ -469,9 +441,9 @@ mod tests {
         s.assign(C, &[2], t0); // a backup of A's shard 2
         assert!(s.release(A).is_empty(), "C still holds shard 2");
         assert_eq!(s.holders(2), vec![C]);
-        assert_eq!(s.judge(C, true, 5, 2), Verdict::Accept(2));
+        assert_eq!(s.judge(C, true, StepId(5), ShardId(2)), Verdict::Accept(2));
         assert!(matches!(
-            s.judge(A, true, 5, 2),
+            s.judge(A, true, StepId(5), ShardId(2)),
             Verdict::Violation(Violation::NotOwner { .. })
         ));
         assert_eq!(s.release(C), vec![2]);

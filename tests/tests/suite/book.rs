@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::cost::Cost;
 use common::network::Init;
 use common::plan::{RunState, TrainingPlan};
-use common::reference::train_with_state;
+use common::local::train_in_process_with_state as train_with_state;
 use integration_tests::process::{
     expect_all_success, expect_failure, expect_success, lines, stderr_of, wait_exit, Guard,
 };
@@ -96,7 +96,7 @@ async fn every_chapter3_option_is_bitwise_identical_on_1_2_and_4_workers_and_equ
             &mut ref_state,
             &data,
             &plan,
-            common::reference::Quiet,
+            common::progress::Quiet,
         );
         for workers in [1, 2, 4] {
             let summary = run_cluster(
@@ -131,7 +131,7 @@ async fn every_chapter3_option_is_bitwise_identical_on_1_2_and_4_workers_and_equ
     let (_, plan) = &plans()[4];
     let mut net = plan.initial_network();
     let mut state = RunState::new(plan);
-    let reports = train_with_state(&mut net, &mut state, &data, plan, common::reference::Quiet);
+    let reports = train_with_state(&mut net, &mut state, &data, plan, common::progress::Quiet);
     assert!(reports.iter().any(|r| r.verdict.halved), "eta was halved");
     assert!(
         reports.len() < plan.epochs,

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use common::plan::{RunState, TrainingPlan};
-use common::reference::train_with_state;
+use common::local::train_in_process_with_state as train_with_state;
 use integration_tests::process::{expect_failure, expect_success, lines};
 use integration_tests::{bits, fixture_data, max_abs_diff, plan_for, run_cluster, test_config};
 
@@ -65,7 +65,7 @@ async fn every_chapter6_option_is_bitwise_identical_on_1_2_and_4_workers_and_equ
         };
         let mut reference = plan.initial_network();
         let mut ref_state = RunState::new(&plan);
-        let quiet = common::reference::Quiet;
+        let quiet = common::progress::Quiet;
         train_with_state(&mut reference, &mut ref_state, &data, &plan, quiet);
         assert!(
             reference != plan.initial_network(),
@@ -124,7 +124,7 @@ fn the_shard_count_changes_only_the_order_of_addition() {
         };
         let mut net = plan.initial_network();
         let mut state = RunState::new(&plan);
-        let steps = common::reference::Quiet;
+        let steps = common::progress::Quiet;
         train_with_state(&mut net, &mut state, &data, &plan, steps);
         net
     };

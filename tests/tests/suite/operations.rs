@@ -132,7 +132,7 @@ async fn serve(
         config,
         loading,
         std::future::pending(),
-        common::reference::Quiet,
+        common::progress::Quiet,
         coordinator::pool::Observer::none(),
     )
     .await

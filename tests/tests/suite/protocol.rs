@@ -241,7 +241,7 @@ async fn a_result_for_someone_elses_shard_is_refused() {
             let mut net = common::Network::zeros(&plan().sizes);
             common::wire::decode_network_into(&step.weights, &mut net).unwrap();
             let (_, samples) = common::wire::decode_shard(&step.shards[0]).unwrap();
-            common::wire::encode_gradients(&common::reference::shard_gradients(&net, &samples))
+            common::wire::encode_gradients(&common::shard::quadratic_gradient(&net, &samples))
         };
         let result = pb::ShardResult {
             step_id: step.step_id,
