@@ -25,7 +25,6 @@
 //! - [`evaluation`]: accuracy, costs and the epoch's report;
 //! - [`progress`]: the reports a run gives its watchers, and the [`progress::Progress`] trait;
 //! - [`local`]: training in this process (`--local`), on the [`epochs`] loop;
-//! - [`reference`]: the old names of those pieces, until their last callers move;
 //! - [`network2_json`]: a model as the JSON `network2.py`'s `load` reads;
 //! - [`dataset`]: IDX parsing, Nielsen's split, fetching MNIST;
 //! - [`metrics`]: step timings and their per-epoch percentiles;
@@ -63,7 +62,6 @@ pub mod network2_json;
 pub mod optimizer;
 pub mod plan;
 pub mod progress;
-pub mod reference;
 pub mod regular_file;
 pub mod schedule;
 pub mod shard;

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use common::dataset::Mnist;
 use common::pb::trainer_server::TrainerServer;
 use common::plan::RunState;
-use common::reference::{EpochReport, Progress};
+use common::progress::{EpochReport, Progress};
 use common::{wire, Network};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::service::interceptor::InterceptedService;
@@ -191,7 +191,7 @@ pub async fn serve(
             pool.wait_for_workers(config.workers).await?;
             start = Instant::now();
             info!(epochs = plan.epochs, batch = plan.batch_size, eta = plan.eta, cost = %plan.cost, "training");
-            training::run(&mut pool, &mut network, &mut state, &data, plan, &mut position, config.checkpoint.as_ref(), progress).await
+            training::train_on_pool(&mut pool, &mut network, &mut state, &data, plan, &mut position, config.checkpoint.as_ref(), progress).await
         } => outcome,
         () = &mut shutdown => Err(CoordinatorError::Interrupted),
     };

@@ -21,9 +21,6 @@ use crate::checkpoint::{self, Position};
 use crate::pool::WorkerPool;
 use crate::CoordinatorError;
 
-/// [`train_on_pool`]'s old name, until its caller in `lib.rs` moves.
-pub use self::train_on_pool as run;
-
 /// Where and how often to checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpointing {

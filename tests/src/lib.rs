@@ -89,7 +89,7 @@ fn answers(
     net: &mut common::Network,
     first_errors: bool,
 ) -> Vec<common::pb::ShardResult> {
-    use common::{cost::Cost, kernels::KernelSet, reference, wire};
+    use common::{cost::Cost, kernels::KernelSet, shard, wire};
     let k = KernelSet::best();
     let shards = wire::decode_step(step, net).expect("a valid step");
     let asked = step
@@ -98,7 +98,7 @@ fn answers(
         .map(|s| first_errors && s.ask_first_error);
     let result =
         |((id, samples), asked): (&(common::schedule::ShardId, common::dataset::Samples), bool)| {
-            let (g, e) = reference::shard_answer(net, samples, Cost::Quadratic, k, asked, common::layers::DropoutKey { seed: 0, epoch: step.epoch, first: 0 });
+            let (g, e) = shard::answer(net, samples, Cost::Quadratic, k, shard::AnswerForm::first_error_if(asked), common::layers::DropoutKey { seed: 0, epoch: step.epoch, first: 0 });
             wire::encode_shard_answer(step.step_id, *id, samples.len(), &g, e.as_deref())
         };
     shards.iter().zip(asked).map(result).collect()
@@ -198,7 +198,7 @@ pub fn plan_for(epochs: usize, shards: usize, seed: u64) -> common::plan::Traini
 /// network a cluster run of `plan` must equal, bit for bit.
 pub fn reference_network(plan: &common::plan::TrainingPlan) -> common::Network {
     let mut net = plan.initial_network();
-    common::reference::train(&mut net, &fixture_data(), plan, common::reference::Quiet);
+    common::local::train_in_process(&mut net, &fixture_data(), plan, common::progress::Quiet);
     net
 }
 
@@ -267,7 +267,7 @@ impl Cluster {
             config,
             data,
             workers,
-            common::reference::Quiet,
+            common::progress::Quiet,
             coordinator::pool::Observer::none(),
         )
         .await
@@ -291,7 +291,7 @@ impl Cluster {
             config,
             data,
             workers,
-            dashboard.progress(common::reference::Quiet),
+            dashboard.progress(common::progress::Quiet),
             dashboard.observer(),
         )
         .await
@@ -301,7 +301,7 @@ impl Cluster {
         config: Config,
         data: Arc<Mnist>,
         workers: usize,
-        progress: impl common::reference::Progress + Send + 'static,
+        progress: impl common::progress::Progress + Send + 'static,
         observer: coordinator::pool::Observer,
     ) -> anyhow::Result<Cluster> {
         // Bound before anything is spawned, so workers never race the server's start.

@@ -12,7 +12,7 @@ use common::cost::Cost;
 use common::dataset::Samples;
 use common::kernels::KernelSet;
 use common::layers::DropoutKey;
-use common::reference::shard_answer;
+use common::shard::{answer, AnswerForm};
 use common::schedule::ShardId;
 use common::{Gradients, Network};
 
@@ -64,7 +64,7 @@ pub async fn shard_gradients_blocking(
             .map(|shard| {
                 let (s, start) = (&shard.samples, Instant::now());
                 let (gradients, first_error) =
-                    shard_answer(&network, s, cost, kernels, shard.ask_first_error, shard.key);
+                    answer(&network, s, cost, kernels, AnswerForm::first_error_if(shard.ask_first_error), shard.key);
                 ShardOutput {
                     id: shard.id,
                     samples: s.len(),

@@ -71,7 +71,7 @@ pub fn export(
 pub fn evaluate(model: &Path, data_dir: Option<&Path>) -> AppResult<String> {
     let network = load_model(model)?;
     let test = load_test_set(data_dir)?;
-    let m = common::reference::confusion_matrix(&network, &test);
+    let m = common::evaluation::confusion_matrix(&network, &test);
     let correct: usize = (0..10).map(|d| m[d][d]).sum();
     let total = test.len();
     let shape = match &network.net {

@@ -15,7 +15,8 @@ use common::chain::{self, Chain, Digest32};
 use common::dataset::{find_file, idx, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS};
 use common::kernels::KernelSet;
 use common::plan::{RunState, TrainingPlan};
-use common::reference::{train_with_state, Progress};
+use common::local::train_in_process_with_state;
+use common::progress::Progress;
 use common::{model_file, Network};
 use serde_json::{json, Value};
 
@@ -333,7 +334,7 @@ pub fn verify(
     plausible(record, data.training.len()).map_err(RecordError::Implausible)?;
     let mut state = RunState::new(&record.plan);
     let mut checker = Checker::new(&record.chain);
-    train_with_state(&mut network, &mut state, &data, &record.plan, &mut checker);
+    train_in_process_with_state(&mut network, &mut state, &data, &record.plan, &mut checker);
     let verdict = checker.finish(&state.chain);
     let Verdict::Verified { hashes, head } = verdict else {
         return Ok((verdict, notes));
@@ -521,7 +522,7 @@ impl<'a> Checker<'a> {
 }
 
 impl Progress for &mut Checker<'_> {
-    fn epoch(&mut self, _report: &common::reference::EpochReport) {}
+    fn epoch(&mut self, _report: &common::progress::EpochReport) {}
 
     fn proceed(&mut self, chain: &Chain) -> bool {
         self.check(chain)

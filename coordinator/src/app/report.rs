@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use common::reference::EpochReport;
+use common::progress::EpochReport;
 use plotters::prelude::*;
 
 use super::{AppError, AppResult};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::model_file;
 use common::plan::{RunState, TrainingPlan};
-use common::reference::EpochReport;
+use common::progress::EpochReport;
 use common::Network;
 
 use crate::app::dashboard::{self, Dashboard, Feed, Watched};
@@ -105,7 +105,7 @@ async fn train_local(spec: RunSpec, ui: Ui, record: Recording) -> AppResult<()> 
     let (network, state, reports) = tokio::task::spawn_blocking(move || {
         let mut state = RunState::new(&plan);
         let reports =
-            common::reference::train_with_state(&mut network, &mut state, &data, &plan, ui);
+            common::local::train_in_process_with_state(&mut network, &mut state, &data, &plan, ui);
         (network, state, reports)
     })
     .await

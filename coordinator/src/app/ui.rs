@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use common::reference::{EpochReport, Progress, StepProgress};
+use common::progress::{EpochReport, Progress, StepProgress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::app::report::{self, MetricsCsv};

@@ -438,7 +438,7 @@ async fn bad_results_for_a_net_are_refused_naming_the_tensor() {
         assert!(workers.iter().all(|w| w.is_ok()), "{what}: {workers:?}");
         let summary = summary.unwrap();
         let mut local = plan.initial_network();
-        common::reference::train(&mut local, &fixture_data(), &plan, common::reference::Quiet);
+        common::local::train_in_process(&mut local, &fixture_data(), &plan, common::progress::Quiet);
         assert!(bits(&summary.network) == bits(&local), "{what}: the bad result was applied");
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::dataset::Mnist;
-use common::reference::{EpochReport, Progress, StepProgress};
+use common::progress::{EpochReport, Progress, StepProgress};
 use common::Network;
 use tokio::sync::mpsc::UnboundedSender;
 

@@ -65,7 +65,7 @@ pub struct Learned {
 
 /// Mean `cost` of `network` over `samples`.
 pub fn mean_cost(network: &Network, samples: &Samples, cost: Cost, kernels: KernelSet) -> f64 {
-    common::reference::cost_and_correct(network, samples, cost, kernels).0
+    common::evaluation::cost_and_correct(network, samples, cost, kernels).0
         / samples.len().max(1) as f64
 }
 

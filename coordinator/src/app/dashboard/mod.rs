@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`feed`]: what flows in (pool events, steps, epochs) and [`Watched`],
-//!   the [`common::reference::Progress`] that copies the loop's reports in;
+//!   the [`common::progress::Progress`] that copies the loop's reports in;
 //! - [`state`]: the page's view of the run (progress, curves, workers, log, step split);
 //! - [`learned`]: per epoch, what the network learned (tiles, confusion, misses);
 //! - [`prometheus`]: the `/metrics` registry;
@@ -314,7 +314,7 @@ impl Collector {
     }
 
     /// Samples in the step `p` reports: a batch, or what is left for the epoch's last.
-    fn step_samples(&self, p: &common::reference::StepProgress) -> u64 {
+    fn step_samples(&self, p: &common::progress::StepProgress) -> u64 {
         let batch = self.run.batch as u64;
         match &self.data {
             Some(d) if p.done == p.total => {

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::metrics::StepTiming;
-use common::reference::{EpochReport, StepProgress};
+use common::progress::{EpochReport, StepProgress};
 use serde_json::{json, Value};
 
 use crate::pool::observer::Ignored;
