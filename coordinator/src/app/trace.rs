@@ -101,10 +101,10 @@ impl TraceRecorder {
                 shards,
                 at,
             } => {
-                if let Some(r) = self.record(*step) {
+                if let Some(r) = self.record(step.0) {
                     r.messages.entry(*worker).or_default().push(Message {
                         sent: Some(*at),
-                        shards: shards.clone(),
+                        shards: shards.iter().map(|s| s.0).collect(),
                         ..Message::default()
                     });
                 }
@@ -116,11 +116,11 @@ impl TraceRecorder {
                 compute,
                 at,
             } => {
-                if let Some(r) = self.record(*step) {
+                if let Some(r) = self.record(step.0) {
                     let messages = r.messages.entry(*worker).or_default();
                     // The latest message to this worker that carried the shard.
-                    if let Some(m) = messages.iter_mut().rev().find(|m| m.shards.contains(shard)) {
-                        m.results.push((*shard, *at, *compute));
+                    if let Some(m) = messages.iter_mut().rev().find(|m| m.shards.contains(&shard.0)) {
+                        m.results.push((shard.0, *at, *compute));
                     }
                 }
             }
@@ -130,12 +130,12 @@ impl TraceRecorder {
                 from,
                 at,
             } => {
-                if let Some(r) = self.record(*step) {
-                    r.reassigned.push((*shard, *from, *at));
+                if let Some(r) = self.record(step.0) {
+                    r.reassigned.push((shard.0, *from, *at));
                     if let Some(m) = r
                         .messages
                         .get_mut(from)
-                        .and_then(|ms| ms.iter_mut().rev().find(|m| m.shards.contains(shard)))
+                        .and_then(|ms| ms.iter_mut().rev().find(|m| m.shards.contains(&shard.0)))
                     {
                         m.lost.get_or_insert(*at);
                     }

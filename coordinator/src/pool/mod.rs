@@ -394,7 +394,7 @@ impl RemotePool {
                     worker: id,
                     name: name.clone(),
                     addr,
-                    step: self.next_step,
+                    step: StepId(self.next_step),
                     at: now(),
                 });
                 self.workers.insert(id, Handle { name, outbox });
@@ -580,9 +580,9 @@ impl RemotePool {
             Ok(()) => {
                 let now = now();
                 self.observer.emit(|| PoolEvent::Sent {
-                    step: step.state.id(),
+                    step: StepId(step.state.id()),
                     worker: id,
-                    shards: shards.iter().map(|&i| i as u32).collect(),
+                    shards: shards.iter().map(|&i| ShardId(i as u32)).collect(),
                     at: now,
                 });
                 step.state.assign(id, shards, now);
@@ -612,8 +612,8 @@ impl RemotePool {
             step.reassigned += 1;
             info!(step = step.state.id(), shard, worker = %id, "shard reassigned");
             self.observer.emit(|| PoolEvent::Reassigned {
-                step: step.state.id(),
-                shard: shard as u32,
+                step: StepId(step.state.id()),
+                shard: ShardId(shard as u32),
                 from: id,
                 at: now(),
             });
@@ -667,9 +667,9 @@ impl RemotePool {
                 match verdict {
                     Ok(()) => {
                         self.observer.emit(|| PoolEvent::Computed {
-                            step: result.step_id,
+                            step: StepId(result.step_id),
                             worker: id,
-                            shard: result.shard_id,
+                            shard: ShardId(result.shard_id),
                             compute: Duration::from_nanos(result.compute_nanos),
                             at: now(),
                         });

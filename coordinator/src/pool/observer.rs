@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::schedule::{ShardId, StepId};
+
 use super::WorkerId;
 
 /// One thing the pool did or saw.
@@ -23,7 +25,7 @@ pub enum PoolEvent {
         /// Its address as the coordinator sees it.
         addr: Option<SocketAddr>,
         /// The next step to be issued when it joined.
-        step: u64,
+        step: StepId,
         /// When.
         at: Instant,
     },
@@ -48,22 +50,22 @@ pub enum PoolEvent {
     /// One `Step` message was handed to a worker's stream.
     Sent {
         /// The step.
-        step: u64,
+        step: StepId,
         /// The worker.
         worker: WorkerId,
         /// The shards in the message.
-        shards: Vec<u32>,
+        shards: Vec<ShardId>,
         /// When.
         at: Instant,
     },
     /// A shard's result was validated and kept.
     Computed {
         /// The step.
-        step: u64,
+        step: StepId,
         /// The worker that computed it.
         worker: WorkerId,
         /// The shard.
-        shard: u32,
+        shard: ShardId,
         /// The backprop time the worker reported for it.
         compute: Duration,
         /// When the result arrived.
@@ -72,9 +74,9 @@ pub enum PoolEvent {
     /// A shard whose owner left or failed was opened for another worker.
     Reassigned {
         /// The step.
-        step: u64,
+        step: StepId,
         /// The shard.
-        shard: u32,
+        shard: ShardId,
         /// The worker it was taken from.
         from: WorkerId,
         /// When.

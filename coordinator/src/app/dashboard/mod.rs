@@ -235,8 +235,8 @@ impl Collector {
                 }
                 match &e {
                     PoolEvent::Joined { step, .. } if self.next_step == 0 => {
-                        self.next_step = *step;
-                        self.state.at_step(*step);
+                        self.next_step = step.0;
+                        self.state.at_step(step.0);
                     }
                     PoolEvent::Reassigned { .. } => self.metrics.reassigned(),
                     PoolEvent::Ignored { why, .. } => self.metrics.ignored(*why),

@@ -218,7 +218,7 @@ impl State {
                         reassigned_away: 0,
                         last_compute: None,
                         last_result: None,
-                        joined_step: *step,
+                        joined_step: step.0,
                     },
                 );
                 let at = addr.map_or(String::new(), |a| format!(" from {a}"));
@@ -266,10 +266,10 @@ impl State {
                 }
                 *self.stats.entry("reassigned").or_default() += 1;
                 match &mut self.reassigned {
-                    Some((s, f, shards)) if *s == *step && *f == *from => shards.push(*shard),
+                    Some((s, f, shards)) if *s == step.0 && *f == *from => shards.push(shard.0),
                     _ => {
                         self.flush_reassigned();
-                        self.reassigned = Some((*step, *from, vec![*shard]));
+                        self.reassigned = Some((step.0, *from, vec![shard.0]));
                     }
                 }
             }
