@@ -44,6 +44,7 @@
 //! order. The `avx2` set gives the same bits on every x86-64 CPU with AVX2
 //! and FMA (its AVX-512 loops reproduce them), `portable` on any CPU.
 
+pub mod allocator;
 pub mod auth;
 pub mod chain;
 pub mod cost;

@@ -131,6 +131,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    common::allocator::keep_freed_memory();
     let cli = Cli::parse();
     // Where the hard limit allows: connections are budgeted from what it gives (see `fds`).
     let _ = coordinator::fds::raise_soft_limit();

@@ -77,6 +77,7 @@ fn parse_kernels(s: &str) -> Result<common::kernels::KernelSet, String> {
 
 // One thread: the runtime only moves bytes; backprop runs on spawn_blocking's thread.
 fn main() -> std::process::ExitCode {
+    common::allocator::keep_freed_memory();
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if matches!(e.downcast_ref(), Some(worker::WorkerError::InjectedExit(_))) => {
