@@ -173,17 +173,7 @@ mod tests {
 
     #[test]
     fn tiles_confusion_and_misses_cover_the_test_set() {
-        use rand::Rng;
-        let mut rng = common::schedule::init_rng(5);
-        let mut samples = |n: usize| Samples {
-            pixels: (0..n * 784).map(|_| rng.random()).collect(),
-            labels: (0..n).map(|_| rng.random_range(0..10)).collect(),
-        };
-        let data = Mnist {
-            training: samples(30),
-            validation: samples(10),
-            test: samples(50),
-        };
+        let data = Mnist::random(30, 10, 50, 5);
         let net = Network::new(&[784, 7, 10], &mut common::schedule::init_rng(3));
         let l = learn(&net, &data, Cost::Quadratic, KernelSet::best(), 2);
         assert_eq!((l.tiles.len(), l.hidden, l.epoch), (7, 7, 2));
