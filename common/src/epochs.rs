@@ -12,10 +12,10 @@
 
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::dataset::{Mnist, Samples};
-use crate::evaluation::evaluate_epoch;
+use crate::evaluation::{evaluate_epoch, EpochRun};
 use crate::layers::DropoutKey;
 use crate::metrics::{StepSummary, StepTiming};
 use crate::network::Network;
@@ -114,23 +114,16 @@ pub trait StepRunner {
         Ok(false)
     }
 
-    /// The report of `epoch` (trained at `eta`), evaluated as the plan
+    /// The report of the epoch `run` describes, evaluated as the plan
     /// monitors it ([`evaluate_epoch`], here in place).
-    #[allow(clippy::too_many_arguments)]
     async fn evaluate(
         &mut self,
         network: &Network,
         data: &Mnist,
         plan: &TrainingPlan,
-        eta: f32,
-        epoch: usize,
-        steps: u64,
-        train_time: Duration,
-        step_times: StepSummary,
+        run: EpochRun,
     ) -> EpochReport {
-        evaluate_epoch(
-            network, data, plan, eta, epoch, steps, train_time, step_times,
-        )
+        evaluate_epoch(network, data, plan, run)
     }
 }
 
@@ -245,11 +238,13 @@ pub async fn drive<R: StepRunner, P: Progress>(
                 network,
                 data,
                 plan,
-                eta,
-                epoch,
-                position.step,
-                train_time,
-                summary,
+                EpochRun {
+                    epoch,
+                    eta,
+                    steps: position.step,
+                    train_time,
+                    step_times: summary,
+                },
             )
             .await;
         end_epoch(plan, state, network, &mut report);

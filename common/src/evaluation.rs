@@ -93,20 +93,37 @@ fn regularised_mean(total: f64, len: usize, network: &Network, lambda: f32) -> f
     total / len + l2
 }
 
-/// Evaluates `network` after epoch `epoch` (run `steps` so far) as `plan`
-/// monitors it: test and validation accuracy always, training cost and
-/// accuracy and validation cost when asked. The epoch was trained at `eta`.
-#[allow(clippy::too_many_arguments)]
+/// How an epoch was trained, for its report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochRun {
+    /// The epoch, from 0.
+    pub epoch: usize,
+    /// The learning rate it was trained at.
+    pub eta: f32,
+    /// Steps run so far in the run.
+    pub steps: u64,
+    /// Its training time, evaluation excluded.
+    pub train_time: Duration,
+    /// Percentiles of its steps' timings.
+    pub step_times: StepSummary,
+}
+
+/// Evaluates `network` after the epoch `run` describes, as `plan` monitors
+/// it: test and validation accuracy always, training cost and accuracy and
+/// validation cost when asked.
 pub fn evaluate_epoch(
     network: &Network,
     data: &Mnist,
     plan: &TrainingPlan,
-    eta: f32,
-    epoch: usize,
-    steps: u64,
-    train_time: Duration,
-    step_times: StepSummary,
+    run: EpochRun,
 ) -> EpochReport {
+    let EpochRun {
+        epoch,
+        eta,
+        steps,
+        train_time,
+        step_times,
+    } = run;
     let m = plan.monitor;
     let (mut training_cost, mut training_correct) = (None, None);
     if m.training_cost || m.training_accuracy {

@@ -6,11 +6,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::dataset::Mnist;
 use common::epochs::{self, Boundary, Run, Step, StepRunner, Stepped};
-use common::metrics::StepSummary;
+use common::evaluation::EpochRun;
 use common::optimizer::Velocity;
 use common::plan::{RunState, TrainingPlan};
 use common::progress::{EpochReport, Progress};
@@ -171,17 +171,11 @@ impl<P: WorkerPool> StepRunner for OnPool<'_, P> {
         network: &Network,
         _data: &Mnist,
         plan: &TrainingPlan,
-        eta: f32,
-        epoch: usize,
-        steps: u64,
-        train_time: Duration,
-        step_times: StepSummary,
+        run: EpochRun,
     ) -> EpochReport {
         let (net, data, plan) = (network.clone(), Arc::clone(&self.data), plan.clone());
         tokio::task::spawn_blocking(move || {
-            common::evaluation::evaluate_epoch(
-                &net, &data, &plan, eta, epoch, steps, train_time, step_times,
-            )
+            common::evaluation::evaluate_epoch(&net, &data, &plan, run)
         })
         .await
         .expect("evaluation does not panic on validated data")
