@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use common::plan::{RunState, TrainingPlan};
 use common::local::train_in_process_with_state as train_with_state;
+use common::plan::{RunState, TrainingPlan};
 use integration_tests::process::{expect_failure, expect_success, lines};
 use integration_tests::{bits, fixture_data, max_abs_diff, plan_for, run_cluster, test_config};
 
@@ -165,19 +165,10 @@ fn dropout_net_with_a_killed_worker_equals_local_and_verifies() {
         worker_process(&addr, "healthy-0", &[]),
         worker_process(&addr, "healthy-1", &[]),
     ];
-    let epoch0 = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("an epoch line");
-    assert!(epoch0.starts_with("Epoch 0: "), "{epoch0}");
+    wait_for_first_epoch(&rx);
     victim.0.kill().expect("SIGKILL the victim");
     expect_success(&mut coord, Duration::from_secs(300), "coordinator");
-    let replay = dir.join("replay.safetensors");
-    let mut local = coordinator(&[&flags[..], &["--local"]].concat(), &replay);
-    expect_success(&mut local, Duration::from_secs(300), "coordinator --local");
-    assert!(
-        std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(),
-        "the cluster's dropout model differs from --local's"
-    );
+    assert_same_as_local(&dir, &flags, &out, "the cluster's dropout model");
     let loaded = common::model_file::load(&out).unwrap();
     assert_eq!(
         loaded.net.as_ref().map(|n| n.to_string()).as_deref(),
@@ -198,6 +189,26 @@ fn dropout_net_with_a_killed_worker_equals_local_and_verifies() {
         verify.status.success() && stdout.contains("verified: "),
         "verify: {stdout}{}",
         String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+/// Waits for the coordinator's first epoch line: training is under way.
+fn wait_for_first_epoch(rx: &std::sync::mpsc::Receiver<String>) {
+    let epoch0 = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("an epoch line");
+    assert!(epoch0.starts_with("Epoch 0: "), "{epoch0}");
+}
+
+/// Trains `flags` with `--local` in `dir` and checks that the model file
+/// `out` is byte-identical to that run's.
+fn assert_same_as_local(dir: &std::path::Path, flags: &[&str], out: &std::path::Path, what: &str) {
+    let replay = dir.join("replay.safetensors");
+    let mut local = coordinator(&[flags, &["--local"]].concat(), &replay);
+    expect_success(&mut local, Duration::from_secs(300), "coordinator --local");
+    assert!(
+        std::fs::read(out).unwrap() == std::fs::read(&replay).unwrap(),
+        "{what} differs from --local's"
     );
 }
 
@@ -233,10 +244,7 @@ fn dropout_net_killed_and_resumed_equals_local() {
         worker_process(&addr, "w0", &[]),
         worker_process(&addr, "w1", &[]),
     ];
-    let epoch0 = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("an epoch line");
-    assert!(epoch0.starts_with("Epoch 0: "), "{epoch0}");
+    wait_for_first_epoch(&rx);
     first.0.kill().expect("SIGKILL the coordinator");
     first.0.wait().unwrap();
     let saved =
@@ -255,13 +263,7 @@ fn dropout_net_killed_and_resumed_equals_local() {
     let mut second = coordinator(&[&flags[..], &resume].concat(), &out);
     expect_success(&mut second, Duration::from_secs(300), "resumed coordinator");
     integration_tests::process::expect_all_success(&mut workers, Duration::from_secs(60), "worker");
-    let replay = dir.join("replay.safetensors");
-    let mut local = coordinator(&[&flags[..12], &["--local"]].concat(), &replay);
-    expect_success(&mut local, Duration::from_secs(300), "coordinator --local");
-    assert!(
-        std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(),
-        "the resumed dropout run differs from --local's"
-    );
+    assert_same_as_local(&dir, &flags[..12], &out, "the resumed dropout run");
     // Another net: refused, naming the flag.
     let (_d, other) = run_dir("ch6-resume-other");
     let mut wrong = coordinator(
