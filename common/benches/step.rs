@@ -10,9 +10,9 @@ use std::hint::black_box;
 
 use common::dataset::{Samples, IMAGE_SIZE};
 use common::plan::TrainingPlan;
+use common::schedule::{init_rng, ShardId};
 use common::shard::quadratic_gradient as shard_gradients;
 use common::step::reduce_and_apply as apply_step;
-use common::schedule::{init_rng, ShardId};
 use common::{wire, Network};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::Rng;
@@ -78,7 +78,15 @@ fn messages(c: &mut Criterion) {
         b.iter(|| wire::encode_shard_result(0, ShardId(0), 3, black_box(&g)))
     });
     group.bench_function("decode_gradients", |b| {
-        b.iter(|| wire::decode_shard_result(black_box(&result), &net.sizes, 3, common::shard::AnswerForm::Whole).unwrap())
+        b.iter(|| {
+            wire::decode_shard_result(
+                black_box(&result),
+                &net.sizes,
+                3,
+                common::shard::AnswerForm::Whole,
+            )
+            .unwrap()
+        })
     });
     group.finish();
 }

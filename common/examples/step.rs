@@ -11,8 +11,8 @@ use std::time::Instant;
 use common::dataset::{fetch::default_data_dir, Mnist};
 use common::network::Network;
 use common::plan::TrainingPlan;
-use common::step::{reduce_and_apply, split_batch, StepBuffers};
 use common::schedule::{epoch_order, init_rng};
+use common::step::{reduce_and_apply, split_batch, StepBuffers};
 use common::Gradients;
 
 fn main() {
@@ -66,7 +66,15 @@ fn main() {
             if let Some(next) = steps.get(i + 1) {
                 common::workspace::Workspace::prefetch(&data.training, next);
             }
-            buffers.step(&mut new, &data.training, b, &plan, update, None, plan.dropout_key(0, 0));
+            buffers.step(
+                &mut new,
+                &data.training,
+                b,
+                &plan,
+                update,
+                None,
+                plan.dropout_key(0, 0),
+            );
             times.push(start.elapsed().as_secs_f64());
         }
         t_new.push(median(&mut times));

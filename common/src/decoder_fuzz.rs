@@ -86,7 +86,12 @@ fn coordinator_reads(bytes: &[u8]) {
                     labels: vec![0, 9],
                 };
                 for asked in [false, true] {
-                    let decoded = wire::decode_shard_result(&r, &SIZES, 2, crate::shard::AnswerForm::first_error_if(asked));
+                    let decoded = wire::decode_shard_result(
+                        &r,
+                        &SIZES,
+                        2,
+                        crate::shard::AnswerForm::first_error_if(asked),
+                    );
                     let kernels = crate::kernels::KernelSet::best();
                     if let Ok(g) = decoded.and_then(|d| d.complete(&shard, kernels)) {
                         assert!(g.nabla_w.iter().all(|w| w.iter().all(|v| v.is_finite())));

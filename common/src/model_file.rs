@@ -136,7 +136,10 @@ pub fn to_bytes_with_parts(
     if let Some(net) = &network.net {
         let i = net.input;
         metadata.insert("net".to_string(), net.to_string());
-        metadata.insert("input".to_string(), format!("{},{},{}", i.channels, i.height, i.width));
+        metadata.insert(
+            "input".to_string(),
+            format!("{},{},{}", i.channels, i.height, i.width),
+        );
     }
     metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     let bytes = safetensors::serialize(views, Some(metadata)).expect("valid tensors serialise");
@@ -246,17 +249,38 @@ fn metadata_net(
     let Some(text) = metadata.and_then(|m| m.get("net")) else {
         return Ok(None);
     };
-    let input = metadata.and_then(|m| m.get("input")).map_or("1,28,28", String::as_str);
-    let dims: Vec<usize> = input.split(',').filter_map(|d| d.trim().parse().ok()).collect();
-    let bad = |why: String| ModelFileError::Net { path: path.to_path_buf(), why };
-    let &[channels, height, width] = &dims[..] else {
-        return Err(bad(format!("metadata \"input\" is {input:?}, expected channels,height,width")));
+    let input = metadata
+        .and_then(|m| m.get("input"))
+        .map_or("1,28,28", String::as_str);
+    let dims: Vec<usize> = input
+        .split(',')
+        .filter_map(|d| d.trim().parse().ok())
+        .collect();
+    let bad = |why: String| ModelFileError::Net {
+        path: path.to_path_buf(),
+        why,
     };
-    if [channels, height, width].iter().any(|&d| d == 0 || d > 4096) {
-        return Err(bad(format!("metadata \"input\" {input:?} is not an image shape")));
+    let &[channels, height, width] = &dims[..] else {
+        return Err(bad(format!(
+            "metadata \"input\" is {input:?}, expected channels,height,width"
+        )));
+    };
+    if [channels, height, width]
+        .iter()
+        .any(|&d| d == 0 || d > 4096)
+    {
+        return Err(bad(format!(
+            "metadata \"input\" {input:?} is not an image shape"
+        )));
     }
-    let shape = Shape { channels, height, width };
-    NetSpec::parse(text, shape).map(Some).map_err(|e| bad(e.to_string()))
+    let shape = Shape {
+        channels,
+        height,
+        width,
+    };
+    NetSpec::parse(text, shape)
+        .map(Some)
+        .map_err(|e| bad(e.to_string()))
 }
 
 /// Reads a network from `path`.

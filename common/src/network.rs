@@ -256,7 +256,11 @@ impl Network {
     /// If `nabla` has other shapes than the network.
     pub fn descend(&mut self, nabla: &Gradients, d: kernels::Descend, first_weights: usize) {
         let rate = d.rate;
-        let layers = self.weights.iter_mut().zip(&nabla.nabla_w).skip(first_weights);
+        let layers = self
+            .weights
+            .iter_mut()
+            .zip(&nabla.nabla_w)
+            .skip(first_weights);
         for (w, nw) in layers {
             match d.decay {
                 None => Zip::from(w).and(nw).for_each(|w, &nw| *w -= rate * nw),
@@ -317,7 +321,11 @@ impl Network {
         if let Some(spec) = &self.net {
             // The log-likelihood `−ln a_y`, whatever `cost` says: it is the softmax layer's.
             let a = layers::net::feedforward(spec, self.params(), x, k);
-            let total = (&a * &y).sum_axis(Axis(0)).iter().map(|&p| -f64::from(p).ln()).sum();
+            let total = (&a * &y)
+                .sum_axis(Axis(0))
+                .iter()
+                .map(|&p| -f64::from(p).ln())
+                .sum();
             return (total, a);
         }
         let mut a = x.to_owned();

@@ -397,7 +397,14 @@ pub fn decode_net_result(
         });
     }
     let mut g = Gradients::zeros_like(net);
-    unpack(&net.sizes, "gradients", &result.gradients, &mut g.nabla_w, &mut g.nabla_b, Tensors::All)?;
+    unpack(
+        &net.sizes,
+        "gradients",
+        &result.gradients,
+        &mut g.nabla_w,
+        &mut g.nabla_b,
+        Tensors::All,
+    )?;
     Ok(g)
 }
 
@@ -410,7 +417,11 @@ pub fn welcome_net(welcome: &pb::Welcome) -> Result<Option<NetSpec>, WireError> 
     if welcome.net.is_empty() {
         return Ok(None);
     }
-    let mnist = Shape { channels: 1, height: 28, width: 28 };
+    let mnist = Shape {
+        channels: 1,
+        height: 28,
+        width: 28,
+    };
     let spec = NetSpec::parse(&welcome.net, mnist).map_err(|e| WireError::Net(e.0))?;
     if spec.classes() != CLASSES || welcome.sizes != [IMAGE_SIZE as u32, CLASSES as u32] {
         return Err(WireError::Net(format!(
@@ -767,7 +778,11 @@ pub fn decode_shard_result(
 #[cfg(test)]
 mod tests {
     use super::*;
-    const KEY: crate::layers::DropoutKey = crate::layers::DropoutKey { seed: 0, epoch: 0, first: 0 };
+    const KEY: crate::layers::DropoutKey = crate::layers::DropoutKey {
+        seed: 0,
+        epoch: 0,
+        first: 0,
+    };
     use crate::schedule::init_rng;
 
     fn net() -> Network {
@@ -914,7 +929,14 @@ mod tests {
         let sizes = [784, 5, 10];
         let (net, shard) = (net(), random_shard(3, 4));
         let k = KernelSet::Portable;
-        let (g, error) = crate::shard::answer(&net, &shard, Cost::Quadratic, k, crate::shard::AnswerForm::FirstError, KEY);
+        let (g, error) = crate::shard::answer(
+            &net,
+            &shard,
+            Cost::Quadratic,
+            k,
+            crate::shard::AnswerForm::FirstError,
+            KEY,
+        );
         let error = error.expect("asked for");
         let with = |e: &[f32]| encode_shard_answer(1, ShardId(2), 3, &g, Some(e));
         let r = with(&error);
@@ -949,7 +971,8 @@ mod tests {
             ),
             "{nan:?}"
         );
-        let huge = decode_shard_result(&with(&[3e38; 15]), &sizes, 3, AnswerForm::FirstError).unwrap();
+        let huge =
+            decode_shard_result(&with(&[3e38; 15]), &sizes, 3, AnswerForm::FirstError).unwrap();
         let white = Samples {
             pixels: vec![255; 3 * IMAGE_SIZE],
             labels: vec![0; 3],
@@ -1082,13 +1105,24 @@ mod tests {
             net: net.into(),
             ..Default::default()
         };
-        let spec = welcome_net(&welcome("conv20x5:relu,pool2,fc100:relu,softmax10")).unwrap().unwrap();
-        assert_eq!(spec.parameter_count(), 20 * 25 + 20 + 100 * 2880 + 100 + 10 * 100 + 10);
+        let spec = welcome_net(&welcome("conv20x5:relu,pool2,fc100:relu,softmax10"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            spec.parameter_count(),
+            20 * 25 + 20 + 100 * 2880 + 100 + 10 * 100 + 10
+        );
         assert_eq!(welcome_net(&welcome("")).unwrap(), None);
-        let err = welcome_net(&welcome("conv20x5,pool7,softmax10")).unwrap_err().to_string();
-        assert!(err.contains("layer 1 `conv20x5,pool7`: pool7 does not divide"), "{err}");
-        let err = welcome_net(&welcome("fc10,softmax3")).unwrap_err().to_string();
+        let err = welcome_net(&welcome("conv20x5,pool7,softmax10"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("layer 1 `conv20x5,pool7`: pool7 does not divide"),
+            "{err}"
+        );
+        let err = welcome_net(&welcome("fc10,softmax3"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("does not classify MNIST"), "{err}");
     }
-
 }

@@ -237,8 +237,11 @@ impl Workspace {
         // the output error δᴸ, `cost.delta`'s
         let out = &self.activations[layers - 1];
         self.delta.clear();
-        self.delta
-            .extend(out.iter().zip(&self.y).map(|(&a, &y)| cost.output_error(a, y)));
+        self.delta.extend(
+            out.iter()
+                .zip(&self.y)
+                .map(|(&a, &y)| cost.output_error(a, y)),
+        );
         // backward pass, from the last layer down
         for l in (0..layers).rev() {
             let rows = sizes[l + 1];
@@ -341,9 +344,9 @@ unsafe fn scale_pixels_avx2(pixels: &[u8], out: &mut [f32], table: &[f32; 256]) 
 mod tests {
     use super::*;
     use crate::network::Init;
+    use crate::schedule::init_rng;
     use crate::shard::summed_gradient as shard_gradients_with;
     use crate::step::{reduce_and_apply as apply_step, split_batch as step_shards, StepBuffers};
-    use crate::schedule::init_rng;
     use ndarray::{Array1, Array2};
     use rand::Rng;
 

@@ -149,7 +149,10 @@ fn batched_minibatch_sum_and_update_match_network_py() {
         (&g.nabla_b, "sum_nabla_b"),
         m,
     );
-    let (eta, len) = (m["eta"].as_f64().unwrap() as f32, m["m"].as_u64().unwrap() as usize);
+    let (eta, len) = (
+        m["eta"].as_f64().unwrap() as f32,
+        m["m"].as_u64().unwrap() as usize,
+    );
     let rate = eta / len as f32;
     net.descend(&g, common::kernels::Descend { rate, decay: None }, 0);
     assert_layers_close(

@@ -237,7 +237,7 @@ async fn stop(
     pool.shutdown(reason);
     let stats = pool.stats().clone();
     drop(pool); // closes the registry: late joiners are told training is over
-    // Graceful stop waits for workers to close their streams after Shutdown; bounded.
+                // Graceful stop waits for workers to close their streams after Shutdown; bounded.
     match server.stop().await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "server error while stopping"),
@@ -353,7 +353,13 @@ async fn start_server(
                 let _ = stopping_tx.send(true);
             }),
     );
-    Ok((health, Served { task, stop: stop_tx }))
+    Ok((
+        health,
+        Served {
+            task,
+            stop: stop_tx,
+        },
+    ))
 }
 
 /// Why building reflection cannot fail.

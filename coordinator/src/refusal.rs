@@ -210,7 +210,11 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (
-                Violation::NotOwner { step: StepId(3), shard: ShardId(1) }.into(),
+                Violation::NotOwner {
+                    step: StepId(3),
+                    shard: ShardId(1),
+                }
+                .into(),
                 Code::PermissionDenied,
             ),
             (
@@ -231,7 +235,13 @@ mod tests {
                 },
                 Code::DeadlineExceeded,
             ),
-            (Refusal::AuditFailed { step: StepId(37), shard: ShardId(2) }, Code::DataLoss),
+            (
+                Refusal::AuditFailed {
+                    step: StepId(37),
+                    shard: ShardId(2),
+                },
+                Code::DataLoss,
+            ),
         ];
         for (refusal, code) in cases {
             let text = refusal.to_string();

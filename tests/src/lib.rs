@@ -98,7 +98,18 @@ fn answers(
         .map(|s| first_errors && s.ask_first_error);
     let result =
         |((id, samples), asked): (&(common::schedule::ShardId, common::dataset::Samples), bool)| {
-            let (g, e) = shard::answer(net, samples, Cost::Quadratic, k, shard::AnswerForm::first_error_if(asked), common::layers::DropoutKey { seed: 0, epoch: step.epoch, first: 0 });
+            let (g, e) = shard::answer(
+                net,
+                samples,
+                Cost::Quadratic,
+                k,
+                shard::AnswerForm::first_error_if(asked),
+                common::layers::DropoutKey {
+                    seed: 0,
+                    epoch: step.epoch,
+                    first: 0,
+                },
+            );
             wire::encode_shard_answer(step.step_id, *id, samples.len(), &g, e.as_deref())
         };
     shards.iter().zip(asked).map(result).collect()

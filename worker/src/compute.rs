@@ -12,8 +12,8 @@ use common::cost::Cost;
 use common::dataset::Samples;
 use common::kernels::KernelSet;
 use common::layers::DropoutKey;
-use common::shard::{answer, AnswerForm};
 use common::schedule::ShardId;
+use common::shard::{answer, AnswerForm};
 use common::{Gradients, Network};
 
 /// One shard to compute.
@@ -63,8 +63,14 @@ pub async fn shard_gradients_blocking(
             .iter()
             .map(|shard| {
                 let (s, start) = (&shard.samples, Instant::now());
-                let (gradients, first_error) =
-                    answer(&network, s, cost, kernels, AnswerForm::first_error_if(shard.ask_first_error), shard.key);
+                let (gradients, first_error) = answer(
+                    &network,
+                    s,
+                    cost,
+                    kernels,
+                    AnswerForm::first_error_if(shard.ask_first_error),
+                    shard.key,
+                );
                 ShardOutput {
                     id: shard.id,
                     samples: s.len(),

@@ -119,7 +119,11 @@ impl TraceRecorder {
                 if let Some(r) = self.record(step.0) {
                     let messages = r.messages.entry(*worker).or_default();
                     // The latest message to this worker that carried the shard.
-                    if let Some(m) = messages.iter_mut().rev().find(|m| m.shards.contains(&shard.0)) {
+                    if let Some(m) = messages
+                        .iter_mut()
+                        .rev()
+                        .find(|m| m.shards.contains(&shard.0))
+                    {
                         m.results.push((shard.0, *at, *compute));
                     }
                 }

@@ -123,7 +123,11 @@ mod tests {
     use super::*;
     use common::schedule::init_rng;
 
-    const KEY: DropoutKey = DropoutKey { seed: 0, epoch: 0, first: 0 };
+    const KEY: DropoutKey = DropoutKey {
+        seed: 0,
+        epoch: 0,
+        first: 0,
+    };
 
     #[test]
     fn the_selected_fraction_is_the_rate_within_a_binomial_bound() {

@@ -351,8 +351,9 @@ impl RemotePool {
             if let Some((id, result)) = self.handle_membership(event) {
                 // No step is in flight: every result is late or never issued.
                 let (step, current) = (StepId(result.step_id), StepId(self.next_step));
-                let verdict = judge_step_id(step, current)
-                    .unwrap_or(Verdict::Violation(Violation::UnissuedStep { step, current }));
+                let verdict = judge_step_id(step, current).unwrap_or(Verdict::Violation(
+                    Violation::UnissuedStep { step, current },
+                ));
                 self.settle(id, &result, verdict);
             }
         }
@@ -565,7 +566,8 @@ impl RemotePool {
             shards: shards
                 .iter()
                 .map(|&i| pb::Shard {
-                    ask_first_error: self.answer_form(step.shards[i].len()) == AnswerForm::FirstError,
+                    ask_first_error: self.answer_form(step.shards[i].len())
+                        == AnswerForm::FirstError,
                     position: step.keys[i].first,
                     ..wire::encode_shard(ShardId(i as u32), &step.shards[i])
                 })
@@ -637,7 +639,10 @@ impl RemotePool {
 
     fn accept(&mut self, step: &mut Step<'_>, id: WorkerId, result: pb::ShardResult) {
         let live = self.workers.contains_key(&id);
-        let i = match step.state.judge(id, live, StepId(result.step_id), ShardId(result.shard_id)) {
+        let i = match step
+            .state
+            .judge(id, live, StepId(result.step_id), ShardId(result.shard_id))
+        {
             Verdict::Accept(i) => i,
             verdict => {
                 if self.settle(id, &result, verdict) {
@@ -659,7 +664,8 @@ impl RemotePool {
                 self.backlog.answered(id, result.step_id, result.shard_id);
                 let verdict = if self.audit.selects(step.state.id(), i) {
                     self.stats.audited += 1;
-                    self.audit.check(step.network, &step.shards[i], &g, step.keys[i])
+                    self.audit
+                        .check(step.network, &step.shards[i], &g, step.keys[i])
                 } else {
                     Ok(())
                 };
@@ -834,10 +840,14 @@ mod tests {
     use super::*;
     use common::pb::coordinator_message::Kind;
 
-    const KEY: DropoutKey = DropoutKey { seed: 0, epoch: 0, first: 0 };
+    const KEY: DropoutKey = DropoutKey {
+        seed: 0,
+        epoch: 0,
+        first: 0,
+    };
+    use common::schedule::init_rng;
     use common::shard::quadratic_gradient as shard_gradients;
     use common::step::split_batch as step_shards;
-    use common::schedule::init_rng;
     use rand::seq::SliceRandom;
     use tokio::sync::mpsc::Receiver;
 
@@ -897,7 +907,14 @@ mod tests {
             .map(|s| s.ask_first_error && knows_first_errors);
         let result = |((id, samples), asked): (&(ShardId, Samples), bool)| {
             let (k, cost) = (KernelSet::best(), common::cost::Cost::Quadratic);
-            let (g, e) = common::shard::answer(&net, samples, cost, k, common::shard::AnswerForm::first_error_if(asked), KEY);
+            let (g, e) = common::shard::answer(
+                &net,
+                samples,
+                cost,
+                k,
+                common::shard::AnswerForm::first_error_if(asked),
+                KEY,
+            );
             wire::encode_shard_answer(step.step_id, *id, samples.len(), &g, e.as_deref())
         };
         shards.iter().zip(asked).map(result).collect()
@@ -1239,7 +1256,10 @@ mod tests {
                 let mut step = STEP;
                 let run = async {
                     while pool.live_workers() == 2 {
-                        let got = pool.run_step(StepId(step), &net, &shards, KEY).await.unwrap();
+                        let got = pool
+                            .run_step(StepId(step), &net, &shards, KEY)
+                            .await
+                            .unwrap();
                         assert!(got.gradients == expected(&net), "{name}");
                         step += 1;
                     }
@@ -1337,7 +1357,10 @@ mod tests {
         .await
         .unwrap();
         let net = Network::new(&SIZES, &mut init_rng(1));
-        let err = pool.run_step(StepId(7), &net, &shards(), KEY).await.unwrap_err();
+        let err = pool
+            .run_step(StepId(7), &net, &shards(), KEY)
+            .await
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "step 7: no worker left and none joined within 3.0 s"

@@ -280,7 +280,10 @@ mod tests {
                 true,
                 5,
                 2,
-                Violation(super::Violation::NotOwner { step: StepId(5), shard: ShardId(2) }),
+                Violation(super::Violation::NotOwner {
+                    step: StepId(5),
+                    shard: ShardId(2),
+                }),
             ),
             (
                 "another worker's done shard",
@@ -288,7 +291,10 @@ mod tests {
                 true,
                 5,
                 0,
-                Violation(super::Violation::NotOwner { step: StepId(5), shard: ShardId(0) }),
+                Violation(super::Violation::NotOwner {
+                    step: StepId(5),
+                    shard: ShardId(0),
+                }),
             ),
             (
                 "a worker with no shards",
@@ -296,7 +302,10 @@ mod tests {
                 true,
                 5,
                 1,
-                Violation(super::Violation::NotOwner { step: StepId(5), shard: ShardId(1) }),
+                Violation(super::Violation::NotOwner {
+                    step: StepId(5),
+                    shard: ShardId(1),
+                }),
             ),
             ("the step just finished", C, true, 4, 0, Late),
             ("an older step", B, true, 0, 9, Late),

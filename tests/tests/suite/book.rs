@@ -9,9 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::cost::Cost;
+use common::local::train_in_process_with_state as train_with_state;
 use common::network::Init;
 use common::plan::{RunState, TrainingPlan};
-use common::local::train_in_process_with_state as train_with_state;
 use integration_tests::process::{
     expect_all_success, expect_failure, expect_success, lines, stderr_of, wait_exit, Guard,
 };
@@ -233,7 +233,9 @@ fn momentum_run_killed_and_resumed_equals_local_byte_for_byte() {
     }
     first.0.kill().expect("SIGKILL the coordinator");
     first.0.wait().unwrap();
-    let saved = common::model_file::load_part(&ck, "velocity.", &common::Network::zeros(&[784, 30, 10])).unwrap();
+    let saved =
+        common::model_file::load_part(&ck, "velocity.", &common::Network::zeros(&[784, 30, 10]))
+            .unwrap();
     assert!(saved.is_some(), "the checkpoint carries the velocity");
 
     // Another momentum: refused, naming the flag.

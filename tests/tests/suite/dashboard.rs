@@ -513,7 +513,9 @@ async fn a_browser_sees_a_conv_nets_filters() {
     .await
     .unwrap()
     .unwrap();
-    let cluster = Cluster::start_watched(config, fixture_data(), 2, &d).await.unwrap();
+    let cluster = Cluster::start_watched(config, fixture_data(), 2, &d)
+        .await
+        .unwrap();
     let watching = tokio::task::spawn_blocking(move || {
         browser.wait_for(PAGE_FACTS, LIMIT, |v| v["ended"] == Value::Bool(true))
     });
@@ -522,9 +524,19 @@ async fn a_browser_sees_a_conv_nets_filters() {
     d.finish("finished").await;
     let seen = watching.await.unwrap().unwrap();
     let last = seen.last().unwrap();
-    assert_eq!((last["tiles"].as_u64(), last["side"].as_u64()), (Some(6), Some(5)), "{last}");
-    assert!(last["title"].as_str().unwrap().contains("filters as 5×5"), "{last}");
-    assert!(last["run"].as_str().unwrap().contains("conv6x5:relu,pool2"), "{last}");
+    assert_eq!(
+        (last["tiles"].as_u64(), last["side"].as_u64()),
+        (Some(6), Some(5)),
+        "{last}"
+    );
+    assert!(
+        last["title"].as_str().unwrap().contains("filters as 5×5"),
+        "{last}"
+    );
+    assert!(
+        last["run"].as_str().unwrap().contains("conv6x5:relu,pool2"),
+        "{last}"
+    );
 }
 
 /// Against DNS rebinding: over the wire, every path (the page, its

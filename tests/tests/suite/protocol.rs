@@ -400,24 +400,57 @@ async fn bad_results_for_a_net_are_refused_naming_the_tensor() {
     let params = plan.parameter_count();
     let nan_at = 7;
     let cases: [(&str, Vec<f32>, bool, Code, &str); 4] = [
-        ("another net's", vec![0.0; 1000], false, Code::InvalidArgument, "gradients: 4000 bytes, expected"),
+        (
+            "another net's",
+            vec![0.0; 1000],
+            false,
+            Code::InvalidArgument,
+            "gradients: 4000 bytes, expected",
+        ),
         // The decoder's limit follows the net's size: the default network's
         // 95,440 bytes are refused before they are buffered.
-        ("the default network's", vec![0.0; 23_860], false, Code::OutOfRange, "the limit is"),
-        ("NaN", (0..params).map(|i| if i == nan_at { f32::NAN } else { 0.0 }).collect(), false, Code::InvalidArgument, "gradients: value 7 is NaN"),
-        ("first error", vec![0.0; 100], true, Code::InvalidArgument, "first layer's error"),
+        (
+            "the default network's",
+            vec![0.0; 23_860],
+            false,
+            Code::OutOfRange,
+            "the limit is",
+        ),
+        (
+            "NaN",
+            (0..params)
+                .map(|i| if i == nan_at { f32::NAN } else { 0.0 })
+                .collect(),
+            false,
+            Code::InvalidArgument,
+            "gradients: value 7 is NaN",
+        ),
+        (
+            "first error",
+            vec![0.0; 100],
+            true,
+            Code::InvalidArgument,
+            "first layer's error",
+        ),
     ];
     for (what, values, with_error, code, says) in cases {
-        let config = Config { wait_timeout: LIMIT, ..test_config(plan.clone(), 2) };
+        let config = Config {
+            wait_timeout: LIMIT,
+            ..test_config(plan.clone(), 2)
+        };
         let mut cluster = Cluster::start(config, fixture_data(), 0).await.unwrap();
         let (tx, response) = open(cluster.addr, hello(1)).await;
         let mut inbound = response.unwrap();
-        let Some(coordinator_message::Kind::Welcome(welcome)) = inbound.message().await.unwrap().unwrap().kind else {
+        let Some(coordinator_message::Kind::Welcome(welcome)) =
+            inbound.message().await.unwrap().unwrap().kind
+        else {
             panic!("expected a Welcome")
         };
         assert_eq!(welcome.net, "conv3x5:relu,pool2,fc10,softmax10");
         cluster.add_worker("honest");
-        let Some(coordinator_message::Kind::Step(step)) = inbound.message().await.unwrap().unwrap().kind else {
+        let Some(coordinator_message::Kind::Step(step)) =
+            inbound.message().await.unwrap().unwrap().kind
+        else {
             panic!("expected a Step")
         };
         let shard = &step.shards[0];
@@ -425,20 +458,40 @@ async fn bad_results_for_a_net_are_refused_naming_the_tensor() {
             step_id: step.step_id,
             shard_id: shard.shard_id,
             sample_count: shard.labels.len() as u32,
-            gradients: values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into(),
-            first_error: if with_error { vec![0u8; 4 * 30].into() } else { Default::default() },
+            gradients: values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+            first_error: if with_error {
+                vec![0u8; 4 * 30].into()
+            } else {
+                Default::default()
+            },
             ..Default::default()
         };
         tx.send(result_message(result)).await.unwrap();
         let status = final_status(&mut inbound).await;
         assert_eq!(status.code(), code, "{what}: {status:?}");
-        assert!(status.message().contains(says), "{what}: {}", status.message());
+        assert!(
+            status.message().contains(says),
+            "{what}: {}",
+            status.message()
+        );
         drop((inbound, tx));
         let (summary, workers) = cluster.finish(LIMIT).await.unwrap();
         assert!(workers.iter().all(|w| w.is_ok()), "{what}: {workers:?}");
         let summary = summary.unwrap();
         let mut local = plan.initial_network();
-        common::local::train_in_process(&mut local, &fixture_data(), &plan, common::progress::Quiet);
-        assert!(bits(&summary.network) == bits(&local), "{what}: the bad result was applied");
+        common::local::train_in_process(
+            &mut local,
+            &fixture_data(),
+            &plan,
+            common::progress::Quiet,
+        );
+        assert!(
+            bits(&summary.network) == bits(&local),
+            "{what}: the bad result was applied"
+        );
     }
 }

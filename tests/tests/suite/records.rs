@@ -27,7 +27,13 @@ fn original() -> &'static Value {
         let mut net = plan.initial_network();
         let mut state = RunState::new(&plan);
         let quiet = common::progress::Quiet;
-        common::local::train_in_process_with_state(&mut net, &mut state, &fixture_data(), &plan, quiet);
+        common::local::train_in_process_with_state(
+            &mut net,
+            &mut state,
+            &fixture_data(),
+            &plan,
+            quiet,
+        );
         let digests = record::data_digests(&fixture_dir()).unwrap();
         record::of_run(&plan, digests, None, &state.chain).to_json()
     })

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use integration_tests::process::{expect_success_with_output, lines, stderr_of, wait_exit, Guard};
 
-use integration_tests::process::{address, assert_same_as_local, coordinator, run_dir, worker_process};
+use integration_tests::process::{
+    address, assert_same_as_local, coordinator, run_dir, worker_process,
+};
 
 /// Sends `signal` (`STOP`, `CONT`) to the worker's process.
 fn signal(worker: &Guard, signal: &str) {

@@ -143,7 +143,11 @@ pub fn learn(
 /// The side of the first layer's tiles: 28 when each unit sees the whole
 /// image, K for a conv layer's K×K filters on one channel, 0 otherwise.
 fn tile_side(network: &Network) -> usize {
-    match network.net.as_ref().and_then(|n| n.layers.first().map(|l| (n.input, *l))) {
+    match network
+        .net
+        .as_ref()
+        .and_then(|n| n.layers.first().map(|l| (n.input, *l)))
+    {
         Some((input, Layer::ConvPool { kernel, .. })) if input.channels == 1 => kernel,
         Some(_) => 0,
         None if network.weights[0].ncols() == IMAGE_SIZE => 28,
@@ -195,7 +199,9 @@ mod tests {
         let conv = Network::network3(&spec, &mut common::schedule::init_rng(3));
         let l = learn(&conv, &data, Cost::Quadratic, KernelSet::best(), 0);
         assert_eq!((l.tiles.len(), l.tile_side, l.hidden), (6, 5, 6));
-        let tile = base64::engine::general_purpose::STANDARD.decode(&l.tiles[0]).unwrap();
+        let tile = base64::engine::general_purpose::STANDARD
+            .decode(&l.tiles[0])
+            .unwrap();
         assert_eq!(tile.len(), 25);
     }
 }
