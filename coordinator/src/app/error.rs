@@ -49,16 +49,6 @@ pub enum AppError {
     /// A model file could not be read or written.
     #[error(transparent)]
     Model(#[from] common::model_file::ModelFileError),
-    /// A model file holds a network that does not fit the command.
-    #[error("{}: layer sizes {sizes:?} {why}", path.display())]
-    ModelShape {
-        /// The file.
-        path: PathBuf,
-        /// Its layer sizes.
-        sizes: Vec<usize>,
-        /// What they should be.
-        why: String,
-    },
     /// A checkpoint could not be read or does not fit the run.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
