@@ -182,6 +182,13 @@ pub struct SpecError(pub String);
 
 /// At most this many parameters in a net (as for `--sizes`: a 400 MB model).
 pub const MAX_PARAMETERS: usize = 100_000_000;
+/// At most this many layers in a net, and this many bytes in its text: a
+/// `--net` from a file or a peer is refused before anything is built from
+/// it (the book's deepest net has 5).
+pub const MAX_LAYERS: usize = 64;
+/// See [`MAX_LAYERS`].
+pub const MAX_TEXT: usize = 4096;
+
 /// At most this many values in one layer's output per sample (bounds the
 /// memory of a shard's activations).
 pub const MAX_FEATURES: usize = 4_000_000;
@@ -194,6 +201,11 @@ impl NetSpec {
     /// # Errors
     /// A [`SpecError`] naming the layer (its position from 1 and its text).
     pub fn parse(text: &str, input: Shape) -> Result<NetSpec, SpecError> {
+        if text.len() > MAX_TEXT || text.split(',').count() > 2 * MAX_LAYERS {
+            return Err(SpecError(format!(
+                "more than {MAX_LAYERS} layers or {MAX_TEXT} characters"
+            )));
+        }
         let tokens: Vec<&str> = text.split(',').collect();
         let mut layers = Vec::new();
         let mut i = 0;
@@ -262,6 +274,9 @@ impl NetSpec {
             |l: usize, msg: String| SpecError(format!("layer {} `{}`: {msg}", l + 1, names[l]));
         if self.layers.is_empty() || text.is_empty() {
             return Err(SpecError("a net needs at least one layer".into()));
+        }
+        if self.layers.len() > MAX_LAYERS {
+            return Err(SpecError(format!("more than {MAX_LAYERS} layers")));
         }
         let (mut shape, mut params) = (self.input, 0usize);
         for (l, layer) in self.layers.iter().enumerate() {

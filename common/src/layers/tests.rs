@@ -244,6 +244,12 @@ fn parse_errors_name_the_layer() {
         ("", "layer 1 ``"),
         ("pool2,softmax10", "a pool must follow a conv layer"),
         ("softmax10:relu", "takes no activation"),
+        (&"fc1,".repeat(200), "more than 64 layers"),
+        (
+            &format!("{}softmax10", "fc1,".repeat(100)),
+            "more than 64 layers",
+        ),
+        (&"fc1:".repeat(2000), "4096 characters"),
     ] {
         let err = NetSpec::parse(text, mnist).unwrap_err().to_string();
         assert!(err.contains(needle), "{text:?}: {err}");
