@@ -6,12 +6,15 @@
 //! The major components are:
 //! - [`network`]: sizes, N(0,1) and N(0,1)/√n_in init, feedforward, batched
 //!   backprop, evaluate, update; plain `ndarray`, reads like `network.py`;
+//! - [`layers`]: chapter 6's nets (`network3.py`): conv+pool, fc and softmax
+//!   layers, ReLU and tanh, dropout masks that follow each sample, `--net`;
 //! - [`cost`]: chapter 3's quadratic and cross-entropy costs (`network2.py`);
 //! - [`optimizer`]: the update: L2 weight decay and momentum's velocity;
 //! - [`stopping`]: early stopping and the η schedule, judged on validation accuracy;
 //! - [`kernels`]: the products and the sigmoid in a run's kernel set
 //!   (`avx2`: register-blocked AVX2/AVX-512 loops; `portable`: plain loops);
 //! - [`gradients`]: summed gradients and their reduction in shard order;
+//! - [`allocator`]: freed memory kept for the next step (glibc's thresholds);
 //! - [`schedule`]: seeded epoch shuffles, mini-batches, logical shards;
 //! - [`workspace`]: the same backprop into buffers reused every step (the fast path);
 //! - [`plan`]: what a run trains (the flags that decide the weights) and its
