@@ -24,7 +24,7 @@
 //! - `∇b`: one running sum per output, over samples in order (and, in a conv
 //!   layer, over each sample's pooled positions in row-major order).
 
-use ndarray::{Array1, Array2, ArrayView2, Axis, Zip};
+use ndarray::{s, Array1, Array2, ArrayView2, Axis, Zip};
 use rand::Rng;
 use rand_distr::StandardNormal;
 
@@ -98,9 +98,20 @@ pub fn initial_params(spec: &NetSpec, rng: &mut impl Rng) -> (Vec<Array2<f32>>, 
 
 /// The softmax layer's outputs `(classes, n)` for inputs `x` `(C·H·W, n)`
 /// in an evaluation pass.
+/// Runs [`EVAL_CHUNK`] samples at a time: a conv layer's patches for a
+/// thousand samples are hundreds of MB, for a few dozen they stay in cache.
 pub fn feedforward(spec: &NetSpec, p: Params, x: ArrayView2<f32>, k: KernelSet) -> Array2<f32> {
-    forward(spec, p, x, k, Mode::Eval)
+    let mut out = Array2::zeros((spec.classes(), x.ncols()));
+    for start in (0..x.ncols()).step_by(EVAL_CHUNK) {
+        let columns = start..(start + EVAL_CHUNK).min(x.ncols());
+        let a = forward(spec, p, x.slice(s![.., columns.clone()]), k, Mode::Eval);
+        out.slice_mut(s![.., columns]).assign(&a);
+    }
+    out
 }
+
+/// How many samples an evaluation pass feeds forward at once.
+const EVAL_CHUNK: usize = 32;
 
 /// The softmax layer's outputs `(classes, n)` for inputs `x` in a pass of `mode`.
 pub fn forward(

@@ -279,3 +279,32 @@ fn canonical_text_round_trips() {
         vec![(20, 25), (40, 500), (100, 640), (10, 100)]
     );
 }
+
+/// Evaluation feeds samples forward a chunk at a time; each sample's
+/// outputs are what it gets fed alone: the same bits on the portable
+/// kernels, whose sums run per sample, and within rounding on AVX2, whose
+/// products take a batch's columns in vector-wide groups.
+#[test]
+fn a_sample_evaluates_the_same_alone_and_in_any_chunk() {
+    for text in NETS {
+        let spec = NetSpec::parse(text, input_shape()).unwrap();
+        let (w, b) = random_params(&spec, 11);
+        let p = Params {
+            weights: &w,
+            biases: &b,
+        };
+        let (x, _, _) = random_batch(&spec, 75, 12);
+        for k in [KernelSet::Portable, KernelSet::best()] {
+            let all = net::feedforward(&spec, p, x.view(), k);
+            for s in [0, 31, 32, 33, 74] {
+                let alone = net::feedforward(&spec, p, x.slice(ndarray::s![.., s..=s]), k);
+                if k == KernelSet::Portable {
+                    assert_eq!(all.column(s), alone.column(0), "{text}, sample {s}");
+                }
+                for (a, b) in all.column(s).iter().zip(alone.column(0)) {
+                    assert!((a - b).abs() <= 1e-5 * b.abs(), "{text}, sample {s}, {k:?}");
+                }
+            }
+        }
+    }
+}
