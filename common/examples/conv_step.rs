@@ -13,6 +13,7 @@ use ndarray::{Array2, ShapeBuilder};
 use rand::{Rng, SeedableRng};
 
 fn main() {
+    common::allocator::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let text = args.get(1).map_or(
         "conv20x5,pool2,conv40x5,pool2,fc100,softmax10",
