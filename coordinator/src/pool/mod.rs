@@ -1289,30 +1289,56 @@ mod tests {
     /// not violations. Paused time: the threshold passes by advancing the clock.
     #[tokio::test(start_paused = true)]
     async fn a_stalled_worker_is_backed_up_not_waited_for() {
+        stalled_worker_case(&Network::new(&SIZES, &mut init_rng(1))).await;
+    }
+
+    /// The same with a chapter-6 net (conv, pooling, dropout): the backups'
+    /// answers, the straggler's late ones and the first copies all decode
+    /// by the net's shapes, and no honest worker is dropped.
+    #[tokio::test(start_paused = true)]
+    async fn a_nets_stalled_worker_is_backed_up_and_its_late_answers_are_harmless() {
+        let mnist = common::layers::Shape {
+            channels: 1,
+            height: 28,
+            width: 28,
+        };
+        let text = "conv2x5:relu,pool2,fc6:dropout=0.5,softmax10";
+        let spec = common::layers::NetSpec::parse(text, mnist).unwrap();
+        let mut rng = init_rng(1);
+        let mut net = Network::network3(&spec, &mut rng);
+        // network3 starts the softmax layer at zero, which zeroes every error below it.
+        let last = net.weights.last_mut().unwrap();
+        last.mapv_inplace(|_| rand::Rng::random_range(&mut rng, -0.5..0.5));
+        stalled_worker_case(&net).await;
+    }
+
+    /// Worker 0 stalls with shards 0 and 2; worker 1 answers its own, then
+    /// the backup copies of 0 and 2; the next step, worker 0's answers
+    /// arrive late. `net` is the dense network or a chapter-6 net.
+    async fn stalled_worker_case(net: &Network) {
         let (tx, rx) = mpsc::channel(64);
         let t = timeouts_with(5, Duration::from_secs(30), BackupPolicy::DEFAULT);
-        let mut pool = RemotePool::new(rx, SIZES.to_vec(), t, STEP);
+        let mut pool = RemotePool::new(rx, net.sizes.clone(), t, STEP).with_net(net.net.as_ref());
         let mut inboxes = join(&tx, 0..2).await;
         pool.wait_for_workers(2).await.unwrap();
-        let net = Network::new(&SIZES, &mut init_rng(1));
         let shards = shards();
         let (stalled, backups) = {
             let (slow, fast) = inboxes.split_at_mut(1);
             let answer = async {
-                let stalled = compute_next(&mut slow[0]).await; // worker 0 stalls with shards 0 and 2
-                for r in compute_next(&mut fast[0]).await {
+                let stalled = compute_at(&mut slow[0], net).await; // worker 0 stalls with shards 0 and 2
+                for r in compute_at(&mut fast[0], net).await {
                     send(&tx, 1, r).await;
                 }
                 // After the threshold, worker 1 (idle) gets copies of 0 and 2.
-                let backups = compute_next(&mut fast[0]).await;
+                let backups = compute_at(&mut fast[0], net).await;
                 for r in backups.clone() {
                     send(&tx, 1, r).await;
                 }
                 (stalled, backups)
             };
-            let (got, out) = tokio::join!(pool.run_step(StepId(STEP), &net, &shards, KEY), answer);
+            let (got, out) = tokio::join!(pool.run_step(StepId(STEP), net, &shards, KEY), answer);
             let got = got.unwrap();
-            assert!(got.gradients == expected(&net));
+            assert!(got.gradients == expected_at(net));
             assert_eq!((got.backups, got.reassigned, got.workers), (2, 0, 2));
             out
         };
@@ -1326,12 +1352,12 @@ mod tests {
             for r in stalled {
                 send(&tx, 0, r).await; // it wakes up: late, harmless
             }
-            for r in compute_next(&mut inboxes[1]).await {
+            for r in compute_at(&mut inboxes[1], net).await {
                 send(&tx, 1, r).await;
             }
         };
-        let (got, ()) = tokio::join!(pool.run_step(StepId(STEP + 1), &net, &shards, KEY), answer);
-        assert!(got.unwrap().gradients == expected(&net));
+        let (got, ()) = tokio::join!(pool.run_step(StepId(STEP + 1), net, &shards, KEY), answer);
+        assert!(got.unwrap().gradients == expected_at(net));
         let stats = pool.stats();
         assert_eq!(
             (stats.late, stats.refused, stats.rejected),
@@ -1343,6 +1369,50 @@ mod tests {
             inboxes[0].try_recv().is_err(),
             "the busy worker was sent nothing"
         );
+    }
+
+    /// Waits for the next Step in `inbox` and computes its shards as a
+    /// worker of `like`'s model would (whole gradients; a net's dropout
+    /// masks keyed by each shard's position).
+    async fn compute_at(inbox: &mut Inbox, like: &Network) -> Vec<pb::ShardResult> {
+        let step = match inbox.recv().await {
+            Some(Ok(pb::CoordinatorMessage {
+                kind: Some(Kind::Step(step)),
+            })) => step,
+            other => panic!("expected a Step, got {other:?}"),
+        };
+        let mut net = like.zeros_like();
+        let shards = wire::decode_step(&step, &mut net).unwrap();
+        (shards.iter().zip(&step.shards))
+            .map(|((id, samples), shard)| {
+                let key = DropoutKey {
+                    first: shard.position,
+                    epoch: step.epoch,
+                    ..KEY
+                };
+                let (g, _) = common::shard::answer(
+                    &net,
+                    samples,
+                    common::cost::Cost::Quadratic,
+                    KernelSet::best(),
+                    common::shard::AnswerForm::Whole,
+                    key,
+                );
+                wire::encode_shard_answer(step.step_id, *id, samples.len(), &g, None)
+            })
+            .collect()
+    }
+
+    /// Each shard's whole gradient at `net`, as [`compute_at`] computes it.
+    fn expected_at(net: &Network) -> Vec<Gradients> {
+        let shards = shards();
+        (shards.iter().zip(shard_keys(KEY, &shards)))
+            .map(|(s, key)| {
+                let form = common::shard::AnswerForm::Whole;
+                let cost = common::cost::Cost::Quadratic;
+                common::shard::answer(net, s, cost, KernelSet::best(), form, key).0
+            })
+            .collect()
     }
 
     #[tokio::test(start_paused = true)]
