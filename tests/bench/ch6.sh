@@ -7,7 +7,8 @@
 #   tests/bench/ch6.sh speed      # --local training samples/s on the ch6-conv2 net at batch 10, 3 one-epoch runs;
 #                                 # with TORCH=/path/to/venv/bin/python and ANCHORS=dir of network3_torch.py, PyTorch's beside it
 #   tests/bench/ch6.sh cluster    # ch6-conv2, batch 10 and 100: --local --shards W vs W = 2 and 4 worker processes
-#                                 # (samples/s of one epoch each, and cmp of the model files)
+#                                 # (samples/s of one epoch each, cmp of the model files; ROUNDS=3 interleaved
+#                                 # rounds, then medians and ratios)
 #   tests/bench/ch6.sh memory     # peak RSS of the coordinator and each worker, ch6-dropout on 2 workers
 #                                 # (sampled after SECONDS_TO_SAMPLE=60 s of training, then stopped)
 #   tests/bench/ch6.sh vs-ddp     # ch6-conv2, 2 workers, batch 10 and 100: our step p50 beside PyTorch DDP's median
@@ -47,18 +48,39 @@ speed)
   fi
   ;;
 cluster)
-  for batch in 10 100; do
-    for w in 2 4; do
-      local_line=$($bin/coordinator --local --shards "$w" --preset ch6-conv2 --batch-size "$batch" --epochs 1 \
-        --monitor none --progress none --out "$out/local.safetensors" 2>/dev/null | epoch_line)
-      cluster_line=$($bin/coordinator --workers "$w" --spawn-workers --listen 127.0.0.1:0 --preset ch6-conv2 \
-        --batch-size "$batch" --epochs 1 --monitor none --progress none --out "$out/cluster.safetensors" 2>/dev/null \
-        | epoch_line)
-      same=$(cmp -s "$out/local.safetensors" "$out/cluster.safetensors" && echo "identical" || echo "DIFFERENT")
-      echo "batch $batch, --local --shards $w: $local_line"
-      echo "batch $batch, $w workers:          $cluster_line   (models $same)"
+  # ROUNDS rounds (default 3), each running every configuration once, so that a
+  # slow spell of the shared machine hits all of them; then the median of each
+  # and its ratio to --local --shards W. Model files are compared with cmp.
+  rounds=${ROUNDS:-3}
+  runs="$out/runs.txt"
+  for round in $(seq "$rounds"); do
+    for batch in 10 100; do
+      for w in 2 4; do
+        local_line=$($bin/coordinator --local --shards "$w" --preset ch6-conv2 --batch-size "$batch" --epochs 1 \
+          --monitor none --progress none --out "$out/local.safetensors" 2>/dev/null | epoch_line)
+        cluster_line=$($bin/coordinator --workers "$w" --spawn-workers --listen 127.0.0.1:0 --preset ch6-conv2 \
+          --batch-size "$batch" --epochs 1 --monitor none --progress none --out "$out/cluster.safetensors" \
+          2>/dev/null | epoch_line)
+        same=$(cmp -s "$out/local.safetensors" "$out/cluster.safetensors" && echo "identical" || echo "DIFFERENT")
+        echo "round $round, batch $batch, --local --shards $w: $local_line"
+        echo "round $round, batch $batch, $w workers:          $cluster_line   (models $same)"
+        echo "$batch local$w $(grep -oE '[0-9]+ samples/s' <<<"$local_line" | cut -d' ' -f1)" >>"$runs"
+        echo "$batch workers$w $(grep -oE '[0-9]+ samples/s' <<<"$cluster_line" | cut -d' ' -f1)" >>"$runs"
+      done
     done
   done
+  python3 - "$runs" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    batch, what, rate = line.split()
+    runs.setdefault((int(batch), what), []).append(int(rate))
+for batch in (10, 100):
+    m = {what: statistics.median(r) for (b, what), r in runs.items() if b == batch}
+    print(f"batch {batch}, medians (samples/s): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(m.items())))
+    print(f"batch {batch}: 2 workers / --local --shards 2 = {m['workers2'] / m['local2']:.2f}, "
+          f"4 workers / 2 workers = {m['workers4'] / m['workers2']:.2f}")
+PY
   ;;
 memory)
   $bin/coordinator --workers 2 --spawn-workers --listen 127.0.0.1:0 --preset ch6-dropout --epochs 1 \
