@@ -101,6 +101,15 @@ impl LocalWorkers {
             children.push(child);
         }
         info!(count, address, "started local workers");
+        let cores = std::thread::available_parallelism().map_or(count, |n| n.get());
+        if count > cores {
+            warn!(
+                workers = count,
+                cores,
+                "more local workers than cores: each worker costs every step a copy of the weights and a \
+                 whole gradient, so workers beyond the cores add that and no compute (see docs/performance.md)"
+            );
+        }
         Ok(Self { children })
     }
 
