@@ -144,6 +144,65 @@ pub fn backprop(
     k: KernelSet,
     key: DropoutKey,
 ) -> Gradients {
+    backprop_factored(spec, p, x, y, k, key, &[]).0
+}
+
+/// A fully connected layer's weight gradient `Σ_x δ aᵀ` as its factors:
+/// the layer's error `delta` `(out, n)` and its input `input` `(in, n)` (after
+/// its dropout mask). For a shard of fewer than `out·in / (out + in)`
+/// samples these are fewer values than the matrix, so a worker can send them
+/// instead and the coordinator multiplies them out ([`fc_weight_gradient`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Factor {
+    /// The layer's index in the net.
+    pub layer: usize,
+    /// Its error `∂C/∂z`, `(out, n)`.
+    pub delta: Array2<f32>,
+    /// Its input as its product saw it, `(in, n)`.
+    pub input: Array2<f32>,
+}
+
+/// The fully connected (fc and softmax) layers of `spec` whose weight
+/// gradient for `samples` samples has more values than its factors.
+pub fn factor_layers(spec: &NetSpec, samples: usize) -> Vec<usize> {
+    let shapes = spec.shapes();
+    (spec.layers.iter().enumerate())
+        .filter(|(l, layer)| {
+            let (out, inputs) = layer.weight_shape(shapes[*l]);
+            !matches!(layer, Layer::ConvPool { .. })
+                && samples.saturating_mul(out + inputs) < out * inputs
+        })
+        .map(|(l, _)| l)
+        .collect()
+}
+
+/// A fully connected layer's weight gradient `δ · aᵀ` `(out, in)`, the
+/// kernel set's product over the samples in order, with its operands in one
+/// layout (δ row-major, `a` column-major) whatever layout they come in: so a
+/// worker's whole gradient and the coordinator's product of the factors it
+/// sent have the same bits.
+pub fn fc_weight_gradient(k: KernelSet, delta: &Array2<f32>, input: &Array2<f32>) -> Array2<f32> {
+    let delta = delta.as_standard_layout().into_owned();
+    let input_t = input.t();
+    let columns = input_t.as_standard_layout();
+    kernels::delta_dot_xt(k, &delta, &columns.t())
+}
+
+/// [`backprop`], with the weight gradients of the fully connected layers in
+/// `factored` (ascending) left empty (0 × 0) and their [`Factor`]s returned
+/// instead, in layer order.
+///
+/// # Panics
+/// As [`backprop`], and if a layer in `factored` is a conv layer.
+pub fn backprop_factored(
+    spec: &NetSpec,
+    p: Params,
+    x: ArrayView2<f32>,
+    y: ArrayView2<f32>,
+    k: KernelSet,
+    key: DropoutKey,
+    factored: &[usize],
+) -> (Gradients, Vec<Factor>) {
     assert_eq!(x.nrows(), spec.input.len(), "input rows");
     assert_eq!(y.nrows(), spec.classes(), "target rows");
     assert_eq!(x.ncols(), y.ncols(), "one target column per input column");
@@ -158,11 +217,23 @@ pub fn backprop(
     // backward pass: the softmax layer's error with the log-likelihood cost is a − y
     let mut delta = &caches[layers - 1].output - &y;
     let (mut nabla_w, mut nabla_b) = (Vec::with_capacity(layers), Vec::with_capacity(layers));
+    let mut factors = Vec::with_capacity(factored.len());
     for l in (0..layers).rev() {
         let (layer, cache) = (&spec.layers[l], &caches[l]);
-        let back = layer_backward(layer, shapes[l], &p.weights[l], cache, delta, k, l > 0);
+        let want = Wanted {
+            input_error: l > 0,
+            factors: factored.contains(&l),
+        };
+        let back = layer_backward(layer, shapes[l], &p.weights[l], cache, delta, k, want);
         nabla_w.push(back.nabla_w);
         nabla_b.push(back.nabla_b);
+        if let Some((delta, input)) = back.factors {
+            factors.push(Factor {
+                layer: l,
+                delta,
+                input,
+            });
+        }
         if let Some(mut d) = back.input_error {
             let below = &caches[l - 1];
             activation_of(&spec.layers[l - 1]).backward(&mut d, &below.output);
@@ -173,7 +244,8 @@ pub fn backprop(
     }
     nabla_w.reverse();
     nabla_b.reverse();
-    Gradients { nabla_w, nabla_b }
+    factors.reverse();
+    (Gradients { nabla_w, nabla_b }, factors)
 }
 
 /// Total log-likelihood cost `Σ_x −ln a_y(x)` over the columns of the
@@ -260,11 +332,22 @@ fn layer_forward(
     }
 }
 
-/// A layer's gradients, and the error of its input if asked for.
+/// A layer's gradients, the error of its input if asked for, and for a
+/// factored layer its weight gradient's factors (δ, input) instead of the matrix.
 struct Backward {
     nabla_w: Array2<f32>,
     nabla_b: Array1<f32>,
     input_error: Option<Array2<f32>>,
+    factors: Option<(Array2<f32>, Array2<f32>)>,
+}
+
+/// What a layer's backward pass is asked for besides its bias gradient.
+#[derive(Clone, Copy)]
+struct Wanted {
+    /// The error of its input (every layer but the first).
+    input_error: bool,
+    /// Its weight gradient as factors rather than multiplied out (fc and softmax only).
+    factors: bool,
 }
 
 /// One layer's backward pass from `delta`, the error `∂C/∂z` of its output.
@@ -275,8 +358,9 @@ fn layer_backward(
     cache: &Cache,
     delta: Array2<f32>,
     k: KernelSet,
-    want_input_error: bool,
+    want: Wanted,
 ) -> Backward {
+    let want_input_error = want.input_error;
     if let Layer::ConvPool { kernel, .. } = *layer {
         let (filters, from) = (w.nrows(), &cache.pooled_from);
         let nabla_b = filter_sums(&delta, filters);
@@ -288,14 +372,21 @@ fn layer_backward(
         };
         let input_error =
             want_input_error.then(|| conv::input_error(&delta, from, w, input, kernel));
+        assert!(!want.factors, "a conv layer's weight gradient is not factored");
         return Backward {
             nabla_w,
             nabla_b,
             input_error,
+            factors: None,
         };
     }
     let nabla_b = row_sums(&delta);
-    let nabla_w = kernels::delta_dot_xt(k, &delta, &cache.input.view());
+    let (nabla_w, factors) = if want.factors {
+        let factors = (delta.clone(), cache.input.clone());
+        (Array2::zeros((0, 0)), Some(factors))
+    } else {
+        (fc_weight_gradient(k, &delta, &cache.input), None)
+    };
     let input_error = want_input_error.then(|| {
         let mut d = kernels::wt_dot_delta(k, w, &delta);
         if let Some(mask) = &cache.mask {
@@ -307,6 +398,7 @@ fn layer_backward(
         nabla_w,
         nabla_b,
         input_error,
+        factors,
     }
 }
 

@@ -308,3 +308,51 @@ fn a_sample_evaluates_the_same_alone_and_in_any_chunk() {
         }
     }
 }
+
+proptest! {
+    /// A shard's fully connected layers sent as factors (δ and the input)
+    /// and multiplied out where they arrive give the whole gradient's bits,
+    /// on both kernel sets, with dropout on.
+    #[test]
+    fn factors_multiplied_out_are_the_whole_gradients_bits(
+        net in 0..NETS.len(),
+        n in 1usize..12,
+        seed in any::<u64>(),
+    ) {
+        let spec = NetSpec::parse(NETS[net], input_shape()).unwrap();
+        let (w, b) = random_params(&spec, seed);
+        let p = Params { weights: &w, biases: &b };
+        let (x, y, _) = random_batch(&spec, n, seed ^ 1);
+        let key = DropoutKey { seed, epoch: 2, first: 40 };
+        let fc: Vec<usize> = (0..spec.layers.len())
+            .filter(|&l| !matches!(spec.layers[l], crate::layers::Layer::ConvPool { .. }))
+            .collect();
+        for k in [KernelSet::Portable, KernelSet::best()] {
+            let whole = net::backprop(&spec, p, x.view(), y.view(), k, key);
+            let (mut g, factors) = net::backprop_factored(&spec, p, x.view(), y.view(), k, key, &fc);
+            prop_assert_eq!(factors.iter().map(|f| f.layer).collect::<Vec<_>>(), fc.clone());
+            for f in &factors {
+                prop_assert_eq!(g.nabla_w[f.layer].dim(), (0, 0));
+                g.nabla_w[f.layer] = net::fc_weight_gradient(k, &f.delta, &f.input);
+            }
+            prop_assert!(g == whole, "{} at n = {}, {:?}", NETS[net], n, k);
+        }
+    }
+}
+
+/// Factoring pays only while the factors are fewer values than the matrix.
+#[test]
+fn layers_are_factored_while_their_factors_are_smaller() {
+    let mnist = Shape {
+        channels: 1,
+        height: 28,
+        width: 28,
+    };
+    let conv2 = NetSpec::parse("conv20x5,pool2,conv40x5,pool2,fc100,softmax10", mnist).unwrap();
+    // fc100 over 640 inputs: 64,000 weights, 740 values a sample; softmax10 over 100: 1,000 and 110.
+    assert_eq!(net::factor_layers(&conv2, 5), vec![2, 3]);
+    assert_eq!(net::factor_layers(&conv2, 9), vec![2, 3]);
+    assert_eq!(net::factor_layers(&conv2, 10), vec![2]);
+    assert_eq!(net::factor_layers(&conv2, 86), vec![2]);
+    assert_eq!(net::factor_layers(&conv2, 87), Vec::<usize>::new());
+}
