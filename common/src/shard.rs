@@ -85,6 +85,26 @@ pub fn net_gradient(
     crate::layers::net::backprop(spec, network.params(), x.view(), y.view(), kernels, key)
 }
 
+/// [`net_gradient`] with the weight gradients of the fully connected layers
+/// in `factored` (ascending; the layers a `Shard` listed in
+/// `factor_layers`) left empty and their factors returned instead (see
+/// [`crate::layers::net::Factor`]); with none, the whole gradient.
+///
+/// # Panics
+/// If `network` is not a chapter-6 net or a layer in `factored` is a conv layer.
+pub fn net_answer(
+    network: &Network,
+    shard: &Samples,
+    kernels: KernelSet,
+    key: DropoutKey,
+    factored: &[usize],
+) -> (Gradients, Vec<crate::layers::net::Factor>) {
+    let spec = network.net.as_ref().expect("a chapter-6 net");
+    let (x, y) = (shard.inputs(), shard.targets());
+    let p = network.params();
+    crate::layers::net::backprop_factored(spec, p, x.view(), y.view(), kernels, key, factored)
+}
+
 /// [`summed_gradient`] without the first weight matrix (left empty,
 /// 0 × 0), and the first layer's error δ¹ (`sizes[1]` × samples, row-major)
 /// from which [`complete_first_weights`] computes it: for a small shard, far

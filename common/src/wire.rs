@@ -14,7 +14,8 @@ use crate::cost::Cost;
 use crate::dataset::{Samples, CLASSES, IMAGE_SIZE};
 use crate::gradients::Gradients;
 use crate::kernels::KernelSet;
-use crate::layers::{NetSpec, Shape};
+use crate::layers::net::{fc_weight_gradient, Factor};
+use crate::layers::{Layer, NetSpec, Shape};
 use crate::network::{checked_parameter_count, parameter_count, Network};
 use crate::pb;
 use crate::schedule::ShardId;
@@ -114,6 +115,22 @@ pub enum WireError {
         /// The sizes received.
         sizes: Vec<u32>,
     },
+    /// A result carries factors its shard did not ask for.
+    #[error("step {step} shard {shard}: result carries factors the shard did not list (factor_layers)")]
+    FactorsNotAsked {
+        /// Its step.
+        step: u64,
+        /// Its shard.
+        shard: u32,
+    },
+    /// A `Shard` lists factor layers that do not fit the run's net.
+    #[error("shard {shard}: factor_layers refused: {why}")]
+    FactorLayers {
+        /// The shard.
+        shard: u32,
+        /// What is wrong.
+        why: String,
+    },
     /// `Welcome.net` names a net this worker cannot build.
     #[error("cannot build the run's net: {0}")]
     Net(String),
@@ -186,15 +203,21 @@ pub enum WireError {
 /// Which tensors a packed message holds: all, or all but the first weight
 /// matrix (a `ShardResult` that carries the first layer's error instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tensors {
+enum Tensors<'a> {
     All,
     AllButFirstWeights,
+    /// All but the weight matrices of these layers (a net's factored layers).
+    AllBut(&'a [usize]),
 }
 
-impl Tensors {
+impl Tensors<'_> {
     /// Whether layer `l`'s weight matrix is packed.
     fn has_weights(self, l: usize) -> bool {
-        self == Tensors::All || l > 0
+        match self {
+            Tensors::All => true,
+            Tensors::AllButFirstWeights => l > 0,
+            Tensors::AllBut(layers) => !layers.contains(&l),
+        }
     }
 }
 
@@ -379,33 +402,93 @@ fn check_sample_count(result: &pb::ShardResult, expected: usize) -> Result<(), W
 }
 
 /// Unpacks the gradients of a chapter-6 net's `ShardResult` for a shard of
-/// `expected_samples` samples, validated (nets never send a first error).
+/// `expected_samples` samples, validated: whole, or, where its `Shard`
+/// listed `factored` layers, every tensor but those layers' weight
+/// matrices plus their factors (see `ShardResult.factors`), which
+/// [`ShardGradients::complete`] multiplies out. Nets never send a first error.
 ///
 /// # Errors
-/// [`WireError::SampleCount`], [`WireError::Length`], [`WireError::NonFinite`]
-/// or [`WireError::FirstErrorNotAsked`].
+/// [`WireError::SampleCount`], [`WireError::Length`], [`WireError::NonFinite`],
+/// [`WireError::FirstErrorNotAsked`] or [`WireError::FactorsNotAsked`].
 pub fn decode_net_result(
     result: &pb::ShardResult,
     net: &Network,
     expected_samples: usize,
-) -> Result<Gradients, WireError> {
+    factored: &[usize],
+) -> Result<ShardGradients, WireError> {
     check_sample_count(result, expected_samples)?;
+    let (step, shard) = (result.step_id, result.shard_id);
     if !result.first_error.is_empty() {
-        return Err(WireError::FirstErrorNotAsked {
-            step: result.step_id,
-            shard: result.shard_id,
+        return Err(WireError::FirstErrorNotAsked { step, shard });
+    }
+    let sent = if result.factors.is_empty() {
+        &[][..]
+    } else if factored.is_empty() {
+        return Err(WireError::FactorsNotAsked { step, shard });
+    } else {
+        factored
+    };
+    let mut g = Gradients::zeros_like(net);
+    let (w, b) = (&mut g.nabla_w, &mut g.nabla_b);
+    unpack(&net.sizes, "gradients", &result.gradients, w, b, Tensors::AllBut(sent))?;
+    let shapes: Vec<(usize, usize)> = sent.iter().map(|&l| net.weights[l].dim()).collect();
+    let expected = 4 * expected_samples * shapes.iter().map(|(o, i)| o + i).sum::<usize>();
+    if result.factors.len() != expected {
+        return Err(WireError::Length {
+            tensor: "factors",
+            sizes: net.sizes.clone(),
+            expected,
+            got: result.factors.len(),
         });
     }
-    let mut g = Gradients::zeros_like(net);
-    unpack(
-        &net.sizes,
-        "gradients",
-        &result.gradients,
-        &mut g.nabla_w,
-        &mut g.nabla_b,
-        Tensors::All,
-    )?;
-    Ok(g)
+    let mut values = vec![0.0f32; expected / 4];
+    read_f32s(&result.factors, &mut values);
+    check_finite("factors", 0, &values)?;
+    let mut rest = &values[..];
+    let mut take = |rows: usize| {
+        let (head, tail) = rest.split_at(rows * expected_samples);
+        rest = tail;
+        Array2::from_shape_vec((rows, expected_samples), head.to_vec()).expect("rows × samples")
+    };
+    let factors = (sent.iter().zip(&shapes))
+        .map(|(&layer, &(out, inputs))| Factor {
+            layer,
+            delta: take(out),
+            input: take(inputs),
+        })
+        .collect();
+    for &l in sent {
+        g.nabla_w[l] = Array2::zeros((0, 0)); // filled by `complete`
+    }
+    Ok(ShardGradients {
+        gradients: g,
+        first_error: None,
+        factors,
+    })
+}
+
+/// The layers a `Shard` lists in `factor_layers`, checked against `net`:
+/// fully connected layers of it, ascending.
+///
+/// # Errors
+/// [`WireError::FactorLayers`].
+pub fn shard_factor_layers(shard: &pb::Shard, net: Option<&NetSpec>) -> Result<Vec<usize>, WireError> {
+    let layers: Vec<usize> = shard.factor_layers.iter().map(|&l| l as usize).collect();
+    if layers.is_empty() {
+        return Ok(layers);
+    }
+    let bad = |why: &str| WireError::FactorLayers {
+        shard: shard.shard_id,
+        why: why.to_string(),
+    };
+    let net = net.ok_or_else(|| bad("the run trains no chapter-6 net"))?;
+    if layers.windows(2).any(|p| p[0] >= p[1]) {
+        return Err(bad("layers must be listed once each, ascending"));
+    }
+    match layers.iter().find(|&&l| l >= net.layers.len() || matches!(net.layers[l], Layer::ConvPool { .. })) {
+        Some(l) => Err(bad(&format!("layer {l} is not a fully connected layer of the net"))),
+        None => Ok(layers),
+    }
 }
 
 /// The chapter-6 net a `Welcome` names (`Welcome.net`), if any, built for
@@ -581,6 +664,7 @@ pub fn encode_shard(id: ShardId, samples: &Samples) -> pb::Shard {
         labels: Bytes::copy_from_slice(&samples.labels),
         ask_first_error: false,
         position: 0,
+        factor_layers: Vec::new(),
     }
 }
 
@@ -653,6 +737,38 @@ pub fn encode_shard_result(
         compute_nanos: 0,
         codec_nanos: 0,
         first_error: Bytes::new(),
+        factors: Bytes::new(),
+    }
+}
+
+/// A chapter-6 net's `ShardResult` as [`crate::shard::net_answer`] gives
+/// it: every tensor of `g` but the weight matrices of the `factors`' layers
+/// (ignored: they may be empty), and those layers' factors.
+pub fn encode_net_answer(
+    step: u64,
+    id: ShardId,
+    samples: usize,
+    g: &Gradients,
+    factors: &[Factor],
+) -> pb::ShardResult {
+    let layers: Vec<usize> = factors.iter().map(|f| f.layer).collect();
+    let values: usize = factors.iter().map(|f| f.delta.len() + f.input.len()).sum();
+    let mut bytes = BytesMut::with_capacity(values * 4);
+    for f in factors {
+        for m in [&f.delta, &f.input] {
+            let m = m.as_standard_layout();
+            put_f32s(&mut bytes, m.as_slice().expect("standard layout is contiguous"));
+        }
+    }
+    pb::ShardResult {
+        step_id: step,
+        shard_id: id.0,
+        sample_count: samples as u32,
+        gradients: pack(&g.nabla_w, &g.nabla_b, Tensors::AllBut(&layers)),
+        compute_nanos: 0,
+        codec_nanos: 0,
+        first_error: Bytes::new(),
+        factors: bytes.freeze(),
     }
 }
 
@@ -681,6 +797,7 @@ pub fn encode_shard_answer(
         compute_nanos: 0,
         codec_nanos: 0,
         first_error: error.freeze(),
+        factors: Bytes::new(),
     }
 }
 
@@ -693,6 +810,8 @@ pub struct ShardGradients {
     pub gradients: Gradients,
     /// The first layer's error δ¹, `sizes[1]` × samples, row-major.
     pub first_error: Option<Vec<f32>>,
+    /// A net's factored layers (their weight matrices left empty).
+    pub factors: Vec<Factor>,
 }
 
 impl ShardGradients {
@@ -707,10 +826,15 @@ impl ShardGradients {
     /// [`WireError::NonFinite`] for the tensor "first weights, from the error"
     /// if that matrix overflows (a peer's error can be finite and still too large).
     pub fn complete(self, shard: &Samples, kernels: KernelSet) -> Result<Gradients, WireError> {
-        let Some(error) = self.first_error else {
-            return Ok(self.gradients);
-        };
         let mut g = self.gradients;
+        for f in &self.factors {
+            g.nabla_w[f.layer] = fc_weight_gradient(kernels, &f.delta, &f.input);
+            let w = g.nabla_w[f.layer].as_slice().expect("standard layout");
+            check_finite("weights, from the factors", 0, w)?;
+        }
+        let Some(error) = self.first_error else {
+            return Ok(g);
+        };
         crate::shard::complete_first_weights(&mut g, shard, &error, kernels);
         let w = g.nabla_w[0].as_slice().expect("standard layout");
         check_finite("first weights, from the error", 0, w)?;
@@ -724,6 +848,7 @@ impl From<Gradients> for ShardGradients {
         ShardGradients {
             gradients,
             first_error: None,
+            factors: Vec::new(),
         }
     }
 }
@@ -746,6 +871,7 @@ pub fn decode_shard_result(
         return Ok(ShardGradients {
             gradients: decode_gradients(sizes, &result.gradients)?,
             first_error: None,
+            factors: Vec::new(),
         });
     }
     if asked == AnswerForm::Whole {
@@ -772,6 +898,7 @@ pub fn decode_shard_result(
     Ok(ShardGradients {
         gradients,
         first_error: Some(error),
+        factors: Vec::new(),
     })
 }
 
@@ -856,6 +983,7 @@ mod tests {
             labels: vec![1, 2].into(),
             ask_first_error: false,
             position: 0,
+            factor_layers: Vec::new(),
         };
         assert!(matches!(
             decode_shard(&bad),

@@ -15,7 +15,8 @@ use common::dataset::Samples;
 use common::kernels::KernelSet;
 use common::layers::DropoutKey;
 use common::schedule::ShardId;
-use common::shard::{answer, AnswerForm};
+use common::layers::net::Factor;
+use common::shard::{answer, net_answer, AnswerForm};
 use common::{Gradients, Network};
 
 /// One shard to compute.
@@ -28,6 +29,9 @@ pub struct ShardInput {
     /// Whether the coordinator asked for the first layer's error instead of
     /// its weight gradient.
     pub ask_first_error: bool,
+    /// For a chapter-6 net, the fully connected layers whose weight gradient
+    /// goes as its factors (validated by `wire::shard_factor_layers`).
+    pub factor_layers: Vec<usize>,
     /// Its dropout masks' key (its first sample's place in the epoch).
     pub key: DropoutKey,
 }
@@ -43,6 +47,8 @@ pub struct ShardOutput {
     pub gradients: Gradients,
     /// The first layer's error, where it was asked for.
     pub first_error: Option<Vec<f32>>,
+    /// A net's factored layers (their weight matrices left empty in `gradients`).
+    pub factors: Vec<Factor>,
     /// The time backprop took.
     pub compute: Duration,
 }
@@ -65,19 +71,19 @@ pub async fn shard_gradients_blocking(
             .iter()
             .map(|shard| {
                 let (s, start) = (&shard.samples, Instant::now());
-                let (gradients, first_error) = answer(
-                    &network,
-                    s,
-                    cost,
-                    kernels,
-                    AnswerForm::first_error_if(shard.ask_first_error),
-                    shard.key,
-                );
+                let ((gradients, first_error), factors) = if network.net.is_some() {
+                    let (g, f) = net_answer(&network, s, kernels, shard.key, &shard.factor_layers);
+                    ((g, None), f)
+                } else {
+                    let form = AnswerForm::first_error_if(shard.ask_first_error);
+                    (answer(&network, s, cost, kernels, form, shard.key), Vec::new())
+                };
                 ShardOutput {
                     id: shard.id,
                     samples: s.len(),
                     gradients,
                     first_error,
+                    factors,
                     compute: start.elapsed(),
                 }
             })

@@ -279,18 +279,21 @@ impl Joined {
     ) -> Result<Network, SessionError> {
         let decode_start = Instant::now();
         let shards = wire::decode_step(&step, &mut network)?;
-        let shards: Vec<_> = (shards.into_iter().zip(&step.shards))
-            .map(|((id, samples), shard)| ShardInput {
+        let mut inputs = Vec::with_capacity(shards.len());
+        for ((id, samples), shard) in shards.into_iter().zip(&step.shards) {
+            inputs.push(ShardInput {
                 id,
                 samples,
                 ask_first_error: shard.ask_first_error,
+                factor_layers: wire::shard_factor_layers(shard, network.net.as_ref())?,
                 key: DropoutKey {
                     seed: self.seed,
                     epoch: step.epoch,
                     first: shard.position,
                 },
-            })
-            .collect();
+            });
+        }
+        let shards = inputs;
         // Each result carries its share of the Step's decoding.
         let decode_share = decode_start.elapsed() / shards.len().max(1) as u32;
         debug!(step = step.step_id, shards = shards.len(), "step");
@@ -310,7 +313,11 @@ impl Joined {
         for out in outputs {
             let encode_start = Instant::now();
             let (s, g, e) = (step.step_id, &out.gradients, out.first_error.as_deref());
-            let mut result = wire::encode_shard_answer(s, out.id, out.samples, g, e);
+            let mut result = if out.factors.is_empty() {
+                wire::encode_shard_answer(s, out.id, out.samples, g, e)
+            } else {
+                wire::encode_net_answer(s, out.id, out.samples, g, &out.factors)
+            };
             result.compute_nanos = nanos(out.compute);
             result.codec_nanos = nanos(decode_share + encode_start.elapsed());
             tx.send(result_message(result))

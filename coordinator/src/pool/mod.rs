@@ -304,6 +304,19 @@ impl RemotePool {
         AnswerForm::first_error_if(self.net.is_none() && small)
     }
 
+    /// The fully connected layers a shard of `samples` samples of the run's
+    /// net is asked to send as factors: those whose factors are fewer values
+    /// than their weight gradient, unless `--first-errors-up-to 0` asks for
+    /// whole gradients (and none for a dense network).
+    fn factor_layers(&self, samples: usize) -> Vec<usize> {
+        match self.net.as_ref().and_then(|n| n.net.as_ref()) {
+            Some(spec) if self.first_errors_up_to > 0 => {
+                common::layers::net::factor_layers(spec, samples)
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The same pool for the chapter-6 net `net` (whose shapes fix the
     /// results' layout; nets are never asked for a first error).
     pub fn with_net(self, net: Option<&common::layers::NetSpec>) -> Self {
@@ -477,7 +490,10 @@ impl RemotePool {
         asked: AnswerForm,
     ) -> Result<wire::ShardGradients, wire::WireError> {
         match &self.net {
-            Some(net) => wire::decode_net_result(result, net, samples).map(Into::into),
+            Some(net) => {
+                let factored = self.factor_layers(samples);
+                wire::decode_net_result(result, net, samples, &factored)
+            }
             None => wire::decode_shard_result(result, &self.sizes, samples, asked),
         }
     }
@@ -569,6 +585,9 @@ impl RemotePool {
                     ask_first_error: self.answer_form(step.shards[i].len())
                         == AnswerForm::FirstError,
                     position: step.keys[i].first,
+                    factor_layers: (self.factor_layers(step.shards[i].len()).iter())
+                        .map(|&l| l as u32)
+                        .collect(),
                     ..wire::encode_shard(ShardId(i as u32), &step.shards[i])
                 })
                 .collect(),
