@@ -116,7 +116,9 @@ pub enum WireError {
         sizes: Vec<u32>,
     },
     /// A result carries factors its shard did not ask for.
-    #[error("step {step} shard {shard}: result carries factors the shard did not list (factor_layers)")]
+    #[error(
+        "step {step} shard {shard}: result carries factors the shard did not list (factor_layers)"
+    )]
     FactorsNotAsked {
         /// Its step.
         step: u64,
@@ -430,7 +432,14 @@ pub fn decode_net_result(
     };
     let mut g = Gradients::zeros_like(net);
     let (w, b) = (&mut g.nabla_w, &mut g.nabla_b);
-    unpack(&net.sizes, "gradients", &result.gradients, w, b, Tensors::AllBut(sent))?;
+    unpack(
+        &net.sizes,
+        "gradients",
+        &result.gradients,
+        w,
+        b,
+        Tensors::AllBut(sent),
+    )?;
     let shapes: Vec<(usize, usize)> = sent.iter().map(|&l| net.weights[l].dim()).collect();
     let expected = 4 * expected_samples * shapes.iter().map(|(o, i)| o + i).sum::<usize>();
     if result.factors.len() != expected {
@@ -472,7 +481,10 @@ pub fn decode_net_result(
 ///
 /// # Errors
 /// [`WireError::FactorLayers`].
-pub fn shard_factor_layers(shard: &pb::Shard, net: Option<&NetSpec>) -> Result<Vec<usize>, WireError> {
+pub fn shard_factor_layers(
+    shard: &pb::Shard,
+    net: Option<&NetSpec>,
+) -> Result<Vec<usize>, WireError> {
     let layers: Vec<usize> = shard.factor_layers.iter().map(|&l| l as usize).collect();
     if layers.is_empty() {
         return Ok(layers);
@@ -485,8 +497,13 @@ pub fn shard_factor_layers(shard: &pb::Shard, net: Option<&NetSpec>) -> Result<V
     if layers.windows(2).any(|p| p[0] >= p[1]) {
         return Err(bad("layers must be listed once each, ascending"));
     }
-    match layers.iter().find(|&&l| l >= net.layers.len() || matches!(net.layers[l], Layer::ConvPool { .. })) {
-        Some(l) => Err(bad(&format!("layer {l} is not a fully connected layer of the net"))),
+    match layers
+        .iter()
+        .find(|&&l| l >= net.layers.len() || matches!(net.layers[l], Layer::ConvPool { .. }))
+    {
+        Some(l) => Err(bad(&format!(
+            "layer {l} is not a fully connected layer of the net"
+        ))),
         None => Ok(layers),
     }
 }
@@ -757,7 +774,10 @@ pub fn encode_net_answer(
     for f in factors {
         for m in [&f.delta, &f.input] {
             let m = m.as_standard_layout();
-            put_f32s(&mut bytes, m.as_slice().expect("standard layout is contiguous"));
+            put_f32s(
+                &mut bytes,
+                m.as_slice().expect("standard layout is contiguous"),
+            );
         }
     }
     pb::ShardResult {
@@ -1252,5 +1272,154 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("does not classify MNIST"), "{err}");
+    }
+
+    /// A small dropout conv net over MNIST, its network with random
+    /// weights, and a shard of `n` samples.
+    fn factored_case(n: usize) -> (Network, Samples) {
+        let text = "conv2x5:relu,pool2,fc30:dropout=0.5,softmax10:dropout=0.25";
+        let spec = welcome_net(&pb::Welcome {
+            net: text.into(),
+            sizes: vec![784, 10],
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+        let mut rng = init_rng(4);
+        let mut net = Network::network3(&spec, &mut rng);
+        for w in net.weights.iter_mut() {
+            w.mapv_inplace(|_| rand::Rng::random_range(&mut rng, -0.3..0.3));
+        }
+        (net, Samples::random_seeded(n, 5))
+    }
+
+    /// Factors on the wire, multiplied out by the coordinator, give the
+    /// worker's whole gradient bit for bit; whole answers are accepted too.
+    #[test]
+    fn a_nets_factored_answer_completes_to_the_whole_gradient() {
+        for n in [1, 3, 7] {
+            let (net, shard) = factored_case(n);
+            let spec = net.net.clone().unwrap();
+            let factored = crate::layers::net::factor_layers(&spec, n);
+            assert_eq!(
+                factored,
+                vec![1, 2],
+                "fc30 over 288 inputs and softmax10 over 30"
+            );
+            for k in [KernelSet::Portable, KernelSet::best()] {
+                let whole = crate::shard::net_gradient(&net, &shard, k, KEY);
+                let (g, factors) = crate::shard::net_answer(&net, &shard, k, KEY, &factored);
+                let result = encode_net_answer(7, ShardId(1), n, &g, &factors);
+                let full = encode_shard_result(7, ShardId(1), n, &whole);
+                assert!(result.gradients.len() + result.factors.len() < full.gradients.len());
+                let decoded = decode_net_result(&result, &net, n, &factored).unwrap();
+                assert_eq!(
+                    decoded.complete(&shard, k).unwrap(),
+                    whole,
+                    "n = {n}, {k:?}"
+                );
+                let decoded = decode_net_result(&full, &net, n, &factored).unwrap();
+                assert_eq!(decoded.complete(&shard, k).unwrap(), whole);
+            }
+        }
+    }
+
+    /// Factors nobody asked for, of the wrong size, or not finite, are refused.
+    #[test]
+    fn a_nets_factors_unasked_misshapen_or_not_finite_are_refused() {
+        let n = 3;
+        let (net, shard) = factored_case(n);
+        let factored = vec![1, 2];
+        let (g, factors) =
+            crate::shard::net_answer(&net, &shard, KernelSet::Portable, KEY, &factored);
+        let result = encode_net_answer(7, ShardId(1), n, &g, &factors);
+        assert!(matches!(
+            decode_net_result(&result, &net, n, &[]),
+            Err(WireError::FactorsNotAsked { step: 7, shard: 1 })
+        ));
+        // Only the softmax layer factored, where both were asked for: the
+        // gradients hold a matrix too many and the factors too few.
+        let (g2, f2) = crate::shard::net_answer(&net, &shard, KernelSet::Portable, KEY, &[2]);
+        let partial = encode_net_answer(7, ShardId(1), n, &g2, &f2);
+        assert!(matches!(
+            decode_net_result(&partial, &net, n, &factored),
+            Err(WireError::Length {
+                tensor: "gradients",
+                ..
+            })
+        ));
+        let mut short = result.clone();
+        short.factors = short.factors.slice(4..);
+        assert!(matches!(
+            decode_net_result(&short, &net, n, &factored),
+            Err(WireError::Length {
+                tensor: "factors",
+                ..
+            })
+        ));
+        let mut nan = result.to_owned();
+        let mut bytes = nan.factors.to_vec();
+        bytes[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
+        nan.factors = bytes.into();
+        assert!(matches!(
+            decode_net_result(&nan, &net, n, &factored),
+            Err(WireError::NonFinite {
+                tensor: "factors",
+                index: 2,
+                ..
+            })
+        ));
+        // Finite factors whose product overflows are caught after the product.
+        let mut huge = result;
+        let bytes: Vec<u8> = (0..huge.factors.len() / 4)
+            .flat_map(|_| 3e30f32.to_le_bytes())
+            .collect();
+        huge.factors = bytes.into();
+        let decoded = decode_net_result(&huge, &net, n, &factored).unwrap();
+        assert!(matches!(
+            decoded.complete(&shard, KernelSet::Portable),
+            Err(WireError::NonFinite {
+                tensor: "weights, from the factors",
+                ..
+            })
+        ));
+    }
+
+    /// A Shard may list only fully connected layers of the run's net, once each, ascending.
+    #[test]
+    fn a_shards_factor_layers_must_be_fully_connected_layers_of_the_net() {
+        let (net, _) = factored_case(2);
+        let spec = net.net.as_ref();
+        let shard = |layers: &[u32]| pb::Shard {
+            shard_id: 4,
+            factor_layers: layers.to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(
+            shard_factor_layers(&shard(&[1, 2]), spec).unwrap(),
+            vec![1, 2]
+        );
+        assert_eq!(
+            shard_factor_layers(&shard(&[]), None).unwrap(),
+            Vec::<usize>::new()
+        );
+        for (layers, why) in [
+            (&[0][..], "layer 0 is not a fully connected layer"),
+            (&[3][..], "layer 3 is not a fully connected layer"),
+            (&[2, 1][..], "ascending"),
+            (&[1, 1][..], "ascending"),
+        ] {
+            let err = shard_factor_layers(&shard(layers), spec)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(why) && err.contains("shard 4"),
+                "{layers:?}: {err}"
+            );
+        }
+        let err = shard_factor_layers(&shard(&[1]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no chapter-6 net"), "{err}");
     }
 }

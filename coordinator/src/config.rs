@@ -224,8 +224,10 @@ pub struct ClusterFlags {
     /// Shards of at most N samples (and fewer than 784) send the first
     /// layer's error (hidden neurons × N values) instead of its weight
     /// gradient (hidden neurons × 784), and the coordinator computes that
-    /// gradient itself, with the same bits. 0: workers always send whole
-    /// gradients.
+    /// gradient itself, with the same bits. With a --net, each fully
+    /// connected layer whose error and input are fewer values than its
+    /// weight gradient sends those instead, whatever N. 0: workers always
+    /// send whole gradients.
     #[arg(long, default_value_t = crate::pool::FIRST_ERROR_MAX_SAMPLES, value_name = "N")]
     pub first_errors_up_to: usize,
     /// Threads the coordinator's network and training loop run on.

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use common::cost::Cost;
 use common::dataset::Samples;
 use common::kernels::KernelSet;
+use common::layers::net::Factor;
 use common::layers::DropoutKey;
 use common::schedule::ShardId;
-use common::layers::net::Factor;
 use common::shard::{answer, net_answer, AnswerForm};
 use common::{Gradients, Network};
 
@@ -76,7 +76,10 @@ pub async fn shard_gradients_blocking(
                     ((g, None), f)
                 } else {
                     let form = AnswerForm::first_error_if(shard.ask_first_error);
-                    (answer(&network, s, cost, kernels, form, shard.key), Vec::new())
+                    (
+                        answer(&network, s, cost, kernels, form, shard.key),
+                        Vec::new(),
+                    )
                 };
                 ShardOutput {
                     id: shard.id,

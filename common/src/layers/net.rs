@@ -372,7 +372,10 @@ fn layer_backward(
         };
         let input_error =
             want_input_error.then(|| conv::input_error(&delta, from, w, input, kernel));
-        assert!(!want.factors, "a conv layer's weight gradient is not factored");
+        assert!(
+            !want.factors,
+            "a conv layer's weight gradient is not factored"
+        );
         return Backward {
             nabla_w,
             nabla_b,

@@ -1311,9 +1311,10 @@ mod tests {
         stalled_worker_case(&Network::new(&SIZES, &mut init_rng(1))).await;
     }
 
-    /// The same with a chapter-6 net (conv, pooling, dropout): the backups'
-    /// answers, the straggler's late ones and the first copies all decode
-    /// by the net's shapes, and no honest worker is dropped.
+    /// The same with a chapter-6 net (conv, pooling, dropout) whose fully
+    /// connected layers answer as factors: the backups' answers, the
+    /// straggler's late ones and the first copies all decode by the net's
+    /// shapes, and no honest worker is dropped.
     #[tokio::test(start_paused = true)]
     async fn a_nets_stalled_worker_is_backed_up_and_its_late_answers_are_harmless() {
         let mnist = common::layers::Shape {
@@ -1328,6 +1329,12 @@ mod tests {
         // network3 starts the softmax layer at zero, which zeroes every error below it.
         let last = net.weights.last_mut().unwrap();
         last.mapv_inplace(|_| rand::Rng::random_range(&mut rng, -0.5..0.5));
+        let factored = common::layers::net::factor_layers(&spec, 3);
+        assert_eq!(
+            factored,
+            vec![1, 2],
+            "the case's shards of 2 and 3 samples send factors"
+        );
         stalled_worker_case(&net).await;
     }
 
@@ -1337,7 +1344,9 @@ mod tests {
     async fn stalled_worker_case(net: &Network) {
         let (tx, rx) = mpsc::channel(64);
         let t = timeouts_with(5, Duration::from_secs(30), BackupPolicy::DEFAULT);
-        let mut pool = RemotePool::new(rx, net.sizes.clone(), t, STEP).with_net(net.net.as_ref());
+        let mut pool = RemotePool::new(rx, net.sizes.clone(), t, STEP)
+            .with_net(net.net.as_ref())
+            .with_first_errors(FIRST_ERROR_MAX_SAMPLES, KernelSet::best());
         let mut inboxes = join(&tx, 0..2).await;
         pool.wait_for_workers(2).await.unwrap();
         let shards = shards();
@@ -1391,8 +1400,9 @@ mod tests {
     }
 
     /// Waits for the next Step in `inbox` and computes its shards as a
-    /// worker of `like`'s model would (whole gradients; a net's dropout
-    /// masks keyed by each shard's position).
+    /// worker of `like`'s model would (a dense network's gradients whole; a
+    /// net's with the fully connected layers the shard lists as factors, and
+    /// dropout masks keyed by each shard's position).
     async fn compute_at(inbox: &mut Inbox, like: &Network) -> Vec<pb::ShardResult> {
         let step = match inbox.recv().await {
             Some(Ok(pb::CoordinatorMessage {
@@ -1409,6 +1419,12 @@ mod tests {
                     epoch: step.epoch,
                     ..KEY
                 };
+                let factored = wire::shard_factor_layers(shard, net.net.as_ref()).unwrap();
+                if net.net.is_some() {
+                    let k = KernelSet::best();
+                    let (g, f) = common::shard::net_answer(&net, samples, k, key, &factored);
+                    return wire::encode_net_answer(step.step_id, *id, samples.len(), &g, &f);
+                }
                 let (g, _) = common::shard::answer(
                     &net,
                     samples,

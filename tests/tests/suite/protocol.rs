@@ -384,9 +384,18 @@ async fn idle_connections_are_closed_when_the_run_ends() {
     }
 }
 
+/// What a hostile result carries besides its gradients.
+#[derive(Clone, Copy)]
+enum Extra {
+    None,
+    FirstError,
+    Factors,
+}
+
 /// A chapter-6 run: the Welcome names the net; results shaped for another
 /// net, conv gradients with a NaN, or with a first layer's error (which
-/// nets never send) are refused with INVALID_ARGUMENT naming what is wrong,
+/// nets never send) or factors of the wrong size are refused with
+/// INVALID_ARGUMENT naming what is wrong,
 /// a result the size of the default network's with OUT_OF_RANGE by the
 /// decoder, and nothing is applied: the honest worker's run equals `--local`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,11 +408,14 @@ async fn bad_results_for_a_net_are_refused_naming_the_tensor() {
     };
     let params = plan.parameter_count();
     let nan_at = 7;
-    let cases: [(&str, Vec<f32>, bool, Code, &str); 4] = [
+    // Shards of 5 samples list fc10 (10 × 432 weights) for factors: a
+    // result that sends them leaves that matrix out of its gradients.
+    let fc_weights = 10 * 432;
+    let cases: [(&str, Vec<f32>, Extra, Code, &str); 5] = [
         (
             "another net's",
             vec![0.0; 1000],
-            false,
+            Extra::None,
             Code::InvalidArgument,
             "gradients: 4000 bytes, expected",
         ),
@@ -412,7 +424,7 @@ async fn bad_results_for_a_net_are_refused_naming_the_tensor() {
         (
             "the default network's",
             vec![0.0; 23_860],
-            false,
+            Extra::None,
             Code::OutOfRange,
             "the limit is",
         ),
@@ -421,19 +433,26 @@ async fn bad_results_for_a_net_are_refused_naming_the_tensor() {
             (0..params)
                 .map(|i| if i == nan_at { f32::NAN } else { 0.0 })
                 .collect(),
-            false,
+            Extra::None,
             Code::InvalidArgument,
             "gradients: value 7 is NaN",
         ),
         (
             "first error",
             vec![0.0; 100],
-            true,
+            Extra::FirstError,
             Code::InvalidArgument,
             "first layer's error",
         ),
+        (
+            "misshapen factors",
+            vec![0.0; params - fc_weights],
+            Extra::Factors,
+            Code::InvalidArgument,
+            "factors: 12 bytes, expected",
+        ),
     ];
-    for (what, values, with_error, code, says) in cases {
+    for (what, values, extra, code, says) in cases {
         let config = Config {
             wait_timeout: LIMIT,
             ..test_config(plan.clone(), 2)
@@ -454,6 +473,11 @@ async fn bad_results_for_a_net_are_refused_naming_the_tensor() {
             panic!("expected a Step")
         };
         let shard = &step.shards[0];
+        assert_eq!(
+            shard.factor_layers,
+            vec![1],
+            "fc10 (layer 1) is asked for its factors"
+        );
         let result = pb::ShardResult {
             step_id: step.step_id,
             shard_id: shard.shard_id,
@@ -463,10 +487,13 @@ async fn bad_results_for_a_net_are_refused_naming_the_tensor() {
                 .flat_map(|v| v.to_le_bytes())
                 .collect::<Vec<u8>>()
                 .into(),
-            first_error: if with_error {
-                vec![0u8; 4 * 30].into()
-            } else {
-                Default::default()
+            first_error: match extra {
+                Extra::FirstError => vec![0u8; 4 * 30].into(),
+                _ => Default::default(),
+            },
+            factors: match extra {
+                Extra::Factors => vec![0u8; 12].into(),
+                _ => Default::default(),
             },
             ..Default::default()
         };
