@@ -65,6 +65,7 @@ impl LocalWorkers {
         log: Option<LogSink>,
     ) -> Result<Self, LaunchError> {
         let mut children = Vec::with_capacity(count);
+        let cpus = allowed_cpus();
         for i in 0..count {
             let mut command = Command::new(binary);
             command.args(["--connect", address, "--name", &format!("local-{i}")]);
@@ -97,6 +98,12 @@ impl LocalWorkers {
                         log(&line);
                     }
                 });
+            }
+            // One worker per core: pinned, each keeps its core (and its
+            // caches) through every step's wake-up. More workers than cores
+            // are left to the scheduler, which shares the cores better.
+            if let (Some(pid), true) = (child.id(), count <= cpus.len()) {
+                pin(pid, cpus[i]);
             }
             children.push(child);
         }
@@ -137,5 +144,36 @@ impl LocalWorkers {
             }
         }
         clean
+    }
+}
+
+/// The CPUs this process may run on, in order (empty if unknown).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the call writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins process `pid` to `cpu`; a failure only costs speed, so it is logged, not fatal.
+fn pin(pid: u32, cpu: usize) {
+    // SAFETY: as in `allowed_cpus`; `pid` is our own child's.
+    let ok = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(
+            pid as libc::pid_t,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &set,
+        ) == 0
+    };
+    if !ok {
+        tracing::debug!(pid, cpu, error = %std::io::Error::last_os_error(), "cannot pin a local worker");
     }
 }
