@@ -5,7 +5,11 @@
 //! [`WireError`].
 //!
 //! Tensors are "packed parameters" (see `proto/trainer.proto`): for each layer
-//! `w_l` row-major then `b_l`, little-endian f32.
+//! `w_l` row-major then `b_l`, little-endian f32. A result may leave weight
+//! matrices out and send what they are computed from instead, where the
+//! coordinator asked: an MLP's first layer's error (`first_error`), or a
+//! net's fully connected layers' errors and inputs (`factors`);
+//! [`ShardGradients::complete`] multiplies them out with the run's kernels.
 
 use bytes::{Bytes, BytesMut};
 use ndarray::{Array1, Array2};
