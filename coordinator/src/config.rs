@@ -201,9 +201,8 @@ pub struct ClusterFlags {
     pub workers: usize,
     /// Start --workers local worker processes and stop them at the end.
     ///
-    /// They run the `worker` binary beside this one. When there are no more
-    /// of them than the CPUs this process may use, each is pinned to its own
-    /// CPU.
+    /// They run the `worker` binary beside this one. When there are as many
+    /// of them as CPUs this process may use, each is pinned to its own CPU.
     #[arg(long)]
     pub spawn_workers: bool,
     /// Train in this process with no gRPC and no workers.

@@ -99,10 +99,12 @@ impl LocalWorkers {
                     }
                 });
             }
-            // One worker per core: pinned, each keeps its core (and its
-            // caches) through every step's wake-up. More workers than cores
-            // are left to the scheduler, which shares the cores better.
-            if let (Some(pid), true) = (child.id(), count <= cpus.len()) {
+            // One worker per core, filling the CPUs this process may use:
+            // pinned, each keeps its core (and its caches) through every
+            // step's wake-up. Otherwise the scheduler places them: more
+            // workers than cores it shares better than pins do, and fewer
+            // are left free to avoid the cores other runs were pinned to.
+            if let (Some(pid), true) = (child.id(), count == cpus.len()) {
                 pin(pid, cpus[i]);
             }
             children.push(child);
