@@ -489,15 +489,18 @@ pub fn shard_factor_layers(
     shard: &pb::Shard,
     net: Option<&NetSpec>,
 ) -> Result<Vec<usize>, WireError> {
-    let layers: Vec<usize> = shard.factor_layers.iter().map(|&l| l as usize).collect();
-    if layers.is_empty() {
-        return Ok(layers);
+    if shard.factor_layers.is_empty() {
+        return Ok(Vec::new());
     }
     let bad = |why: &str| WireError::FactorLayers {
         shard: shard.shard_id,
         why: why.to_string(),
     };
     let net = net.ok_or_else(|| bad("the run trains no chapter-6 net"))?;
+    if shard.factor_layers.len() > net.layers.len() {
+        return Err(bad("more layers listed than the net has"));
+    }
+    let layers: Vec<usize> = shard.factor_layers.iter().map(|&l| l as usize).collect();
     if layers.windows(2).any(|p| p[0] >= p[1]) {
         return Err(bad("layers must be listed once each, ascending"));
     }
@@ -1412,6 +1415,7 @@ mod tests {
             (&[3][..], "layer 3 is not a fully connected layer"),
             (&[2, 1][..], "ascending"),
             (&[1, 1][..], "ascending"),
+            (&[1, 2, 2, 2][..], "more layers listed than the net has"),
         ] {
             let err = shard_factor_layers(&shard(layers), spec)
                 .unwrap_err()
