@@ -100,7 +100,8 @@ vs-ddp)
       --epochs 1 --monitor none --progress none --out "$out/m.safetensors" 2>/dev/null | epoch_line)
     echo "batch $batch, ours (2 workers): $ours"
     (cd "${ANCHORS:?dir of network3_ddp.py}" && OMP_NUM_THREADS=1 "${TORCHRUN:?path of torchrun}" --standalone \
-      --nproc-per-node 2 network3_ddp.py --data "$data" --preset conv2 --batch "$batch" --steps 300 2>/dev/null | tail -1)
+      --nproc-per-node 2 network3_ddp.py --data "$data" --preset conv2 --batch "$batch" --steps 300 2>/dev/null | tail -1) \
+      || echo "batch $batch: the DDP run failed (run it again; torchrun --standalone can lose its port)"
   done
   ;;
 *)
