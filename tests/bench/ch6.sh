@@ -9,6 +9,8 @@
 #   tests/bench/ch6.sh cluster    # ch6-conv2, batch 10 and 100: --local --shards W vs W = 2 and 4 worker processes
 #                                 # (samples/s of one epoch each, cmp of the model files; ROUNDS=3 interleaved
 #                                 # rounds, then medians and ratios)
+#   tests/bench/ch6.sh cpu        # ch6-conv2, batch 10 and 100: CPU ms per step of --local --shards 2 and of
+#                                 # 2 worker processes (all processes, evaluation's share included)
 #   tests/bench/ch6.sh memory     # peak RSS of the coordinator and each worker, ch6-dropout on 2 workers
 #                                 # (sampled after SECONDS_TO_SAMPLE=60 s of training, then stopped)
 #   tests/bench/ch6.sh vs-ddp     # ch6-conv2, 2 workers, batch 10 and 100: our step p50 beside PyTorch DDP's median
@@ -82,6 +84,20 @@ for batch in (10, 100):
           f"4 workers / 2 workers = {m['workers4'] / m['workers2']:.2f}")
 PY
   ;;
+cpu)
+  # CPU time of all processes (coordinator and the workers it spawned) per
+  # step, evaluation's share included: on a machine whose cores are all busy
+  # this, not latency, bounds a step. Needs /usr/bin/time (Debian's `time`).
+  for batch in 10 100; do
+    for run in "--local --shards 2" "--workers 2 --spawn-workers --listen 127.0.0.1:0"; do
+      # shellcheck disable=SC2086
+      line=$(/usr/bin/time -o "$out/cpu" -f "%U %S" $bin/coordinator $run --preset ch6-conv2 --batch-size "$batch" \
+        --epochs 1 --monitor none --progress none --out "$out/m.safetensors" 2>/dev/null | epoch_line)
+      echo "batch $batch, $run: $(awk -v b="$batch" '{printf "%.2f ms of CPU a step", ($1 + $2) * 1000 / (50000 / b)}' \
+        "$out/cpu"); $(grep -oE '[0-9]+ samples/s' <<<"$line")"
+    done
+  done
+  ;;
 memory)
   $bin/coordinator --workers 2 --spawn-workers --listen 127.0.0.1:0 --preset ch6-dropout --epochs 1 \
     --progress none --out "$out/m.safetensors" >/dev/null 2>&1 &
@@ -105,7 +121,7 @@ vs-ddp)
   done
   ;;
 *)
-  echo "usage: $0 table|speed|cluster|memory|vs-ddp" >&2
+  echo "usage: $0 table|speed|cluster|cpu|memory|vs-ddp" >&2
   exit 2
   ;;
 esac
