@@ -894,6 +894,13 @@ pub fn decode_shard_result(
     asked: AnswerForm,
 ) -> Result<ShardGradients, WireError> {
     check_sample_count(result, expected_samples)?;
+    if !result.factors.is_empty() {
+        // Only a net's shards list factor layers.
+        return Err(WireError::FactorsNotAsked {
+            step: result.step_id,
+            shard: result.shard_id,
+        });
+    }
     if result.first_error.is_empty() {
         return Ok(ShardGradients {
             gradients: decode_gradients(sizes, &result.gradients)?,
@@ -1390,6 +1397,22 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A dense network's shards never list factor layers: factors are refused.
+    #[test]
+    fn a_dense_networks_result_with_factors_is_refused() {
+        let net = net();
+        let shard = Samples::random_seeded(3, 1);
+        let g = crate::shard::quadratic_gradient(&net, &shard);
+        let mut result = encode_shard_result(2, ShardId(0), 3, &g);
+        result.factors = vec![0u8; 8].into();
+        for asked in [AnswerForm::Whole, AnswerForm::FirstError] {
+            assert!(matches!(
+                decode_shard_result(&result, &net.sizes, 3, asked),
+                Err(WireError::FactorsNotAsked { step: 2, shard: 0 })
+            ));
+        }
     }
 
     /// A Shard may list only fully connected layers of the run's net, once each, ascending.
