@@ -792,10 +792,8 @@ pub fn encode_net_answer(
         shard_id: id.0,
         sample_count: samples as u32,
         gradients: pack(&g.nabla_w, &g.nabla_b, Tensors::AllBut(&layers)),
-        compute_nanos: 0,
-        codec_nanos: 0,
-        first_error: Bytes::new(),
         factors: bytes.freeze(),
+        ..Default::default()
     }
 }
 
