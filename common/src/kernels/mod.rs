@@ -170,6 +170,36 @@ pub fn w_dot_x(set: KernelSet, w: &Array2<f32>, x: &ArrayView2<f32>) -> Array2<f
     }
 }
 
+/// Whether a `whole`-column product [`w_dot_x`] may be computed a block of
+/// columns at a time by [`w_dot_x_block`] with the same bits: each output
+/// column of matrixmultiply's and the portable products depends on its own
+/// column alone; the AVX2 kernels of small products group columns.
+pub fn columns_apart(set: KernelSet, whole: usize) -> bool {
+    !set.fast_path(whole)
+}
+
+/// [`w_dot_x`] of a block `x` of the columns of a `whole`-column product
+/// ([`columns_apart`]): each output column with its bits in the whole product.
+///
+/// # Panics
+/// If the whole product's columns may not be computed apart and `x` is not all of them.
+pub fn w_dot_x_block(
+    set: KernelSet,
+    w: &Array2<f32>,
+    x: &ArrayView2<f32>,
+    whole: usize,
+) -> Array2<f32> {
+    if columns_apart(set, whole) && set != KernelSet::Portable {
+        require(set);
+        return w.dot(x);
+    }
+    assert!(
+        columns_apart(set, whole) || x.ncols() == whole,
+        "a block of a product whose columns go together"
+    );
+    w_dot_x(set, w, x)
+}
+
 /// `δ · xᵀ` for `δ` `(m, n)` and `x` `(k, n)`: the summed weight gradient `(m, k)`.
 pub fn delta_dot_xt(set: KernelSet, delta: &Array2<f32>, x: &ArrayView2<f32>) -> Array2<f32> {
     let ((m, n), k) = (delta.dim(), x.nrows());

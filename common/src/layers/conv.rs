@@ -4,7 +4,7 @@
 //! - [`input_error`] (col2im): the gradient of the images from the error of
 //!   the pooled maps;
 //! - [`max_pool`]: P×P max-pooling, whose gradient goes to the first largest
-//!   value of each window (PyTorch's choice): [`filter_gradient`] and
+//!   value of each window (PyTorch's choice): [`add_filter_gradient`] and
 //!   [`input_error`] take the conv layer's backward products only over the
 //!   values that won their window.
 //!
@@ -16,8 +16,9 @@
 //! filter flip), as in PyTorch; Theano's `conv2d` in network3.py flips,
 //! which for training from scratch only relabels the weights.
 
-use ndarray::{Array2, ArrayView2, ShapeBuilder};
+use ndarray::{s, Array2, ArrayView2, ShapeBuilder};
 
+use crate::kernels::{self, KernelSet};
 use crate::layers::spec::Shape;
 
 /// The convolution's output map side lengths `(OH, OW)`.
@@ -107,14 +108,137 @@ fn add_window<const K: usize>(image: &mut [f32], patch: &[f32], corner: usize, o
     }
 }
 
+/// Samples per chunk of [`conv_pool`] and [`sparse_backward`]: a chunk's
+/// patches (128 KB a sample for conv40x5 over 20 maps), and the copy the
+/// product packs of them, stay in a core's L2 cache between being written
+/// and being read.
+pub const CHUNK_SAMPLES: usize = 4;
+
+/// The convolution and max-pooling of a shard's images `x` `(C·H·W, n)` by
+/// the filters `w` `(N, C·K·K)` with the kernel set `set`, up to `chunk`
+/// samples at a time ([`chunks`]): [`max_pool`] of `w · patches` `(N,
+/// n·OH·OW)`, and with `keep_patches` the patches `(C·K·K, n·OH·OW)` for the
+/// backward pass (without, one chunk's buffer is reused). Chunks change no
+/// bit: a product whose columns the kernels group is computed whole
+/// ([`kernels::columns_apart`]).
+pub fn conv_pool(
+    x: ArrayView2<f32>,
+    (w, set): (&Array2<f32>, KernelSet),
+    input: Shape,
+    (k, p): (usize, usize),
+    (chunk, keep_patches): (usize, bool),
+) -> (Option<Array2<f32>>, Array2<f32>, Vec<u32>) {
+    let n = x.ncols();
+    let (oh, ow) = conv_map(input, k);
+    let (rows, windows) = (input.channels * k * k, oh * ow);
+    let mut patch_values = Vec::new();
+    let (mut pooled, mut from) = (Vec::new(), Vec::new());
+    let whole = n * windows;
+    let chunk = if kernels::columns_apart(set, whole) {
+        chunk
+    } else {
+        n
+    };
+    for samples in chunks(n, chunk) {
+        let columns = samples.start * windows..samples.end * windows;
+        let first = if keep_patches {
+            columns.start * rows
+        } else {
+            0
+        };
+        // grown a chunk at a time, so its zeros are written where it is used: in cache
+        patch_values.resize(first + columns.len() * rows, 0.0);
+        let part = &mut patch_values[first..];
+        patches_into(x.slice(s![.., samples.clone()]), input, k, part);
+        let part =
+            ArrayView2::from_shape((rows, columns.len()).f(), part).expect("a chunk's patches");
+        let z = kernels::w_dot_x_block(set, w, &part, whole);
+        let (chunk_pooled, chunk_from) = max_pool(&z, (oh, ow), p, samples.len());
+        pooled.extend_from_slice(chunk_pooled.as_slice_memory_order().expect("contiguous"));
+        from.extend(chunk_from.iter().map(|&c| c + columns.start as u32));
+    }
+    let per_sample = pooled.len() / n.max(1);
+    let patches = keep_patches
+        .then(|| Array2::from_shape_vec((rows, n * windows).f(), patch_values).expect("patches"));
+    let pooled = Array2::from_shape_vec((per_sample, n).f(), pooled).expect("pooled values");
+    (patches, pooled, from)
+}
+
+/// A conv layer's weight gradient by [`add_filter_gradient`] and, if `want_input_error`,
+/// its [`input_error`], from its input images `x` `(C·H·W, n)` and the error
+/// `d` of its pooled maps `(N·PH·PW, n)`: `chunk` samples at a time, the
+/// patches made again for each chunk (they were not kept, and would be out
+/// of cache by now). Both sums run over the samples in order, so chunking
+/// changes no bit.
+pub fn sparse_backward(
+    x: ArrayView2<f32>,
+    (d, from): (&Array2<f32>, &[u32]),
+    w: &Array2<f32>,
+    (input, k): (Shape, usize),
+    (chunk, want_input_error): (usize, bool),
+) -> (Array2<f32>, Option<Array2<f32>>) {
+    let ((per_sample, n), (filters, rows)) = (d.dim(), w.dim());
+    let windows = {
+        let (oh, ow) = conv_map(input, k);
+        oh * ow
+    };
+    let (mut nabla_w, mut input_errors) = (vec![0.0f32; filters * rows], Vec::new());
+    let mut patches = Vec::new();
+    let mut chunk_from = Vec::new();
+    for samples in chunks(n, chunk) {
+        let (d, offset) = (
+            d.slice(s![.., samples.clone()]),
+            (samples.start * windows) as u32,
+        );
+        chunk_from.clear();
+        chunk_from.extend(
+            from[samples.start * per_sample..samples.end * per_sample]
+                .iter()
+                .map(|&c| c - offset),
+        );
+        patches.resize(samples.len() * windows * rows, 0.0);
+        patches_into(x.slice(s![.., samples]), input, k, &mut patches);
+        add_filter_gradient(&mut nabla_w, d, &chunk_from, &patches, rows);
+        if want_input_error {
+            let part = input_error(&d, &chunk_from, w, input, k);
+            input_errors.extend_from_slice(part.as_slice_memory_order().expect("contiguous"));
+        }
+    }
+    let nabla_w = Array2::from_shape_vec((filters, rows), nabla_w).expect("filters × rows values");
+    let input_error = want_input_error.then(|| {
+        Array2::from_shape_vec((input.len(), n).f(), input_errors).expect("len × n values")
+    });
+    (nabla_w, input_error)
+}
+
+/// `0..n` in consecutive ranges of `chunk` (at least 2) to `2·chunk − 1`
+/// samples, or one range when `n` is smaller.
+fn chunks(n: usize, chunk: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let count = (n / chunk.max(2)).max(usize::from(n > 0));
+    let (base, longer) = (n / count.max(1), n % count.max(1));
+    (0..count).scan(0, move |start, i| {
+        let range = *start..*start + base + usize::from(i < longer);
+        *start = range.end;
+        Some(range)
+    })
+}
+
 /// `(C·K·K, n·OH·OW)` patches of the images `x` `(C·H·W, n)`, column-major.
 pub fn patches(x: ArrayView2<f32>, input: Shape, k: usize) -> Array2<f32> {
     let (oh, ow) = conv_map(input, k);
-    let (rows, n, w) = (input.channels * k * k, x.ncols(), input.width);
+    let (rows, n) = (input.channels * k * k, x.ncols());
+    let mut out = vec![0.0f32; rows * n * oh * ow];
+    patches_into(x, input, k, &mut out);
+    Array2::from_shape_vec((rows, n * oh * ow).f(), out).expect("rows × columns values")
+}
+
+/// [`patches`] into `out`, column-major, `C·K·K` values a column.
+fn patches_into(x: ArrayView2<f32>, input: Shape, k: usize, out: &mut [f32]) {
+    let (oh, ow) = conv_map(input, k);
+    let (rows, w) = (input.channels * k * k, input.width);
     let offsets = run_offsets(input, k);
     let x = x.t();
     let x = x.as_standard_layout(); // (n, C·H·W): each sample contiguous
-    let mut out = vec![0.0f32; rows * n * oh * ow];
     let mut patch = out.chunks_exact_mut(rows);
     for image in x.rows() {
         let image = image.to_slice().expect("standard layout");
@@ -125,7 +249,6 @@ pub fn patches(x: ArrayView2<f32>, input: Shape, k: usize) -> Array2<f32> {
             }
         }
     }
-    Array2::from_shape_vec((rows, n * oh * ow).f(), out).expect("rows × columns values")
 }
 
 /// The gradient of a conv layer's input images `(C·H·W, n)`, column-major,
@@ -137,7 +260,7 @@ pub fn patches(x: ArrayView2<f32>, input: Shape, k: usize) -> Array2<f32> {
 /// gradient is added back to its pixels, patches in `(oy, ox)` order, rows
 /// in `(c, ky, kx)` order.
 pub fn input_error(
-    d: &Array2<f32>,
+    d: &ArrayView2<f32>,
     from: &[u32],
     w: &Array2<f32>,
     input: Shape,
@@ -177,31 +300,29 @@ pub fn input_error(
     Array2::from_shape_vec((len, n).f(), out).expect("len × n values")
 }
 
-/// The gradient of a conv layer's weights `(N, C·K·K)` from `d`, the error
-/// of its pooled maps `(N·PH·PW, n)` column-major, the columns `from` that
-/// [`max_pool`] took each pooled value from, and the layer's patches `(C·K·K,
-/// columns)` column-major. Only the convolution outputs that won their
-/// window have an error, so this is a sum over the pooled values: filter
-/// `f`'s row adds `d · patch` for each of its pooled values in `(s, py, px)`
-/// order, with separate multiplies and adds (the same bits on every CPU),
-/// skipping zero errors (which add nothing). A quarter of the dense `δ·xᵀ`
-/// at P = 2.
-pub fn filter_gradient(
-    d: &Array2<f32>,
+/// Adds to `out`, the gradient of a conv layer's weights `(N, C·K·K)`
+/// row-major, what the samples of `d` give: `d` is the error of their
+/// pooled maps `(N·PH·PW, n)`, `from` the columns that [`max_pool`] took each
+/// pooled value from, and `patches` their patches, `rows = C·K·K` values a
+/// column. Only the convolution outputs that won their window have an
+/// error, so this is a sum over the pooled values: filter `f`'s row adds
+/// `d · patch` for each of its pooled values in `(s, py, px)` order, with
+/// separate multiplies and adds (the same bits on every CPU), skipping zero
+/// errors (which add nothing). A quarter of the dense `δ·xᵀ` at P = 2.
+fn add_filter_gradient(
+    out: &mut [f32],
+    d: ArrayView2<f32>,
     from: &[u32],
-    patches: &Array2<f32>,
-    filters: usize,
-) -> Array2<f32> {
+    patches: &[f32],
+    rows: usize,
+) {
     let (per_sample, n) = d.dim();
+    let filters = out.len() / rows;
     let per_filter = per_sample / filters;
-    let rows = patches.nrows();
-    // Column by column, whatever the arrays' layouts (a view when they already are).
-    let (dt, pt) = (d.t(), patches.t());
-    let (dt, pt) = (dt.as_standard_layout(), pt.as_standard_layout());
-    let (ds, ps) = (
-        dt.as_slice().expect("standard layout"),
-        pt.as_slice().expect("standard layout"),
-    );
+    // Column by column, whatever the array's layout (a view when it already is).
+    let dt = d.t();
+    let dt = dt.as_standard_layout();
+    let ds = dt.as_slice().expect("standard layout");
     let mut terms = Vec::with_capacity(ds.len());
     for s in 0..n {
         for i in 0..per_sample {
@@ -211,13 +332,11 @@ pub fn filter_gradient(
             }
         }
     }
-    let mut out = vec![0.0f32; filters * rows];
-    accumulate(&mut out, ps, rows, &terms);
-    Array2::from_shape_vec((filters, rows), out).expect("filters × rows values")
+    accumulate(out, patches, rows, &terms);
 }
 
 /// Filters of at least this many weights (`C·K·K`) take the sum over the
-/// pooled winners for their gradient ([`filter_gradient`]); smaller ones
+/// pooled winners for their gradient ([`sparse_backward`]); smaller ones
 /// the kernel set's product of the unpooled error ([`unpool`]) and the
 /// patches. Measured on ch6-conv2 at n = 10: conv20x5's 25 weights were
 /// faster as a product, conv40x5's 500 as the sum.
@@ -366,6 +485,84 @@ mod tests {
             let (fast, slow) = (first_max_2x2(&map, corner, 4), first_max(&map, corner, 4, 2));
             prop_assert_eq!(fast.0, slow.0);
             prop_assert_eq!(fast.1.to_bits(), slow.1.to_bits());
+        }
+    }
+
+    /// A shard's images, a conv layer's weights and its pooled error, drawn
+    /// from `seed` (errors zero where dropout or a ReLU would zero them).
+    fn layer_case(
+        shape: Shape,
+        (filters, k, p): (usize, usize, usize),
+        n: usize,
+        seed: u64,
+    ) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let x = Array2::from_shape_fn((shape.len(), n), |_| rng.random_range(-1.0..1.0));
+        let w = Array2::from_shape_fn((filters, shape.channels * k * k), |_| {
+            rng.random_range(-1.0..1.0)
+        });
+        let (oh, ow) = conv_map(shape, k);
+        let d = Array2::from_shape_fn((filters * (oh / p) * (ow / p), n), |_| {
+            if rng.random_bool(0.2) {
+                0.0
+            } else {
+                rng.random_range(-1.0..1.0)
+            }
+        });
+        (x, w, d)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Computing a shard's conv layer a few samples at a time gives the
+        /// bits of computing it whole: forward on both kernel sets, and the
+        /// sparse backward pass.
+        #[test]
+        fn chunks_give_the_whole_shards_bits(
+            channels in 1usize..9, side in 6usize..11, k in 1usize..5, p in 1usize..3,
+            filters in 1usize..6, n in 1usize..12, chunk in 2usize..6, seed in any::<u64>(),
+        ) {
+            let (oh, _) = conv_map(Shape { channels, height: side, width: side }, k);
+            prop_assume!(oh % p == 0);
+            let shape = Shape { channels, height: side, width: side };
+            let (x, w, d) = layer_case(shape, (filters, k, p), n, seed);
+            for set in [KernelSet::Portable, KernelSet::best()] {
+                let whole = conv_pool(x.view(), (&w, set), shape, (k, p), (n, true));
+                let parts = conv_pool(x.view(), (&w, set), shape, (k, p), (chunk, true));
+                prop_assert_eq!(&whole, &parts);
+                let z = kernels::w_dot_x(set, &w, &patches(x.view(), shape, k).view());
+                let (pooled, from) = max_pool(&z, conv_map(shape, k), p, n);
+                prop_assert_eq!(&whole, &(Some(patches(x.view(), shape, k)), pooled, from));
+                let unkept = conv_pool(x.view(), (&w, set), shape, (k, p), (chunk, false));
+                prop_assert_eq!((unkept.1, unkept.2), (parts.1, parts.2));
+            }
+            let from = conv_pool(x.view(), (&w, KernelSet::Portable), shape, (k, p), (n, false)).2;
+            let whole = sparse_backward(x.view(), (&d, &from), &w, (shape, k), (n, true));
+            let parts = sparse_backward(x.view(), (&d, &from), &w, (shape, k), (chunk, true));
+            prop_assert_eq!(&whole, &parts);
+            // and the sum over the winners is the dense product of the unpooled error
+            let all = patches(x.view(), shape, k);
+            let dense = unpool(&d, &from, filters, all.ncols()).dot(&all.t());
+            for (a, b) in whole.0.iter().zip(&dense) {
+                prop_assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{} vs {}", a, b);
+            }
+        }
+
+        /// The ranges cover `0..n` in order, each of `chunk` to `2·chunk − 1`
+        /// samples, or one when `n` is smaller.
+        #[test]
+        fn chunks_cover_the_shard(n in 0usize..200, chunk in 2usize..10) {
+            let ranges: Vec<_> = chunks(n, chunk).collect();
+            prop_assert_eq!(ranges.first().map_or(0, |r| r.start), 0);
+            prop_assert_eq!(ranges.iter().map(|r| r.len()).sum::<usize>(), n);
+            for pair in ranges.windows(2) {
+                prop_assert_eq!(pair[0].end, pair[1].start);
+            }
+            for r in &ranges {
+                prop_assert!(r.len() >= chunk.min(n) && r.len() < 2 * chunk, "{:?} of {}", r, n);
+            }
         }
     }
 }

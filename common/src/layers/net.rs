@@ -15,7 +15,7 @@
 //!   the shard's samples in order; for a conv layer whose filters have at
 //!   least [`conv::SPARSE_MIN_ROWS`] weights, a sum over the pooled values
 //!   that won their window, in `(sample, py, px)` order, with separate
-//!   multiplies and adds on every kernel set ([`conv::filter_gradient`]);
+//!   multiplies and adds on every kernel set ([`conv::sparse_backward`]);
 //!   for smaller filters (short rows, where that sum's overhead loses to a
 //!   product) the kernel set's product of the unpooled error and the
 //!   patches, over the patches in `(sample, oy, ox)` order;
@@ -54,7 +54,8 @@ pub enum Mode {
 
 /// What the backward pass needs of one layer's forward pass.
 struct Cache {
-    /// The input as the product saw it: masked for fc/softmax, patches for conv.
+    /// The input as the product saw it: masked for fc/softmax; for a conv
+    /// layer its patches if its gradient is a product (empty otherwise).
     input: Array2<f32>,
     /// The dropout mask of the input, if any.
     mask: Option<Array2<f32>>,
@@ -224,7 +225,13 @@ pub fn backprop_factored(
             input_error: l > 0,
             factors: factored.contains(&l),
         };
-        let back = layer_backward(layer, shapes[l], &p.weights[l], cache, delta, k, want);
+        let layer_input = if l == 0 {
+            x.view()
+        } else {
+            caches[l - 1].output.view()
+        };
+        let input = (shapes[l], layer_input);
+        let back = layer_backward(layer, input, &p.weights[l], cache, delta, k, want);
         nabla_w.push(back.nabla_w);
         nabla_b.push(back.nabla_b);
         if let Some((delta, input)) = back.factors {
@@ -286,9 +293,11 @@ fn layer_forward(
         ..
     } = *layer
     {
-        let patches = conv::patches(a, input, kernel);
-        let z = kernels::w_dot_x(k, w, &patches.view());
-        let (mut pooled, pooled_from) = conv::max_pool(&z, conv::conv_map(input, kernel), pool, n);
+        // the backward pass makes a sparse layer's patches again, chunk by chunk
+        let keep = matches!(mode, Mode::Train(_)) && w.ncols() < conv::SPARSE_MIN_ROWS;
+        let chunking = (conv::CHUNK_SAMPLES, keep);
+        let (patches, mut pooled, pooled_from) =
+            conv::conv_pool(a, (w, k), input, (kernel, pool), chunking);
         let per_filter = pooled.nrows() / w.nrows();
         for (i, mut row) in pooled.rows_mut().into_iter().enumerate() {
             let bias = b[i / per_filter];
@@ -296,7 +305,7 @@ fn layer_forward(
         }
         let output = activation.apply(k, pooled);
         return Cache {
-            input: patches,
+            input: patches.unwrap_or_else(|| Array2::zeros((0, 0))),
             mask: None,
             pooled_from,
             output,
@@ -353,7 +362,7 @@ struct Wanted {
 /// One layer's backward pass from `delta`, the error `∂C/∂z` of its output.
 fn layer_backward(
     layer: &Layer,
-    input: Shape,
+    (input, layer_input): (Shape, ArrayView2<f32>),
     w: &Array2<f32>,
     cache: &Cache,
     delta: Array2<f32>,
@@ -364,14 +373,16 @@ fn layer_backward(
     if let Layer::ConvPool { kernel, .. } = *layer {
         let (filters, from) = (w.nrows(), &cache.pooled_from);
         let nabla_b = filter_sums(&delta, filters);
-        let nabla_w = if cache.input.nrows() >= conv::SPARSE_MIN_ROWS {
-            conv::filter_gradient(&delta, from, &cache.input, filters)
+        let (nabla_w, input_error) = if w.ncols() >= conv::SPARSE_MIN_ROWS {
+            let chunking = (conv::CHUNK_SAMPLES, want_input_error);
+            conv::sparse_backward(layer_input, (&delta, from), w, (input, kernel), chunking)
         } else {
             let d_conv = conv::unpool(&delta, from, filters, cache.input.ncols());
-            kernels::delta_dot_xt(k, &d_conv, &cache.input.view())
+            let nabla_w = kernels::delta_dot_xt(k, &d_conv, &cache.input.view());
+            let input_error =
+                want_input_error.then(|| conv::input_error(&delta.view(), from, w, input, kernel));
+            (nabla_w, input_error)
         };
-        let input_error =
-            want_input_error.then(|| conv::input_error(&delta, from, w, input, kernel));
         assert!(
             !want.factors,
             "a conv layer's weight gradient is not factored"

@@ -12,13 +12,15 @@ use crate::layers::net::{self, Mode, Params};
 use crate::layers::{DropoutKey, NetSpec, Shape};
 
 /// Small nets that cover every layer type, activation and dropout.
-const NETS: [&str; 6] = [
+const NETS: [&str; 7] = [
     "conv3x3,pool2,fc6,softmax4",
     "conv3x3:relu,pool2,fc6:relu,softmax4",
     "conv2x3:tanh,pool1,conv3x3,pool2,fc5:tanh:dropout=0.25,softmax3:dropout=0.5",
     "fc7:dropout=0.5,softmax4",
     "conv4x3:relu,pool2,softmax3:dropout=0.3",
     "conv2x1:relu,pool2,conv2x3:relu,pool1,fc5:relu:dropout=0.4,softmax4",
+    // conv3x3 over 8 maps has 72 weights a filter: its gradient is the sum over the winners
+    "conv8x3:relu,pool1,conv3x3:tanh,pool2,fc5:dropout=0.3,softmax4",
 ];
 
 fn input_shape() -> Shape {
