@@ -133,5 +133,11 @@ fn messages(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, backprop, conv_backprop, reduce_and_update, messages);
+criterion_group!(
+    benches,
+    backprop,
+    conv_backprop,
+    reduce_and_update,
+    messages
+);
 criterion_main!(benches);

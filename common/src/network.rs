@@ -13,7 +13,7 @@
 //!   `update_mini_batch`); summing over the columns of `delta` is that same sum;
 //! - biases are vectors, not `(out, 1)` column matrices;
 //! - the cost (network2.py's `cost` attribute) is not stored in the network:
-//!   [`Network::backprop_with`] and [`Network::total_cost_with`] take it, and
+//!   [`Network::backprop_with`] and [`Cost::total`](crate::cost::Cost::total) take it, and
 //!   [`Network::backprop`] is network.py's quadratic cost.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, Zip};

@@ -166,14 +166,22 @@ pub fn w_dot_x(set: KernelSet, w: &Array2<f32>, x: &ArrayView2<f32>) -> Array2<f
             };
             Array2::from_shape_vec((m, n), z).expect("m × n values")
         }
-        _ => w.dot(x),
+        _ => wide(w, x),
     }
+}
+
+/// `w · x` by matrixmultiply: the `avx2` set's products of many columns.
+fn wide(w: &Array2<f32>, x: &ArrayView2<f32>) -> Array2<f32> {
+    w.dot(x)
 }
 
 /// Whether a `whole`-column product [`w_dot_x`] may be computed a block of
 /// columns at a time by [`w_dot_x_block`] with the same bits: each output
-/// column of matrixmultiply's and the portable products depends on its own
-/// column alone; the AVX2 kernels of small products group columns.
+/// column of the portable products, and of matrixmultiply's (0.3: its
+/// blocking over the inner dimension depends on that dimension alone, and
+/// its edge tiles add as its full ones do), depends on its own column
+/// alone; the AVX2 kernels of small products take other column groups
+/// (`conv::tests` checks the products of chapter 6's conv layers).
 pub fn columns_apart(set: KernelSet, whole: usize) -> bool {
     !set.fast_path(whole)
 }
@@ -191,7 +199,7 @@ pub fn w_dot_x_block(
 ) -> Array2<f32> {
     if columns_apart(set, whole) && set != KernelSet::Portable {
         require(set);
-        return w.dot(x);
+        return wide(w, x);
     }
     assert!(
         columns_apart(set, whole) || x.ncols() == whole,
@@ -241,11 +249,11 @@ pub fn sigmoid(set: KernelSet, mut z: Array2<f32>) -> Array2<f32> {
     z
 }
 
-/// Inner dimensions up to this take [`chain`] instead of matrixmultiply in
+/// Inner dimensions up to this take `fma::chain` instead of matrixmultiply in
 /// the `_into` products of the `avx2` set: matrixmultiply's FMA kernel
 /// computes such a product (one `kc` block) as one FMA chain per output over
 /// the inner index in ascending order, starting from 0.0, which is what
-/// [`chain`] computes (the tests check it bit for bit against `dot`).
+/// `fma::chain` computes (the tests check it bit for bit against `dot`).
 pub const CHAIN_MAX_INNER: usize = 256;
 
 /// `m × n` row-major output view over `out`.

@@ -4,7 +4,7 @@
 //! - [`input_error`] (col2im): the gradient of the images from the error of
 //!   the pooled maps;
 //! - [`max_pool`]: P×P max-pooling, whose gradient goes to the first largest
-//!   value of each window (PyTorch's choice): [`add_filter_gradient`] and
+//!   value of each window (PyTorch's choice): the filter gradient and
 //!   [`input_error`] take the conv layer's backward products only over the
 //!   values that won their window.
 //!
@@ -116,7 +116,7 @@ pub const CHUNK_SAMPLES: usize = 4;
 
 /// The convolution and max-pooling of a shard's images `x` `(C·H·W, n)` by
 /// the filters `w` `(N, C·K·K)` with the kernel set `set`, up to `chunk`
-/// samples at a time ([`chunks`]): [`max_pool`] of `w · patches` `(N,
+/// samples at a time (in even chunks): [`max_pool`] of `w · patches` `(N,
 /// n·OH·OW)`, and with `keep_patches` the patches `(C·K·K, n·OH·OW)` for the
 /// backward pass (without, one chunk's buffer is reused). Chunks change no
 /// bit: a product whose columns the kernels group is computed whole
@@ -155,16 +155,17 @@ pub fn conv_pool(
         let z = kernels::w_dot_x_block(set, w, &part, whole);
         let (chunk_pooled, chunk_from) = max_pool(&z, (oh, ow), p, samples.len());
         pooled.extend_from_slice(chunk_pooled.as_slice_memory_order().expect("contiguous"));
-        from.extend(chunk_from.iter().map(|&c| c + columns.start as u32));
+        let offset = u32::try_from(columns.start).expect("a shard's columns are u32 indices");
+        from.extend(chunk_from.iter().map(|&c| c + offset));
     }
-    let per_sample = pooled.len() / n.max(1);
+    let per_sample = w.nrows() * (oh / p) * (ow / p);
     let patches = keep_patches
         .then(|| Array2::from_shape_vec((rows, n * windows).f(), patch_values).expect("patches"));
     let pooled = Array2::from_shape_vec((per_sample, n).f(), pooled).expect("pooled values");
     (patches, pooled, from)
 }
 
-/// A conv layer's weight gradient by [`add_filter_gradient`] and, if `want_input_error`,
+/// A conv layer's weight gradient (the sum over the pooled winners) and, if `want_input_error`,
 /// its [`input_error`], from its input images `x` `(C·H·W, n)` and the error
 /// `d` of its pooled maps `(N·PH·PW, n)`: `chunk` samples at a time, the
 /// patches made again for each chunk (they were not kept, and would be out
@@ -188,7 +189,7 @@ pub fn sparse_backward(
     for samples in chunks(n, chunk) {
         let (d, offset) = (
             d.slice(s![.., samples.clone()]),
-            (samples.start * windows) as u32,
+            u32::try_from(samples.start * windows).expect("a shard's columns are u32 indices"),
         );
         chunk_from.clear();
         chunk_from.extend(
@@ -200,7 +201,7 @@ pub fn sparse_backward(
         patches_into(x.slice(s![.., samples]), input, k, &mut patches);
         add_filter_gradient(&mut nabla_w, d, &chunk_from, &patches, rows);
         if want_input_error {
-            let part = input_error(&d, &chunk_from, w, input, k);
+            let part = input_error(d, &chunk_from, w, input, k);
             input_errors.extend_from_slice(part.as_slice_memory_order().expect("contiguous"));
         }
     }
@@ -211,10 +212,10 @@ pub fn sparse_backward(
     (nabla_w, input_error)
 }
 
-/// `0..n` in consecutive ranges of `chunk` (at least 2) to `2·chunk − 1`
-/// samples, or one range when `n` is smaller.
+/// `0..n` in as few consecutive ranges of at most `chunk` samples as can
+/// be, their lengths as even as can be (so no short last chunk).
 fn chunks(n: usize, chunk: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    let count = (n / chunk.max(2)).max(usize::from(n > 0));
+    let count = n.div_ceil(chunk.max(1));
     let (base, longer) = (n / count.max(1), n % count.max(1));
     (0..count).scan(0, move |start, i| {
         let range = *start..*start + base + usize::from(i < longer);
@@ -260,7 +261,7 @@ fn patches_into(x: ArrayView2<f32>, input: Shape, k: usize, out: &mut [f32]) {
 /// gradient is added back to its pixels, patches in `(oy, ox)` order, rows
 /// in `(c, ky, kx)` order.
 pub fn input_error(
-    d: &ArrayView2<f32>,
+    d: ArrayView2<f32>,
     from: &[u32],
     w: &Array2<f32>,
     input: Shape,
@@ -338,8 +339,9 @@ fn add_filter_gradient(
 /// Filters of at least this many weights (`C·K·K`) take the sum over the
 /// pooled winners for their gradient ([`sparse_backward`]); smaller ones
 /// the kernel set's product of the unpooled error ([`unpool`]) and the
-/// patches. Measured on ch6-conv2 at n = 10: conv20x5's 25 weights were
-/// faster as a product, conv40x5's 500 as the sum.
+/// patches, which the forward pass then keeps (the sum makes them again,
+/// chunk by chunk). Measured on ch6-conv2 at n = 10: conv20x5's 25 weights
+/// were faster as a product, conv40x5's 500 as the sum.
 pub const SPARSE_MIN_ROWS: usize = 64;
 
 /// The error of the convolution's output `(N, columns)` from `d`, the error
@@ -513,56 +515,129 @@ mod tests {
         (x, w, d)
     }
 
+    fn bits(a: &Array2<f32>) -> Vec<u32> {
+        a.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Asserts that computing a shard's conv layer `chunk` samples at a
+    /// time gives the bits of computing it whole: forward on both kernel
+    /// sets (with and without keeping the patches), and the sparse backward
+    /// pass; and that the sum over the winners is the dense product of the
+    /// unpooled error, within rounding.
+    fn assert_chunks_give_the_whole_shards_bits(
+        shape: Shape,
+        (filters, k, p): (usize, usize, usize),
+        (n, chunk): (usize, usize),
+        seed: u64,
+    ) {
+        let case = format!("{shape:?}, {filters} filters {k}×{k}, pool {p}, n {n}, chunk {chunk}");
+        let (x, w, d) = layer_case(shape, (filters, k, p), n, seed);
+        let all = patches(x.view(), shape, k);
+        for set in [KernelSet::Portable, KernelSet::best()] {
+            let whole = {
+                let z = kernels::w_dot_x(set, &w, &all.view());
+                max_pool(&z, conv_map(shape, k), p, n)
+            };
+            for keep in [true, false] {
+                let (kept, pooled, from) =
+                    conv_pool(x.view(), (&w, set), shape, (k, p), (chunk, keep));
+                assert_eq!(
+                    kept.map(|a| bits(&a)),
+                    keep.then(|| bits(&all)),
+                    "{case}: patches"
+                );
+                assert_eq!(
+                    bits(&pooled),
+                    bits(&whole.0),
+                    "{case}, {set:?}: pooled values"
+                );
+                assert_eq!(from, whole.1, "{case}, {set:?}: winners");
+            }
+        }
+        let from = &conv_pool(
+            x.view(),
+            (&w, KernelSet::Portable),
+            shape,
+            (k, p),
+            (n, false),
+        )
+        .2;
+        let whole = sparse_backward(x.view(), (&d, from), &w, (shape, k), (n, true));
+        let parts = sparse_backward(x.view(), (&d, from), &w, (shape, k), (chunk, true));
+        assert_eq!(bits(&parts.0), bits(&whole.0), "{case}: filter gradient");
+        let input_error = |g: &(Array2<f32>, Option<Array2<f32>>)| bits(g.1.as_ref().unwrap());
+        assert_eq!(
+            input_error(&parts),
+            input_error(&whole),
+            "{case}: input error"
+        );
+        let dense = unpool(&d, from, filters, all.ncols()).dot(&all.t());
+        for (a, b) in whole.0.iter().zip(&dense) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{case}: {a} vs {b}"
+            );
+        }
+    }
+
+    /// Chapter 6's own conv layers (conv20x5 over a 28×28 image, conv40x5
+    /// over 20 maps of 12×12): more filters than matrixmultiply's tiles have
+    /// rows, and filters longer than its inner blocks.
+    #[test]
+    fn chunks_of_chapter_6s_layers_give_the_whole_shards_bits() {
+        let mnist = Shape {
+            channels: 1,
+            height: 28,
+            width: 28,
+        };
+        let maps = Shape {
+            channels: 20,
+            height: 12,
+            width: 12,
+        };
+        for n in [1, 2, 5, 9, 12] {
+            assert_chunks_give_the_whole_shards_bits(
+                mnist,
+                (20, 5, 2),
+                (n, CHUNK_SAMPLES),
+                n as u64,
+            );
+            assert_chunks_give_the_whole_shards_bits(
+                maps,
+                (40, 5, 2),
+                (n, CHUNK_SAMPLES),
+                n as u64,
+            );
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
 
-        /// Computing a shard's conv layer a few samples at a time gives the
-        /// bits of computing it whole: forward on both kernel sets, and the
-        /// sparse backward pass.
+        /// The same for any shapes, shard sizes and chunks.
         #[test]
         fn chunks_give_the_whole_shards_bits(
             channels in 1usize..9, side in 6usize..11, k in 1usize..5, p in 1usize..3,
-            filters in 1usize..6, n in 1usize..12, chunk in 2usize..6, seed in any::<u64>(),
+            filters in 1usize..11, n in 1usize..12, chunk in 1usize..6, seed in any::<u64>(),
         ) {
-            let (oh, _) = conv_map(Shape { channels, height: side, width: side }, k);
-            prop_assume!(oh % p == 0);
             let shape = Shape { channels, height: side, width: side };
-            let (x, w, d) = layer_case(shape, (filters, k, p), n, seed);
-            for set in [KernelSet::Portable, KernelSet::best()] {
-                let whole = conv_pool(x.view(), (&w, set), shape, (k, p), (n, true));
-                let parts = conv_pool(x.view(), (&w, set), shape, (k, p), (chunk, true));
-                prop_assert_eq!(&whole, &parts);
-                let z = kernels::w_dot_x(set, &w, &patches(x.view(), shape, k).view());
-                let (pooled, from) = max_pool(&z, conv_map(shape, k), p, n);
-                prop_assert_eq!(&whole, &(Some(patches(x.view(), shape, k)), pooled, from));
-                let unkept = conv_pool(x.view(), (&w, set), shape, (k, p), (chunk, false));
-                prop_assert_eq!((unkept.1, unkept.2), (parts.1, parts.2));
-            }
-            let from = conv_pool(x.view(), (&w, KernelSet::Portable), shape, (k, p), (n, false)).2;
-            let whole = sparse_backward(x.view(), (&d, &from), &w, (shape, k), (n, true));
-            let parts = sparse_backward(x.view(), (&d, &from), &w, (shape, k), (chunk, true));
-            prop_assert_eq!(&whole, &parts);
-            // and the sum over the winners is the dense product of the unpooled error
-            let all = patches(x.view(), shape, k);
-            let dense = unpool(&d, &from, filters, all.ncols()).dot(&all.t());
-            for (a, b) in whole.0.iter().zip(&dense) {
-                prop_assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{} vs {}", a, b);
-            }
+            prop_assume!(conv_map(shape, k).0 % p == 0);
+            assert_chunks_give_the_whole_shards_bits(shape, (filters, k, p), (n, chunk), seed);
         }
 
-        /// The ranges cover `0..n` in order, each of `chunk` to `2·chunk − 1`
-        /// samples, or one when `n` is smaller.
+        /// The ranges cover `0..n` in order, as few as `chunk` allows, their
+        /// lengths at most `chunk` and within one of each other.
         #[test]
-        fn chunks_cover_the_shard(n in 0usize..200, chunk in 2usize..10) {
+        fn chunks_cover_the_shard(n in 0usize..200, chunk in 1usize..10) {
             let ranges: Vec<_> = chunks(n, chunk).collect();
+            prop_assert_eq!(ranges.len(), n.div_ceil(chunk));
             prop_assert_eq!(ranges.first().map_or(0, |r| r.start), 0);
             prop_assert_eq!(ranges.iter().map(|r| r.len()).sum::<usize>(), n);
             for pair in ranges.windows(2) {
                 prop_assert_eq!(pair[0].end, pair[1].start);
             }
-            for r in &ranges {
-                prop_assert!(r.len() >= chunk.min(n) && r.len() < 2 * chunk, "{:?} of {}", r, n);
-            }
+            let (shortest, longest) = (ranges.iter().map(|r| r.len()).min(), ranges.iter().map(|r| r.len()).max());
+            prop_assert!(longest <= Some(chunk) && longest <= shortest.map(|s| s + 1), "{:?}", ranges);
         }
     }
 }

@@ -55,7 +55,8 @@ pub enum Mode {
 /// What the backward pass needs of one layer's forward pass.
 struct Cache {
     /// The input as the product saw it: masked for fc/softmax; for a conv
-    /// layer its patches if its gradient is a product (empty otherwise).
+    /// layer, in training, its patches if its gradient is a product (empty
+    /// otherwise, and in evaluation).
     input: Array2<f32>,
     /// The dropout mask of the input, if any.
     mask: Option<Array2<f32>>,
@@ -99,7 +100,7 @@ pub fn initial_params(spec: &NetSpec, rng: &mut impl Rng) -> (Vec<Array2<f32>>, 
 
 /// The softmax layer's outputs `(classes, n)` for inputs `x` `(C·H·W, n)`
 /// in an evaluation pass.
-/// Runs [`EVAL_CHUNK`] samples at a time: a conv layer's patches for a
+/// Runs `EVAL_CHUNK` (32) samples at a time: a conv layer's patches for a
 /// thousand samples are hundreds of MB, for a few dozen they stay in cache.
 pub fn feedforward(spec: &NetSpec, p: Params, x: ArrayView2<f32>, k: KernelSet) -> Array2<f32> {
     let mut out = Array2::zeros((spec.classes(), x.ncols()));
@@ -380,7 +381,7 @@ fn layer_backward(
             let d_conv = conv::unpool(&delta, from, filters, cache.input.ncols());
             let nabla_w = kernels::delta_dot_xt(k, &d_conv, &cache.input.view());
             let input_error =
-                want_input_error.then(|| conv::input_error(&delta.view(), from, w, input, kernel));
+                want_input_error.then(|| conv::input_error(delta.view(), from, w, input, kernel));
             (nabla_w, input_error)
         };
         assert!(
