@@ -1,6 +1,5 @@
 //! The pieces of one training step, one at a time:
-//! - backprop of one shard of n = 1, 3, 10, 100 samples on `[784,30,10]` and `[784,100,10]`,
-//!   and of n = 5, 10, 50, 100 on chapter 6's conv net (`ch6-conv2`'s);
+//! - backprop of one shard of n = 1, 3, 10, 100 samples on `[784,30,10]` and `[784,100,10]`;
 //! - the reduction of 4 shard results in shard order plus the update;
 //! - encoding and decoding one step's messages (weights out, gradients back).
 //!
@@ -37,45 +36,6 @@ fn backprop(c: &mut Criterion) {
                 |b, shard| b.iter(|| shard_gradients(black_box(&net), black_box(shard))),
             );
         }
-    }
-    group.finish();
-}
-
-fn conv_backprop(c: &mut Criterion) {
-    use common::kernels::KernelSet;
-    use common::layers::net::{self, Params};
-    use common::layers::{DropoutKey, NetSpec, Shape};
-    let mnist = Shape {
-        channels: 1,
-        height: 28,
-        width: 28,
-    };
-    let spec = NetSpec::parse("conv20x5,pool2,conv40x5,pool2,fc100,softmax10", mnist).unwrap();
-    let (w, b) = net::initial_params(&spec, &mut init_rng(1));
-    let p = Params {
-        weights: &w,
-        biases: &b,
-    };
-    let key = DropoutKey {
-        seed: 0,
-        epoch: 0,
-        first: 0,
-    };
-    let mut group = c.benchmark_group("shard_backprop/ch6-conv2");
-    group.sample_size(20);
-    for n in [5, 10, 50, 100] {
-        let shard = samples(n);
-        let x = ndarray::Array2::from_shape_fn((IMAGE_SIZE, n), |(i, s)| {
-            f32::from(shard.pixels[s * IMAGE_SIZE + i]) / 255.0
-        });
-        let mut y = ndarray::Array2::zeros((10, n));
-        for s in 0..n {
-            y[[usize::from(shard.labels[s]), s]] = 1.0;
-        }
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_function(BenchmarkId::from_parameter(n), |bench| {
-            bench.iter(|| net::backprop(&spec, p, x.view(), y.view(), KernelSet::best(), key))
-        });
     }
     group.finish();
 }
@@ -133,11 +93,5 @@ fn messages(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(
-    benches,
-    backprop,
-    conv_backprop,
-    reduce_and_update,
-    messages
-);
+criterion_group!(benches, backprop, reduce_and_update, messages);
 criterion_main!(benches);
