@@ -55,8 +55,8 @@ pub enum Mode {
 /// What the backward pass needs of one layer's forward pass.
 struct Cache {
     /// The input as the product saw it: masked for fc/softmax; for a conv
-    /// layer, in training, its patches if its gradient is a product (empty
-    /// otherwise, and in evaluation).
+    /// layer, in training, its patches if its gradient is a product or they
+    /// fit in cache ([`conv::patches_fit_in_cache`]); empty otherwise, and in evaluation.
     input: Array2<f32>,
     /// The dropout mask of the input, if any.
     mask: Option<Array2<f32>>,
@@ -294,9 +294,12 @@ fn layer_forward(
         ..
     } = *layer
     {
-        // the backward pass makes a sparse layer's patches again, chunk by chunk
-        let keep = matches!(mode, Mode::Train(_)) && w.ncols() < conv::SPARSE_MIN_ROWS;
-        let chunking = (conv::CHUNK_SAMPLES, keep);
+        // a shard whose patches outgrow the cache goes a chunk at a time, and
+        // the sum over the winners makes its patches again, chunk by chunk
+        let fits = conv::patches_fit_in_cache(input, kernel, a.ncols());
+        let keep = matches!(mode, Mode::Train(_)) && (w.ncols() < conv::SPARSE_MIN_ROWS || fits);
+        let chunk = if fits { a.ncols() } else { conv::CHUNK_SAMPLES };
+        let chunking = (chunk, keep);
         let (patches, mut pooled, pooled_from) =
             conv::conv_pool(a, (w, k), input, (kernel, pool), chunking);
         let per_filter = pooled.nrows() / w.nrows();
@@ -376,7 +379,9 @@ fn layer_backward(
         let nabla_b = filter_sums(&delta, filters);
         let (nabla_w, input_error) = if w.ncols() >= conv::SPARSE_MIN_ROWS {
             let chunking = (conv::CHUNK_SAMPLES, want_input_error);
-            conv::sparse_backward(layer_input, (&delta, from), w, (input, kernel), chunking)
+            let kept = (cache.input.nrows() > 0).then_some(&cache.input);
+            let x = (layer_input, kept);
+            conv::sparse_backward(x, (&delta, from), w, (input, kernel), chunking)
         } else {
             let d_conv = conv::unpool(&delta, from, filters, cache.input.ncols());
             let nabla_w = kernels::delta_dot_xt(k, &d_conv, &cache.input.view());
