@@ -148,6 +148,63 @@ fn gradients_match_finite_differences() {
     }
 }
 
+/// A shard whose patches outgrow the cache goes through its conv layers a
+/// few samples at a time (and the sum over the winners makes conv layer 2's
+/// patches again): its gradients are the sum of those of its quarters,
+/// which go whole (the path the finite differences and PyTorch's fixture
+/// check), and the kernel sets agree.
+#[test]
+fn a_large_shard_in_chunks_sums_to_its_quarters_gradients() {
+    let mnist = Shape {
+        channels: 1,
+        height: 28,
+        width: 28,
+    };
+    let spec = NetSpec::parse("conv20x5:tanh,pool2,conv6x5:tanh,pool2,softmax3", mnist).unwrap();
+    let n = 40;
+    let maps = spec.shapes()[1];
+    assert!(!crate::layers::conv::patches_fit_in_cache(mnist, 5, n));
+    assert!(!crate::layers::conv::patches_fit_in_cache(maps, 5, n));
+    let (mut w, b) = random_params(&spec, 7);
+    for m in w.iter_mut() {
+        m.mapv_inplace(|v| v * 0.2);
+    }
+    let (x, y, _) = random_batch(&spec, n, 8);
+    let key = DropoutKey {
+        seed: 1,
+        epoch: 0,
+        first: 0,
+    };
+    let p = Params {
+        weights: &w,
+        biases: &b,
+    };
+    let g = net::backprop(&spec, p, x.view(), y.view(), KernelSet::Portable, key);
+    let fast = net::backprop(&spec, p, x.view(), y.view(), KernelSet::best(), key);
+    let quarter = |q: usize| {
+        let part = ndarray::s![.., q * n / 4..(q + 1) * n / 4];
+        let (xq, yq) = (x.slice(part).to_owned(), y.slice(part).to_owned());
+        let first = (q * n / 4) as u64;
+        let key = DropoutKey { first, ..key };
+        net::backprop(&spec, p, xq.view(), yq.view(), KernelSet::Portable, key)
+    };
+    assert!(crate::layers::conv::patches_fit_in_cache(maps, 5, n / 4));
+    let mut quarters = quarter(0);
+    for q in 1..4 {
+        quarters.add(&quarter(q));
+    }
+    for other in [&fast, &quarters] {
+        let pairs = g
+            .nabla_w
+            .iter()
+            .flatten()
+            .zip(other.nabla_w.iter().flatten());
+        for (a, c) in pairs {
+            assert!((a - c).abs() <= 1e-4 * (1.0 + a.abs()), "{a} against {c}");
+        }
+    }
+}
+
 #[test]
 fn evaluation_scales_dropped_inputs_by_one_minus_p() {
     let spec = NetSpec::parse("fc5:dropout=0.5,softmax3:dropout=0.25", Shape::flat(4)).unwrap();
