@@ -25,15 +25,7 @@ fn main() {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(100.0);
-    let spec = NetSpec::parse(
-        text,
-        Shape {
-            channels: 1,
-            height: 28,
-            width: 28,
-        },
-    )
-    .expect("a valid net");
+    let spec = NetSpec::parse(text, Shape::MNIST).expect("a valid net");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let (mut weights, biases) = common::layers::net::initial_params(&spec, &mut rng);
     // network3 starts the softmax layer at zero, which makes every error

@@ -524,12 +524,7 @@ pub fn welcome_net(welcome: &pb::Welcome) -> Result<Option<NetSpec>, WireError> 
     if welcome.net.is_empty() {
         return Ok(None);
     }
-    let mnist = Shape {
-        channels: 1,
-        height: 28,
-        width: 28,
-    };
-    let spec = NetSpec::parse(&welcome.net, mnist).map_err(|e| WireError::Net(e.0))?;
+    let spec = NetSpec::parse(&welcome.net, Shape::MNIST).map_err(|e| WireError::Net(e.0))?;
     if spec.classes() != CLASSES || welcome.sizes != [IMAGE_SIZE as u32, CLASSES as u32] {
         return Err(WireError::Net(format!(
             "{} with sizes {:?} does not classify MNIST's {CLASSES} digits",

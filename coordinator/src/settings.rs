@@ -19,20 +19,13 @@ use common::plan::TrainingPlan;
 use common::stopping::EtaSchedule;
 use serde_json::{json, Value as Json};
 
-/// The shape of an MNIST image, the input of a `--net`.
-pub const MNIST_SHAPE: Shape = Shape {
-    channels: 1,
-    height: 28,
-    width: 28,
-};
-
 /// Parses a net (`--net`, a record's `flags.net`) for MNIST's 1×28×28
 /// images and 10 classes.
 ///
 /// # Errors
 /// What is wrong, naming the layer.
 pub fn parse_mnist_net(given: &str) -> Result<NetSpec, SpecError> {
-    let spec = NetSpec::parse(given, MNIST_SHAPE)?;
+    let spec = NetSpec::parse(given, Shape::MNIST)?;
     if spec.classes() != CLASSES {
         let last = spec.layers.len();
         return Err(SpecError(format!(

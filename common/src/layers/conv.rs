@@ -610,11 +610,7 @@ mod tests {
     /// rows, and filters longer than its inner blocks.
     #[test]
     fn chunks_of_chapter_6s_layers_give_the_whole_shards_bits() {
-        let mnist = Shape {
-            channels: 1,
-            height: 28,
-            width: 28,
-        };
+        let mnist = Shape::MNIST;
         let maps = Shape {
             channels: 20,
             height: 12,

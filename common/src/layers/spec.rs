@@ -29,6 +29,13 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// An MNIST (or Fashion-MNIST) image, 1×28×28: the input of every `--net`.
+    pub const MNIST: Shape = Shape {
+        channels: 1,
+        height: 28,
+        width: 28,
+    };
+
     /// A flat vector of `n` values (the input of an fc or softmax layer).
     pub fn flat(n: usize) -> Shape {
         Shape {

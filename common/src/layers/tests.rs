@@ -155,11 +155,7 @@ fn gradients_match_finite_differences() {
 /// check), and the kernel sets agree.
 #[test]
 fn a_large_shard_in_chunks_sums_to_its_quarters_gradients() {
-    let mnist = Shape {
-        channels: 1,
-        height: 28,
-        width: 28,
-    };
+    let mnist = Shape::MNIST;
     let spec = NetSpec::parse("conv20x5:tanh,pool2,conv6x5:tanh,pool2,softmax3", mnist).unwrap();
     let n = 40;
     let maps = spec.shapes()[1];
@@ -270,11 +266,7 @@ proptest! {
 
 #[test]
 fn parse_errors_name_the_layer() {
-    let mnist = Shape {
-        channels: 1,
-        height: 28,
-        width: 28,
-    };
+    let mnist = Shape::MNIST;
     for (text, needle) in [
         (
             "conv20x5,fc100,softmax10",
@@ -317,11 +309,7 @@ fn parse_errors_name_the_layer() {
 
 #[test]
 fn canonical_text_round_trips() {
-    let mnist = Shape {
-        channels: 1,
-        height: 28,
-        width: 28,
-    };
+    let mnist = Shape::MNIST;
     let text = "conv20x5:relu,pool2,conv40x5:relu,pool2,fc1000:relu:dropout=0.5,fc100:dropout=0.5,softmax10:dropout=0.5";
     let spec = NetSpec::parse(text, mnist).unwrap();
     assert_eq!(spec.to_string(), text);
@@ -402,11 +390,7 @@ proptest! {
 /// Factoring pays only while the factors are fewer values than the matrix.
 #[test]
 fn layers_are_factored_while_their_factors_are_smaller() {
-    let mnist = Shape {
-        channels: 1,
-        height: 28,
-        width: 28,
-    };
+    let mnist = Shape::MNIST;
     let conv2 = NetSpec::parse("conv20x5,pool2,conv40x5,pool2,fc100,softmax10", mnist).unwrap();
     // fc100 over 640 inputs: 64,000 weights, 740 values a sample; softmax10 over 100: 1,000 and 110.
     assert_eq!(net::factor_layers(&conv2, 5), vec![2, 3]);

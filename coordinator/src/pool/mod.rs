@@ -1317,11 +1317,7 @@ mod tests {
     /// shapes, and no honest worker is dropped.
     #[tokio::test(start_paused = true)]
     async fn a_nets_stalled_worker_is_backed_up_and_its_late_answers_are_harmless() {
-        let mnist = common::layers::Shape {
-            channels: 1,
-            height: 28,
-            width: 28,
-        };
+        let mnist = common::layers::Shape::MNIST;
         let text = "conv2x5:relu,pool2,fc6:dropout=0.5,softmax10";
         let spec = common::layers::NetSpec::parse(text, mnist).unwrap();
         let mut rng = init_rng(1);
