@@ -1,5 +1,5 @@
 //! The data movement of a ConvPoolLayer, around the kernel set's products:
-//! - [`patches`] (im2col): every K×K window of a shard's images as one
+//! - patches (im2col, [`conv_pool`]): every K×K window of a shard's images as one
 //!   column, so the convolution is one product `w · patches`;
 //! - [`input_error`] (col2im): the gradient of the images from the error of
 //!   the pooled maps;
@@ -246,16 +246,8 @@ fn chunks(n: usize, chunk: usize) -> impl Iterator<Item = std::ops::Range<usize>
     })
 }
 
-/// `(C·K·K, n·OH·OW)` patches of the images `x` `(C·H·W, n)`, column-major.
-pub fn patches(x: ArrayView2<f32>, input: Shape, k: usize) -> Array2<f32> {
-    let (oh, ow) = conv_map(input, k);
-    let (rows, n) = (input.channels * k * k, x.ncols());
-    let mut out = vec![0.0f32; rows * n * oh * ow];
-    patches_into(x, input, k, &mut out);
-    Array2::from_shape_vec((rows, n * oh * ow).f(), out).expect("rows × columns values")
-}
-
-/// [`patches`] into `out`, column-major, `C·K·K` values a column.
+/// The `(C·K·K, n·OH·OW)` patches of the images `x` `(C·H·W, n)` into
+/// `out`, column-major, `C·K·K` values a column.
 fn patches_into(x: ArrayView2<f32>, input: Shape, k: usize, out: &mut [f32]) {
     let (oh, ow) = conv_map(input, k);
     let (rows, w) = (input.channels * k * k, input.width);
@@ -535,6 +527,15 @@ mod tests {
             }
         });
         (x, w, d)
+    }
+
+    /// All of a shard's patches at once, as the whole-shard reference.
+    fn patches(x: ArrayView2<f32>, input: Shape, k: usize) -> Array2<f32> {
+        let (oh, ow) = conv_map(input, k);
+        let (rows, n) = (input.channels * k * k, x.ncols());
+        let mut out = vec![0.0f32; rows * n * oh * ow];
+        patches_into(x, input, k, &mut out);
+        Array2::from_shape_vec((rows, n * oh * ow).f(), out).expect("rows × columns values")
     }
 
     fn bits(a: &Array2<f32>) -> Vec<u32> {
